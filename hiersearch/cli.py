@@ -1,0 +1,292 @@
+"""The command line: a thin layer over the modules; the only `__main__`.
+
+Exit codes: 0 success, 2 bad input (one line naming the file, line, option or key), 1 internal
+error (with a traceback, since it is a bug to report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from hiersearch.errors import InputError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad options already; keep its message to one line plus usage."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hiersearch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or inspect a corpus")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    synth = data_sub.add_parser("synth", help="write a SYNTHETIC corpus on a real hierarchy")
+    synth.add_argument("--hierarchy", choices=("eurovoc", "icd9"), default="eurovoc")
+    synth.add_argument("--docs", type=int, default=1000)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--max-leaves",
+        type=int,
+        default=None,
+        help="restrict labels to the N most frequent leaves",
+    )
+    synth.add_argument("--out", required=True)
+    stats = data_sub.add_parser("stats", help="documents per split, labels per level")
+    stats.add_argument("dir")
+    stats.add_argument("--json", action="store_true")
+
+    variants = sub.add_parser("variants", help="the named layer-to-level variants")
+    variants.add_argument("--layers", type=int, required=True)
+    variants.add_argument("--levels", type=int, required=True)
+    variants.add_argument("--label-counts", default=None, help="c1,..,cL (HYBRID uses them)")
+    variants.add_argument("--json", action="store_true")
+
+    space = sub.add_parser("space", help="size of the assignment search space")
+    space.add_argument("--layers", type=int, required=True)
+    space.add_argument("--levels", type=int, required=True)
+    space.add_argument("--space", default=None, help="a search-space file (its options)")
+    space.add_argument("--json", action="store_true")
+
+    def run_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--storage", default="runs", help="experiment storage: path or URI")
+        p.add_argument("--name", default=None, help="experiment name (default: the space's)")
+        p.add_argument("--data", default=None, help="corpus dir (default: the space's)")
+        p.add_argument("--model", default=None, help="backbone: minilm, tiny:LxH or a dir")
+        p.add_argument(
+            "--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)"
+        )
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue an interrupted experiment; finished trials are kept",
+        )
+
+    reproduce = sub.add_parser("reproduce", help="the five named variants as fixed trials")
+    reproduce.add_argument("--preset", default="quick", choices=("smoke", "quick", "paper"))
+    reproduce.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
+    run_options(reproduce)
+
+    search = sub.add_parser("search", help="search a space file with Ray Tune + Optuna")
+    search.add_argument("--space", required=True, help="a search-space file or preset name")
+    search.add_argument("--trials", type=int, default=None)
+    run_options(search)
+
+    board = sub.add_parser("leaderboard", help="experiment directories -> one table")
+    board.add_argument("dirs", nargs="+")
+    board.add_argument("--sort", default=None)
+    board.add_argument("--group-by", default=None)
+    board.add_argument("--top", type=int, default=None)
+    board.add_argument("--where", default=None)
+    board.add_argument("--columns", default=None, help="comma-separated columns to show")
+    board.add_argument(
+        "--format", default="table", choices=("table", "markdown", "csv", "json", "latex")
+    )
+    board.add_argument("--out", default=None, help="write to this file (atomically)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except InputError as exc:
+        print(f"hiersearch: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("hiersearch: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "data": _data,
+        "variants": _variants,
+        "space": _space,
+        "reproduce": _reproduce,
+        "search": _search,
+        "leaderboard": _leaderboard,
+    }[args.command]
+    return handler(args)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from hiersearch.corpus import format_stats, load_corpus_dir, write_corpus
+
+    if args.data_command == "synth":
+        from hiersearch.hierarchy import load_hierarchy
+        from hiersearch.synth import SynthConfig, synthesize
+
+        if args.docs < 10:
+            raise InputError("must be >= 10", where="--docs")
+        corpus = synthesize(
+            load_hierarchy(args.hierarchy),
+            SynthConfig(docs=args.docs, seed=args.seed, max_leaves=args.max_leaves),
+        )
+        write_corpus(corpus, args.out)
+        print(format_stats(corpus.stats()))
+        print(f"wrote {args.out}")
+        return EXIT_OK
+    corpus = load_corpus_dir(args.dir)
+    stats = corpus.stats()
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return EXIT_OK
+
+
+def _label_counts(text: str | None, levels: int) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError as exc:
+        raise InputError(
+            f"expected comma-separated integers, got {text!r}", where="--label-counts"
+        ) from exc
+    if len(counts) != levels or any(c < 1 for c in counts):
+        raise InputError(
+            f"expected {levels} positive counts, got {text!r}", where="--label-counts"
+        )
+    return counts
+
+
+def _variants(args: argparse.Namespace) -> int:
+    from hiersearch.assignment import named_variants
+
+    counts = _label_counts(args.label_counts, args.levels)
+    variants = named_variants(args.layers, args.levels, counts)
+    if args.json:
+        out = {name: a.to_json() for name, a in variants.items()}
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
+    width = max(len(name) for name in variants)
+    for name, assignment in variants.items():
+        print(f"{name:<{width}}  {assignment.to_string()}")
+    return EXIT_OK
+
+
+def _space(args: argparse.Namespace) -> int:
+    from hiersearch.assignment import SpaceOptions, space_summary
+
+    options = SpaceOptions()
+    if args.space:
+        from hiersearch.space import load_space
+
+        options = load_space(args.space).assignment.options()
+    summary = space_summary(args.layers, args.levels, options)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    return EXIT_OK
+
+
+def _prepare_env() -> None:
+    # The classic trial table shows the metric columns we choose (the new engine ignores them).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
+    from hiersearch.search import run_search
+
+    return run_search(
+        space,
+        storage=args.storage,
+        name=args.name or extra.pop("default_name", None),
+        resume=args.resume,
+        address=args.address,
+        data_dir=args.data,
+        model=args.model,
+        **extra,
+    )
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    _prepare_env()
+    from hiersearch import leaderboard as lb
+    from hiersearch.space import load_space
+
+    space = load_space(args.preset)
+    path = _run(
+        args, space, fixed_only=True, seeds=args.seeds, default_name=f"reproduce-{args.preset}"
+    )
+    table = lb.load_experiments([path])
+    levels = len(json.loads(_read_meta(path)).get("label_counts", [])) or None
+    for split in ("dev", "test"):
+        print(
+            f"\nR-Precision (%) on {split}, mean ± std over seeds"
+            + (" (best dev configuration per variant)" if split == "test" else "")
+        )
+        print(lb.render(lb.paper_table(table, split, levels), "table"))
+    print(f"\nexperiment: {path}")
+    return EXIT_OK
+
+
+def _read_meta(path: str) -> str:
+    import pyarrow.fs
+
+    from hiersearch.search import EXPERIMENT_META
+
+    filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(
+        path if "://" in path else f"file://{os.path.abspath(path)}"
+    )
+    try:
+        with filesystem.open_input_stream(f"{fs_path}/{EXPERIMENT_META}") as stream:
+            return stream.read().decode()
+    except (FileNotFoundError, OSError):
+        return "{}"
+
+
+def _search(args: argparse.Namespace) -> int:
+    _prepare_env()
+    from hiersearch import leaderboard as lb
+    from hiersearch.space import load_space
+
+    if args.trials is not None and args.trials < 1:
+        raise InputError("must be >= 1", where="--trials")
+    space = load_space(args.space)
+    path = _run(args, space, trials=args.trials)
+    table = lb.load_experiments([path])
+    metric = space.tune.metric
+    table = lb.sort_rows(table, metric if metric in table.columns else None, space.tune.mode)
+    print(lb.render(lb.top(table, 10), "table"))
+    print(f"\nexperiment: {path}")
+    return EXIT_OK
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from hiersearch import leaderboard as lb
+
+    table = lb.load_experiments(args.dirs)
+    if args.where:
+        table = lb.filter_rows(table, args.where)
+    if args.group_by:
+        table = lb.group_rows(table, args.group_by)
+    table = lb.sort_rows(table, args.sort, None)
+    if args.top is not None:
+        table = lb.top(table, args.top)
+    if args.columns:
+        wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in table.columns]
+        if missing:
+            raise InputError(f"unknown column(s) {', '.join(missing)}", where="--columns")
+        table = table[wanted]
+    if args.out:
+        lb.export(table, args.out, args.format)
+        print(f"wrote {args.out}")
+    else:
+        print(lb.render(table, args.format))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,615 @@
+"""One trial: the training loop that runs on every Ray Train worker (DDP), or in-process.
+
+`fit` is the loop itself. It talks to the outside world only through a `Session` (rank, world
+size, report, restore), so the same code runs under Ray Train (`RaySession`, DDP with gloo on
+CPU or NCCL on GPU) and in-process (`LocalSession`, for benchmarks and tests).
+
+Per epoch: train on this worker's shard, evaluate dev on every rank (each rank scores a
+disjoint slice; rank 0 gathers the scores, computes the metrics over the whole dev set and
+broadcasts them), report the metrics with a checkpoint, and stop early when the dev loss has
+not improved for `patience` epochs. At the end: the best weights (by dev loss) are evaluated on
+test, utilization is measured on a fixed dev sample, and a final report carries all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from hiersearch import metrics as M
+from hiersearch.assignment import LayerAssignment, named_variant
+from hiersearch.config import TrialConfig
+from hiersearch.encode import EncodedCorpus, Split, load_encoded
+from hiersearch.errors import InputError
+from hiersearch.files import atomic_write_json, atomic_write_text
+from hiersearch.model import LayerwiseClassifier, load_encoder, num_encoder_layers
+from hiersearch.utilization import heatmap_figure, measure_utilization, save_heatmap
+
+STOP_COMPLETED = "completed"
+STOP_PATIENCE = "patience"
+STOP_NAN = "nan_loss"
+# Fixed seed of the dev sample for utilization: the same documents for every trial.
+UTIL_SAMPLE_SEED = 1234
+
+
+class Session(Protocol):
+    """What the loop needs from its runner."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+    def restore(self) -> Path | None: ...
+
+    def node_id(self) -> str: ...
+
+
+@dataclass
+class LocalSession:
+    """In-process runner: one process, reports kept in memory, checkpoints in a directory."""
+
+    checkpoint_root: Path
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None:
+            target = self.checkpoint_root / f"checkpoint_{len(self.reports):06d}"
+            shutil.copytree(checkpoint_dir, target)
+            self.checkpoints.append(target)
+
+    def restore(self) -> Path | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    def node_id(self) -> str:
+        return socket.gethostname()
+
+
+def resolve_assignment(spec: str, num_layers: int, label_counts: list[int]) -> LayerAssignment:
+    """A variant name ("LAST-SIX") or a string ("L1:7|L2:8") -> a validated assignment."""
+    if spec.upper() == "FLAT" or ":" not in spec:
+        assignment = named_variant(spec.upper(), num_layers, len(label_counts), label_counts)
+    else:
+        assignment = LayerAssignment.from_string(spec)
+    assignment.validate(num_layers, len(label_counts))
+    return assignment
+
+
+def variant_of(
+    assignment: LayerAssignment, num_layers: int, label_counts: list[int]
+) -> str | None:
+    """The named variant equal to `assignment`, if any (so searched points get names too)."""
+    from hiersearch.assignment import named_variants
+
+    with contextlib.suppress(InputError):
+        for name, variant in named_variants(num_layers, len(label_counts), label_counts).items():
+            if variant == assignment:
+                return name
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Artifacts:
+    """Trial artifacts (config, utilization numbers, heatmaps, TensorBoard events), written
+    locally by rank 0 and mirrored to the trial's storage (a path or a pyarrow filesystem)."""
+
+    def __init__(self, target: str | None, filesystem: Any = None) -> None:
+        self.target = target
+        self.filesystem = filesystem
+        self.local = Path(tempfile.mkdtemp(prefix="hiersearch-artifacts-"))
+        self._writer: Any = None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.local / "tensorboard"))
+        return self._writer
+
+    def sync(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+        if self.target is None:
+            return
+        if self.filesystem is None:
+            shutil.copytree(self.local, self.target, dirs_exist_ok=True)
+            return
+        import pyarrow.fs
+
+        self.filesystem.create_dir(self.target, recursive=True)
+        pyarrow.fs.copy_files(
+            str(self.local),
+            self.target,
+            source_filesystem=pyarrow.fs.LocalFileSystem(),
+            destination_filesystem=self.filesystem,
+        )
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.sync()
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+def _shard(n: int, rank: int, world: int, seed: int, epoch: int) -> np.ndarray:
+    """This rank's training indices for an epoch: a seeded permutation, padded by wrapping so
+    every rank takes the same number of steps (as DistributedSampler does)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    per_rank = math.ceil(n / world)
+    order = np.resize(order, per_rank * world)
+    return order[rank::world]
+
+
+def _batches(index: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(index), size):
+        yield index[start : start + size]
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs completed
+    best_dev_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    global_step: int = 0
+
+
+def _unwrap(model: torch.nn.Module) -> LayerwiseClassifier:
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
+
+
+def _gather_to_rank0(session: Session, payload: Any) -> list[Any] | None:
+    if session.world_size == 1:
+        return [payload]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * session.world_size if session.rank == 0 else None
+    dist.gather_object(payload, out, dst=0)
+    return out
+
+
+def _broadcast_from_rank0(session: Session, payload: Any) -> Any:
+    if session.world_size == 1:
+        return payload
+    import torch.distributed as dist
+
+    box = [payload]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@torch.no_grad()
+def evaluate_split(
+    model: torch.nn.Module,
+    split: Split,
+    num_labels: int,
+    session: Session,
+    batch_size: int,
+    autocast: Callable[[], Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Score a whole split with every rank taking a disjoint slice; rank 0 gets (scores in
+    document order, gold multi-hot, per-document loss), other ranks None."""
+    core = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    index = np.arange(session.rank, len(split), session.world_size)
+    scores, golds, losses = [], [], []
+    for batch_index in _batches(index, batch_size):
+        batch = split.batch(batch_index, num_labels)
+        with autocast():
+            logits = core(
+                batch["input_ids"].to(session.device), batch["attention_mask"].to(session.device)
+            ).float()
+        labels = batch["labels"].to(session.device)
+        per_label = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, labels, reduction="none"
+        )
+        per_doc = sum(
+            w * per_label[:, s].mean(dim=1)
+            for w, s in zip(core.weights, core.level_slices, strict=True)
+        )
+        scores.append(logits.cpu().numpy())
+        golds.append(batch["labels"].numpy().astype(np.uint8))
+        losses.append(per_doc.cpu().numpy())
+    model.train(was_training)
+    empty = np.zeros((0, num_labels), dtype=np.float32)
+    mine = (
+        index,
+        np.concatenate(scores) if scores else empty,
+        np.concatenate(golds) if golds else empty.astype(np.uint8),
+        np.concatenate(losses) if losses else np.zeros(0, dtype=np.float32),
+    )
+    parts = _gather_to_rank0(session, mine)
+    if parts is None:
+        return None
+    order = np.concatenate([p[0] for p in parts])
+    inverse = np.argsort(order, kind="stable")
+    return (
+        np.concatenate([p[1] for p in parts])[inverse],
+        np.concatenate([p[2] for p in parts])[inverse],
+        np.concatenate([p[3] for p in parts])[inverse],
+    )
+
+
+def split_metrics(
+    result: tuple[np.ndarray, np.ndarray, np.ndarray], level_slices: list[slice], split: str
+) -> dict[str, float]:
+    scores, gold, per_doc_loss = result
+    out = M.evaluate(
+        [gold[:, s] for s in level_slices], [scores[:, s] for s in level_slices], split
+    )
+    out[M.loss_key(split)] = float(per_doc_loss.mean()) if len(per_doc_loss) else float("nan")
+    return out
+
+
+def _save_checkpoint(
+    directory: Path,
+    model: LayerwiseClassifier,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: _State,
+    config: TrialConfig,
+    best_weights: dict[str, torch.Tensor] | None,
+) -> None:
+    torch.save(model.state_dict(), directory / "model.pt")
+    if best_weights is not None:  # current weights are not the best ones: keep both
+        torch.save(best_weights, directory / "best_model.pt")
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": state.__dict__,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+        },
+        directory / "train_state.pt",
+    )
+    atomic_write_text(directory / "config.json", config.dumps())
+
+
+def fit(
+    config: TrialConfig,
+    encoded: EncodedCorpus | str,
+    session: Session,
+    artifacts: Artifacts | None = None,
+) -> dict[str, Any]:
+    """Train one trial to the end; returns the final report (rank 0's view)."""
+    if isinstance(encoded, str):
+        encoded = load_encoded(encoded)
+    seed_everything(config.seed)
+    if session.device.type == "cpu":
+        torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    label_counts = encoded.label_counts
+    num_labels = encoded.num_labels
+    encoder = load_encoder(config.model, seed=config.seed)
+    num_layers = num_encoder_layers(encoder)
+    assignment = resolve_assignment(config.assignment, num_layers, label_counts)
+    variant = assignment.name or variant_of(assignment, num_layers, label_counts)
+    model = LayerwiseClassifier(
+        encoder, assignment, label_counts, config.dropout, config.loss_weighting
+    ).to(session.device)
+    train, dev, test = (Split.from_table(encoded.splits[s]) for s in ("train", "dev", "test"))
+    if len(train) == 0 or len(dev) == 0:
+        raise InputError("the corpus needs training and dev documents", where=config.corpus)
+
+    if session.world_size > 1:
+        model = _wrap_ddp(model, session)
+    core = _unwrap(model)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    micro_batches = math.ceil(math.ceil(len(train) / session.world_size) / config.batch_size)
+    steps_per_epoch = max(1, micro_batches // config.grad_accum)
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_ratio * total_steps)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    use_bf16 = config.bf16 and session.device.type == "cuda"
+
+    def autocast() -> Any:
+        if use_bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    state = _State()
+    best_weights: dict[str, torch.Tensor] | None = None
+    restored = session.restore()
+    if restored is not None:
+        core.load_state_dict(torch.load(restored / "model.pt", map_location=session.device))
+        saved = torch.load(restored / "train_state.pt", weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = _State(**saved["state"])
+        random.setstate(saved["rng"]["python"])
+        np.random.set_state(saved["rng"]["numpy"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        best_file = restored / "best_model.pt"
+        source = best_file if best_file.exists() else restored / "model.pt"
+        best_weights = torch.load(source, map_location="cpu")
+    elif session.rank == 0 and artifacts is not None:
+        atomic_write_text(artifacts.local / "config.json", config.dumps())
+        artifacts.writer.add_text("config", f"```\n{config.dumps()}\n```")
+
+    identity = {
+        M.TRIAL_VARIANT: variant,
+        M.TRIAL_ASSIGNMENT: assignment.to_string(),
+        M.TRIAL_NODE_ID: session.node_id(),
+        M.TRIAL_WORLD_SIZE: session.world_size,
+    }
+    stop_reason = STOP_COMPLETED
+    for epoch in range(state.epoch, config.epochs):
+        if state.bad_epochs >= config.patience:  # restored after the stopping epoch
+            stop_reason = STOP_PATIENCE
+            break
+        model.train()
+        shard = _shard(len(train), session.rank, session.world_size, config.seed, epoch)
+        batches = list(_batches(shard, config.batch_size))[: steps_per_epoch * config.grad_accum]
+        loss_sum, loss_count, finite = 0.0, 0, True
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch_index in enumerate(batches):
+            batch = split_to_device(train.batch(batch_index, num_labels), session.device)
+            sync = (i + 1) % config.grad_accum == 0 or i + 1 == len(batches)
+            with _no_sync(model, not sync), autocast():
+                logits = model(batch["input_ids"], batch["attention_mask"])
+                loss = core.loss(logits, batch["labels"])
+            if not torch.isfinite(loss.detach()):
+                finite = False
+                break
+            (loss / config.grad_accum).backward()
+            loss_sum += float(loss.detach())
+            loss_count += 1
+            if sync:
+                if config.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.global_step += 1
+        finite = _all_ranks_true(session, finite)
+        elapsed = time.perf_counter() - started
+        if not finite:
+            stop_reason = STOP_NAN
+            session.report(
+                {
+                    **identity,
+                    M.EPOCH: epoch + 1,
+                    M.TRIAL_STOP_REASON: stop_reason,
+                    M.TRIAL_FINAL: 1,
+                },
+                None,
+            )
+            break
+        dev_result = evaluate_split(
+            model, dev, num_labels, session, config.eval_batch_size, autocast
+        )
+        report: dict[str, Any] = {}
+        if dev_result is not None:
+            report = split_metrics(dev_result, core.level_slices, "dev")
+            report[M.loss_key("train")] = loss_sum / max(1, loss_count)
+            report[M.SAMPLES_PER_SECOND] = (
+                len(batches) * config.batch_size * session.world_size / max(elapsed, 1e-9)
+            )
+            report[M.LEARNING_RATE] = scheduler.get_last_lr()[0]
+        report = _broadcast_from_rank0(session, report)
+        dev_loss = report[M.loss_key("dev")]
+        state.epoch = epoch + 1
+        improved = dev_loss < state.best_dev_loss - 1e-7
+        if improved:
+            state.best_dev_loss, state.best_epoch, state.bad_epochs = dev_loss, epoch + 1, 0
+            state.best_metrics = {k: v for k, v in report.items() if k.startswith("dev/")}
+            best_weights = None
+        else:
+            state.bad_epochs += 1
+            if best_weights is None:
+                best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
+        report.update(identity)
+        report.update({M.EPOCH: epoch + 1, M.TRIAL_FINAL: 0})
+        if session.rank == 0 and artifacts is not None:
+            for key, value in report.items():
+                if isinstance(value, (int, float)) and "/" in key:
+                    artifacts.writer.add_scalar(key, value, epoch + 1)
+            artifacts.sync()
+        with tempfile.TemporaryDirectory(prefix="hiersearch-ckpt-") as tmp:
+            checkpoint_dir = None
+            if session.rank == 0:
+                checkpoint_dir = Path(tmp)
+                _save_checkpoint(
+                    checkpoint_dir, core, optimizer, scheduler, state, config, best_weights
+                )
+            session.report(report, checkpoint_dir)
+        if state.bad_epochs >= config.patience:
+            stop_reason = STOP_PATIENCE
+            break
+
+    if stop_reason == STOP_NAN:
+        return {M.TRIAL_STOP_REASON: STOP_NAN}
+    if best_weights is not None:
+        core.load_state_dict({k: v.to(session.device) for k, v in best_weights.items()})
+    final: dict[str, Any] = {}
+    test_result = evaluate_split(
+        model, test, num_labels, session, config.eval_batch_size, autocast
+    )
+    if test_result is not None and len(test) > 0:
+        final.update(split_metrics(test_result, core.level_slices, "test"))
+    if session.rank == 0 and config.util_docs > 0:
+        final.update(_utilization(core, dev, config, session, artifacts))
+    final = _broadcast_from_rank0(session, final)
+    final.update(state.best_metrics)
+    final.update(identity)
+    final.update(
+        {
+            M.EPOCH: state.epoch,
+            M.TRIAL_BEST_EPOCH: state.best_epoch,
+            M.TRIAL_STOP_REASON: stop_reason,
+            M.TRIAL_FINAL: 1,
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="hiersearch-ckpt-") as tmp:
+        checkpoint_dir = None
+        if session.rank == 0:
+            checkpoint_dir = Path(tmp)
+            torch.save(core.state_dict(), checkpoint_dir / "model.pt")
+            atomic_write_text(checkpoint_dir / "config.json", config.dumps())
+            atomic_write_json(checkpoint_dir / "final_metrics.json", _jsonable(final))
+            if artifacts is not None:
+                atomic_write_json(artifacts.local / "final_metrics.json", _jsonable(final))
+                artifacts.close()
+        session.report(final, checkpoint_dir)
+    return final
+
+
+def _utilization(
+    core: LayerwiseClassifier,
+    dev: Split,
+    config: TrialConfig,
+    session: Session,
+    artifacts: Artifacts | None,
+) -> dict[str, float]:
+    count = min(config.util_docs, len(dev))
+    index = np.sort(np.random.default_rng(UTIL_SAMPLE_SEED).permutation(len(dev))[:count])
+    batch = dev.batch(index, 1)
+    util = measure_utilization(
+        core.encoder,
+        batch["input_ids"].to(session.device),
+        batch["attention_mask"].to(session.device),
+    )
+    if artifacts is not None:
+        atomic_write_json(artifacts.local / "utilization.json", util.to_json())
+        ticks = [str(i + 1) for i in range(util.cls_angle.shape[0])]
+        for name, matrix, title in (
+            ("cls_angle", util.cls_angle, "[CLS] angular distance between layers"),
+            ("attention_kl", util.layer_kl, "KL divergence of attention between layers"),
+        ):
+            save_heatmap(matrix, artifacts.local / f"{name}.png", title, ticks)
+            artifacts.writer.add_figure(
+                f"utilization/{name}", heatmap_figure(matrix, title, ticks)
+            )
+    return util.scalar_metrics()
+
+
+def split_to_device(
+    batch: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _wrap_ddp(model: torch.nn.Module, session: Session) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [session.device.index] if session.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _no_sync(model: torch.nn.Module, skip: bool) -> Any:
+    if skip and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def _all_ranks_true(session: Session, flag: bool) -> bool:
+    if session.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if flag else 0], device=session.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key] = None
+        elif isinstance(value, (np.floating, np.integer)):
+            out[key] = value.item()
+        else:
+            out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------- Ray Train side
+
+
+class RaySession:
+    """The Ray Train worker's view: rank, world size, device, report and restore."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._restore_dir: Path | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = (
+            ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        )
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def restore(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        self._restore_dir = Path(checkpoint.to_directory())
+        return self._restore_dir
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """`train_loop_per_worker` for `TorchTrainer`: builds the session and runs `fit`."""
+    config = TrialConfig.from_dict(loop_config["trial"])
+    session = RaySession()
+    artifacts = None
+    if session.rank == 0:
+        artifacts = Artifacts(loop_config.get("artifacts_path"), loop_config.get("filesystem"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    fit(config, loop_config["encoded"], session, artifacts)

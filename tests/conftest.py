@@ -1,0 +1,43 @@
+"""Test environment: offline, loopback-only Ray without token auth, one shared Ray session.
+
+Everything here is set before any test imports Ray or transformers: nothing is fetched from a
+hub, Ray binds 127.0.0.1, and `~/.ray` is never read or written (HOME points at a temp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_HOME = tempfile.mkdtemp(prefix="hiersearch-test-home-")
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AIR_NEW_OUTPUT": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HOME": _HOME,
+        "HIERSEARCH_DATA": str(Path(_HOME) / "data"),
+    }
+)
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for every Ray-backed test (start-up costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
