@@ -198,10 +198,11 @@ def _prepare_env() -> None:
 def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
     from hiersearch.search import run_search
 
+    default_name = extra.pop("default_name", None)
     return run_search(
         space,
         storage=args.storage,
-        name=args.name or extra.pop("default_name", None),
+        name=args.name or default_name,
         resume=args.resume,
         address=args.address,
         data_dir=args.data,

@@ -100,7 +100,7 @@ class TrialConfig:
                 f"must be one of {', '.join(LOSS_WEIGHTINGS)}",
             ),
             (self.num_workers >= 1, "num_workers", "must be >= 1"),
-            (self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0"),
+            (self.cpus_per_worker >= 0.05, "cpus_per_worker", "must be >= 0.05"),
             (self.max_length >= 8, "max_length", "must be >= 8"),
             (self.util_docs >= 0, "util_docs", "must be >= 0"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),

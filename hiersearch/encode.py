@@ -201,18 +201,20 @@ class Split:
         labels = [np.asarray(x, dtype=np.int64) for x in table["label_ids"]]
         return cls(matrix, lengths, labels)
 
-    def batch(self, index: np.ndarray, num_labels: int) -> dict[str, torch.Tensor]:
-        """Tensors for the documents in `index`, padded to the longest of them."""
+    def inputs(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        """Token ids and attention mask of the documents in `index`, padded to the longest."""
         width = int(self.lengths[index].max())
-        input_ids = torch.from_numpy(self.input_ids[index, :width])
-        attention_mask = (
-            torch.arange(width)[None, :] < torch.from_numpy(self.lengths[index])[:, None]
-        ).long()
+        lengths = torch.from_numpy(self.lengths[index])
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": multi_hot([self.label_ids[i] for i in index], num_labels),
+            "input_ids": torch.from_numpy(self.input_ids[index, :width]),
+            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
         }
+
+    def batch(self, index: np.ndarray, num_labels: int) -> dict[str, torch.Tensor]:
+        """`inputs` plus the multi-hot targets [docs, num_labels]."""
+        out = self.inputs(index)
+        out["labels"] = multi_hot([self.label_ids[i] for i in index], num_labels)
+        return out
 
 
 def multi_hot(label_ids: Sequence[np.ndarray], num_labels: int) -> torch.Tensor:

@@ -211,6 +211,13 @@ class Hierarchy:
         name = self.name if (first, last) == (1, self.depth) else f"{self.name}.L{first}-{last}"
         return Hierarchy(nodes, name, outside=outside)
 
+    def restrict(self, labels: Iterable[str]) -> Hierarchy:
+        """The sub-hierarchy of `labels` and all their ancestors (the label universe of a
+        corpus that uses only part of a large hierarchy); levels keep their numbers."""
+        keep = self.augment(labels)
+        nodes = [n for n in self._nodes.values() if n.id in keep]
+        return Hierarchy(nodes, self.name if len(keep) == len(self) else f"{self.name}.subset")
+
     # -- serialization -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {

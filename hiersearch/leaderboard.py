@@ -75,11 +75,11 @@ VARIANT_ORDER = ("FLAT", "LAST-", "ONE-BY-ONE", "IN-PAIRS", "HYBRID")
 
 # result.json keys that become identity columns
 _RESULT_IDS = {
-    "trial/variant": "variant",
-    "trial/assignment": "assignment",
-    "trial/stop_reason": "stop_reason",
-    M.BEST_EPOCH: "best_epoch",
-    "trial/node_id": "node_id",
+    M.TRIAL_VARIANT: "variant",
+    M.TRIAL_ASSIGNMENT: "assignment",
+    M.TRIAL_STOP_REASON: "stop_reason",
+    M.TRIAL_BEST_EPOCH: "best_epoch",
+    M.TRIAL_NODE_ID: "node_id",
 }
 _RAY_STATUS = {"RUNNING": STATUS_RUNNING, "PENDING": STATUS_PENDING, "PAUSED": STATUS_PAUSED}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -252,7 +252,7 @@ def _trial_row(
     state = state or {}
     rows = _read_results(store, trial_dir) if trial_dir else []
     last = rows[-1] if rows else dict(state.get("last") or {})
-    final = last.get("trial/stop_reason") is not None
+    final = last.get(M.TRIAL_STOP_REASON) is not None
     chosen = dict(last)
     if not final:  # train/ and dev/ from the best report; see the module docstring
         per_epoch = ("train", "dev")
@@ -286,7 +286,7 @@ def _trial_row(
         row[name] = value
     if row.get("variant") is None and row.get("assignment") == "FLAT":
         row["variant"] = "FLAT"  # FLAT is a named variant however the trainer labels it
-    elif "trial/variant" not in chosen and isinstance(params.get("variant"), str):
+    elif M.TRIAL_VARIANT not in chosen and isinstance(params.get("variant"), str):
         row["variant"] = params["variant"]  # a trial that never reported: its config says
     return row
 

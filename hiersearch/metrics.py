@@ -41,7 +41,7 @@ EPOCH_SECONDS = "train/epoch_s"
 PEAK_MEMORY_MB = "train/peak_mem_mb"
 
 # reported with the metrics but describing the trial, not measuring it ("trial/" prefix)
-BEST_EPOCH = TRIAL_BEST_EPOCH = "trial/best_epoch"
+TRIAL_BEST_EPOCH = "trial/best_epoch"
 TRIAL_VARIANT = "trial/variant"
 TRIAL_ASSIGNMENT = "trial/assignment"
 TRIAL_STOP_REASON = "trial/stop_reason"

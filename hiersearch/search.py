@@ -52,8 +52,12 @@ class PreparedData:
     synthetic: bool
 
 
-def prepare_data(space: SpaceFile, base: TrialConfig, data_dir: str | None) -> PreparedData:
-    """Find or synthesize the corpus, then encode it once (cached for every trial)."""
+def prepare_data(
+    space: SpaceFile, base: TrialConfig, data_dir: str | None, data_root: str
+) -> PreparedData:
+    """Find or synthesize the corpus, then encode it once (cached for every trial).
+
+    A synthetic corpus is written under `data_root` and reused by later experiments."""
     corpus_dir = data_dir or space.data.corpus or base.corpus
     corpus: Corpus
     if corpus_dir:
@@ -63,10 +67,9 @@ def prepare_data(space: SpaceFile, base: TrialConfig, data_dir: str | None) -> P
         from hiersearch.synth import SynthConfig, synthesize
 
         d = space.data
+        leaves = f"-top{d.max_leaves}" if d.max_leaves else ""
         corpus_dir = str(
-            Path(os.environ.get("HIERSEARCH_DATA", "runs/_data"))
-            / f"synthetic-{d.hierarchy}-{d.docs}docs-seed{d.seed}"
-            + (f"-top{d.max_leaves}" if d.max_leaves else "")
+            Path(data_root) / f"synthetic-{d.hierarchy}-{d.docs}docs-seed{d.seed}{leaves}"
         )
         if (Path(corpus_dir) / "hierarchy.json").is_file():
             corpus = load_corpus_dir(corpus_dir)
@@ -78,6 +81,9 @@ def prepare_data(space: SpaceFile, base: TrialConfig, data_dir: str | None) -> P
             write_corpus(corpus, corpus_dir)
     if base.levels is not None:
         corpus = corpus.truncate(*base.levels)
+    # The model's config first: a missing model is then an InputError naming it (the
+    # tokenizer loader would raise a bare OSError for a hub name when offline).
+    num_layers = encoder_depth(base.model)
     cache_dir = base.cache_dir or str(Path(corpus_dir) / ".hiersearch-cache")
     encoded = encode(corpus, tokenizer_path(base.model), base.max_length, cache_dir)
     print(
@@ -91,7 +97,7 @@ def prepare_data(space: SpaceFile, base: TrialConfig, data_dir: str | None) -> P
         corpus_dir=str(Path(corpus_dir).resolve()),
         encoded_path=str(Path(encoded.path).resolve()),
         label_counts=encoded.label_counts,
-        num_layers=encoder_depth(base.model),
+        num_layers=num_layers,
         synthetic=corpus.synthetic,
     )
 
@@ -109,14 +115,20 @@ def trial_driver(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from ray.tune.utils import flatten_dict
+
     from hiersearch.train import STOP_NAN, train_worker
 
+    # Tune nests "assign/L1_start"-style keys into {"assign": {...}}: undo that.
+    params = flatten_dict(params, delimiter="/")
     assignment = assignment_of(params, data.num_layers, data.label_counts, space)
     config = trial_config(base, params, assignment).replace(corpus=data.corpus_dir)
     trial_id = tune.get_context().get_trial_id()
     filesystem, trial_path = _trial_storage()
     _write_text(filesystem, f"{trial_path}/config.json", config.dumps())
-    resources = {"CPU": config.cpus_per_worker}
+    # The driver's sliver of CPU comes out of the workers' share, so that a trial takes exactly
+    # num_workers * cpus_per_worker CPUs and `max_concurrent` trials fit the cluster.
+    resources = {"CPU": config.cpus_per_worker - DRIVER_CPUS / config.num_workers}
     if config.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -150,8 +162,8 @@ def trial_driver(
     final = result.metrics or {}
     if final.get(M.TRIAL_STOP_REASON) == STOP_NAN:
         raise NonFiniteLossError(
-            f"non-finite training loss in epoch {final.get(M.EPOCH)}: trial stopped "
-            f"(lr={config.lr}, assignment={config.assignment})"
+            f"non-finite training loss or weights in epoch {final.get(M.EPOCH)}: trial "
+            f"stopped, not retried (lr={config.lr}, assignment={config.assignment})"
         )
 
 
@@ -235,27 +247,39 @@ def run_search(
 
     if seeds is not None:
         space = _with_seeds(space, seeds)
-    base = space.base_config(model=model)
     name = name or space.name
     path = experiment_path(storage, name)
-    data = prepare_data(space, base, data_dir)
+    if resume:
+        from ray.tune import Tuner
+
+        if not Tuner.can_restore(path):
+            raise InputError("no experiment to resume at this path", where=f"--resume {path}")
+        space, base, data_dir = _resume_settings(path, space, model, data_dir)
+    else:
+        _check_space(space)
+        base = space.base_config(model=model)
+    data_root = os.environ.get("HIERSEARCH_DATA") or (
+        "runs/_data" if "://" in storage else str(Path(storage) / "_data")
+    )
+    data = prepare_data(space, base, data_dir, data_root)
+    if not resume:
+        # Everything a trial resolves from the space is resolved once here, before Ray
+        # starts: bad input fails the command (exit 2), not each trial after minutes.
+        points = fixed_points(space, data.num_layers, data.label_counts)
+        define = define_by_run(space, data.num_layers, data.label_counts)
+        _check_trials(space, base, data, points)
     connect(address)
     trainable = tune.with_resources(
         tune.with_parameters(trial_driver, base=base, data=data, space=space),
         {"cpu": DRIVER_CPUS},
     )
     if resume:
-        from ray.tune import Tuner
-
-        if not Tuner.can_restore(path):
-            raise InputError("no experiment to resume at this path", where=f"--resume {path}")
         tuner = Tuner.restore(
             path, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
         )
         tuner.fit()
         return path
 
-    points = fixed_points(space, data.num_layers, data.label_counts)
     if fixed_only or space.tune.algorithm == "grid":
         num_samples = len(points)
     else:
@@ -266,7 +290,7 @@ def run_search(
         else optuna.samplers.TPESampler(seed=space.tune.sampler_seed)
     )
     search_alg = OptunaSearch(
-        space=define_by_run(space, data.num_layers, data.label_counts),
+        space=define,
         metric=space.tune.metric,
         mode=space.tune.mode,
         points_to_evaluate=points[:num_samples] or None,
@@ -303,6 +327,112 @@ def run_search(
     )
     tuner.fit()
     return path
+
+
+# TrialConfig fields that shape the encoded corpus: it is encoded once per experiment (with
+# the trial section's values), so searching them would change nothing.
+PER_EXPERIMENT_FIELDS = ("corpus", "levels", "max_length", "cache_dir")
+
+
+def _check_space(space: SpaceFile) -> None:
+    """What `parse_space` accepts but a search would silently ignore."""
+    if "assignment" in space.trial:
+        raise InputError(
+            "not used: each trial's assignment comes from the assignment section "
+            "(space: variants or monotone; variants: [...])",
+            where=f"{space.path}: trial: assignment",
+        )
+    for key in PER_EXPERIMENT_FIELDS:
+        if key in space.search:
+            raise InputError(
+                "cannot be searched: the corpus is encoded once per experiment; set it in "
+                "the trial section (or run one experiment per value)",
+                where=f"{space.path}: search: {key}",
+            )
+
+
+def _check_trials(
+    space: SpaceFile, base: TrialConfig, data: PreparedData, points: list[dict[str, Any]]
+) -> None:
+    """Resolve every fixed trial as its driver will, and every searched backbone, against the
+    model depth and the corpus levels: an InputError here costs no Ray start."""
+    from hiersearch.train import resolve_assignment
+
+    for point in points:
+        assignment = assignment_of(point, data.num_layers, data.label_counts, space)
+        config = trial_config(base, point, assignment)
+        resolve_assignment(config.assignment, data.num_layers, data.label_counts)
+    model_dist = space.search.get("model") or {}
+    for choice in model_dist.get("choices") or []:
+        where = f"{space.path}: search: model"
+        depth = encoder_depth(str(choice))
+        if depth != data.num_layers:  # assignments are drawn for one depth
+            raise InputError(
+                f"model {choice!r} has {depth} layers, the experiment's base model "
+                f"{base.model!r} has {data.num_layers}",
+                where=where,
+            )
+        if tokenizer_path(str(choice)) != tokenizer_path(base.model):
+            raise InputError(
+                f"model {choice!r} has another tokenizer than the base model {base.model!r}, "
+                "whose tokens the corpus is encoded with",
+                where=where,
+            )
+
+
+def read_meta(path: str) -> dict[str, Any] | None:
+    """An experiment's `hiersearch.json` (path or URI); None when there is none."""
+    import pyarrow.fs
+
+    filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(
+        path if "://" in path else f"file://{os.path.abspath(path)}"
+    )
+    where = f"{path.rstrip('/')}/{EXPERIMENT_META}"
+    try:
+        with filesystem.open_input_stream(f"{fs_path}/{EXPERIMENT_META}") as stream:
+            text = stream.read().decode("utf-8")
+    except (FileNotFoundError, OSError):
+        return None
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"not JSON ({exc})", where=where) from None
+    if not isinstance(meta, dict):
+        raise InputError("expected a JSON object", where=where)
+    return meta
+
+
+def _resume_settings(
+    path: str, space: SpaceFile, model: str | None, data_dir: str | None
+) -> tuple[SpaceFile, TrialConfig, str | None]:
+    """The space, base config and corpus the experiment at `path` was started with, so that
+    its remaining trials run exactly like its finished ones whatever the resuming command
+    line says; a --model or --data that contradicts them is an InputError."""
+    from hiersearch.space import parse_space
+
+    meta = read_meta(path)
+    if meta is None:  # an experiment from before hiersearch.json: trust the command line
+        return space, space.base_config(model=model), data_dir
+    where = f"{path.rstrip('/')}/{EXPERIMENT_META}"
+    try:
+        stored = parse_space(meta["space"], str(meta.get("space_file") or where))
+        base = TrialConfig.from_dict(meta["base_config"], where=f"{where}: base_config")
+        corpus = str(meta["corpus"])
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"missing or malformed key {exc}", where=where) from None
+    if model is not None and model != base.model:
+        raise InputError(
+            f"the experiment being resumed uses model {base.model!r}; drop --model or start "
+            "a new experiment (--name)",
+            where="--model",
+        )
+    if data_dir is not None and Path(data_dir).resolve() != Path(corpus).resolve():
+        raise InputError(
+            f"the experiment being resumed uses the corpus {corpus}; drop --data or start a "
+            "new experiment (--name)",
+            where="--data",
+        )
+    return stored, base, corpus
 
 
 def _with_seeds(space: SpaceFile, seeds: int) -> SpaceFile:

@@ -310,25 +310,36 @@ def _suggest(trial: Any, name: str, dist: dict[str, Any]) -> Any:
     )
 
 
+class DefineByRun:
+    """The Optuna define-by-run function of a space: only `suggest_*` calls, no constants.
+
+    A class rather than a closure so that Ray Tune can pickle the searcher's state."""
+
+    def __init__(self, space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> None:
+        self.space = space
+        self.num_layers = num_layers
+        self.levels = len(label_counts)
+        self.variants = _variant_list(space, num_layers, label_counts)
+        self.options = space.assignment.options()
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        for key, dist in self.space.search.items():
+            _suggest(trial, key, dist)
+        if self.space.assignment.space == "variants":
+            trial.suggest_categorical(VARIANT_PARAM, self.variants)
+        else:
+            suggest_assignment(
+                trial, self.num_layers, self.levels, self.options, prefix=ASSIGN_PREFIX
+            )
+        trial.suggest_categorical(SEED_PARAM, list(range(self.space.tune.seeds)))
+        return None
+
+
 def define_by_run(
     space: SpaceFile, num_layers: int, label_counts: Sequence[int]
 ) -> Callable[[Any], dict[str, Any] | None]:
     """The Optuna define-by-run function of a space (only `suggest_*` calls)."""
-    levels = len(label_counts)
-    variants = _variant_list(space, num_layers, label_counts)
-    options = space.assignment.options()
-
-    def suggest(trial: Any) -> dict[str, Any] | None:
-        for key, dist in space.search.items():
-            _suggest(trial, key, dist)
-        if space.assignment.space == "variants":
-            trial.suggest_categorical(VARIANT_PARAM, variants)
-        else:
-            suggest_assignment(trial, num_layers, levels, options, prefix=ASSIGN_PREFIX)
-        trial.suggest_categorical(SEED_PARAM, list(range(space.tune.seeds)))
-        return None
-
-    return suggest
+    return DefineByRun(space, num_layers, label_counts)
 
 
 def _variant_list(space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> list[str]:

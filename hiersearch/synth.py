@@ -341,4 +341,7 @@ def synthesize(hierarchy: Hierarchy, config: SynthConfig) -> Corpus:
         "hierarchy_fingerprint": hierarchy.fingerprint(),
         "leaves": len(ranked),
     }
-    return finalize(raw, hierarchy, synthetic=True, where="synthetic corpus", generator=generator)
+    # With max_leaves the label universe is the Zipf head and its ancestors, not the whole
+    # hierarchy: heads over thousands of never-seen labels would only add cost.
+    labels = hierarchy.restrict(ranked_list) if config.max_leaves else hierarchy
+    return finalize(raw, labels, synthetic=True, where="synthetic corpus", generator=generator)

@@ -14,6 +14,7 @@ test, utilization is measured on a fixed dev sample, and a final report carries 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import random
@@ -43,6 +44,8 @@ STOP_PATIENCE = "patience"
 STOP_NAN = "nan_loss"
 # Fixed seed of the dev sample for utilization: the same documents for every trial.
 UTIL_SAMPLE_SEED = 1234
+# Trial artifact listing every start of the worker group: rank, pid, node of each worker.
+WORKERS_FILE = "workers.json"
 
 
 class Session(Protocol):
@@ -73,7 +76,8 @@ class LocalSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None:
-            target = self.checkpoint_root / f"checkpoint_{len(self.reports):06d}"
+            taken = sum(1 for _ in self.checkpoint_root.iterdir())
+            target = self.checkpoint_root / f"checkpoint_{taken:06d}"
             shutil.copytree(checkpoint_dir, target)
             self.checkpoints.append(target)
 
@@ -148,6 +152,32 @@ class Artifacts:
             source_filesystem=pyarrow.fs.LocalFileSystem(),
             destination_filesystem=self.filesystem,
         )
+
+    def read_target(self, name: str) -> str | None:
+        """A file already in the trial's storage (left there by an earlier attempt), if any."""
+        if self.target is None:
+            return None
+        path = f"{self.target}/{name}"
+        try:
+            if self.filesystem is None:
+                return Path(path).read_text(encoding="utf-8")
+            with self.filesystem.open_input_stream(path) as stream:
+                return stream.read().decode("utf-8")
+        except (FileNotFoundError, OSError):
+            return None
+
+    def record_start(self, workers: list[dict[str, Any]]) -> None:
+        """Append this start of the worker group to `workers.json` and sync it at once, so
+        that a worker can be found (and killed) by pid while it trains, and a restart by Ray
+        Train shows as a second entry in "starts"."""
+        previous: dict[str, Any] = {}
+        with contextlib.suppress(ValueError, TypeError):
+            previous = json.loads(self.read_target(WORKERS_FILE) or "{}")
+        starts = previous.get("starts") if isinstance(previous, dict) else None
+        starts = starts if isinstance(starts, list) else []
+        starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workers": workers})
+        atomic_write_json(self.local / WORKERS_FILE, {"starts": starts})
+        self.sync()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -398,36 +428,39 @@ def fit(
             if sync:
                 if config.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
+                if not _optimizer_step(optimizer):
+                    finite = False
+                    break
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.global_step += 1
-        finite = _all_ranks_true(session, finite)
+        # The last step of an epoch can leave the weights non-finite while every loss so far
+        # was finite (dev scores would then be NaN): check the weights once per epoch.
+        finite = _all_ranks_true(session, finite and _parameters_finite(core))
         elapsed = time.perf_counter() - started
         if not finite:
             stop_reason = STOP_NAN
-            session.report(
-                {
-                    **identity,
-                    M.EPOCH: epoch + 1,
-                    M.TRIAL_STOP_REASON: stop_reason,
-                    M.TRIAL_FINAL: 1,
-                },
-                None,
-            )
+            _report_non_finite(session, identity, epoch + 1)
             break
         dev_result = evaluate_split(
             model, dev, num_labels, session, config.eval_batch_size, autocast
         )
         report: dict[str, Any] = {}
-        if dev_result is not None:
+        if dev_result is not None and np.isnan(dev_result[0]).any():
+            report = {M.TRIAL_STOP_REASON: STOP_NAN}  # finite weights, overflowing activations
+        elif dev_result is not None:
             report = split_metrics(dev_result, core.level_slices, "dev")
             report[M.loss_key("train")] = loss_sum / max(1, loss_count)
             report[M.SAMPLES_PER_SECOND] = (
                 len(batches) * config.batch_size * session.world_size / max(elapsed, 1e-9)
             )
             report[M.LEARNING_RATE] = scheduler.get_last_lr()[0]
+            report[M.TRAIN_STEP] = state.global_step
         report = _broadcast_from_rank0(session, report)
+        if report.get(M.TRIAL_STOP_REASON) == STOP_NAN:
+            stop_reason = STOP_NAN
+            _report_non_finite(session, identity, epoch + 1)
+            break
         dev_loss = report[M.loss_key("dev")]
         state.epoch = epoch + 1
         improved = dev_loss < state.best_dev_loss - 1e-7
@@ -504,7 +537,7 @@ def _utilization(
 ) -> dict[str, float]:
     count = min(config.util_docs, len(dev))
     index = np.sort(np.random.default_rng(UTIL_SAMPLE_SEED).permutation(len(dev))[:count])
-    batch = dev.batch(index, 1)
+    batch = dev.inputs(index)
     util = measure_utilization(
         core.encoder,
         batch["input_ids"].to(session.device),
@@ -541,6 +574,32 @@ def _no_sync(model: torch.nn.Module, skip: bool) -> Any:
     if skip and hasattr(model, "no_sync"):
         return model.no_sync()
     return contextlib.nullcontext()
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer) -> bool:
+    """One optimizer step; False when the step size itself overflows float32.
+
+    Adam turns an absurd learning rate (around 1e38) into a step size that torch cannot
+    convert to float and raises; that is the same divergence as a non-finite loss, and
+    retrying it (Ray Train's FailureConfig) would only fail again."""
+    try:
+        optimizer.step()
+    except RuntimeError as exc:
+        if "without overflow" not in str(exc):
+            raise
+        return False
+    return True
+
+
+def _parameters_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _report_non_finite(session: Session, identity: dict[str, Any], epoch: int) -> None:
+    """The final report of a diverged trial: no metrics and no checkpoint, just the reason."""
+    session.report(
+        {**identity, M.EPOCH: epoch, M.TRIAL_STOP_REASON: STOP_NAN, M.TRIAL_FINAL: 1}, None
+    )
 
 
 def _all_ranks_true(session: Session, flag: bool) -> bool:
@@ -611,5 +670,14 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     artifacts = None
     if session.rank == 0:
         artifacts = Artifacts(loop_config.get("artifacts_path"), loop_config.get("filesystem"))
+    me = {
+        "rank": session.rank,
+        "pid": os.getpid(),
+        "node_id": session.node_id(),
+        "hostname": socket.gethostname(),
+    }
+    workers = _gather_to_rank0(session, me)
+    if artifacts is not None and workers is not None:
+        artifacts.record_start(workers)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     fit(config, loop_config["encoded"], session, artifacts)

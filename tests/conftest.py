@@ -26,6 +26,8 @@ os.environ.update(
         "TOKENIZERS_PARALLELISM": "false",
         "HOME": _HOME,
         "HIERSEARCH_DATA": str(Path(_HOME) / "data"),
+        # Worker start-up (imports of torch and transformers) is slow on a loaded 2-core box.
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
     }
 )
 os.environ.pop("RAY_ADDRESS", None)

@@ -285,3 +285,21 @@ def test_load_hierarchy_rejects_unknown_specs(tmp_path: Path) -> None:
     other.write_text("[1, 2]")
     with pytest.raises(InputError, match="not a hierarchy"):
         load_hierarchy(str(other))
+
+
+def test_restrict_keeps_labels_and_their_ancestors_only() -> None:
+    from hiersearch.hierarchy import Hierarchy, Node
+
+    h = Hierarchy(
+        [
+            Node("a", "A", (), 1),
+            Node("b", "B", (), 1),
+            Node("a1", "A1", ("a",), 2),
+            Node("b1", "B1", ("b",), 2),
+            Node("a1x", "A1X", ("a1",), 3),
+            Node("b1x", "B1X", ("b1",), 3),
+        ]
+    )
+    sub = h.restrict(["a1x"])
+    assert sub.label_index() == [["a"], ["a1"], ["a1x"]]
+    assert sub.ancestors("a1x") == {"a", "a1"}

@@ -152,3 +152,13 @@ def test_unknown_variant_is_named() -> None:
     space = parse_space(raw, "smoke.yaml")
     with pytest.raises(InputError, match="LAST-TWO"):
         fixed_points(space, 12, COUNTS_3)
+
+
+def test_define_by_run_function_pickles_for_tune_checkpoints() -> None:
+    import pickle
+
+    fn = define_by_run(load_space("layerwise"), 6, COUNTS_3)
+    again = pickle.loads(pickle.dumps(fn))
+    trial = optuna.trial.FixedTrial(fixed_points(load_space("layerwise"), 6, COUNTS_3)[0])
+    again(trial)
+    assert "assign/kind" in trial.params or "assign/L1_start" in trial.params

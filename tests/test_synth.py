@@ -177,3 +177,14 @@ def test_round_trip_through_a_corpus_directory(tmp_path: Path) -> None:
 def test_bad_config_values_name_the_field(field: str, value: object) -> None:
     with pytest.raises(InputError, match=rf"^{field}: "):
         synthesize(eurovoc_hierarchy(), SynthConfig(**{field: value}))  # type: ignore[arg-type]
+
+
+def test_max_leaves_restricts_the_label_universe_to_the_head_and_its_ancestors() -> None:
+    from hiersearch.hierarchy import eurovoc_hierarchy
+
+    corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=60, seed=1, max_leaves=12))
+    counts = corpus.hierarchy.label_counts()
+    assert counts[2] == 12 and counts[0] <= 12 and counts[1] <= 12
+    used = {label for docs in corpus.splits.values() for d in docs for label in d.labels}
+    assert used <= set(corpus.hierarchy.label_index()[0] + corpus.hierarchy.label_index()[1]
+                       + corpus.hierarchy.label_index()[2])

@@ -1,0 +1,85 @@
+"""The command line contract of DESIGN.md: outputs, JSON shapes and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hiersearch.cli import main
+
+PAPER_TABLE = {
+    "FLAT": "flat",
+    "LAST-SIX": [[7], [8], [9], [10], [11], [12]],
+    "ONE-BY-ONE": [[2], [4], [6], [8], [10], [12]],
+    "IN-PAIRS": [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12]],
+    "HYBRID": [[4], [5], [6, 7], [8, 9], [10, 11], [12]],
+}
+
+
+def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> object:
+    capsys.readouterr()
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_variants_json_is_the_papers_table(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, ["variants", "--layers", "12", "--levels", "6",
+                         "--label-counts", "21,127,567,3861,2284,481", "--json"])
+    assert list(out) == list(PAPER_TABLE)
+    for name, groups in PAPER_TABLE.items():
+        if groups == "flat":
+            assert out[name]["flat"] is True
+        else:
+            assert out[name]["groups"] == groups, name
+
+
+def test_variants_table_prints_assignment_strings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["variants", "--layers", "12", "--levels", "6"]) == 0
+    assert "L1:7|L2:8|L3:9|L4:10|L5:11|L6:12" in capsys.readouterr().out
+
+
+def test_space_json_reports_the_exact_size(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _json(capsys, ["space", "--layers", "12", "--levels", "6", "--json"])
+    assert out["size"] == 18565  # C(18, 12) ordered non-overlapping blocks, plus FLAT
+    assert all(out["named_variants_in_space"].values())
+
+
+def test_bad_label_counts_exit_2_naming_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["variants", "--layers", "12", "--levels", "6", "--label-counts", "1,2"]) == 2
+    assert "--label-counts" in capsys.readouterr().err
+
+
+def test_data_synth_then_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "corpus"
+    assert main(["data", "synth", "--hierarchy", "eurovoc", "--docs", "300", "--seed", "1",
+                 "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} >= {"train.jsonl", "dev.jsonl", "test.jsonl",
+                                               "hierarchy.json"}
+    capsys.readouterr()
+    assert main(["data", "stats", str(out)]) == 0
+    assert "SYNTHETIC" in capsys.readouterr().out
+    stats = _json(capsys, ["data", "stats", str(out), "--json"])
+    assert stats["synthetic"] is True
+    assert sum(stats["documents"].values()) == 300
+
+
+def test_leaderboard_of_a_directory_without_experiment_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["leaderboard", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "Traceback" not in err
+
+
+def test_input_errors_print_one_line_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hiersearch.cli", "data", "stats", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "missing" in proc.stderr

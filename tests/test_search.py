@@ -1,0 +1,181 @@
+"""Ray-backed end-to-end tests: the smoke preset, a layerwise search with ASHA, resume.
+
+They share one local Ray (the `ray_session` fixture) and the smallest settings that still
+exercise the real path: Ray Tune trials driving Ray Train runs of DDP workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hiersearch import leaderboard as lb
+from hiersearch import metrics as M
+from hiersearch.cli import main
+from hiersearch.config import TrialConfig
+from hiersearch.encode import load_encoded
+from hiersearch.model import LayerwiseClassifier, load_encoder
+from hiersearch.search import run_search
+from hiersearch.space import load_space, parse_space, preset_path
+from hiersearch.train import LocalSession, evaluate_split, resolve_assignment, split_metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+VARIANTS = ["FLAT", "LAST-THREE", "ONE-BY-ONE", "IN-PAIRS", "HYBRID"]
+
+
+def _leaderboard_json(path: str, capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    assert main(["leaderboard", path, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def smoke_experiment(tmp_path_factory: pytest.TempPathFactory) -> str:
+    storage = tmp_path_factory.mktemp("storage")
+    return run_search(load_space("smoke"), storage=str(storage), name="smoke",
+                      fixed_only=True, verbose=0)
+
+
+def test_smoke_preset_runs_the_five_variants_with_ddp_workers(
+    smoke_experiment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    board = _leaderboard_json(smoke_experiment, capsys)
+    assert board["schema"] == "hiersearch.leaderboard/1"
+    rows = board["rows"]
+    assert sorted(r["variant"] for r in rows) == sorted(VARIANTS)
+    for row in rows:
+        assert row["status"] == "terminated"
+        for split in ("dev", "test"):
+            keys = [M.rp_level_key(split, n) for n in (1, 2, 3)]
+            keys += [M.rp_micro_key(split), M.rp_macro_key(split)]
+            assert all(isinstance(row[k], float) for k in keys), (split, row)
+    trial_dir = next(Path(smoke_experiment).glob("trial_*"))
+    config = json.loads((trial_dir / "config.json").read_text())
+    assert config["num_workers"] == 2 and config["model"] == "tiny:12x32"
+    assert (trial_dir / "artifacts" / "cls_angle.png").is_file()
+    assert list((trial_dir / "artifacts" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_ddp_dev_metrics_equal_a_single_process_evaluation(smoke_experiment: str) -> None:
+    """The metrics reported under 2-worker DDP are those of the whole dev set, not a shard."""
+    meta = json.loads((Path(smoke_experiment) / "hiersearch.json").read_text())
+    trial_dir = next(Path(smoke_experiment).glob("trial_*"))
+    final = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()][
+        -1
+    ]
+    checkpoint = sorted(p for p in trial_dir.glob("train_*/checkpoint_*") if p.is_dir())[-1]
+    config = TrialConfig.from_dict(json.loads((checkpoint / "config.json").read_text()))
+    encoded_dirs = list(Path(meta["corpus"]).glob(".hiersearch-cache/encoded-*"))
+    encoded = load_encoded(encoded_dirs[0])
+    encoder = load_encoder(config.model, seed=config.seed)
+    assignment = resolve_assignment(config.assignment, 12, encoded.label_counts)
+    model = LayerwiseClassifier(encoder, assignment, encoded.label_counts, config.dropout)
+    model.load_state_dict(torch.load(checkpoint / "model.pt"))
+    from hiersearch.encode import Split
+
+    dev = Split.from_table(encoded.splits["dev"])
+    session = LocalSession(checkpoint_root=Path("."))
+    result = evaluate_split(model, dev, encoded.num_labels, session, 64, lambda: _null())
+    single = split_metrics(result, model.level_slices, "dev")
+    for key in (M.rp_level_key("dev", 1), M.rp_micro_key("dev"), M.rp_macro_key("dev"),
+                M.loss_key("dev")):
+        assert single[key] == pytest.approx(final[key], abs=1e-5), key
+
+
+def _null() -> object:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _layerwise_smoke(tmp_path: Path, **tune: object) -> Path:
+    """layerwise.yaml's search at smoke size (tiny encoder, a few dozen docs)."""
+    raw = yaml.safe_load(preset_path("layerwise").read_text())
+    smoke = yaml.safe_load(preset_path("smoke").read_text())
+    raw["data"] = smoke["data"]
+    raw["trial"] = {**smoke["trial"], "num_workers": 1, "cpus_per_worker": 1, "epochs": 3,
+                    "patience": 3, "util_docs": 0}
+    raw["search"]["batch_size"]["choices"] = [4, 8]
+    raw["tune"].update(tune)
+    path = tmp_path / "layerwise-smoke.yaml"
+    path.write_text("# Launch: hiersearch search --space layerwise-smoke.yaml\n"
+                    + yaml.safe_dump(raw))
+    parse_space(raw)  # still a valid space
+    return path
+
+
+def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space_file = _layerwise_smoke(tmp_path, num_samples=7, reduction_factor=3)
+    storage = f"file://{tmp_path}/storage"  # storage given as a URI
+    code = main(["search", "--space", str(space_file), "--storage", storage, "--name", "lw"])
+    assert code == 0
+    board = _leaderboard_json(f"{storage}/lw", capsys)
+    rows = board["rows"]
+    assert len(rows) == 7
+    statuses = [r["status"] for r in rows]
+    assert "stopped early" in statuses, statuses
+    assert statuses.count("terminated") >= 2
+    # the named variants were enqueued first, the sampler drew the rest from the space
+    variants = {r["variant"] for r in rows}
+    assert {"FLAT", "LAST-THREE"} <= variants
+    assignments = {r["assignment"] for r in rows}
+    assert len(assignments) >= 6
+    params = [c for c in board["columns"] if c in ("lr", "dropout", "batch_size",
+                                                   "warmup_ratio", "loss_weighting")]
+    assert len(params) == 5
+
+
+def test_resume_after_an_interrupted_search_keeps_finished_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = load_space(_layerwise_smoke(tmp_path, num_samples=4, scheduler="none"))
+    space = parse_space({**space.raw, "trial": {**space.raw["trial"], "epochs": 2}})
+    storage = tmp_path / "storage"
+    experiment = storage / "resume"
+
+    def interrupt_after_first_finished_trial() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            for result in experiment.glob("trial_*/result.json"):
+                lines = result.read_text().splitlines()
+                if lines and json.loads(lines[-1]).get(M.TRIAL_FINAL) == 1:
+                    os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+                    return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=interrupt_after_first_finished_trial, daemon=True)
+    watcher.start()
+    run_search(space, storage=str(storage), name="resume", verbose=0)
+    watcher.join(timeout=1)
+    before = {
+        p.parent.name: p.read_text()
+        for p in experiment.glob("trial_*/result.json")
+        if json.loads(p.read_text().splitlines()[-1]).get(M.TRIAL_FINAL) == 1
+    }
+    assert 1 <= len(before) < 4
+
+    run_search(space, storage=str(storage), name="resume", resume=True, verbose=0)
+    board = _leaderboard_json(str(experiment), capsys)
+    ids = [r["trial_id"] for r in board["rows"]]
+    assert len(ids) == len(set(ids)) == 4
+    assert all(r["status"] == "terminated" for r in board["rows"])
+    for name, text in before.items():  # finished trials were not run again
+        assert (experiment / name / "result.json").read_text() == text
+
+
+def test_leaderboard_table_groups_by_variant(smoke_experiment: str) -> None:
+    table = lb.group_rows(lb.load_experiments([smoke_experiment]), "variant")
+    assert sorted(table["variant"]) == sorted(VARIANTS)
+    assert np.all(table["trials"] == 1)
