@@ -114,7 +114,6 @@ def trial_driver(
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-
     from ray.tune.utils import flatten_dict
 
     from hiersearch.train import STOP_NAN, train_worker
@@ -138,6 +137,7 @@ def trial_driver(
             "encoded": data.encoded_path,
             "artifacts_path": f"{trial_path}/artifacts",
             "filesystem": filesystem,
+            "required_metrics": [space.tune.metric],
         },
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -159,7 +159,10 @@ def trial_driver(
         ),
     )
     result = trainer.fit()
-    final = result.metrics or {}
+    # Train V2's result holds only metrics reported with a checkpoint; a diverged trial's final
+    # report has none, so rank 0 leaves its final report in the artifacts as well.
+    final = _read_json(filesystem, f"{trial_path}/artifacts/final_metrics.json")
+    final = final or result.metrics or {}
     if final.get(M.TRIAL_STOP_REASON) == STOP_NAN:
         raise NonFiniteLossError(
             f"non-finite training loss or weights in epoch {final.get(M.EPOCH)}: trial "
@@ -173,6 +176,16 @@ def _trial_storage() -> tuple[Any, str]:
 
     storage = get_storage()
     return storage.storage_filesystem, storage.trial_fs_path
+
+
+def _read_json(filesystem: Any, path: str) -> dict[str, Any] | None:
+    """A small JSON object through a pyarrow filesystem; None if absent or not an object."""
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            value = json.loads(stream.read().decode("utf-8"))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _write_text(filesystem: Any, path: str, text: str) -> None:

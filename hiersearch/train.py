@@ -403,6 +403,7 @@ def fit(
         M.TRIAL_WORLD_SIZE: session.world_size,
     }
     stop_reason = STOP_COMPLETED
+    final_nan: dict[str, Any] = {}
     for epoch in range(state.epoch, config.epochs):
         if state.bad_epochs >= config.patience:  # restored after the stopping epoch
             stop_reason = STOP_PATIENCE
@@ -440,7 +441,7 @@ def fit(
         elapsed = time.perf_counter() - started
         if not finite:
             stop_reason = STOP_NAN
-            _report_non_finite(session, identity, epoch + 1)
+            final_nan = _report_non_finite(session, identity, epoch + 1)
             break
         dev_result = evaluate_split(
             model, dev, num_labels, session, config.eval_batch_size, autocast
@@ -459,7 +460,7 @@ def fit(
         report = _broadcast_from_rank0(session, report)
         if report.get(M.TRIAL_STOP_REASON) == STOP_NAN:
             stop_reason = STOP_NAN
-            _report_non_finite(session, identity, epoch + 1)
+            final_nan = _report_non_finite(session, identity, epoch + 1)
             break
         dev_loss = report[M.loss_key("dev")]
         state.epoch = epoch + 1
@@ -492,7 +493,12 @@ def fit(
             break
 
     if stop_reason == STOP_NAN:
-        return {M.TRIAL_STOP_REASON: STOP_NAN}
+        # Ray Train V2 keeps only the metrics that come with a checkpoint: the trial's driver
+        # learns why the trial stopped from this file (as for a completed trial).
+        if session.rank == 0 and artifacts is not None:
+            atomic_write_json(artifacts.local / "final_metrics.json", _jsonable(final_nan))
+            artifacts.close()
+        return final_nan
     if best_weights is not None:
         core.load_state_dict({k: v.to(session.device) for k, v in best_weights.items()})
     final: dict[str, Any] = {}
@@ -595,11 +601,13 @@ def _parameters_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _report_non_finite(session: Session, identity: dict[str, Any], epoch: int) -> None:
+def _report_non_finite(
+    session: Session, identity: dict[str, Any], epoch: int
+) -> dict[str, Any]:
     """The final report of a diverged trial: no metrics and no checkpoint, just the reason."""
-    session.report(
-        {**identity, M.EPOCH: epoch, M.TRIAL_STOP_REASON: STOP_NAN, M.TRIAL_FINAL: 1}, None
-    )
+    final = {**identity, M.EPOCH: epoch, M.TRIAL_STOP_REASON: STOP_NAN, M.TRIAL_FINAL: 1}
+    session.report(final, None)
+    return final
 
 
 def _all_ranks_true(session: Session, flag: bool) -> bool:
@@ -630,10 +638,11 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 class RaySession:
     """The Ray Train worker's view: rank, world size, device, report and restore."""
 
-    def __init__(self) -> None:
+    def __init__(self, required_metrics: tuple[str, ...] = ()) -> None:
         import ray.train
         import ray.train.torch
 
+        self.required_metrics = required_metrics
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -646,7 +655,10 @@ class RaySession:
         checkpoint = (
             ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         )
-        ray.train.report(metrics, checkpoint=checkpoint)
+        # Ray Tune fails the whole experiment on a result without its metric (and OptunaSearch
+        # indexes it): a report that has none (a diverged trial's final one) carries NaN.
+        missing = {key: float("nan") for key in self.required_metrics if key not in metrics}
+        ray.train.report({**metrics, **missing}, checkpoint=checkpoint)
 
     def restore(self) -> Path | None:
         import ray.train
@@ -666,7 +678,7 @@ class RaySession:
 def train_worker(loop_config: dict[str, Any]) -> None:
     """`train_loop_per_worker` for `TorchTrainer`: builds the session and runs `fit`."""
     config = TrialConfig.from_dict(loop_config["trial"])
-    session = RaySession()
+    session = RaySession(tuple(loop_config.get("required_metrics") or ()))
     artifacts = None
     if session.rank == 0:
         artifacts = Artifacts(loop_config.get("artifacts_path"), loop_config.get("filesystem"))
