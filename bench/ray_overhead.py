@@ -1,0 +1,363 @@
+"""Ray costs little: one trial in-process (`train.fit` with a `LocalSession`) against the same
+trial through Ray Tune + Ray Train with one worker (`search.run_search` on a one-trial space):
+same corpus, config, epochs and seed, alternating, several repetitions.
+
+Figures:
+- steady-state throughput ratio: training samples/s (the reports' `train/samples_per_s`,
+  epochs after the first) of the Ray run over the in-process run of the same repetition;
+- fixed per-trial overhead: wall time minus the time spent in the training loops (each epoch's
+  samples / its samples/s), for the Ray run (`run_search` call) and the in-process run (`fit`
+  call, imports already done);
+- where that overhead goes: every phase of the trial is timed by probes (bench/_timing.py)
+  installed in this process and, through Ray's `worker_process_setup_hook`, in the Ray worker
+  processes: Tune start-up and scheduling, the Train worker's process start and imports, corpus
+  and model loading, dev evaluation, checkpoint writes and their reports, test evaluation,
+  utilization, artifacts, and the tear-down; optionally a cProfile of one in-process `fit`.
+
+Targets: throughput ratio >= 0.95; fixed overhead <= 10 s per trial (2-core machine).
+
+    python bench/ray_overhead.py [--quick] [--reps N] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import math
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+import _timing  # noqa: E402
+from _common import emit, machine, median, setup_env, verdict  # noqa: E402
+
+VARIANT = "LAST-THREE"  # the synthetic EuroVoc corpus has 3 levels
+
+
+def space_raw(model: str, docs: int, epochs: int, batch_size: int, max_leaves: int,
+              util_docs: int) -> dict[str, Any]:
+    """A one-trial space: one named variant, one seed, no search."""
+    return {
+        "name": "ray-overhead",
+        "data": {"hierarchy": "eurovoc", "docs": docs, "seed": 1, "max_leaves": max_leaves},
+        "trial": {
+            "model": model,
+            "max_length": 128,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": 1.0e-4,
+            "dropout": 0.1,
+            "warmup_ratio": 0.1,
+            "patience": epochs,  # no early stop: every run trains all epochs
+            "num_workers": 1,
+            "cpus_per_worker": 1,
+            "util_docs": util_docs,
+            "keep_checkpoints": 1,
+        },
+        "assignment": {"space": "variants", "variants": [VARIANT]},
+        "tune": {"algorithm": "grid", "seeds": 1},
+    }
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def _within(events: list[dict[str, Any]], start: float, end: float) -> list[dict[str, Any]]:
+    return [e for e in events if e["start"] >= start - 1e-3 and e["end"] <= end + 1e-3]
+
+
+def _dur(event: dict[str, Any]) -> float:
+    return float(event["end"]) - float(event["start"])
+
+
+def _sum(events: list[dict[str, Any]], name: str) -> float:
+    return sum(_dur(e) for e in events if e["name"] == name)
+
+
+def epoch_train_seconds(reports: list[dict[str, Any]], epoch_samples: int) -> list[float]:
+    """Seconds in each epoch's training loop, from the per-epoch reports' samples/s."""
+    return [
+        epoch_samples / float(r["samples_per_s"])
+        for r in sorted(reports, key=lambda r: r["epoch"])
+        if not r.get("final") and r.get("samples_per_s")
+    ]
+
+
+def steady_throughput(reports: list[dict[str, Any]]) -> float:
+    """Median samples/s of the epochs after the first (the first also warms caches)."""
+    per_epoch = [
+        float(r["samples_per_s"])
+        for r in sorted(reports, key=lambda r: r["epoch"])
+        if not r.get("final") and r.get("samples_per_s")
+    ]
+    return median(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)
+
+
+def fit_phases(events: list[dict[str, Any]], epoch_samples: int) -> dict[str, float]:
+    """Where the time of one `fit` call goes (events of that call's process and window)."""
+    fit = next(e for e in events if e["name"] == "fit")
+    inside = _within(events, fit["start"], fit["end"])
+    reports = [e for e in inside if e["name"].endswith("Session.report")]
+    evals = sorted((e for e in inside if e["name"] == "evaluate_split"), key=lambda e: e["start"])
+    closes = [e for e in inside if e["name"] == "Artifacts.close"]
+    syncs = [
+        e for e in inside
+        if e["name"] == "Artifacts.sync"
+        and not any(c["start"] <= e["start"] <= c["end"] for c in closes)
+    ]
+    final = [r for r in reports if r.get("final")]
+    train = epoch_train_seconds(reports, epoch_samples)
+    phases = {
+        "load_encoded_corpus": _sum(inside, "load_encoded") + _sum(inside, "Split.from_table"),
+        "load_encoder": _sum(inside, "load_encoder"),
+        "training_loops": sum(train),
+        "dev_evaluation": sum(_dur(e) for e in evals[:-1]),
+        "checkpoint_save": _sum(inside, "_save_checkpoint"),
+        "epoch_reports_with_checkpoint": sum(_dur(r) for r in reports if not r.get("final")),
+        "artifacts_sync_per_epoch": sum(_dur(e) for e in syncs),
+        "test_evaluation": _dur(evals[-1]) if evals else 0.0,
+        "utilization": _sum(inside, "_utilization"),
+        "artifacts_close": sum(_dur(e) for e in closes),
+        "final_report_with_checkpoint": sum(_dur(r) for r in final),
+    }
+    phases["fit_other"] = _dur(fit) - sum(phases.values())
+    phases["fit_total"] = _dur(fit)
+    phases["epochs"] = float(len(train))
+    return phases
+
+
+def local_breakdown(events: list[dict[str, Any]], epoch_samples: int) -> dict[str, Any]:
+    phases = fit_phases(events, epoch_samples)
+    wall = phases["fit_total"]
+    reports = [e for e in events if e["name"].endswith("Session.report")]
+    return {
+        "wall_s": wall,
+        "training_loops_s": phases["training_loops"],
+        "fixed_overhead_s": wall - phases["training_loops"],
+        "steady_samples_per_s": steady_throughput(reports),
+        "phases_s": phases,
+    }
+
+
+def ray_breakdown(events: list[dict[str, Any]], start: float, end: float,
+                  epoch_samples: int) -> dict[str, Any]:
+    """Phases of one `run_search` call (start..end) from the events of every process."""
+    window = _within(events, start, end)
+    fit = next(e for e in window if e["name"] == "fit")
+    worker = [e for e in window if e["pid"] == fit["pid"]]
+    driver = next(e for e in window if e["name"] == "trial_driver")
+    hook = next((e for e in worker if e["name"] == "worker_setup_hook"), None)
+    imported = next((e for e in worker if e["name"] == "import hiersearch.train"), None)
+    phases = fit_phases(worker, epoch_samples)
+    prepare = _sum(window, "prepare_data")
+    segments: dict[str, float] = {
+        "prepare_data_cache_hit": prepare,
+        "tune_start_and_trial_scheduling": driver["start"] - start - prepare,
+    }
+    if hook is not None:
+        segments["train_controller_and_worker_spawn"] = hook["start"] - driver["start"]
+        segments["worker_process_bootstrap"] = _dur(hook)
+        after_hook = hook["end"]
+    else:  # the worker process existed before the trial (not seen in practice)
+        after_hook = driver["start"]
+    if imported is not None:
+        segments["worker_imports_hiersearch_torch"] = imported["end"] - max(
+            after_hook, imported["start"]
+        )
+        segments["worker_before_import"] = max(imported["start"] - after_hook, 0.0)
+        segments["worker_setup_until_fit"] = fit["start"] - imported["end"]
+    else:
+        segments["worker_setup_until_fit"] = fit["start"] - after_hook
+    segments.update({f"fit/{k}": v for k, v in phases.items() if k not in ("fit_total",
+                                                                             "epochs")})
+    segments["worker_group_shutdown"] = driver["end"] - fit["end"]
+    segments["tune_finish"] = end - driver["end"]
+    wall = end - start
+    reports = [e for e in worker if e["name"] == "RaySession.report"]
+    return {
+        "wall_s": wall,
+        "training_loops_s": phases["training_loops"],
+        "fixed_overhead_s": wall - phases["training_loops"],
+        "steady_samples_per_s": steady_throughput(reports),
+        "phases_s": segments,
+        "fit_total_s": phases["fit_total"],
+    }
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _epoch_samples(train_docs: int, batch_size: int) -> int:
+    # as fit counts them: every batch of the epoch at the full batch size
+    return math.ceil(train_docs / batch_size) * batch_size
+
+
+def run_local(base: Any, data: Any, events_file: Path, work: Path, rep: int) -> dict[str, Any]:
+    from hiersearch.space import trial_config
+    from hiersearch.train import Artifacts, LocalSession, fit
+
+    config = trial_config(base, {"seed": 0}, VARIANT).replace(corpus=data.corpus_dir)
+    root = work / f"local-{rep}"
+    (root / "checkpoints").mkdir(parents=True)
+    start = time.time()
+    fit(config, data.encoded_path, LocalSession(root / "checkpoints"),
+        Artifacts(str(root / "artifacts")))
+    end = time.time()
+    events = _within(_timing.load_events(events_file), start, end)
+    events = [e for e in events if e["pid"] == os.getpid()]
+    shutil.rmtree(root, ignore_errors=True)
+    return {"start": start, "end": end, "events": events}
+
+
+def run_ray(space: Any, storage: Path, events_file: Path, rep: int) -> dict[str, Any]:
+    from hiersearch.search import run_search
+
+    start = time.time()
+    path = run_search(space, storage=str(storage), name=f"ray-{rep}", verbose=0)
+    end = time.time()
+    events = _within(_timing.load_events(events_file), start, end)
+    shutil.rmtree(path, ignore_errors=True)
+    return {"start": start, "end": end, "events": events}
+
+
+def profile_fit(base: Any, data: Any, work: Path, top: int = 20) -> list[str]:
+    """cProfile of one in-process fit: the top functions by cumulative time."""
+    from hiersearch.space import trial_config
+    from hiersearch.train import Artifacts, LocalSession, fit
+
+    config = trial_config(base, {"seed": 0}, VARIANT).replace(corpus=data.corpus_dir)
+    root = work / "profiled"
+    (root / "checkpoints").mkdir(parents=True)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    fit(config, data.encoded_path, LocalSession(root / "checkpoints"),
+        Artifacts(str(root / "artifacts")))
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(top)
+    return [line for line in text.getvalue().splitlines() if line.strip()][-top - 1 :]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny encoder, 60 docs, 1 rep")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--docs", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="also cProfile one local fit")
+    parser.add_argument("--json", default=None, help="also write the result here")
+    args = parser.parse_args(argv)
+    home = setup_env()
+    events_file = Path(home) / "events.jsonl"
+    os.environ[_timing.EVENTS_ENV] = str(events_file)
+    model = args.model or ("tiny:6x64" if args.quick else "minilm")
+    docs = args.docs or (60 if args.quick else 400)
+    epochs = args.epochs or 2
+    reps = args.reps or (1 if args.quick else 3)
+    batch_size = 16
+    util_docs = 8 if args.quick else 32
+
+    import ray
+
+    from hiersearch.search import prepare_data
+    from hiersearch.space import parse_space
+
+    _timing.install_now()
+    space = parse_space(space_raw(model, docs, epochs, batch_size, 300, util_docs))
+    base = space.base_config()
+    data = prepare_data(space, base, None, os.environ["HIERSEARCH_DATA"])  # warms the cache
+    from hiersearch.encode import load_encoded
+
+    train_docs = len(load_encoded(data.encoded_path).splits["train"])
+    epoch_samples = _epoch_samples(train_docs, batch_size)
+    work = Path(tempfile.mkdtemp(prefix="hiersearch-bench-ray-"))
+    init_start = time.time()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {
+                _timing.EVENTS_ENV: str(events_file),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+                ),
+            },
+            "worker_process_setup_hook": "_timing.install",
+        },
+    )
+    ray_init_s = time.time() - init_start
+    runs: list[dict[str, Any]] = []
+    load_averages = []
+    try:
+        for rep in range(reps):
+            load_averages.append([round(x, 2) for x in os.getloadavg()])
+            order = ("local", "ray") if rep % 2 == 0 else ("ray", "local")
+            row: dict[str, Any] = {"rep": rep, "order": list(order)}
+            for kind in order:
+                if kind == "local":
+                    run = run_local(base, data, events_file, work, rep)
+                    row["local"] = local_breakdown(run["events"], epoch_samples)
+                else:
+                    run = run_ray(space, work / "storage", events_file, rep)
+                    row["ray"] = ray_breakdown(run["events"], run["start"], run["end"],
+                                               epoch_samples)
+            row["throughput_ratio"] = (
+                row["ray"]["steady_samples_per_s"] / row["local"]["steady_samples_per_s"]
+            )
+            runs.append(row)
+            print(f"[ray_overhead] rep {rep}: ray {row['ray']['wall_s']:.1f}s "
+                  f"local {row['local']['wall_s']:.1f}s ratio {row['throughput_ratio']:.3f}",
+                  flush=True)
+        profile = profile_fit(base, data, work) if args.profile else None
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    ratio = median([r["throughput_ratio"] for r in runs])
+    ray_fixed = median([r["ray"]["fixed_overhead_s"] for r in runs])
+    local_fixed = median([r["local"]["fixed_overhead_s"] for r in runs])
+    phase_names = list(runs[0]["ray"]["phases_s"])
+    out: dict[str, Any] = {
+        "machine": machine(),
+        "quick": args.quick,
+        "setup": {
+            "model": model, "docs": docs, "train_docs": train_docs, "epochs": epochs,
+            "batch_size": batch_size, "max_length": 128, "variant": VARIANT,
+            "cpus_per_worker": 1, "torch_threads_per_trial": 1, "util_docs": util_docs,
+            "ray_init_once_s": ray_init_s,
+        },
+        "load_average_per_rep": load_averages,
+        "runs": runs,
+        "throughput_ratio_median": ratio,
+        "ray_fixed_overhead_s_median": ray_fixed,
+        "local_fixed_overhead_s_median": local_fixed,
+        "ray_added_overhead_s_median": median(
+            [r["ray"]["fixed_overhead_s"] - r["local"]["fixed_overhead_s"] for r in runs]
+        ),
+        "ray_phases_s_median": {
+            name: median([r["ray"]["phases_s"][name] for r in runs]) for name in phase_names
+        },
+        "local_phases_s_median": {
+            name: median([r["local"]["phases_s"][name] for r in runs])
+            for name in runs[0]["local"]["phases_s"]
+        },
+        "target_throughput_0.95": verdict(ratio, 0.95, higher_is_better=True),
+        "target_fixed_overhead_10s": verdict(ray_fixed, 10.0, higher_is_better=False),
+    }
+    if profile is not None:
+        out["profile_fit_top_cumulative"] = profile
+    out["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    emit("ray_overhead", out, args.json)
+
+
+if __name__ == "__main__":
+    main()
