@@ -105,11 +105,17 @@ def patch_search(module: Any) -> None:
     setattr(module, _PATCHED, True)
 
 
-_PATCHERS = {"hiersearch.train": patch_train, "hiersearch.search": patch_search}
+_PATCHERS: dict[str, Callable[[Any], None] | None] = {
+    "hiersearch.train": patch_train,
+    "hiersearch.search": patch_search,
+    # only timed: where a worker's heavy imports happen (ray.train.torch imports torch)
+    "torch": None,
+    "transformers": None,
+}
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Times the import of the hiersearch modules above and patches them once executed."""
+    """Times the imports named above and patches the hiersearch modules once executed."""
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
         if name not in _PATCHERS:
@@ -127,7 +133,9 @@ class _Finder(importlib.abc.MetaPathFinder):
             start = time.time()
             execute(module)
             record(f"import {name}", start, time.time())
-            _PATCHERS[name](module)
+            patch = _PATCHERS[name]
+            if patch is not None:
+                patch(module)
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

@@ -37,7 +37,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 import _timing  # noqa: E402
-from _common import emit, machine, median, setup_env, verdict  # noqa: E402
+from _common import emit, machine, median, ray_init, setup_env, verdict  # noqa: E402
 
 VARIANT = "LAST-THREE"  # the synthetic EuroVoc corpus has 3 levels
 
@@ -169,10 +169,12 @@ def ray_breakdown(events: list[dict[str, Any]], start: float, end: float,
     else:  # the worker process existed before the trial (not seen in practice)
         after_hook = driver["start"]
     if imported is not None:
-        segments["worker_imports_hiersearch_torch"] = imported["end"] - max(
+        segments["worker_ray_train_setup_until_hiersearch_import"] = max(
+            imported["start"] - after_hook, 0.0
+        )
+        segments["worker_import_hiersearch_train"] = imported["end"] - max(
             after_hook, imported["start"]
         )
-        segments["worker_before_import"] = max(imported["start"] - after_hook, 0.0)
         segments["worker_setup_until_fit"] = fit["start"] - imported["end"]
     else:
         segments["worker_setup_until_fit"] = fit["start"] - after_hook
@@ -182,7 +184,15 @@ def ray_breakdown(events: list[dict[str, Any]], start: float, end: float,
     segments["tune_finish"] = end - driver["end"]
     wall = end - start
     reports = [e for e in worker if e["name"] == "RaySession.report"]
+    # where the worker's heavy imports fall: torch inside the Ray Train setup (ray.train.torch
+    # imports it), transformers inside fit/load_encoder (imported there on first use)
+    imports = {
+        e["name"].removeprefix("import "): _dur(e)
+        for e in worker
+        if e["name"] in ("import torch", "import transformers")
+    }
     return {
+        "worker_imports_s": imports,
         "wall_s": wall,
         "training_loops_s": phases["training_loops"],
         "fixed_overhead_s": wall - phases["training_loops"],
@@ -281,19 +291,15 @@ def main(argv: list[str] | None = None) -> None:
     epoch_samples = _epoch_samples(train_docs, batch_size)
     work = Path(tempfile.mkdtemp(prefix="hiersearch-bench-ray-"))
     init_start = time.time()
-    ray.init(
+    ray_init(
         num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={
-            "env_vars": {
-                _timing.EVENTS_ENV: str(events_file),
-                "PYTHONPATH": os.pathsep.join(
-                    [str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
-                ),
-            },
-            "worker_process_setup_hook": "_timing.install",
+        env_vars={
+            _timing.EVENTS_ENV: str(events_file),
+            "PYTHONPATH": os.pathsep.join(
+                [str(BENCH_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
         },
+        runtime_env={"worker_process_setup_hook": "_timing.install"},
     )
     ray_init_s = time.time() - init_start
     runs: list[dict[str, Any]] = []

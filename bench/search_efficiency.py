@@ -22,9 +22,11 @@ Target: search best >= grid best - 0.01 (1 RP point) at <= 35% of the grid's com
 
     python bench/search_efficiency.py [--quick] [--json OUT]
 
-The full run (600 docs, tiny:6x64, 2 epochs, 30 + 10 trials) takes ~15 minutes on an idle
-2-core machine; --quick (90 docs, tiny:4x32, 1 epoch, a 4-trial grid, 3 search trials) is a
-smoke version whose figures say nothing about the target.
+The full run (400 docs, tiny:6x64, 64 tokens, 2 epochs, 30 + 10 trials) takes ~15-20 minutes
+on a 2-core machine, mostly Ray's fixed cost per trial; --quick (90 docs, tiny:4x32, 1 epoch,
+a 2-trial grid, 2 search trials) is a smoke version whose figures say nothing about the
+target. Even it takes ~1.5 minutes, not one: every Ray trial has ~20-40 s of fixed cost on
+2 cores (see bench/ray_overhead.py).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, setup_env, verdict  # noqa: E402
+from _common import emit, machine, ray_init, setup_env, verdict  # noqa: E402
 
 METRIC = "dev/rp_macro"
 SPS = "train/samples_per_s"
@@ -63,9 +65,9 @@ class Setup:
     lr_range: tuple[float, float]
 
 
-FULL = Setup("tiny:6x64", 600, 100, 2, 128, 16, None, (2e-3, 3e-3, 5e-3), (0.0, 0.1), 10,
+FULL = Setup("tiny:6x64", 400, 100, 2, 64, 16, None, (2e-3, 3e-3, 5e-3), (0.0, 0.1), 10,
              (1e-3, 1e-2))
-QUICK = Setup("tiny:4x32", 90, 30, 1, 64, 16, ("FLAT", "LAST-THREE"), (2e-3, 5e-3), (0.1,), 3,
+QUICK = Setup("tiny:4x32", 90, 30, 1, 64, 16, ("FLAT", "LAST-THREE"), (3e-3,), (0.1,), 2,
               (1e-3, 1e-2))
 
 
@@ -150,7 +152,7 @@ def trial_summary(lines: list[dict[str, Any]], train_docs: int, base_batch: int)
         "assignment": next((r["trial/assignment"] for r in lines if "trial/assignment" in r),
                            None),
         "params": {k: v for k, v in (lines[0].get("config") or {}).items()
-                   if not k.startswith("assign/")} if lines else {},
+                   if not k.startswith("assign")} if lines else {},
     }
 
 
@@ -200,7 +202,7 @@ def run(setup: Setup, storage: Path) -> dict[str, Any]:
     grid, search = parse_space(grid_space(setup)), parse_space(search_space(setup))
     data = prepare_data(grid, grid.base_config(), None, os.environ["HIERSEARCH_DATA"])
     train_docs = len(load_encoded(data.encoded_path).splits["train"])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_init(num_cpus=2)
     out: dict[str, Any] = {"train_docs": train_docs, "label_counts": data.label_counts}
     try:
         for name, space in (("grid", grid), ("search", search)):

@@ -380,6 +380,14 @@ def fit(
     state = _State()
     best_weights: dict[str, torch.Tensor] | None = None
     restored = session.restore()
+    if restored is not None and (restored / "final_metrics.json").is_file():
+        # The trial had finished when its driver was lost (a resumed experiment restarts it):
+        # hand its final report over again instead of training on.
+        final_again = json.loads((restored / "final_metrics.json").read_text(encoding="utf-8"))
+        session.report(final_again, None)
+        if artifacts is not None:
+            artifacts.close()
+        return final_again
     if restored is not None:
         core.load_state_dict(torch.load(restored / "model.pt", map_location=session.device))
         saved = torch.load(restored / "train_state.pt", weights_only=False)
@@ -601,9 +609,7 @@ def _parameters_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _report_non_finite(
-    session: Session, identity: dict[str, Any], epoch: int
-) -> dict[str, Any]:
+def _report_non_finite(session: Session, identity: dict[str, Any], epoch: int) -> dict[str, Any]:
     """The final report of a diverged trial: no metrics and no checkpoint, just the reason."""
     final = {**identity, M.EPOCH: epoch, M.TRIAL_STOP_REASON: STOP_NAN, M.TRIAL_FINAL: 1}
     session.report(final, None)

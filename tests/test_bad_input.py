@@ -1,0 +1,409 @@
+"""Bad input through the command line: exit code 2, one line naming the file, line, option or
+key, no traceback, nothing partially written, and never a Ray start.
+
+`reproduce` and `search` are run in-process with `hiersearch.search.connect` replaced by a
+tripwire: a test passes only if the bad input is refused before Ray would start. Loaders that
+the command line does not reach (CSV, EURLEX57K, MIMIC-III) are tested in test_corpus.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hiersearch import leaderboard as lb
+from hiersearch.cli import main
+
+HIERARCHY = {
+    "name": "toy",
+    "nodes": [
+        {"id": "a", "description": "alpha", "parents": [], "level": 1},
+        {"id": "b", "description": "beta", "parents": [], "level": 1},
+        {"id": "a1", "description": "alpha one", "parents": ["a"], "level": 2},
+        {"id": "b1", "description": "beta one", "parents": ["b"], "level": 2},
+    ],
+}
+DOCS = {
+    "train": [("t1", "alpha one", ["a1"]), ("t2", "beta one", ["b1"]), ("t3", "alpha", ["a"])],
+    "dev": [("d1", "alpha one", ["a1"]), ("d2", "beta", ["b1"])],
+    "test": [("s1", "beta one", ["b1"])],
+}
+SPACE: dict[str, Any] = {
+    "name": "tiny",
+    "trial": {
+        "model": "tiny:4x16",
+        "max_length": 16,
+        "epochs": 1,
+        "num_workers": 1,
+        "cpus_per_worker": 1,
+        "util_docs": 0,
+    },
+    "assignment": {"space": "variants", "variants": ["FLAT", "LAST-TWO"]},
+    "tune": {"algorithm": "grid"},
+}
+
+
+def _corpus(directory: Path) -> Path:
+    """A valid two-level corpus directory (hand-written: small enough to read in the test)."""
+    directory.mkdir(parents=True)
+    (directory / "hierarchy.json").write_text(json.dumps(HIERARCHY))
+    for split, docs in DOCS.items():
+        lines = [json.dumps({"id": i, "text": t, "labels": ls}) for i, t, ls in docs]
+        (directory / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def _space(tmp_path: Path, **sections: Any) -> Path:
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in SPACE.items()}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    path = tmp_path / "space.yaml"
+    path.write_text("# Launch: hiersearch search --space space.yaml\n" + yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Replace the Ray start of `run_search` by a tripwire: it records the attempt and stops
+    the command there (an AssertionError is not an InputError: the test fails)."""
+    import hiersearch.search
+
+    attempts: list[str | None] = []
+
+    def tripwire(address: str | None) -> None:
+        attempts.append(address)
+        raise AssertionError("Ray would start")
+
+    monkeypatch.setattr(hiersearch.search, "connect", tripwire)
+    return attempts
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI, expect exit 2 with one error line and no traceback; return that line."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("hiersearch: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# --- corpus files, through `data stats` and `search --data` ---------------------------------
+
+
+def test_malformed_jsonl_line_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    with (corpus / "train.jsonl").open("a") as handle:
+        handle.write('{"id": "t4", "text": "beta", "labels": ["b1"]\n')  # no closing brace
+    line = _refused(["data", "stats", str(corpus)], capsys)
+    assert f"{corpus / 'train.jsonl'}:4" in line and "invalid JSON" in line
+
+
+def test_missing_text_field_names_file_line_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    (corpus / "dev.jsonl").write_text(
+        '{"id": "d1", "text": "alpha", "labels": ["a"]}\n{"id": "d2", "labels": ["b"]}\n'
+    )
+    line = _refused(["data", "stats", str(corpus)], capsys)
+    assert f"{corpus / 'dev.jsonl'}:2" in line and "'text'" in line
+
+
+def test_empty_corpus_names_the_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    for split in DOCS:
+        (corpus / f"{split}.jsonl").write_text("")
+    line = _refused(["data", "stats", str(corpus)], capsys)
+    assert str(corpus) in line and "no documents" in line
+
+
+def test_labels_all_unknown_names_the_directory_and_examples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    for split, docs in DOCS.items():
+        lines = [json.dumps({"id": i, "text": t, "labels": ["zz9"]}) for i, t, _ in docs]
+        (corpus / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    line = _refused(["data", "stats", str(corpus)], capsys)
+    assert str(corpus) in line and "none of the 1 distinct labels" in line and "zz9" in line
+
+
+def test_hierarchy_cycle_names_the_file_and_its_nodes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    nodes = [
+        {"id": "r", "description": "root", "parents": [], "level": 1},
+        {"id": "x", "description": "x", "parents": ["y"], "level": 2},
+        {"id": "y", "description": "y", "parents": ["x"], "level": 2},
+    ]
+    (corpus / "hierarchy.json").write_text(json.dumps({"name": "loop", "nodes": nodes}))
+    line = _refused(["data", "stats", str(corpus)], capsys)
+    assert str(corpus / "hierarchy.json") in line and "cycle" in line
+    assert line.endswith("x -> y -> x")
+
+
+def test_malformed_corpus_given_to_search_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    (corpus / "test.jsonl").write_text('{"id": "s1", "text": 7, "labels": ["a"]}\n')
+    storage = tmp_path / "runs"
+    line = _refused(
+        ["search", "--space", str(_space(tmp_path)), "--data", str(corpus),
+         "--storage", str(storage)],
+        capsys,
+    )
+    assert f"{corpus / 'test.jsonl'}:1" in line
+    assert no_ray == [] and not storage.exists()
+
+
+def test_malformed_corpus_given_to_reproduce_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    (corpus / "hierarchy.json").write_text('{"name": "toy", "nodes": [\n  {"id": }\n]}')
+    storage = tmp_path / "runs"
+    line = _refused(
+        ["reproduce", "--preset", "smoke", "--data", str(corpus), "--storage", str(storage)],
+        capsys,
+    )
+    assert f"{corpus / 'hierarchy.json'}:2" in line
+    assert no_ray == [] and not storage.exists()
+
+
+# --- search-space files and options, refused before Ray starts ------------------------------
+
+
+def test_level_range_beyond_the_hierarchy_names_range_and_depth(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    space = _space(tmp_path, trial={"levels": [1, 3]})
+    line = _refused(
+        ["search", "--space", str(space), "--data", str(_corpus(tmp_path / "c")),
+         "--storage", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert "1..3" in line and "2 levels" in line
+    assert no_ray == []
+
+
+def test_assignment_in_the_trial_section_is_refused_not_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    # a trial's assignment comes from the assignment section; this one (layer 13 of a
+    # 4-layer model) would have been silently replaced by the searched variant
+    space = _space(tmp_path, trial={"assignment": "L1:13|L2:4"})
+    line = _refused(
+        ["search", "--space", str(space), "--data", str(_corpus(tmp_path / "c")),
+         "--storage", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert f"{space}: trial: assignment" in line
+    assert no_ray == []
+
+
+def test_model_too_shallow_for_the_levels_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    # LAST-TWO needs a layer per level; a 1-layer model cannot host it
+    line = _refused(
+        ["search", "--space", str(_space(tmp_path)), "--data", str(_corpus(tmp_path / "c")),
+         "--model", "tiny:1x16", "--storage", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert "LAST-TWO" in line and "1 layers < 2 levels" in line
+    assert no_ray == []
+
+
+def test_searched_model_of_another_depth_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    space = _space(
+        tmp_path, search={"model": {"type": "categorical", "choices": ["tiny:4x16", "tiny:6x16"]}}
+    )
+    line = _refused(
+        ["search", "--space", str(space), "--data", str(_corpus(tmp_path / "c")),
+         "--storage", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert f"{space}: search: model" in line and "'tiny:6x16' has 6 layers" in line
+    assert no_ray == []
+
+
+def test_variants_for_more_levels_than_layers_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = _refused(["variants", "--layers", "2", "--levels", "3"], capsys)
+    assert "2 layers < 3 levels" in line
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "named"),
+    [
+        ("trial", {"epoch": 3}, "trial: unknown key 'epoch'"),
+        ("trial", {"lr": "fast"}, "trial: lr: expected float, got 'fast'"),
+        ("tune", {"worker_failures": -1}, "tune: worker_failures: must be >= 0"),
+        ("search", {"dropout": {"type": "uniform", "low": 0.5}}, "search: dropout"),
+        (
+            "search",
+            {"max_length": {"type": "categorical", "choices": [16, 32]}},
+            "search: max_length: cannot be searched",
+        ),
+    ],
+)
+def test_space_file_key_errors_name_file_and_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_ray: list[str | None],
+    section: str,
+    values: dict[str, Any],
+    named: str,
+) -> None:
+    space = _space(tmp_path, **{section: values})
+    line = _refused(["search", "--space", str(space), "--storage", str(tmp_path / "r")], capsys)
+    assert f"{space}: {named}" in line
+    assert no_ray == [] and not (tmp_path / "r").exists()
+
+
+def test_missing_model_directory_is_named_and_nothing_is_fetched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    line = _refused(
+        ["search", "--space", str(_space(tmp_path)), "--data", str(_corpus(tmp_path / "c")),
+         "--model", str(tmp_path / "no-model"), "--storage", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert f"model '{tmp_path / 'no-model'}'" in line and "not found" in line
+    assert no_ray == []
+
+
+def test_unknown_hub_model_offline_is_an_input_error_without_network(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_ray: list[str | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest: the tests' offline contract
+    dialed: list[Any] = []
+
+    def refuse(self: socket.socket, address: Any) -> None:
+        dialed.append(address)
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    line = _refused(
+        ["search", "--space", str(_space(tmp_path)), "--data", str(_corpus(tmp_path / "c")),
+         "--model", "no-such-org-model", "--storage", str(tmp_path / "runs")],
+        capsys,
+    )
+    assert "model 'no-such-org-model'" in line
+    assert dialed == [] and no_ray == []
+
+
+def test_resume_without_an_experiment_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    line = _refused(
+        ["reproduce", "--preset", "smoke", "--storage", str(tmp_path), "--name", "none",
+         "--resume"],
+        capsys,
+    )
+    assert "--resume" in line and str(tmp_path / "none") in line
+    assert no_ray == []
+
+
+def test_resume_with_another_model_than_the_experiments_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    # a resumed experiment runs its remaining trials with its own settings (hiersearch.json);
+    # a contradicting option would silently mix two models in one leaderboard
+    experiment = tmp_path / "runs" / "tiny"
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(b"")  # what Tuner.can_restore looks for
+    meta = {
+        "space": SPACE,
+        "space_file": "space.yaml",
+        "base_config": {**SPACE["trial"]},
+        "corpus": str(_corpus(tmp_path / "c")),
+    }
+    (experiment / "hiersearch.json").write_text(json.dumps(meta))
+    line = _refused(
+        ["search", "--space", str(_space(tmp_path)), "--storage", str(tmp_path / "runs"),
+         "--name", "tiny", "--model", "tiny:6x16", "--resume"],
+        capsys,
+    )
+    assert line.startswith("hiersearch: error: --model:") and "'tiny:4x16'" in line
+    assert no_ray == []
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def test_leaderboard_of_a_directory_without_an_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("not an experiment\n")
+    line = _refused(["leaderboard", str(tmp_path)], capsys)
+    assert str(tmp_path) in line and "no Ray Tune experiment" in line
+
+
+def test_leaderboard_with_a_damaged_hiersearch_json_still_reads_the_trials(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    experiment = tmp_path / "finished"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "leaderboard" / "finished", experiment)
+    (experiment / "hiersearch.json").write_text('{"metric": "dev/rp_')  # a torn write
+    with pytest.warns(lb.LeaderboardWarning, match=r"hiersearch\.json"):
+        table = lb.load_experiments([str(experiment)])
+    assert len(table) == 9
+
+
+def test_synth_onto_an_existing_other_directory_leaves_it_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "thesis"
+    target.mkdir()
+    (target / "chapter1.tex").write_text("precious\n")
+    line = _refused(
+        ["data", "synth", "--docs", "10", "--max-leaves", "5", "--out", str(target)], capsys
+    )
+    assert str(target) in line and "not a corpus directory" in line
+    assert [p.name for p in target.iterdir()] == ["chapter1.tex"]
+    assert (target / "chapter1.tex").read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # no temp dir left
+
+
+def test_the_installed_command_prints_one_line_without_traceback(tmp_path: Path) -> None:
+    """The real process: exit status 2 and stderr that is exactly one line."""
+    corpus = _corpus(tmp_path / "c")
+    with (corpus / "train.jsonl").open("a") as handle:
+        handle.write("not json\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "hiersearch.cli", "data", "stats", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"hiersearch: error: {corpus / 'train.jsonl'}:4: invalid JSON: Expecting value "
+        "(column 1)"
+    ]
+    assert done.stdout == ""

@@ -1,0 +1,165 @@
+"""The benchmarks' helpers on toy sizes, so that the scripts in bench/ cannot rot unnoticed.
+
+Each bench is a script (`python bench/NAME.py`); its pure parts are imported from the bench
+directory here. Nothing here starts Ray or times anything for real.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402
+import _timing  # noqa: E402
+import encode_cache  # noqa: E402
+import gpu_throughput  # noqa: E402
+import layerwise_step  # noqa: E402
+import metrics_speed  # noqa: E402
+import ray_overhead  # noqa: E402
+import search_efficiency  # noqa: E402
+
+from hiersearch import metrics as M  # noqa: E402
+from hiersearch.space import fixed_points, parse_space  # noqa: E402
+
+
+def test_alternate_rotates_and_times_every_candidate() -> None:
+    calls: list[str] = []
+    timings = _common.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                reps=2)
+    assert calls == ["a", "b", "b", "a"]
+    assert len(timings.wall["a"]) == len(timings.cpu["b"]) == 2
+    assert _common.median([3.0, 1.0, 2.0]) == 2.0
+
+
+def test_metrics_data_is_eurovoc_shaped_and_fast_equals_reference() -> None:
+    golds, scores = metrics_speed.make_level_data(40)
+    assert [g.shape[1] for g in golds] == list(metrics_speed.EUROVOC_LEVELS)
+    assert all(s.dtype == np.float32 for s in scores)
+    gold_all, score_all = np.concatenate(golds, axis=1), np.concatenate(scores, axis=1)
+    fast = metrics_speed.rp_levels_and_micro(golds, scores, gold_all, score_all, M.r_precision)
+    ref = metrics_speed.rp_levels_and_micro(golds, scores, gold_all, score_all,
+                                            M.r_precision_reference)
+    assert np.allclose(fast, ref, equal_nan=True)
+    ids, mask = metrics_speed.util_inputs(3, 16)
+    assert ids.shape == mask.shape == (3, 16) and int(mask[0].sum()) == 16
+
+
+def test_layerwise_models_share_weights_and_take_a_step() -> None:
+    from hiersearch.model import load_encoder
+
+    counts = (3, 4, 5)
+    encoder = load_encoder("tiny:3x16", seed=0)
+    names = layerwise_step.model_names(3, counts)
+    assert names[0] == layerwise_step.BASELINE and len(names) == 6
+    batch = layerwise_step.make_batch(2, 8, sum(counts))
+    for name in (layerwise_step.BASELINE, "FLAT", "IN-PAIRS"):
+        model = layerwise_step.build_model(encoder, name, counts)
+        import torch
+
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loss = layerwise_step.train_step(model, optimizer, batch, name == layerwise_step.BASELINE)
+        assert math.isfinite(loss)
+    ratios = layerwise_step.step_ratios({"BASELINE": [1.0, 2.0], "FLAT": [1.1, 2.2]})
+    assert ratios["FLAT"]["median_paired_ratio"] == pytest.approx(1.1)
+
+
+def test_peak_from_trace_counts_from_the_profile_start() -> None:
+    trace = {"traceEvents": [
+        {"name": "[memory]", "ts": 1, "args": {"Total Allocated": 150, "Bytes": 50}},
+        {"name": "train_steps", "ph": "X", "ts": 2, "dur": 10},
+        {"name": "[memory]", "ts": 3, "args": {"Total Allocated": 400, "Bytes": 250}},
+        {"name": "[memory]", "ts": 4, "args": {"Total Allocated": 200, "Bytes": -200}},
+        {"name": "[memory]", "ts": 20, "args": {"Total Allocated": 900, "Bytes": 700}},
+    ]}
+    assert layerwise_step.peak_from_trace(trace, "train_steps") == (300, 50)
+
+
+def test_tokenizer_calls_are_counted_and_unwrapped() -> None:
+    from transformers import AutoTokenizer
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    from hiersearch.model import tokenizer_path
+
+    original = PreTrainedTokenizerBase.__call__
+    with encode_cache.count_tokenizer_calls() as counts:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_path("minilm"))
+        tokenizer(["a b", "c"])
+    assert counts == {"from_pretrained": 1, "tokenizer_calls": 1, "texts_tokenized": 2}
+    assert PreTrainedTokenizerBase.__call__ is original
+
+
+def _event(name: str, start: float, end: float, pid: int = 1, **extra: object) -> dict:
+    return {"pid": pid, "name": name, "start": start, "end": end, **extra}
+
+
+def test_ray_overhead_breakdown_accounts_for_the_wall_time() -> None:
+    worker = [
+        _event("worker_setup_hook", 12.0, 13.0, pid=2),
+        _event("import hiersearch.train", 13.0, 16.0, pid=2),
+        _event("fit", 17.0, 40.0, pid=2),
+        _event("load_encoded", 17.0, 17.5, pid=2),
+        _event("load_encoder", 17.5, 18.0, pid=2),
+        _event("evaluate_split", 24.0, 25.0, pid=2),
+        _event("_save_checkpoint", 25.0, 26.0, pid=2),
+        _event("RaySession.report", 26.0, 27.0, pid=2, epoch=1, final=0, samples_per_s=16.0),
+        _event("evaluate_split", 33.0, 34.0, pid=2),
+        _event("_utilization", 34.0, 36.0, pid=2),
+        _event("RaySession.report", 38.0, 39.0, pid=2, epoch=1, final=1, samples_per_s=None),
+    ]
+    events = [_event("prepare_data", 0.5, 1.0), _event("trial_driver", 10.0, 42.0, pid=3),
+              *worker]
+    out = ray_overhead.ray_breakdown(events, 0.0, 45.0, epoch_samples=96)
+    assert out["training_loops_s"] == pytest.approx(6.0)
+    assert out["fixed_overhead_s"] == pytest.approx(39.0)
+    assert sum(out["phases_s"].values()) == pytest.approx(45.0)
+    assert out["phases_s"]["worker_import_hiersearch_train"] == pytest.approx(3.0)
+    local = ray_overhead.local_breakdown(worker, epoch_samples=96)
+    assert local["wall_s"] == pytest.approx(23.0) and local["steady_samples_per_s"] == 16.0
+    parse_space(ray_overhead.space_raw("tiny:6x64", 60, 2, 16, 300, 8))
+
+
+def test_timing_probe_records_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "events.jsonl"
+    monkeypatch.setenv(_timing.EVENTS_ENV, str(path))
+    wrapped = _timing._timed("double", lambda x: 2 * x)
+    assert wrapped(3) == 6
+    (event,) = _timing.load_events(path)
+    assert event["name"] == "double" and event["end"] >= event["start"]
+
+
+def test_search_spaces_parse_and_the_grid_has_thirty_points(tmp_path: Path) -> None:
+    setup = search_efficiency.FULL
+    grid = parse_space(search_efficiency.grid_space(setup))
+    assert len(fixed_points(grid, 6, [21, 64, 100])) == 30
+    search = parse_space(search_efficiency.search_space(setup))
+    assert search.tune.scheduler == "asha" and search.assignment.space == "monotone"
+    parse_space(search_efficiency.grid_space(search_efficiency.QUICK))
+    for name, reports in (("a", [0.2, 0.3]), ("b", [0.25])):
+        trial = tmp_path / f"trial_{name}"
+        trial.mkdir()
+        lines = [{M.rp_macro_key("dev"): v, search_efficiency.SPS: 10.0, "time_total_s": 5.0,
+                  "config": {"batch_size": 8}} for v in reports]
+        (trial / "result.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    summary = search_efficiency.experiment_summary(tmp_path, train_docs=20, base_batch=16)
+    assert summary["best_dev_rp_macro"] == 0.3 and summary["epochs"] == 3
+    assert summary["training_s"] == pytest.approx(3 * 24 / 10.0)
+    verdicts = search_efficiency.compare(summary, summary)
+    assert verdicts["target_within_1_point"] == "MET"
+    assert verdicts["target_compute_0.35"] == "MISSED"
+
+
+def test_gpu_flops_and_peaks() -> None:
+    # BERT-base at 512 tokens: ~3 x 0.39 TFLOP... per sample (12 x (24 s h^2 + 4 s^2 h))
+    flops = gpu_throughput.train_flops_per_sample(12, 768, 512, head_weights=0)
+    assert flops == pytest.approx(3 * 12 * (24 * 512 * 768**2 + 4 * 512**2 * 768))
+    assert gpu_throughput.peak_flops("NVIDIA H100 PCIe") == 756.0e12
+    assert gpu_throughput.peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert gpu_throughput.peak_flops("unknown") is None
