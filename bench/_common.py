@@ -47,38 +47,14 @@ def setup_env(home: str | None = None) -> str:
     return home
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def ray_init(num_cpus: int = 2, env_vars: dict[str, str] | None = None, **kwargs: Any) -> None:
-    """A local Ray whose processes can find its own state API on a shared machine.
+    """The local Ray `hiersearch search` starts (dashboard named to every worker, so that
+    trials stopped by ASHA free their placement groups), quiet, plus the bench's env vars."""
+    from hiersearch.cluster import start_local
 
-    Ray Train's PlacementGroupCleaner looks a dead controller's actor up through the state API
-    (the dashboard). With the address left to auto-detection it fails as soon as another Ray
-    instance runs on the host ("Found multiple active Ray instances"), the placement group of
-    a trial that Tune stopped (ASHA at max_t) is never removed, and the next trial waits for
-    CPUs forever. So: a dashboard on a known port, named to every worker.
-    """
-    import ray
-
-    port = free_port()
-    api = f"http://127.0.0.1:{port}"
-    os.environ["RAY_API_SERVER_ADDRESS"] = api
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": api, **(env_vars or {})},
-                     **kwargs.pop("runtime_env", {})},
-        **kwargs,
-    )
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **(env_vars or {})}
+    start_local(num_cpus=num_cpus, log_to_driver=False, runtime_env=runtime_env, **kwargs)
 
 
 def load_average() -> tuple[float, float, float]:

@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {"machine": machine(), "quick": args.quick}
     out["r_precision"] = bench_rprecision(docs, min(ref_rows, docs), reps)
     if not args.skip_util:
-        util_docs = args.util_docs or (16 if args.quick else 64)
+        util_docs = args.util_docs or (4 if args.quick else 64)
         out["utilization"] = bench_utilization(util_docs, args.util_seq, 12, reps)
     out["machine"]["load_average_end"] = machine()["load_average_1_5_15"]
     emit("metrics_speed", out, args.json)

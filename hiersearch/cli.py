@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="search a space file with Ray Tune + Optuna")
     search.add_argument("--space", required=True, help="a search-space file or preset name")
-    search.add_argument("--trials", type=int, default=None)
+    search.add_argument(
+        "--trials", type=int, default=None,
+        help="trials in all (default: the space's num_samples); cuts a grid to its first N points",
+    )
     run_options(search)
 
     board = sub.add_parser("leaderboard", help="experiment directories -> one table")

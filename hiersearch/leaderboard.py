@@ -393,11 +393,12 @@ def group_rows(df: pd.DataFrame, by: str) -> pd.DataFrame:
     metrics = [m for m in metric_columns(df) if m != by]
     grouped = df.groupby(by, dropna=False, sort=True)
     sizes = grouped.size()
-    out = pd.DataFrame({by: sizes.index, "trials": sizes.to_numpy()})
     stats = grouped[metrics].agg(["mean", "std"]).reindex(sizes.index)  # std: ddof=1
-    for metric in metrics:
-        out[metric] = stats[(metric, "mean")].to_numpy()
-        out[f"{metric} std"] = stats[(metric, "std")].to_numpy()  # NaN for one trial
+    columns: dict[str, Any] = {by: sizes.index, "trials": sizes.to_numpy()}
+    for metric in metrics:  # built at once: a column at a time fragments a wide frame
+        columns[metric] = stats[(metric, "mean")].to_numpy()
+        columns[f"{metric} std"] = stats[(metric, "std")].to_numpy()  # NaN for one trial
+    out = pd.DataFrame(columns)
     out.attrs.update(df.attrs)
     return out
 

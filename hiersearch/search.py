@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hiersearch import metrics as M
+from hiersearch.cluster import connect
 from hiersearch.config import TrialConfig
 from hiersearch.corpus import Corpus, load_corpus_dir, write_corpus
 from hiersearch.encode import encode
@@ -202,17 +203,12 @@ def _write_text(filesystem: Any, path: str, text: str) -> None:
         stream.write(text.encode())
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` / RAY_ADDRESS, or start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init()
+def trial_count(space: SpaceFile, fixed: int, trials: int | None, fixed_only: bool) -> int:
+    """How many trials a run has: a grid (or fixed-only run) is its fixed points, cut to the
+    first `trials` when given; a sampled search is `trials` or the space's num_samples."""
+    if fixed_only or space.tune.algorithm == "grid":
+        return fixed if trials is None else min(trials, fixed)
+    return trials or space.tune.num_samples
 
 
 def max_concurrent(base: TrialConfig, cap: int | None) -> int:
@@ -293,10 +289,7 @@ def run_search(
         tuner.fit()
         return path
 
-    if fixed_only or space.tune.algorithm == "grid":
-        num_samples = len(points)
-    else:
-        num_samples = trials or space.tune.num_samples
+    num_samples = trial_count(space, len(points), trials, fixed_only)
     sampler = (
         optuna.samplers.RandomSampler(seed=space.tune.sampler_seed)
         if space.tune.algorithm == "random"
@@ -313,7 +306,10 @@ def run_search(
     if space.tune.scheduler == "asha":
         scheduler = ASHAScheduler(
             time_attr="training_iteration",
-            max_t=base.epochs + 1,  # the final report (test + utilization) is one more
+            # Reports are the epochs, then a final one (test + utilization). At max_t ASHA
+            # *stops* a trial; at epochs + 1 that would kill every completing trial during
+            # its Train teardown, so max_t lies one past the last report.
+            max_t=base.epochs + 2,
             grace_period=space.tune.grace_period,
             reduction_factor=space.tune.reduction_factor,
         )

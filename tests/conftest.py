@@ -35,10 +35,13 @@ os.environ.pop("RAY_ADDRESS", None)
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One local Ray for every Ray-backed test (start-up costs seconds)."""
+    """One local Ray for every Ray-backed test (start-up costs seconds), started the way
+    `hiersearch search` starts one, so that trials stopped by Tune free their resources."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from hiersearch.cluster import start_local
+
+    start_local(num_cpus=2, log_to_driver=False)
     try:
         yield
     finally:

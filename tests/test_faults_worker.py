@@ -4,8 +4,10 @@ optimizer step count, the learning-rate schedule and Adam's moments all carry on
 resumed trial reports exactly what an uninterrupted run of the same config reports.
 
 The worker's pid comes from the trial's `artifacts/workers.json`, which rank 0 writes at every
-start of the worker group. One trial, one worker; batch size 1 makes an epoch 42 optimizer
-steps (seconds), long enough to land the kill inside the second epoch.
+start of the worker group. One trial, one worker; batch size 1 makes an epoch 112 optimizer
+steps (~10 s on 2 cores): the epoch-1 report reaches Tune's result.json a poll interval of the
+Train controller after the worker sent it, and the second epoch must outlast that lag (with 42
+steps it did not, once, on CI).
 """
 
 from __future__ import annotations
@@ -33,12 +35,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 LR, WARMUP, EPOCHS = 1e-3, 0.25, 2
 SPACE = {
     "name": "worker-loss",
-    "data": {"hierarchy": "eurovoc", "docs": 60, "seed": 1, "max_leaves": 12},
+    "data": {"hierarchy": "eurovoc", "docs": 160, "seed": 1, "max_leaves": 12},
     "trial": {
         "model": "tiny:12x32",
         "max_length": 48,
         "epochs": EPOCHS,
-        "batch_size": 1,  # 42 training documents: 42 optimizer steps per epoch
+        "batch_size": 1,  # 112 training documents: 112 optimizer steps per epoch
         "eval_batch_size": 16,
         "lr": LR,
         "warmup_ratio": WARMUP,
@@ -79,7 +81,7 @@ class _Killer(threading.Thread):
                     os.kill(pid, signal.SIGKILL)
                     self.killed_pid = pid
                     return
-            time.sleep(0.2)
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from hiersearch.cli import main
 from hiersearch.config import TrialConfig
 from hiersearch.encode import load_encoded
 from hiersearch.model import LayerwiseClassifier, load_encoder
-from hiersearch.search import run_search
+from hiersearch.search import run_search, trial_count
 from hiersearch.space import load_space, parse_space, preset_path
 from hiersearch.train import LocalSession, evaluate_split, resolve_assignment, split_metrics
 
@@ -114,7 +114,6 @@ def _layerwise_smoke(tmp_path: Path, **tune: object) -> Path:
     return path
 
 
-@pytest.mark.wip
 def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -128,17 +127,17 @@ def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
     statuses = [r["status"] for r in rows]
     assert "stopped early" in statuses, statuses
     assert statuses.count("terminated") >= 2
-    # the named variants were enqueued first, the sampler drew the rest from the space
+    # the five named variants were enqueued first (at the space's defaults); the sampler drew
+    # the other two from the space (FLAT is one of its two kinds, so assignments may repeat)
     variants = {r["variant"] for r in rows}
-    assert {"FLAT", "LAST-THREE"} <= variants
-    assignments = {r["assignment"] for r in rows}
-    assert len(assignments) >= 6
+    assert {"FLAT", "LAST-THREE", "ONE-BY-ONE", "IN-PAIRS", "HYBRID"} <= variants
+    assert len({r["lr"] for r in rows}) >= 2
     params = [c for c in board["columns"] if c in ("lr", "dropout", "batch_size",
                                                    "warmup_ratio", "loss_weighting")]
     assert len(params) == 5
 
 
-@pytest.mark.wip
+@pytest.mark.wip  # racy: a trial caught between its final report and TERMINATED re-reports
 def test_resume_after_an_interrupted_search_keeps_finished_trials(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -181,3 +180,14 @@ def test_leaderboard_table_groups_by_variant(smoke_experiment: str) -> None:
     table = lb.group_rows(lb.load_experiments([smoke_experiment]), "variant")
     assert sorted(table["variant"]) == sorted(VARIANTS)
     assert np.all(table["trials"] == 1)
+
+
+def test_trials_caps_a_grid_and_sizes_a_sampled_search() -> None:
+    grid = load_space(preset_path("smoke"))  # algorithm: grid, five fixed points
+    assert trial_count(grid, 5, None, fixed_only=False) == 5
+    assert trial_count(grid, 5, 2, fixed_only=False) == 2
+    assert trial_count(grid, 5, 9, fixed_only=False) == 5
+    sampled = load_space(preset_path("layerwise"))
+    assert trial_count(sampled, 5, None, fixed_only=False) == sampled.tune.num_samples
+    assert trial_count(sampled, 5, 40, fixed_only=False) == 40
+    assert trial_count(sampled, 5, None, fixed_only=True) == 5
