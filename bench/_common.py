@@ -52,9 +52,7 @@ def ray_init(num_cpus: int = 2, env_vars: dict[str, str] | None = None, **kwargs
     trials stopped by ASHA free their placement groups), quiet, plus the bench's env vars."""
     from hiersearch.cluster import start_local
 
-    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **(env_vars or {})}
-    start_local(num_cpus=num_cpus, log_to_driver=False, runtime_env=runtime_env, **kwargs)
+    start_local(num_cpus=num_cpus, env_vars=env_vars, log_to_driver=False, **kwargs)
 
 
 def load_average() -> tuple[float, float, float]:

@@ -26,17 +26,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def start_local(num_cpus: int | None = None, **init_kwargs: Any) -> str:
+def start_local(
+    num_cpus: int | None = None, env_vars: dict[str, str] | None = None, **init_kwargs: Any
+) -> str:
     """Start a single-node Ray whose state API every worker can reach; return its URL.
 
-    `init_kwargs` go to `ray.init` (a `runtime_env` given there keeps its other entries)."""
+    `env_vars` are set in every Ray process too; `init_kwargs` go to `ray.init` (a
+    `runtime_env` given there keeps its other entries)."""
     import ray
 
     host = "127.0.0.1"  # ray.init's own default for the dashboard: never exposed
     port = free_port(host)
     api = f"http://{host}:{port}"
     runtime_env = dict(init_kwargs.pop("runtime_env", None) or {})
-    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), API_SERVER_ENV: api}
+    runtime_env["env_vars"] = {
+        **runtime_env.get("env_vars", {}), **(env_vars or {}), API_SERVER_ENV: api
+    }
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=True,
