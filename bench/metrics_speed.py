@@ -91,6 +91,23 @@ def rp_levels_and_micro(
     return values
 
 
+def numpy_path(run: Any) -> Any:
+    """Run with the numpy top lists (what metrics fall back to without numba)."""
+    from hiersearch import metrics as M
+
+    M.COMPILED = False
+    try:
+        return run()
+    finally:
+        M.COMPILED = True
+
+
+def toplist_available() -> bool:
+    from hiersearch import toplist
+
+    return toplist.available()
+
+
 def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
     from hiersearch import metrics as M
 
@@ -113,6 +130,9 @@ def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
             "r_precision_levels_micro": lambda: rp_levels_and_micro(
                 golds, scores, gold_all, score_all, M.r_precision
             ),
+            "r_precision_levels_micro_numpy": lambda: numpy_path(
+                lambda: rp_levels_and_micro(golds, scores, gold_all, score_all, M.r_precision)
+            ),
             "evaluate_full": lambda: M.evaluate(golds, scores, "dev"),
             "reference_subsample": lambda: rp_levels_and_micro(
                 sub_golds, sub_scores, sub_gold_all, sub_score_all, M.r_precision_reference
@@ -121,6 +141,7 @@ def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
         reps,
     )
     fast = times.median_wall("r_precision_levels_micro")
+    numpy_only = times.median_wall("r_precision_levels_micro_numpy")
     full = times.median_wall("evaluate_full")
     ref_scaled = times.median_wall("reference_subsample") * docs / ref_rows
     fast_cpu = times.median_cpu("r_precision_levels_micro")
@@ -137,6 +158,9 @@ def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
         "timings": times.to_json(),
         "r_precision_levels_micro_s": fast,
         "r_precision_levels_micro_cpu_s": fast_cpu,
+        "compiled_kernel": M.COMPILED and toplist_available(),
+        "r_precision_levels_micro_numpy_s": numpy_only,
+        "speedup_compiled_vs_numpy": numpy_only / fast,
         "evaluate_full_s": full,
         "evaluate_full_cpu_s": times.median_cpu("evaluate_full"),
         "reference_scaled_s": ref_scaled,

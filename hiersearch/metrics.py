@@ -30,6 +30,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from hiersearch import toplist
+
 DEFAULT_METRIC = "dev/rp_macro"
 DEFAULT_MODE = "max"
 
@@ -57,6 +59,8 @@ UTIL_HEAD_KL_MEAN = "util/head_kl_mean"
 _SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 # scores per row chunk: bounds the temporaries of one chunk (~32 MB of float32 per worker)
 _CHUNK_ELEMENTS = 1 << 23
+# Top lists from the compiled kernel (`toplist.py`) when numba loads; False: numpy only.
+COMPILED = True
 
 
 def _split(split: str) -> str:
@@ -326,6 +330,39 @@ def _score(ranked: _Ranked, ks: Sequence[int]) -> _Sums:
     return _Sums(per_doc, int(keep.sum()), int((~keep).sum()), rp_at, ndcg_at)
 
 
+def _chunk_compiled(
+    scores: Sequence[np.ndarray], golds: Sequence[np.ndarray], ks: Sequence[int], micro: bool
+) -> list[_Sums]:
+    """`_chunk` with each level's top list from one compiled pass over its scores.
+
+    Each level is listed to its own depth max(R, k) + 1, or to micro's depth if that is more:
+    the global top list of a row is among its levels' top lists, so micro merges those.
+    """
+    kmax = max(ks, default=0)
+    rs = [toplist.gold_counts(g) for g in golds]
+    ms = [
+        min(s.shape[1], max(int(r.max(initial=0)), kmax, 1) + 1)
+        for s, r in zip(scores, rs, strict=True)
+    ]
+    total = sum(s.shape[1] for s in scores)
+    r_micro = np.sum(rs, axis=0)
+    m_micro = min(total, max(int(r_micro.max(initial=0)), kmax, 1) + 1) if micro else 0
+    out, lists = [], []
+    for s, g, r, m in zip(scores, golds, rs, ms, strict=True):
+        values, gains = toplist.top_rows(s, g, min(s.shape[1], max(m, m_micro)))
+        lists.append((values, gains))
+        out.append(_score(_Ranked(values[:, :m], gains[:, :m], m == s.shape[1], r, ((s, g),)), ks))
+    if micro:
+        values, gains = _sort_desc(
+            np.concatenate([v for v, _ in lists], axis=1),
+            np.concatenate([g for _, g in lists], axis=1).astype(np.int64),
+            m_micro,
+        )
+        pieces = tuple(zip(scores, golds, strict=True))
+        out.append(_score(_Ranked(values, gains != 0, m_micro == total, r_micro, pieces), ks))
+    return out
+
+
 def _chunk(
     scores: Sequence[np.ndarray], golds: Sequence[np.ndarray], ks: Sequence[int], micro: bool
 ) -> list[_Sums]:
@@ -386,8 +423,10 @@ def _run(
     step = max(1, _CHUNK_ELEMENTS // max(sum(s.shape[1] for s in scores), 1))
     parts = [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
+    chunk = _chunk_compiled if toplist.available() and COMPILED else _chunk
+
     def work(part: slice) -> list[_Sums]:
-        return _chunk([s[part] for s in scores], [g[part] for g in golds], ks, micro)
+        return chunk([s[part] for s in scores], [g[part] for g in golds], ks, micro)
 
     if len(parts) > 1 and _workers() > 1:
         with ThreadPoolExecutor(max_workers=_workers()) as pool:

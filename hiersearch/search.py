@@ -4,6 +4,8 @@ trial a Ray Train `TorchTrainer` run (DDP workers) reporting back through `TuneR
 Train V2 inside Tune: the Tune trial is a thin driver function holding ~0 CPU, so that
 concurrent drivers never starve the workers of CPUs; it builds a `TorchTrainer` named after the
 trial id (a resumed trial finds its own checkpoints again) whose workers run `train.fit`.
+A one-worker trial (launcher "auto") skips Ray Train: `train.fit` runs in the Tune trial
+itself, which holds the worker's resources and reports straight to Tune.
 """
 
 from __future__ import annotations
@@ -103,6 +105,67 @@ def prepare_data(
     )
 
 
+def in_trial(space: SpaceFile, base: TrialConfig) -> bool:
+    """Whether every trial runs `train.fit` in the Tune trial itself (one worker, no DDP)."""
+    return base.launcher == "auto" and base.num_workers == 1 and "num_workers" not in space.search
+
+
+def _resolve(
+    params: dict[str, Any], base: TrialConfig, data: PreparedData, space: SpaceFile
+) -> TrialConfig:
+    """The running trial's config from its parameters, saved into its directory."""
+    from ray.tune.utils import flatten_dict
+
+    # Tune nests "assign/L1_start"-style keys into {"assign": {...}}: undo that.
+    params = flatten_dict(params, delimiter="/")
+    assignment = assignment_of(params, data.num_layers, data.label_counts, space)
+    config = trial_config(base, params, assignment).replace(corpus=data.corpus_dir)
+    filesystem, trial_path = _trial_storage()
+    _write_text(filesystem, f"{trial_path}/config.json", config.dumps())
+    return config
+
+
+def _loop_config(config: TrialConfig, data: PreparedData, space: SpaceFile) -> dict[str, Any]:
+    filesystem, trial_path = _trial_storage()
+    return {
+        "trial": config.to_json(),
+        "encoded": data.encoded_path,
+        "artifacts_path": f"{trial_path}/artifacts",
+        "filesystem": filesystem,
+        "required_metrics": [space.tune.metric],
+    }
+
+
+def _raise_if_diverged(final: dict[str, Any], config: TrialConfig) -> None:
+    from hiersearch.train import STOP_NAN
+
+    if final.get(M.TRIAL_STOP_REASON) == STOP_NAN:
+        raise NonFiniteLossError(
+            f"non-finite training loss or weights in epoch {final.get(M.EPOCH)}: trial "
+            f"stopped, not retried (lr={config.lr}, assignment={config.assignment})"
+        )
+
+
+def trial_in_process(
+    params: dict[str, Any],
+    *,
+    base: TrialConfig,
+    data: PreparedData,
+    space: SpaceFile,
+) -> None:
+    """One Tune trial that trains in its own process (one worker): `train.fit` reports to
+    Tune directly."""
+    from hiersearch.train import tune_worker
+
+    config = _resolve(params, base, data, space)
+    loop = _loop_config(config, data, space)
+    # Tune retries a failed trial here (no Ray Train to tell a crash from divergence): a
+    # diverged trial fails again at once instead of training into the same NaN.
+    earlier = _read_json(loop["filesystem"], f"{loop['artifacts_path']}/final_metrics.json")
+    _raise_if_diverged(earlier or {}, config)
+    _raise_if_diverged(tune_worker(loop), config)
+
+
 def trial_driver(
     params: dict[str, Any],
     *,
@@ -115,17 +178,12 @@ def trial_driver(
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
-    from ray.tune.utils import flatten_dict
 
-    from hiersearch.train import STOP_NAN, train_worker
+    from hiersearch.train import train_worker
 
-    # Tune nests "assign/L1_start"-style keys into {"assign": {...}}: undo that.
-    params = flatten_dict(params, delimiter="/")
-    assignment = assignment_of(params, data.num_layers, data.label_counts, space)
-    config = trial_config(base, params, assignment).replace(corpus=data.corpus_dir)
+    config = _resolve(params, base, data, space)
     trial_id = tune.get_context().get_trial_id()
     filesystem, trial_path = _trial_storage()
-    _write_text(filesystem, f"{trial_path}/config.json", config.dumps())
     # The driver's sliver of CPU comes out of the workers' share, so that a trial takes exactly
     # num_workers * cpus_per_worker CPUs and `max_concurrent` trials fit the cluster.
     resources = {"CPU": config.cpus_per_worker - DRIVER_CPUS / config.num_workers}
@@ -133,13 +191,7 @@ def trial_driver(
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={
-            "trial": config.to_json(),
-            "encoded": data.encoded_path,
-            "artifacts_path": f"{trial_path}/artifacts",
-            "filesystem": filesystem,
-            "required_metrics": [space.tune.metric],
-        },
+        train_loop_config=_loop_config(config, data, space),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers,
@@ -163,12 +215,7 @@ def trial_driver(
     # Train V2's result holds only metrics reported with a checkpoint; a diverged trial's final
     # report has none, so rank 0 leaves its final report in the artifacts as well.
     final = _read_json(filesystem, f"{trial_path}/artifacts/final_metrics.json")
-    final = final or result.metrics or {}
-    if final.get(M.TRIAL_STOP_REASON) == STOP_NAN:
-        raise NonFiniteLossError(
-            f"non-finite training loss or weights in epoch {final.get(M.EPOCH)}: trial "
-            f"stopped, not retried (lr={config.lr}, assignment={config.assignment})"
-        )
+    _raise_if_diverged(final or result.metrics or {}, config)
 
 
 def _trial_storage() -> tuple[Any, str]:
@@ -278,9 +325,15 @@ def run_search(
         define = define_by_run(space, data.num_layers, data.label_counts)
         _check_trials(space, base, data, points)
     connect(address)
+    direct = in_trial(space, base)
+    resources: dict[str, float] = {"cpu": DRIVER_CPUS}
+    if direct:  # the trial is the worker
+        resources = {"cpu": base.cpus_per_worker, "gpu": 1 if base.use_gpu else 0}
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, base=base, data=data, space=space),
-        {"cpu": DRIVER_CPUS},
+        tune.with_parameters(
+            trial_in_process if direct else trial_driver, base=base, data=data, space=space
+        ),
+        resources,
     )
     if resume:
         tuner = Tuner.restore(
@@ -329,7 +382,18 @@ def run_search(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_uri(storage),
-            failure_config=tune.FailureConfig(max_failures=space.tune.max_failures),
+            # A trial that trains in its own process has no Ray Train to restart its worker:
+            # Tune's retries (from the last checkpoint) stand in for worker_failures.
+            failure_config=tune.FailureConfig(
+                max_failures=space.tune.max_failures + direct * space.tune.worker_failures
+            ),
+            # What Ray Train's CheckpointConfig does for a TorchTrainer trial, for a trial that
+            # reports to Tune itself (the others report no checkpoint to Tune).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=base.keep_checkpoints,
+                checkpoint_score_attribute=M.loss_key("dev"),
+                checkpoint_score_order="min",
+            ),
             progress_reporter=_reporter(space, data),
             verbose=verbose,
         ),
@@ -350,6 +414,11 @@ def _check_space(space: SpaceFile) -> None:
             "not used: each trial's assignment comes from the assignment section "
             "(space: variants or monotone; variants: [...])",
             where=f"{space.path}: trial: assignment",
+        )
+    if "launcher" in space.search:
+        raise InputError(
+            "cannot be searched: it decides how every trial of the experiment runs",
+            where=f"{space.path}: search: launcher",
         )
     for key in PER_EXPERIMENT_FIELDS:
         if key in space.search:

@@ -383,7 +383,9 @@ def fit(
     if restored is not None and (restored / "final_metrics.json").is_file():
         # The trial had finished when its driver was lost (a resumed experiment restarts it):
         # hand its final report over again instead of training on.
-        final_again = json.loads((restored / "final_metrics.json").read_text(encoding="utf-8"))
+        saved_final = json.loads((restored / "final_metrics.json").read_text(encoding="utf-8"))
+        # the file is strict JSON (a non-finite value is null there): report it as it was
+        final_again = {k: math.nan if v is None else v for k, v in saved_final.items()}
         session.report(final_again, None)
         if artifacts is not None:
             artifacts.close()
@@ -656,20 +658,26 @@ class RaySession:
         self._restore_dir: Path | None = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        # Ray Tune fails the whole experiment on a result without its metric (and OptunaSearch
+        # indexes it): a report that has none (a diverged trial's final one) carries NaN.
+        missing = {key: float("nan") for key in self.required_metrics if key not in metrics}
+        self._send({**metrics, **missing}, checkpoint_dir)
+
+    def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train
 
         checkpoint = (
             ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         )
-        # Ray Tune fails the whole experiment on a result without its metric (and OptunaSearch
-        # indexes it): a report that has none (a diverged trial's final one) carries NaN.
-        missing = {key: float("nan") for key in self.required_metrics if key not in metrics}
-        ray.train.report({**metrics, **missing}, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=checkpoint)
 
-    def restore(self) -> Path | None:
+    def _latest(self) -> Any:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
+        return ray.train.get_checkpoint()
+
+    def restore(self) -> Path | None:
+        checkpoint = self._latest()
         if checkpoint is None:
             return None
         self._restore_dir = Path(checkpoint.to_directory())
@@ -681,10 +689,47 @@ class RaySession:
         return ray.get_runtime_context().get_node_id()
 
 
-def train_worker(loop_config: dict[str, Any]) -> None:
+class TuneSession(RaySession):
+    """A one-worker trial run inside the Ray Tune trial itself (no Ray Train run): reports and
+    checkpoints go straight to Tune, which restores the latest checkpoint on a retry."""
+
+    def __init__(self, required_metrics: tuple[str, ...] = (), use_gpu: bool = False) -> None:
+        self.required_metrics = required_metrics
+        self.rank = 0
+        self.world_size = 1
+        # Tune has already narrowed CUDA_VISIBLE_DEVICES to the trial's GPU.
+        cuda = use_gpu and torch.cuda.is_available()
+        self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+        self._restore_dir = None
+
+    def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        from ray import tune
+
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
+        tune.report(metrics, checkpoint=checkpoint)
+
+    def _latest(self) -> Any:
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+
+def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """`train_loop_per_worker` for `TorchTrainer`: builds the session and runs `fit`."""
+    return _run(loop_config, RaySession(tuple(loop_config.get("required_metrics") or ())))
+
+
+def tune_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """A one-worker trial in the Tune trial's own process: the same loop as `train_worker`."""
     config = TrialConfig.from_dict(loop_config["trial"])
-    session = RaySession(tuple(loop_config.get("required_metrics") or ()))
+    required = tuple(loop_config.get("required_metrics") or ())
+    return _run(loop_config, TuneSession(required, use_gpu=config.use_gpu))
+
+
+def _run(loop_config: dict[str, Any], session: RaySession) -> dict[str, Any]:
+    config = TrialConfig.from_dict(loop_config["trial"])
     artifacts = None
     if session.rank == 0:
         artifacts = Artifacts(loop_config.get("artifacts_path"), loop_config.get("filesystem"))
@@ -698,4 +743,4 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     if artifacts is not None and workers is not None:
         artifacts.record_start(workers)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fit(config, loop_config["encoded"], session, artifacts)
+    return fit(config, loop_config["encoded"], session, artifacts)

@@ -229,12 +229,17 @@ def measure_utilization(
         if previous != "eager":
             encoder.set_attn_implementation("eager")
         encoder.eval()
+        # Documents in order of length, so that a batch pads little: every statistic is a sum
+        # over documents, and trailing columns that are padding in every row of a batch are
+        # cut (they change nothing for real tokens).
+        positions = torch.arange(1, attention_mask.shape[1] + 1)
+        ends = ((attention_mask != 0) * positions).amax(dim=1)
+        order = torch.argsort(ends, stable=True)
         for start in range(0, len(input_ids), batch_size):
-            mask = attention_mask[start : start + batch_size]
-            # trailing columns that are padding in every row change nothing for real tokens
-            used = int(mask.bool().any(dim=0).nonzero().max()) + 1 if mask.any() else 1
-            mask = mask[:, :used].to(device)
-            ids = input_ids[start : start + batch_size, :used].to(device)
+            rows = order[start : start + batch_size]
+            used = max(int(ends[rows].max()), 1)
+            mask = attention_mask[rows, :used].to(device)
+            ids = input_ids[rows, :used].to(device)
             out = encoder(
                 input_ids=ids,
                 attention_mask=mask,

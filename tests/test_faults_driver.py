@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -194,7 +195,15 @@ def test_resumed_trials_report_each_epoch_once(resumed: dict[str, Any]) -> None:
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         epochs = [r[M.EPOCH] for r in rows if r.get(M.TRIAL_FINAL) == 0]
         assert epochs == sorted(set(epochs)), (result.parent.name, epochs)
-        assert [r[M.TRIAL_FINAL] for r in rows].count(1) == 1
+        # A trial killed after its final report but before Tune marked it done hands that
+        # same report over again on resume (see the last test); it trains nothing.
+        finals = {_metrics_only(r) for r in rows if r.get(M.TRIAL_FINAL) == 1}
+        assert len(finals) == 1, (result.parent.name, finals)
+
+
+def _metrics_only(result: dict[str, Any]) -> str:
+    """A result line without Tune's bookkeeping (times, counters, host), as comparable text."""
+    return json.dumps({k: v for k, v in result.items() if "/" in k}, sort_keys=True)
 
 
 @pytest.mark.slow
@@ -233,4 +242,13 @@ def test_a_trial_restored_from_its_final_checkpoint_reports_it_again(tmp_path: P
     again = fit(config, encoded, session)  # restores the last (final) checkpoint
     assert [r[M.TRIAL_FINAL] for r in session.reports] == [1]
     assert again[M.rp_macro_key("test")] == pytest.approx(first[M.rp_macro_key("test")])
+    assert json.dumps(again, sort_keys=True, default=float) == json.dumps(
+        first, sort_keys=True, default=float
+    )  # the very same report
+    # a NaN (a level without gold documents) is null in the strict JSON on disk: NaN again
+    saved = session.checkpoints[-1] / "final_metrics.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "test/rp_level_3": None}))
+    session.reports.clear()
+    fit(config, encoded, session)
+    assert math.isnan(session.reports[0]["test/rp_level_3"])
     assert again[M.TRIAL_STOP_REASON] == first[M.TRIAL_STOP_REASON] == "completed"

@@ -46,6 +46,7 @@ SPACE = {
         "warmup_ratio": WARMUP,
         "patience": EPOCHS,
         "num_workers": 1,
+        "launcher": "train",  # Ray Train's worker restarts are what this tests
         "cpus_per_worker": 1,
         "util_docs": 0,
         "keep_checkpoints": 1,

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hiersearch import metrics
+from hiersearch import metrics, toplist
 from hiersearch.metrics import (
     evaluate,
     ndcg_at_k,
@@ -14,6 +14,13 @@ from hiersearch.metrics import (
     r_precision_reference,
     rp_at_k,
 )
+
+
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def ranking_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every metric test runs on both ways of listing a row's top values."""
+    monkeypatch.setattr(metrics, "COMPILED", request.param == "compiled")
+    return str(request.param)
 
 
 def _expected_relevance(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
@@ -274,3 +281,39 @@ def test_integer_and_boolean_inputs_are_accepted() -> None:
     gold = np.array([[True, False, True]])
     scores = np.array([[3, 1, 2]])
     assert r_precision(gold, scores) == (1.0, 0)
+
+
+# ----------------------------------------------------------------------------- top lists
+
+
+@pytest.mark.parametrize("levels", [None, 3])  # distinct scores; three values (ties)
+def test_compiled_top_rows_equal_a_sort(levels: int | None) -> None:
+    rng = np.random.default_rng(5)
+    gold, scores = _random_case(rng, 50, 40, 0.2, levels)
+    for m in (1, 7, 40):
+        values, gains = toplist.top_rows(scores, gold, m)
+        assert np.array_equal(values, -np.sort(-scores, axis=1)[:, :m])
+        # each listed label's gold flag is that of a label with its score
+        for row in range(50):
+            for value, gain in zip(values[row], gains[row], strict=True):
+                assert gain in set(gold[row][scores[row] == value])
+            if levels is None:  # no ties: exactly the gold count of the top m
+                top = np.argsort(-scores[row])[:m]
+                assert gains[row].sum() == gold[row][top].sum()
+
+
+def test_compiled_and_plain_python_top_rows_agree() -> None:
+    rng = np.random.default_rng(6)
+    gold, scores = _random_case(rng, 20, 30, 0.3, 4)
+    compiled = toplist.top_rows(scores, gold, 9)
+    plain = toplist.top_rows(scores, gold, 9, compiled=False)
+    assert np.array_equal(compiled[0], plain[0]) and np.array_equal(compiled[1], plain[1])
+
+
+def test_top_rows_rejects_nan_and_a_list_longer_than_the_row() -> None:
+    scores = np.zeros((2, 3), np.float32)
+    scores[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        toplist.top_rows(scores, np.ones((2, 3), np.uint8), 2)
+    with pytest.raises(ValueError, match="outside"):
+        toplist.top_rows(scores, np.ones((2, 3), np.uint8), 4)

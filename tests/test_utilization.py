@@ -145,6 +145,25 @@ def test_measure_utilization_ignores_batching_and_padding(tiny_bert: BertModel) 
         assert np.allclose(getattr(whole, name), getattr(batched, name), atol=1e-5)
 
 
+def test_batches_group_documents_of_similar_length(tiny_bert: BertModel) -> None:
+    ids = torch.randint(0, 100, (4, 7))
+    mask = torch.zeros(4, 7, dtype=torch.long)
+    for row, length in enumerate([2, 7, 3, 6]):
+        mask[row, :length] = 1
+    widths: list[tuple[int, ...]] = []
+    hook = tiny_bert.register_forward_pre_hook(
+        lambda _m, _a, kwargs: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        paired = measure_utilization(tiny_bert, ids, mask, batch_size=2)
+    finally:
+        hook.remove()
+    assert widths == [(2, 3), (2, 7)]  # the short pair pads to 3, not 7
+    one_by_one = measure_utilization(tiny_bert, ids, mask, batch_size=1)
+    for name in ("cls_angle", "entropy", "head_kl", "layer_kl"):
+        assert np.allclose(getattr(paired, name), getattr(one_by_one, name), atol=1e-5)
+
+
 def test_scalar_metrics_and_json_round_trip(tiny_bert: BertModel) -> None:
     ids = torch.randint(0, 100, (3, 6))
     util = measure_utilization(tiny_bert, ids, torch.ones_like(ids))

@@ -1,0 +1,108 @@
+"""The top values of every row of a score matrix, with their gold flags: the one pass over the
+scores that the ranking metrics need (`metrics.py` scores these short lists).
+
+A compiled kernel (numba) reads each row once, keeping its m largest values in a small sorted
+buffer: most values fail the first comparison with the buffer's smallest, so a row costs about
+one comparison per label and the whole matrix one memory pass. Where numba cannot load,
+`metrics.py` builds the same lists with numpy (block maxima, a cut, a sort of what reaches
+it): the same result in several passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+try:  # numba is a dependency; the numpy path keeps metrics working where it cannot load
+    import numba
+except ImportError:  # pragma: no cover - exercised by forcing the numpy path in tests
+    numba = None
+
+
+def _top_rows(
+    scores: np.ndarray, gold: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per row: the m largest values descending and whether each is gold; and whether any
+    score is NaN. Of values tied at the m-th, the first ones read stay."""
+    rows, cols = scores.shape
+    values = np.empty((rows, m), dtype=scores.dtype)
+    gains = np.zeros((rows, m), dtype=np.bool_)
+    nan = False
+    for i in range(rows):
+        row, truth, top, hit = scores[i], gold[i], values[i], gains[i]
+        for c in range(m):  # the first m values, insertion-sorted
+            x = row[c]
+            if x != x:
+                nan = True
+            k = c
+            while k > 0 and top[k - 1] < x:
+                top[k] = top[k - 1]
+                hit[k] = hit[k - 1]
+                k -= 1
+            top[k] = x
+            hit[k] = truth[c] != 0
+        low = top[m - 1]
+        for c in range(m, cols):
+            x = row[c]
+            if x > low:  # replaces the smallest listed value
+                k = m - 1
+                while k > 0 and top[k - 1] < x:
+                    top[k] = top[k - 1]
+                    hit[k] = hit[k - 1]
+                    k -= 1
+                top[k] = x
+                hit[k] = truth[c] != 0
+                low = top[m - 1]
+            elif x != x:
+                nan = True
+    return values, gains, nan
+
+
+def _nonzero_rows(gold: np.ndarray) -> np.ndarray:
+    """Nonzero entries per row (numpy's count_nonzero along an axis is several passes)."""
+    rows, cols = gold.shape
+    out = np.zeros(rows, dtype=np.int64)
+    for i in range(rows):
+        count = 0
+        for c in range(cols):
+            if gold[i, c] != 0:
+                count += 1
+        out[i] = count
+    return out
+
+
+_compiled: dict[str, Any] = {}
+
+
+def _kernel(function: Any) -> Any:
+    """A compiled kernel, built on first use (cached on disk by numba across processes)."""
+    if function.__name__ not in _compiled:
+        # nogil: metrics.py runs row chunks on a thread pool.
+        _compiled[function.__name__] = numba.njit(nogil=True, cache=True)(function)
+    return _compiled[function.__name__]
+
+
+def available() -> bool:
+    return numba is not None
+
+
+def top_rows(
+    scores: np.ndarray, gold: np.ndarray, m: int, compiled: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(values, gains): each row's m largest scores, descending, and whether the label at each
+    is gold. `m` is at most the number of columns; `compiled=False` runs the same code as plain
+    Python (tests). Raises ValueError if a score is NaN. Which of several labels tied at the
+    m-th value make the list is unspecified: callers count such tie groups over the full row.
+    """
+    if not 1 <= m <= scores.shape[1]:
+        raise ValueError(f"m = {m} outside 1..{scores.shape[1]}")
+    values, gains, nan = (_kernel(_top_rows) if compiled else _top_rows)(scores, gold, m)
+    if nan:
+        raise ValueError("scores contain NaN")
+    return values, gains
+
+
+def gold_counts(gold: np.ndarray, compiled: bool = True) -> np.ndarray:
+    """R: the number of gold (nonzero) entries of each row, as int64."""
+    return (_kernel(_nonzero_rows) if compiled else _nonzero_rows)(gold)
