@@ -101,6 +101,7 @@ def patch_search(module: Any) -> None:
     if getattr(module, _PATCHED, False):
         return
     module.trial_driver = _timed("trial_driver", module.trial_driver)
+    module.trial_in_process = _timed("trial_in_process", module.trial_in_process)
     module.prepare_data = _timed("prepare_data", module.prepare_data)
     setattr(module, _PATCHED, True)
 

@@ -40,10 +40,13 @@ import _timing  # noqa: E402
 from _common import emit, machine, median, ray_init, setup_env, verdict  # noqa: E402
 
 VARIANT = "LAST-THREE"  # the synthetic EuroVoc corpus has 3 levels
+# How the Ray run trains: "auto" (the default for one worker) in the Tune trial's process,
+# "train" through a Ray Train TorchTrainer with one worker; both measured, alternating.
+LAUNCHERS = ("auto", "train")
 
 
 def space_raw(model: str, docs: int, epochs: int, batch_size: int, max_leaves: int,
-              util_docs: int) -> dict[str, Any]:
+              util_docs: int, launcher: str = "auto") -> dict[str, Any]:
     """A one-trial space: one named variant, one seed, no search."""
     return {
         "name": "ray-overhead",
@@ -58,6 +61,7 @@ def space_raw(model: str, docs: int, epochs: int, batch_size: int, max_leaves: i
             "warmup_ratio": 0.1,
             "patience": epochs,  # no early stop: every run trains all epochs
             "num_workers": 1,
+            "launcher": launcher,
             "cpus_per_worker": 1,
             "util_docs": util_docs,
             "keep_checkpoints": 1,
@@ -153,34 +157,27 @@ def ray_breakdown(events: list[dict[str, Any]], start: float, end: float,
     window = _within(events, start, end)
     fit = next(e for e in window if e["name"] == "fit")
     worker = [e for e in window if e["pid"] == fit["pid"]]
-    driver = next(e for e in window if e["name"] == "trial_driver")
+    driver = next(e for e in window if e["name"] in ("trial_driver", "trial_in_process"))
     hook = next((e for e in worker if e["name"] == "worker_setup_hook"), None)
-    imported = next((e for e in worker if e["name"] == "import hiersearch.train"), None)
     phases = fit_phases(worker, epoch_samples)
     prepare = _sum(window, "prepare_data")
-    segments: dict[str, float] = {
-        "prepare_data_cache_hit": prepare,
-        "tune_start_and_trial_scheduling": driver["start"] - start - prepare,
-    }
-    if hook is not None:
-        segments["train_controller_and_worker_spawn"] = hook["start"] - driver["start"]
-        segments["worker_process_bootstrap"] = _dur(hook)
-        after_hook = hook["end"]
-    else:  # the worker process existed before the trial (not seen in practice)
-        after_hook = driver["start"]
-    if imported is not None:
-        segments["worker_ray_train_setup_until_hiersearch_import"] = max(
-            imported["start"] - after_hook, 0.0
+    segments: dict[str, float] = {"prepare_data_cache_hit": prepare}
+    if driver["name"] == "trial_in_process":  # launcher auto: fit runs in the Tune trial
+        began = hook["start"] if hook is not None else driver["start"]
+        segments["tune_start_and_trial_scheduling"] = began - start - prepare
+        if hook is not None:
+            segments["trial_process_bootstrap"] = _dur(hook)
+        segments["trial_imports_and_setup_until_fit"] = fit["start"] - (
+            hook["end"] if hook is not None else driver["start"]
         )
-        segments["worker_import_hiersearch_train"] = imported["end"] - max(
-            after_hook, imported["start"]
-        )
-        segments["worker_setup_until_fit"] = fit["start"] - imported["end"]
-    else:
-        segments["worker_setup_until_fit"] = fit["start"] - after_hook
-    segments.update({f"fit/{k}": v for k, v in phases.items() if k not in ("fit_total",
-                                                                             "epochs")})
-    segments["worker_group_shutdown"] = driver["end"] - fit["end"]
+        finish = {"trial_finish": driver["end"] - fit["end"]}
+    else:  # launcher train: the trial drives a TorchTrainer whose worker runs fit
+        segments["tune_start_and_trial_scheduling"] = driver["start"] - start - prepare
+        segments.update(_train_worker_setup(worker, driver, hook, fit))
+        finish = {"worker_group_shutdown": driver["end"] - fit["end"]}
+    segments.update({f"fit/{k}": v for k, v in phases.items()
+                     if k not in ("fit_total", "epochs")})
+    segments.update(finish)
     segments["tune_finish"] = end - driver["end"]
     wall = end - start
     reports = [e for e in worker if e["name"] == "RaySession.report"]
@@ -200,6 +197,29 @@ def ray_breakdown(events: list[dict[str, Any]], start: float, end: float,
         "phases_s": segments,
         "fit_total_s": phases["fit_total"],
     }
+
+
+def _train_worker_setup(worker: list[dict[str, Any]], driver: dict[str, Any],
+                        hook: dict[str, Any] | None, fit: dict[str, Any]) -> dict[str, float]:
+    """From the trial driver's start to the Ray Train worker's call of fit."""
+    segments: dict[str, float] = {}
+    imported = next((e for e in worker if e["name"] == "import hiersearch.train"), None)
+    after_hook = driver["start"]  # if the worker process existed before (not seen)
+    if hook is not None:
+        segments["train_controller_and_worker_spawn"] = hook["start"] - driver["start"]
+        segments["worker_process_bootstrap"] = _dur(hook)
+        after_hook = hook["end"]
+    if imported is not None:
+        segments["worker_ray_train_setup_until_hiersearch_import"] = max(
+            imported["start"] - after_hook, 0.0
+        )
+        segments["worker_import_hiersearch_train"] = imported["end"] - max(
+            after_hook, imported["start"]
+        )
+        segments["worker_setup_until_fit"] = fit["start"] - imported["end"]
+    else:
+        segments["worker_setup_until_fit"] = fit["start"] - after_hook
+    return segments
 
 
 # ----------------------------------------------------------------------------- runs
@@ -227,7 +247,7 @@ def run_local(base: Any, data: Any, events_file: Path, work: Path, rep: int) -> 
     return {"start": start, "end": end, "events": events}
 
 
-def run_ray(space: Any, storage: Path, events_file: Path, rep: int) -> dict[str, Any]:
+def run_ray(space: Any, storage: Path, events_file: Path, rep: str) -> dict[str, Any]:
     from hiersearch.search import run_search
 
     start = time.time()
@@ -282,9 +302,14 @@ def main(argv: list[str] | None = None) -> None:
     from hiersearch.space import parse_space
 
     _timing.install_now()
-    space = parse_space(space_raw(model, docs, epochs, batch_size, 300, util_docs))
-    base = space.base_config()
-    data = prepare_data(space, base, None, os.environ["HIERSEARCH_DATA"])  # warms the cache
+    spaces = {
+        launcher: parse_space(
+            space_raw(model, docs, epochs, batch_size, 300, util_docs, launcher)
+        )
+        for launcher in LAUNCHERS
+    }
+    base = spaces["auto"].base_config()
+    data = prepare_data(spaces["auto"], base, None, os.environ["HIERSEARCH_DATA"])  # warm
     from hiersearch.encode import load_encoded
 
     train_docs = len(load_encoded(data.encoded_path).splits["train"])
@@ -304,34 +329,32 @@ def main(argv: list[str] | None = None) -> None:
     ray_init_s = time.time() - init_start
     runs: list[dict[str, Any]] = []
     load_averages = []
+    kinds = ["local", *LAUNCHERS]
     try:
         for rep in range(reps):
             load_averages.append([round(x, 2) for x in os.getloadavg()])
-            order = ("local", "ray") if rep % 2 == 0 else ("ray", "local")
-            row: dict[str, Any] = {"rep": rep, "order": list(order)}
+            order = kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
+            row: dict[str, Any] = {"rep": rep, "order": order}
             for kind in order:
                 if kind == "local":
                     run = run_local(base, data, events_file, work, rep)
                     row["local"] = local_breakdown(run["events"], epoch_samples)
                 else:
-                    run = run_ray(space, work / "storage", events_file, rep)
-                    row["ray"] = ray_breakdown(run["events"], run["start"], run["end"],
-                                               epoch_samples)
-            row["throughput_ratio"] = (
-                row["ray"]["steady_samples_per_s"] / row["local"]["steady_samples_per_s"]
-            )
+                    run = run_ray(spaces[kind], work / "storage", events_file, f"{kind}-{rep}")
+                    row[kind] = ray_breakdown(run["events"], run["start"], run["end"],
+                                              epoch_samples)
+            for launcher in LAUNCHERS:
+                row[f"throughput_ratio_{launcher}"] = (
+                    row[launcher]["steady_samples_per_s"] / row["local"]["steady_samples_per_s"]
+                )
             runs.append(row)
-            print(f"[ray_overhead] rep {rep}: ray {row['ray']['wall_s']:.1f}s "
-                  f"local {row['local']['wall_s']:.1f}s ratio {row['throughput_ratio']:.3f}",
-                  flush=True)
+            print(f"[ray_overhead] rep {rep}: local {row['local']['wall_s']:.1f}s, "
+                  + ", ".join(f"{k} {row[k]['wall_s']:.1f}s" for k in LAUNCHERS), flush=True)
         profile = profile_fit(base, data, work) if args.profile else None
     finally:
         ray.shutdown()
         shutil.rmtree(work, ignore_errors=True)
-    ratio = median([r["throughput_ratio"] for r in runs])
-    ray_fixed = median([r["ray"]["fixed_overhead_s"] for r in runs])
     local_fixed = median([r["local"]["fixed_overhead_s"] for r in runs])
-    phase_names = list(runs[0]["ray"]["phases_s"])
     out: dict[str, Any] = {
         "machine": machine(),
         "quick": args.quick,
@@ -343,22 +366,28 @@ def main(argv: list[str] | None = None) -> None:
         },
         "load_average_per_rep": load_averages,
         "runs": runs,
-        "throughput_ratio_median": ratio,
-        "ray_fixed_overhead_s_median": ray_fixed,
         "local_fixed_overhead_s_median": local_fixed,
-        "ray_added_overhead_s_median": median(
-            [r["ray"]["fixed_overhead_s"] - r["local"]["fixed_overhead_s"] for r in runs]
-        ),
-        "ray_phases_s_median": {
-            name: median([r["ray"]["phases_s"][name] for r in runs]) for name in phase_names
-        },
         "local_phases_s_median": {
             name: median([r["local"]["phases_s"][name] for r in runs])
             for name in runs[0]["local"]["phases_s"]
         },
-        "target_throughput_0.95": verdict(ratio, 0.95, higher_is_better=True),
-        "target_fixed_overhead_10s": verdict(ray_fixed, 10.0, higher_is_better=False),
     }
+    for launcher in LAUNCHERS:  # auto: fit in the Tune trial; train: a TorchTrainer per trial
+        ratio = median([r[f"throughput_ratio_{launcher}"] for r in runs])
+        fixed = median([r[launcher]["fixed_overhead_s"] for r in runs])
+        out[launcher] = {
+            "throughput_ratio_median": ratio,
+            "ray_fixed_overhead_s_median": fixed,
+            "ray_added_overhead_s_median": median(
+                [r[launcher]["fixed_overhead_s"] - r["local"]["fixed_overhead_s"] for r in runs]
+            ),
+            "ray_phases_s_median": {
+                name: median([r[launcher]["phases_s"][name] for r in runs])
+                for name in runs[0][launcher]["phases_s"]
+            },
+            "target_throughput_0.95": verdict(ratio, 0.95, higher_is_better=True),
+            "target_fixed_overhead_10s": verdict(fixed, 10.0, higher_is_better=False),
+        }
     if profile is not None:
         out["profile_fit_top_cumulative"] = profile
     out["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

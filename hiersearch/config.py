@@ -42,6 +42,9 @@ class TrialConfig:
     assignment: str = "FLAT"
     # Peak learning rate of AdamW (the paper grid-searches 2e-5, 3e-5, 5e-5).
     lr: float = 5e-5
+    # Learning rate of the classification heads; null: `lr` (the paper's single rate). A new,
+    # randomly initialized head learns slowly at a rate that suits the pretrained encoder.
+    head_lr: float | None = None
     # Dropout before every head (the paper grid-searches 0 and 0.1).
     dropout: float = 0.1
     # Per-worker batch size; the global batch is batch_size * workers * grad_accum.
@@ -88,6 +91,7 @@ class TrialConfig:
     def __post_init__(self) -> None:
         checks: list[tuple[bool, str, str]] = [
             (self.lr > 0, "lr", "must be > 0"),
+            (self.head_lr is None or self.head_lr > 0, "head_lr", "must be > 0 or null"),
             (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.grad_accum >= 1, "grad_accum", "must be >= 1"),

@@ -20,43 +20,88 @@ except ImportError:  # pragma: no cover - exercised by forcing the numpy path in
     numba = None
 
 
+_BLOCK = 32  # values tested together before any of them is looked at alone
+_FLOOR_FROM = 16  # lists at least this long start from a floor (`_floors`)
+
+
 def _top_rows(
-    scores: np.ndarray, gold: np.ndarray, m: int
+    scores: np.ndarray, gold: np.ndarray, m: int, floors: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per row: the m largest values descending and whether each is gold; and whether any
-    score is NaN. Of values tied at the m-th, the first ones read stay."""
+    score is NaN. Of values tied at the m-th, the first ones read stay.
+
+    `floors[i]` is a value that at least m values of row i reach (or -inf): while the list
+    fills, only values >= it join; once full, only values above the list's smallest. A
+    block of the row is looked at value by value only if it holds such a value (or a NaN),
+    which a branch-free count over the block's fixed width (vectorized) tells.
+    """
     rows, cols = scores.shape
-    values = np.empty((rows, m), dtype=scores.dtype)
+    values = np.full((rows, m), -np.inf, dtype=scores.dtype)
     gains = np.zeros((rows, m), dtype=np.bool_)
     nan = False
     for i in range(rows):
         row, truth, top, hit = scores[i], gold[i], values[i], gains[i]
-        for c in range(m):  # the first m values, insertion-sorted
-            x = row[c]
-            if x != x:
-                nan = True
-            k = c
-            while k > 0 and top[k - 1] < x:
-                top[k] = top[k - 1]
-                hit[k] = hit[k - 1]
-                k -= 1
-            top[k] = x
-            hit[k] = truth[c] != 0
-        low = top[m - 1]
-        for c in range(m, cols):
-            x = row[c]
-            if x > low:  # replaces the smallest listed value
-                k = m - 1
+        filled = 0
+        low = floors[i]
+        c = 0
+        while c < cols:
+            end = c + _BLOCK
+            if end <= cols:
+                hits = 0
+                if filled < m:
+                    for j in range(_BLOCK):
+                        x = row[c + j]
+                        hits += (x >= low) + (x != x)
+                else:
+                    for j in range(_BLOCK):
+                        x = row[c + j]
+                        hits += (x > low) + (x != x)
+                if hits == 0:
+                    c = end
+                    continue
+            else:
+                end = cols
+            for j in range(c, end):
+                x = row[j]
+                if filled < m:
+                    if not x >= low:
+                        if x != x:
+                            nan = True
+                        continue
+                    k = filled
+                    filled += 1
+                elif x > low:  # replaces the smallest listed value
+                    k = m - 1
+                else:
+                    if x != x:
+                        nan = True
+                    continue
                 while k > 0 and top[k - 1] < x:
                     top[k] = top[k - 1]
                     hit[k] = hit[k - 1]
                     k -= 1
                 top[k] = x
-                hit[k] = truth[c] != 0
-                low = top[m - 1]
-            elif x != x:
-                nan = True
+                hit[k] = truth[j] != 0
+                if filled == m:
+                    low = top[m - 1]
+            c = end
     return values, gains, nan
+
+
+def _floors(scores: np.ndarray, m: int) -> np.ndarray:
+    """Per row, a value at least m of its values reach: the m-th largest maximum of 4m
+    interleaved groups (one vectorized numpy pass). Usually just below the m-th largest value,
+    so that few values of the row ever go into the list. -inf for rows too short to gain."""
+    rows, cols = scores.shape
+    groups = 4 * m
+    width = cols // groups
+    if m < _FLOOR_FROM or width < 8:  # short lists fill and rise fast: a floor costs more
+        return np.full(rows, -np.inf, dtype=scores.dtype)
+    maxima = scores[:, : groups * width].reshape(rows, width, groups).max(axis=1)
+    # a group holding a NaN has a NaN maximum, which would rank above every value: -inf
+    # keeps the floor a floor (the scan reports the NaN)
+    maxima = np.where(np.isnan(maxima), -np.inf, maxima)
+    return np.partition(maxima, groups - m, axis=1)[:, groups - m].copy()
 
 
 def _nonzero_rows(gold: np.ndarray) -> np.ndarray:
@@ -97,7 +142,8 @@ def top_rows(
     """
     if not 1 <= m <= scores.shape[1]:
         raise ValueError(f"m = {m} outside 1..{scores.shape[1]}")
-    values, gains, nan = (_kernel(_top_rows) if compiled else _top_rows)(scores, gold, m)
+    kernel = _kernel(_top_rows) if compiled else _top_rows
+    values, gains, nan = kernel(scores, gold, m, _floors(scores, m))
     if nan:
         raise ValueError("scores contain NaN")
     return values, gains

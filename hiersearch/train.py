@@ -354,8 +354,14 @@ def fit(
     if session.world_size > 1:
         model = _wrap_ddp(model, session)
     core = _unwrap(model)
+    heads = {id(p) for p in core.heads.parameters()}
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        [
+            {"params": [p for p in model.parameters() if id(p) not in heads]},
+            {"params": list(core.heads.parameters()), "lr": config.head_lr or config.lr},
+        ],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     micro_batches = math.ceil(math.ceil(len(train) / session.world_size) / config.batch_size)
     steps_per_epoch = max(1, micro_batches // config.grad_accum)

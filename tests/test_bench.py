@@ -126,6 +126,25 @@ def test_ray_overhead_breakdown_accounts_for_the_wall_time() -> None:
     parse_space(ray_overhead.space_raw("tiny:6x64", 60, 2, 16, 300, 8))
 
 
+def test_ray_overhead_breakdown_of_a_trial_that_trains_in_its_tune_process() -> None:
+    trial = [
+        _event("worker_setup_hook", 6.0, 7.0, pid=3),
+        _event("trial_in_process", 8.0, 30.0, pid=3),
+        _event("fit", 10.0, 29.0, pid=3),
+        _event("RaySession.report", 20.0, 21.0, pid=3, epoch=1, final=0, samples_per_s=16.0),
+        _event("RaySession.report", 27.0, 28.0, pid=3, epoch=1, final=1, samples_per_s=None),
+    ]
+    out = ray_overhead.ray_breakdown([_event("prepare_data", 0.5, 1.0), *trial], 0.0, 31.0,
+                                     epoch_samples=96)
+    phases = out["phases_s"]
+    assert sum(phases.values()) == pytest.approx(31.0)
+    assert phases["tune_start_and_trial_scheduling"] == pytest.approx(5.5)
+    assert phases["trial_imports_and_setup_until_fit"] == pytest.approx(3.0)
+    assert phases["trial_finish"] == pytest.approx(1.0)
+    assert "worker_group_shutdown" not in phases
+    assert parse_space(ray_overhead.space_raw("tiny:6x64", 60, 2, 16, 300, 8, "train"))
+
+
 def test_timing_probe_records_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "events.jsonl"
     monkeypatch.setenv(_timing.EVENTS_ENV, str(path))

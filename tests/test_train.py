@@ -121,3 +121,18 @@ def test_shards_cover_every_document_with_equal_steps_per_rank() -> None:
     assert {len(s) for s in shards} == {4}
     assert set(np.concatenate(shards)) == set(range(10))
     assert not np.array_equal(_shard(10, 0, 3, 0, 1), _shard(10, 0, 3, 0, 2))
+
+
+def test_heads_train_at_head_lr_and_the_encoder_at_lr(encoded: str, tmp_path: Path) -> None:
+    import torch
+
+    session = _session(tmp_path)
+    fit(_config(epochs=1, util_docs=0, lr=1e-4, head_lr=1e-2, warmup_ratio=0.0), encoded,
+        session)
+    saved = torch.load(session.checkpoints[0] / "train_state.pt", weights_only=False)
+    encoder_group, head_group = saved["optimizer"]["param_groups"]
+    assert (encoder_group["initial_lr"], head_group["initial_lr"]) == (1e-4, 1e-2)
+    # the heads' group holds exactly the heads' tensors: weight and bias of each of 3 levels
+    assert len(head_group["params"]) == 6
+    with pytest.raises(ValueError, match="head_lr"):
+        _config(head_lr=0.0)
