@@ -1,6 +1,8 @@
 """Ray costs little: one trial in-process (`train.fit` with a `LocalSession`) against the same
-trial through Ray Tune + Ray Train with one worker (`search.run_search` on a one-trial space):
-same corpus, config, epochs and seed, alternating, several repetitions.
+trial through `search.run_search` on a one-trial space, with each launcher: "auto" (the
+default for one worker: `train.fit` runs in the Ray Tune trial's process) and "train" (the
+trial drives a Ray Train `TorchTrainer` with one worker); same corpus, config, epochs and
+seed, the three in rotating order, several repetitions.
 
 Figures:
 - steady-state throughput ratio: training samples/s (the reports' `train/samples_per_s`,

@@ -376,6 +376,9 @@ def run_search(
             mode=space.tune.mode,
             num_samples=num_samples,
             max_concurrent_trials=max_concurrent(base, space.tune.max_concurrent),
+            # A trial that trains in its own process leaves torch, transformers and the
+            # compiled metric kernels imported: the next trial starts warm in it.
+            reuse_actors=direct,
             trial_name_creator=lambda t: f"trial_{t.trial_id}",
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
         ),

@@ -1,8 +1,9 @@
 """One trial: the training loop that runs on every Ray Train worker (DDP), or in-process.
 
 `fit` is the loop itself. It talks to the outside world only through a `Session` (rank, world
-size, report, restore), so the same code runs under Ray Train (`RaySession`, DDP with gloo on
-CPU or NCCL on GPU) and in-process (`LocalSession`, for benchmarks and tests).
+size, report, restore; `session.py`), so the same code runs under Ray Train (`RaySession`, DDP
+with gloo on CPU or NCCL on GPU), inside a one-worker Ray Tune trial (`TuneSession`) and
+in-process (`LocalSession`, for benchmarks and tests).
 
 Per epoch: train on this worker's shard, evaluate dev on every rank (each rank scores a
 disjoint slice; rank 0 gathers the scores, computes the metrics over the whole dev set and
@@ -18,14 +19,13 @@ import json
 import math
 import os
 import random
-import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +37,17 @@ from hiersearch.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_json, atomic_write_text
 from hiersearch.model import LayerwiseClassifier, load_encoder, num_encoder_layers
+from hiersearch.session import (  # noqa: F401  (re-exported: the loop's runners)
+    WORKERS_FILE,
+    Artifacts,
+    LocalSession,
+    RaySession,
+    Session,
+    TuneSession,
+    _all_ranks_true,
+    _broadcast_from_rank0,
+    _gather_to_rank0,
+)
 from hiersearch.utilization import heatmap_figure, measure_utilization, save_heatmap
 
 STOP_COMPLETED = "completed"
@@ -44,48 +55,6 @@ STOP_PATIENCE = "patience"
 STOP_NAN = "nan_loss"
 # Fixed seed of the dev sample for utilization: the same documents for every trial.
 UTIL_SAMPLE_SEED = 1234
-# Trial artifact listing every start of the worker group: rank, pid, node of each worker.
-WORKERS_FILE = "workers.json"
-
-
-class Session(Protocol):
-    """What the loop needs from its runner."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
-
-    def restore(self) -> Path | None: ...
-
-    def node_id(self) -> str: ...
-
-
-@dataclass
-class LocalSession:
-    """In-process runner: one process, reports kept in memory, checkpoints in a directory."""
-
-    checkpoint_root: Path
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    checkpoints: list[Path] = field(default_factory=list)
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        self.reports.append(dict(metrics))
-        if checkpoint_dir is not None:
-            taken = sum(1 for _ in self.checkpoint_root.iterdir())
-            target = self.checkpoint_root / f"checkpoint_{taken:06d}"
-            shutil.copytree(checkpoint_dir, target)
-            self.checkpoints.append(target)
-
-    def restore(self) -> Path | None:
-        return self.checkpoints[-1] if self.checkpoints else None
-
-    def node_id(self) -> str:
-        return socket.gethostname()
 
 
 def resolve_assignment(spec: str, num_layers: int, label_counts: list[int]) -> LayerAssignment:
@@ -117,75 +86,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Artifacts:
-    """Trial artifacts (config, utilization numbers, heatmaps, TensorBoard events), written
-    locally by rank 0 and mirrored to the trial's storage (a path or a pyarrow filesystem)."""
-
-    def __init__(self, target: str | None, filesystem: Any = None) -> None:
-        self.target = target
-        self.filesystem = filesystem
-        self.local = Path(tempfile.mkdtemp(prefix="hiersearch-artifacts-"))
-        self._writer: Any = None
-
-    @property
-    def writer(self) -> Any:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(log_dir=str(self.local / "tensorboard"))
-        return self._writer
-
-    def sync(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-        if self.target is None:
-            return
-        if self.filesystem is None:
-            shutil.copytree(self.local, self.target, dirs_exist_ok=True)
-            return
-        import pyarrow.fs
-
-        self.filesystem.create_dir(self.target, recursive=True)
-        pyarrow.fs.copy_files(
-            str(self.local),
-            self.target,
-            source_filesystem=pyarrow.fs.LocalFileSystem(),
-            destination_filesystem=self.filesystem,
-        )
-
-    def read_target(self, name: str) -> str | None:
-        """A file already in the trial's storage (left there by an earlier attempt), if any."""
-        if self.target is None:
-            return None
-        path = f"{self.target}/{name}"
-        try:
-            if self.filesystem is None:
-                return Path(path).read_text(encoding="utf-8")
-            with self.filesystem.open_input_stream(path) as stream:
-                return stream.read().decode("utf-8")
-        except (FileNotFoundError, OSError):
-            return None
-
-    def record_start(self, workers: list[dict[str, Any]]) -> None:
-        """Append this start of the worker group to `workers.json` and sync it at once, so
-        that a worker can be found (and killed) by pid while it trains, and a restart by Ray
-        Train shows as a second entry in "starts"."""
-        previous: dict[str, Any] = {}
-        with contextlib.suppress(ValueError, TypeError):
-            previous = json.loads(self.read_target(WORKERS_FILE) or "{}")
-        starts = previous.get("starts") if isinstance(previous, dict) else None
-        starts = starts if isinstance(starts, list) else []
-        starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workers": workers})
-        atomic_write_json(self.local / WORKERS_FILE, {"starts": starts})
-        self.sync()
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self.sync()
-        shutil.rmtree(self.local, ignore_errors=True)
-
-
 def _shard(n: int, rank: int, world: int, seed: int, epoch: int) -> np.ndarray:
     """This rank's training indices for an epoch: a seeded permutation, padded by wrapping so
     every rank takes the same number of steps (as DistributedSampler does)."""
@@ -212,26 +112,6 @@ class _State:
 
 def _unwrap(model: torch.nn.Module) -> LayerwiseClassifier:
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-def _gather_to_rank0(session: Session, payload: Any) -> list[Any] | None:
-    if session.world_size == 1:
-        return [payload]
-    import torch.distributed as dist
-
-    out: list[Any] | None = [None] * session.world_size if session.rank == 0 else None
-    dist.gather_object(payload, out, dst=0)
-    return out
-
-
-def _broadcast_from_rank0(session: Session, payload: Any) -> Any:
-    if session.world_size == 1:
-        return payload
-    import torch.distributed as dist
-
-    box = [payload]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 @torch.no_grad()
@@ -624,16 +504,6 @@ def _report_non_finite(session: Session, identity: dict[str, Any], epoch: int) -
     return final
 
 
-def _all_ranks_true(session: Session, flag: bool) -> bool:
-    if session.world_size == 1:
-        return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([1 if flag else 0], device=session.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -644,82 +514,6 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-# ----------------------------------------------------------------------------- Ray Train side
-
-
-class RaySession:
-    """The Ray Train worker's view: rank, world size, device, report and restore."""
-
-    def __init__(self, required_metrics: tuple[str, ...] = ()) -> None:
-        import ray.train
-        import ray.train.torch
-
-        self.required_metrics = required_metrics
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.device = ray.train.torch.get_device()
-        self._restore_dir: Path | None = None
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        # Ray Tune fails the whole experiment on a result without its metric (and OptunaSearch
-        # indexes it): a report that has none (a diverged trial's final one) carries NaN.
-        missing = {key: float("nan") for key in self.required_metrics if key not in metrics}
-        self._send({**metrics, **missing}, checkpoint_dir)
-
-    def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        checkpoint = (
-            ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        )
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-    def _latest(self) -> Any:
-        import ray.train
-
-        return ray.train.get_checkpoint()
-
-    def restore(self) -> Path | None:
-        checkpoint = self._latest()
-        if checkpoint is None:
-            return None
-        self._restore_dir = Path(checkpoint.to_directory())
-        return self._restore_dir
-
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-
-class TuneSession(RaySession):
-    """A one-worker trial run inside the Ray Tune trial itself (no Ray Train run): reports and
-    checkpoints go straight to Tune, which restores the latest checkpoint on a retry."""
-
-    def __init__(self, required_metrics: tuple[str, ...] = (), use_gpu: bool = False) -> None:
-        self.required_metrics = required_metrics
-        self.rank = 0
-        self.world_size = 1
-        # Tune has already narrowed CUDA_VISIBLE_DEVICES to the trial's GPU.
-        cuda = use_gpu and torch.cuda.is_available()
-        self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        self._restore_dir = None
-
-    def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        from ray import tune
-
-        checkpoint = None
-        if checkpoint_dir is not None:
-            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report(metrics, checkpoint=checkpoint)
-
-    def _latest(self) -> Any:
-        from ray import tune
-
-        return tune.get_checkpoint()
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:

@@ -140,12 +140,15 @@ def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
     # one worker per trial: each trained in its Tune trial's own process (no Ray Train run),
     # and Tune kept its checkpoints (keep_checkpoints: 1, plus the final one it keeps as latest)
     experiment = tmp_path / "storage" / "lw"
+    pids = set()
     for trial_dir in experiment.glob("trial_*"):
         tune_pid = json.loads((trial_dir / "result.json").read_text().splitlines()[0])["pid"]
         starts = json.loads((trial_dir / "artifacts" / "workers.json").read_text())["starts"]
         assert [s["workers"][0]["pid"] for s in starts] == [tune_pid]
         assert not list(trial_dir.glob("train_*"))
         assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= 2
+        pids.add(tune_pid)
+    assert len(pids) < len(rows)  # Tune reused trial processes (reuse_actors)
 
 
 def test_resume_after_an_interrupted_search_keeps_finished_trials(

@@ -1,0 +1,243 @@
+"""Where a trial runs: the `Session` that `train.fit` talks to (rank, world size, device,
+report, restore) and its three runners, plus the trial's artifact directory.
+
+- `LocalSession`: one process, reports kept in memory, checkpoints in a directory (tests,
+  benchmarks);
+- `RaySession`: a Ray Train worker (DDP: gloo on CPU, NCCL on GPU), reporting through
+  `ray.train.report`;
+- `TuneSession`: a one-worker trial inside its Ray Tune trial, reporting through
+  `ray.tune.report`.
+
+Ray is imported only inside the Ray runners' methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from hiersearch.files import atomic_write_json
+
+# Trial artifact listing every start of the worker group: rank, pid, node of each worker.
+WORKERS_FILE = "workers.json"
+
+
+class Session(Protocol):
+    """What the loop needs from its runner."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+    def restore(self) -> Path | None: ...
+
+    def node_id(self) -> str: ...
+
+
+@dataclass
+class LocalSession:
+    """In-process runner: one process, reports kept in memory, checkpoints in a directory."""
+
+    checkpoint_root: Path
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        self.reports.append(dict(metrics))
+        if checkpoint_dir is not None:
+            taken = sum(1 for _ in self.checkpoint_root.iterdir())
+            target = self.checkpoint_root / f"checkpoint_{taken:06d}"
+            shutil.copytree(checkpoint_dir, target)
+            self.checkpoints.append(target)
+
+    def restore(self) -> Path | None:
+        return self.checkpoints[-1] if self.checkpoints else None
+
+    def node_id(self) -> str:
+        return socket.gethostname()
+
+
+class Artifacts:
+    """Trial artifacts (config, utilization numbers, heatmaps, TensorBoard events), written
+    locally by rank 0 and mirrored to the trial's storage (a path or a pyarrow filesystem)."""
+
+    def __init__(self, target: str | None, filesystem: Any = None) -> None:
+        self.target = target
+        self.filesystem = filesystem
+        self.local = Path(tempfile.mkdtemp(prefix="hiersearch-artifacts-"))
+        self._writer: Any = None
+
+    @property
+    def writer(self) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.local / "tensorboard"))
+        return self._writer
+
+    def sync(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+        if self.target is None:
+            return
+        if self.filesystem is None:
+            shutil.copytree(self.local, self.target, dirs_exist_ok=True)
+            return
+        import pyarrow.fs
+
+        self.filesystem.create_dir(self.target, recursive=True)
+        pyarrow.fs.copy_files(
+            str(self.local),
+            self.target,
+            source_filesystem=pyarrow.fs.LocalFileSystem(),
+            destination_filesystem=self.filesystem,
+        )
+
+    def read_target(self, name: str) -> str | None:
+        """A file already in the trial's storage (left there by an earlier attempt), if any."""
+        if self.target is None:
+            return None
+        path = f"{self.target}/{name}"
+        try:
+            if self.filesystem is None:
+                return Path(path).read_text(encoding="utf-8")
+            with self.filesystem.open_input_stream(path) as stream:
+                return stream.read().decode("utf-8")
+        except (FileNotFoundError, OSError):
+            return None
+
+    def record_start(self, workers: list[dict[str, Any]]) -> None:
+        """Append this start of the worker group to `workers.json` and sync it at once, so
+        that a worker can be found (and killed) by pid while it trains, and a restart by Ray
+        Train shows as a second entry in "starts"."""
+        previous: dict[str, Any] = {}
+        with contextlib.suppress(ValueError, TypeError):
+            previous = json.loads(self.read_target(WORKERS_FILE) or "{}")
+        starts = previous.get("starts") if isinstance(previous, dict) else None
+        starts = starts if isinstance(starts, list) else []
+        starts.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "workers": workers})
+        atomic_write_json(self.local / WORKERS_FILE, {"starts": starts})
+        self.sync()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.sync()
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+def _gather_to_rank0(session: Session, payload: Any) -> list[Any] | None:
+    if session.world_size == 1:
+        return [payload]
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * session.world_size if session.rank == 0 else None
+    dist.gather_object(payload, out, dst=0)
+    return out
+
+
+def _broadcast_from_rank0(session: Session, payload: Any) -> Any:
+    if session.world_size == 1:
+        return payload
+    import torch.distributed as dist
+
+    box = [payload]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_ranks_true(session: Session, flag: bool) -> bool:
+    if session.world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1 if flag else 0], device=session.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+class RaySession:
+    """The Ray Train worker's view: rank, world size, device, report and restore."""
+
+    def __init__(self, required_metrics: tuple[str, ...] = ()) -> None:
+        import ray.train
+        import ray.train.torch
+
+        self.required_metrics = required_metrics
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._restore_dir: Path | None = None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        # Ray Tune fails the whole experiment on a result without its metric (and OptunaSearch
+        # indexes it): a report that has none (a diverged trial's final one) carries NaN.
+        missing = {key: float("nan") for key in self.required_metrics if key not in metrics}
+        self._send({**metrics, **missing}, checkpoint_dir)
+
+    def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        checkpoint = (
+            ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        )
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def _latest(self) -> Any:
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def restore(self) -> Path | None:
+        checkpoint = self._latest()
+        if checkpoint is None:
+            return None
+        self._restore_dir = Path(checkpoint.to_directory())
+        return self._restore_dir
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+
+class TuneSession(RaySession):
+    """A one-worker trial run inside the Ray Tune trial itself (no Ray Train run): reports and
+    checkpoints go straight to Tune, which restores the latest checkpoint on a retry."""
+
+    def __init__(self, required_metrics: tuple[str, ...] = (), use_gpu: bool = False) -> None:
+        self.required_metrics = required_metrics
+        self.rank = 0
+        self.world_size = 1
+        # Tune has already narrowed CUDA_VISIBLE_DEVICES to the trial's GPU.
+        cuda = use_gpu and torch.cuda.is_available()
+        self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+        self._restore_dir = None
+
+    def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        from ray import tune
+
+        checkpoint = None
+        if checkpoint_dir is not None:
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
+        tune.report(metrics, checkpoint=checkpoint)
+
+    def _latest(self) -> Any:
+        from ray import tune
+
+        return tune.get_checkpoint()
