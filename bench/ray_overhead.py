@@ -383,9 +383,11 @@ def main(argv: list[str] | None = None) -> None:
             "ray_added_overhead_s_median": median(
                 [r[launcher]["fixed_overhead_s"] - r["local"]["fixed_overhead_s"] for r in runs]
             ),
+            # a phase missing from a run took no time there (e.g. no process bootstrap when
+            # Ray placed the trial on a worker process it had started before the run)
             "ray_phases_s_median": {
-                name: median([r[launcher]["phases_s"][name] for r in runs])
-                for name in runs[0][launcher]["phases_s"]
+                name: median([r[launcher]["phases_s"].get(name, 0.0) for r in runs])
+                for name in dict.fromkeys(n for r in runs for n in r[launcher]["phases_s"])
             },
             "target_throughput_0.95": verdict(ratio, 0.95, higher_is_better=True),
             "target_fixed_overhead_10s": verdict(fixed, 10.0, higher_is_better=False),
