@@ -302,6 +302,22 @@ def test_compiled_top_rows_equal_a_sort(levels: int | None) -> None:
                 assert gains[row].sum() == gold[row][top].sum()
 
 
+@pytest.mark.parametrize("levels", [None, 5])
+def test_long_lists_start_from_a_floor_and_still_equal_a_sort(levels: int | None) -> None:
+    rng = np.random.default_rng(8)
+    gold, scores = _random_case(rng, 30, 700, 0.02, levels)
+    m = toplist._FLOOR_FROM + 4
+    assert np.isfinite(toplist._floors(scores, m)).all()  # this case does use a floor
+    values, gains = toplist.top_rows(scores, gold, m)
+    assert np.array_equal(values, -np.sort(-scores, axis=1)[:, :m])
+    if levels is None:
+        top = np.argsort(-scores, axis=1)[:, :m]
+        assert np.array_equal(gains.sum(axis=1), np.take_along_axis(gold, top, 1).sum(axis=1))
+    scores[7, 123] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        toplist.top_rows(scores, gold, m)
+
+
 def test_compiled_and_plain_python_top_rows_agree() -> None:
     rng = np.random.default_rng(6)
     gold, scores = _random_case(rng, 20, 30, 0.3, 4)
