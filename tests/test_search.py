@@ -164,7 +164,11 @@ def test_resume_after_an_interrupted_search_keeps_finished_trials(
         while time.time() < deadline:
             for result in experiment.glob("trial_*/result.json"):
                 lines = result.read_text().splitlines()
-                if lines and json.loads(lines[-1]).get(M.TRIAL_FINAL) == 1:
+                try:
+                    final = bool(lines) and json.loads(lines[-1]).get(M.TRIAL_FINAL) == 1
+                except ValueError:  # a line being written
+                    continue
+                if final:
                     os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
                     return
             time.sleep(0.5)
@@ -173,10 +177,11 @@ def test_resume_after_an_interrupted_search_keeps_finished_trials(
     watcher.start()
     run_search(space, storage=str(storage), name="resume", verbose=0)
     watcher.join(timeout=1)
-    before = {
-        p.parent.name: p.read_text()
-        for p in experiment.glob("trial_*/result.json")
-        if json.loads(p.read_text().splitlines()[-1]).get(M.TRIAL_FINAL) == 1
+    before = {  # the finished trials (a trial that had just started has an empty file)
+        name: text
+        for name, text in ((p.parent.name, p.read_text())
+                           for p in experiment.glob("trial_*/result.json"))
+        if text.strip() and json.loads(text.splitlines()[-1]).get(M.TRIAL_FINAL) == 1
     }
     assert 1 <= len(before) < 4, sorted(before)
 
