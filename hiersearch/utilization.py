@@ -232,7 +232,7 @@ def measure_utilization(
         # Documents in order of length, so that a batch pads little: every statistic is a sum
         # over documents, and trailing columns that are padding in every row of a batch are
         # cut (they change nothing for real tokens).
-        positions = torch.arange(1, attention_mask.shape[1] + 1)
+        positions = torch.arange(1, attention_mask.shape[1] + 1, device=attention_mask.device)
         ends = ((attention_mask != 0) * positions).amax(dim=1)
         order = torch.argsort(ends, stable=True)
         for start in range(0, len(input_ids), batch_size):
