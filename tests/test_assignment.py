@@ -58,6 +58,22 @@ def test_paper_variants_match_design_table() -> None:
     assert all(v.name == name for name, v in variants.items())
 
 
+def test_generalized_variants_for_six_layers_and_three_levels() -> None:
+    # MiniLM-L6 on the synthetic EuroVoc corpus's 3 levels (21 / 94 / 200 labels: the quick
+    # preset), as its leaderboard shows them
+    strings = {
+        name: named_variant(name, 6, 3, [21, 94, 200]).to_string()
+        for name in ("FLAT", "LAST-THREE", "ONE-BY-ONE", "IN-PAIRS", "HYBRID")
+    }
+    assert strings == {
+        "FLAT": "FLAT",
+        "LAST-THREE": "L1:4|L2:5|L3:6",
+        "ONE-BY-ONE": "L1:2|L2:4|L3:6",
+        "IN-PAIRS": "L1:1+2|L2:3+4|L3:5+6",
+        "HYBRID": "L1:2|L2:3+4|L3:5+6",
+    }
+
+
 def test_last_variant_is_named_by_number_word() -> None:
     assert variant_names(3)[1] == "LAST-THREE"
     assert variant_names(12)[1] == "LAST-TWELVE"
