@@ -330,6 +330,12 @@ def _score(ranked: _Ranked, ks: Sequence[int]) -> _Sums:
     return _Sums(per_doc, int(keep.sum()), int((~keep).sum()), rp_at, ndcg_at)
 
 
+def _depth(width: int, r: np.ndarray, kmax: int) -> int:
+    """How far a chunk's rows are ranked: max(R, k) + 1 (one rank more, so that a tie across
+    the cut is seen), at most the whole row."""
+    return min(width, max(int(r.max(initial=0)), kmax, 1) + 1)
+
+
 def _chunk_compiled(
     scores: Sequence[np.ndarray], golds: Sequence[np.ndarray], ks: Sequence[int], micro: bool
 ) -> list[_Sums]:
@@ -340,13 +346,10 @@ def _chunk_compiled(
     """
     kmax = max(ks, default=0)
     rs = [toplist.gold_counts(g) for g in golds]
-    ms = [
-        min(s.shape[1], max(int(r.max(initial=0)), kmax, 1) + 1)
-        for s, r in zip(scores, rs, strict=True)
-    ]
+    ms = [_depth(s.shape[1], r, kmax) for s, r in zip(scores, rs, strict=True)]
     total = sum(s.shape[1] for s in scores)
     r_micro = np.sum(rs, axis=0)
-    m_micro = min(total, max(int(r_micro.max(initial=0)), kmax, 1) + 1) if micro else 0
+    m_micro = _depth(total, r_micro, kmax) if micro else 0
     out, lists = [], []
     for s, g, r, m in zip(scores, golds, rs, ms, strict=True):
         values, gains = toplist.top_rows(s, g, min(s.shape[1], max(m, m_micro)))
@@ -374,15 +377,12 @@ def _chunk(
     """
     kmax = max(ks, default=0)
     rs = [np.count_nonzero(g, axis=1) for g in golds]
-    ms = [
-        min(s.shape[1], max(int(r.max(initial=0)), kmax, 1) + 1)
-        for s, r in zip(scores, rs, strict=True)
-    ]
+    ms = [_depth(s.shape[1], r, kmax) for s, r in zip(scores, rs, strict=True)]
     cuts = [_cut(s, m) for s, m in zip(scores, ms, strict=True)]
     if micro:
         r_micro = np.sum(rs, axis=0)
         total = sum(s.shape[1] for s in scores)
-        m_micro = min(total, max(int(r_micro.max(initial=0)), kmax, 1) + 1)
+        m_micro = _depth(total, r_micro, kmax)
         micro_cut = _kth_largest(np.concatenate([c.maxima for c in cuts], axis=1), m_micro)
     out, candidates = [], []
     for s, g, r, m, cut in zip(scores, golds, rs, ms, cuts, strict=True):
