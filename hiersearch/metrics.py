@@ -11,13 +11,14 @@ a label at a rank held by a tie group of c labels, g of them gold, counts as g /
 Without ties this is the ordinary value.
 
 Speed (57,000 docs x 7,341 labels is the target; no row is ever fully sorted): rows are
-processed in chunks of ~8M scores on a thread pool (numpy releases the GIL). Per chunk and
-level, a cut that the top (depth + 1) values of each row reach (depth = max(R, k)) comes from
-strided-block maxima in one pass; only the few values above it are gathered and sorted (see
-`_cut`). Micro scores are never concatenated: a cut over the block maxima of all levels bounds
-the global top list, and each level contributes its values above it. Ties are resolved
-exactly; only where a tie group runs past the listed ranks is it counted over the full row.
-Multi-hot gold as bool/uint8 is fastest (a float copy costs one more pass).
+processed in chunks of ~8M scores on a thread pool (the kernels release the GIL). Every metric
+of a row depends only on where its gold labels rank, so the compiled path (`goldrank.py`)
+compares each row's scores with its few gold scores in one vectorized pass and stops a count
+once it passes the deepest rank asked for (max(R, k)). Without numba, the numpy path lists each
+row's top (depth + 1) values: a cut from strided-block maxima in one pass, then only the few
+values above it are gathered and sorted (see `_cut`); micro merges the levels' candidates
+above a cut over all levels' block maxima. Both resolve ties exactly.
+Multi-hot gold as bool/uint8 is fastest (other dtypes cost one more pass).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hiersearch import toplist
+from hiersearch import goldrank
 
 DEFAULT_METRIC = "dev/rp_macro"
 DEFAULT_MODE = "max"
@@ -59,7 +60,7 @@ UTIL_HEAD_KL_MEAN = "util/head_kl_mean"
 _SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 # scores per row chunk: bounds the temporaries of one chunk (~32 MB of float32 per worker)
 _CHUNK_ELEMENTS = 1 << 23
-# Top lists from the compiled kernel (`toplist.py`) when numba loads; False: numpy only.
+# Gold ranks from the compiled kernel (`goldrank.py`) when numba loads; False: numpy top lists.
 COMPILED = True
 
 
@@ -304,14 +305,18 @@ class _Sums(NamedTuple):
     ndcg_at: np.ndarray  # one sum per k
 
 
-def _score(ranked: _Ranked, ks: Sequence[int]) -> _Sums:
-    r = ranked.r
-    kmax = max(ks, default=0)
-    ranks = np.concatenate(
+def _rank_targets(r: np.ndarray, kmax: int) -> np.ndarray:
+    """The ranks each row is asked about: R (at least 1), then 1..kmax."""
+    return np.concatenate(
         [np.maximum(r, 1)[:, None], np.broadcast_to(np.arange(1, kmax + 1), (r.size, kmax))],
         axis=1,
     )
-    found = _expected_found(ranked, ranks)
+
+
+def _sums(found: np.ndarray, r: np.ndarray, ks: Sequence[int]) -> _Sums:
+    """Metric sums from the expected gold count of the top q (`found`, columns as in
+    `_rank_targets`)."""
+    kmax = max(ks, default=0)
     keep = r > 0
     per_doc = np.full(r.shape, np.nan)
     per_doc[keep] = found[keep, 0] / r[keep]
@@ -330,6 +335,11 @@ def _score(ranked: _Ranked, ks: Sequence[int]) -> _Sums:
     return _Sums(per_doc, int(keep.sum()), int((~keep).sum()), rp_at, ndcg_at)
 
 
+def _score(ranked: _Ranked, ks: Sequence[int]) -> _Sums:
+    found = _expected_found(ranked, _rank_targets(ranked.r, max(ks, default=0)))
+    return _sums(found, ranked.r, ks)
+
+
 def _depth(width: int, r: np.ndarray, kmax: int) -> int:
     """How far a chunk's rows are ranked: max(R, k) + 1 (one rank more, so that a tie across
     the cut is seen), at most the whole row."""
@@ -339,31 +349,15 @@ def _depth(width: int, r: np.ndarray, kmax: int) -> int:
 def _chunk_compiled(
     scores: Sequence[np.ndarray], golds: Sequence[np.ndarray], ks: Sequence[int], micro: bool
 ) -> list[_Sums]:
-    """`_chunk` with each level's top list from one compiled pass over its scores.
-
-    Each level is listed to its own depth max(R, k) + 1, or to micro's depth if that is more:
-    the global top list of a row is among its levels' top lists, so micro merges those.
-    """
-    kmax = max(ks, default=0)
-    rs = [toplist.gold_counts(g) for g in golds]
-    ms = [_depth(s.shape[1], r, kmax) for s, r in zip(scores, rs, strict=True)]
-    total = sum(s.shape[1] for s in scores)
-    r_micro = np.sum(rs, axis=0)
-    m_micro = _depth(total, r_micro, kmax) if micro else 0
-    out, lists = [], []
-    for s, g, r, m in zip(scores, golds, rs, ms, strict=True):
-        values, gains = toplist.top_rows(s, g, min(s.shape[1], max(m, m_micro)))
-        lists.append((values, gains))
-        out.append(_score(_Ranked(values[:, :m], gains[:, :m], m == s.shape[1], r, ((s, g),)), ks))
-    if micro:
-        values, gains = _sort_desc(
-            np.concatenate([v for v, _ in lists], axis=1),
-            np.concatenate([g for _, g in lists], axis=1).astype(np.int64),
-            m_micro,
-        )
-        pieces = tuple(zip(scores, golds, strict=True))
-        out.append(_score(_Ranked(values, gains != 0, m_micro == total, r_micro, pieces), ks))
-    return out
+    """`_chunk` from where each gold label ranks (`goldrank.py`: one compiled pass over the
+    scores, no top lists)."""
+    dtype = np.result_type(*scores)
+    sums = goldrank.rank_metrics([s.astype(dtype, copy=False) for s in scores], golds, ks, micro)
+    return [
+        _Sums(sums.per_doc[:, t], int(sums.docs[t]), int(sums.skipped[t]), sums.rp_at[t],
+              sums.ndcg_at[t])
+        for t in range(sums.docs.size)
+    ]
 
 
 def _chunk(
@@ -423,7 +417,7 @@ def _run(
     step = max(1, _CHUNK_ELEMENTS // max(sum(s.shape[1] for s in scores), 1))
     parts = [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
-    chunk = _chunk_compiled if toplist.available() and COMPILED else _chunk
+    chunk = _chunk_compiled if goldrank.available() and COMPILED else _chunk
 
     def work(part: slice) -> list[_Sums]:
         return chunk([s[part] for s in scores], [g[part] for g in golds], ks, micro)

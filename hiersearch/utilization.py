@@ -125,10 +125,15 @@ class _AttentionSums:
         self.cross = torch.zeros(layers, layers, dtype=torch.float64)
         self.heads = 0
 
-    def add(self, attentions: Sequence[torch.Tensor], mask: torch.Tensor) -> None:
+    def add(
+        self, attentions: Sequence[torch.Tensor], mask: torch.Tensor, masked: bool = False
+    ) -> None:
         """attentions: per layer [docs, heads, q, k]; mask [docs, seq], 1 = real token.
+        `masked`: the maps already give padding keys exactly 0 (an encoder's own attention
+        does), so the renormalization over real keys is skipped.
 
         Computed where the maps are (the GPU in training); only the sums come to the CPU.
+        Each layer's maps are gone over a few times only: they are the bulk of the work.
         """
         device = attentions[0].device
         real = mask.to(device=device, dtype=torch.float32)
@@ -137,18 +142,22 @@ class _AttentionSums:
         self.queries += float(queries.sum())
         averaged, logs = [], []
         for layer, attn in enumerate(attentions):
-            p = attn.float() * keys
-            p = p / p.sum(dim=-1, keepdim=True).clamp_min(_EPS)
-            log_p = p.clamp_min(_EPS).log()
+            p = attn.float()
+            if not masked:
+                p = p * keys
+                p = p / p.sum(dim=-1, keepdim=True).clamp_min(_EPS)
             heads = p.shape[1]
             self.heads = heads
-            # sum_{i != j} KL(p_i || p_j) = H * sum_i p_i . (log p_i - mean_h log p_h); logs are
-            # taken relative to head 0 first, so that agreeing heads give exactly 0
-            relative = log_p - log_p[:, :1]
-            centered = (p * (relative - relative.mean(dim=1, keepdim=True))).sum(dim=-1)
-            pairs = heads * centered.sum(dim=1) / max(heads * (heads - 1), 1)
+            # sum_{i != j} KL(p_i || p_j) = H sum_i p_i . l_i - (sum_i p_i) . (sum_j l_j) for
+            # l = log p minus any per-key vector; minus head 0's logs, agreeing heads give 0
+            relative = p.clamp_min(_EPS).log_()
+            relative -= relative[:, :1].clone()
+            mean_p = p.mean(dim=1)  # [docs, q, k]
+            cross = (mean_p * relative.sum(dim=1)).sum(dim=-1)
+            own = relative.mul_(p).sum(dim=(1, 3))  # in place: the maps' size, once more
+            pairs = heads * (own - cross) / max(heads * (heads - 1), 1)
             self.head_kl[layer] += pairs[queries].double().sum().cpu()
-            a = p.mean(dim=1)[queries]  # [real queries, keys]
+            a = mean_p[queries]  # [real queries, keys]
             log_a = a.clamp_min(_EPS).log()
             self.entropy[layer] -= (a.double() * log_a.double()).sum().cpu()
             averaged.append(a.flatten())
@@ -256,7 +265,7 @@ def measure_utilization(
             angle = batch_angle if angle is None else angle + batch_angle
             if sums is None:
                 sums = _AttentionSums(len(out.attentions))
-            sums.add(out.attentions, mask)
+            sums.add(out.attentions, mask, masked=True)
     finally:
         if previous != "eager":
             if previous is None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 # Pure stages (and the trial loop, whose Ray runners import Ray only when used).
-PURE = ["hierarchy", "corpus", "assignment", "model", "metrics", "toplist", "leaderboard",
+PURE = ["hierarchy", "corpus", "assignment", "model", "metrics", "goldrank", "leaderboard",
         "session", "train"]
 
 

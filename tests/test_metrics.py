@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hiersearch import metrics, toplist
+from hiersearch import goldrank, metrics
 from hiersearch.metrics import (
     evaluate,
     ndcg_at_k,
@@ -18,7 +18,7 @@ from hiersearch.metrics import (
 
 @pytest.fixture(autouse=True, params=["compiled", "numpy"])
 def ranking_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every metric test runs on both ways of listing a row's top values."""
+    """Every metric test runs on both paths: gold ranks (compiled) and numpy top lists."""
     monkeypatch.setattr(metrics, "COMPILED", request.param == "compiled")
     return str(request.param)
 
@@ -220,6 +220,8 @@ def test_nan_scores_are_rejected() -> None:
         (50, 2000, 0.004, None),  # strided-block path of the cut
         (50, 2000, 0.004, 3),  # ties run far past the listed ranks
         (50, 700, 0.01, 50),
+        (30, 900, 0.4, None),  # R far past a count's block: counts stop late
+        (30, 900, 0.4, 5),
     ],
 )
 def test_vectorized_matches_reference(
@@ -283,53 +285,56 @@ def test_integer_and_boolean_inputs_are_accepted() -> None:
     assert r_precision(gold, scores) == (1.0, 0)
 
 
-# ----------------------------------------------------------------------------- top lists
+# ----------------------------------------------------------------------------- gold ranks
 
 
-@pytest.mark.parametrize("levels", [None, 3])  # distinct scores; three values (ties)
-def test_compiled_top_rows_equal_a_sort(levels: int | None) -> None:
-    rng = np.random.default_rng(5)
-    gold, scores = _random_case(rng, 50, 40, 0.2, levels)
-    for m in (1, 7, 40):
-        values, gains = toplist.top_rows(scores, gold, m)
-        assert np.array_equal(values, -np.sort(-scores, axis=1)[:, :m])
-        # each listed label's gold flag is that of a label with its score
-        for row in range(50):
-            for value, gain in zip(values[row], gains[row], strict=True):
-                assert gain in set(gold[row][scores[row] == value])
-            if levels is None:  # no ties: exactly the gold count of the top m
-                top = np.argsort(-scores[row])[:m]
-                assert gains[row].sum() == gold[row][top].sum()
+def _levels(rng: np.random.Generator, ties: int | None) -> tuple[list, list]:
+    sizes = [4, 60, 700]
+    cases = [_random_case(rng, 40, n, 4 / n, ties) for n in sizes]
+    return [g for g, _ in cases], [s for _, s in cases]
 
 
-@pytest.mark.parametrize("levels", [None, 5])
-def test_long_lists_start_from_a_floor_and_still_equal_a_sort(levels: int | None) -> None:
-    rng = np.random.default_rng(8)
-    gold, scores = _random_case(rng, 30, 700, 0.02, levels)
-    m = toplist._FLOOR_FROM + 4
-    assert np.isfinite(toplist._floors(scores, m)).all()  # this case does use a floor
-    values, gains = toplist.top_rows(scores, gold, m)
-    assert np.array_equal(values, -np.sort(-scores, axis=1)[:, :m])
-    if levels is None:
-        top = np.argsort(-scores, axis=1)[:, :m]
-        assert np.array_equal(gains.sum(axis=1), np.take_along_axis(gold, top, 1).sum(axis=1))
-    scores[7, 123] = np.nan
+@pytest.mark.parametrize("ties", [None, 3])
+def test_gold_rank_kernel_compiled_and_plain_python_agree(ties: int | None) -> None:
+    golds, scores = _levels(np.random.default_rng(6), ties)
+    compiled = goldrank.rank_metrics(scores, golds, [1, 5, 10], micro=True)
+    plain = goldrank.rank_metrics(scores, golds, [1, 5, 10], micro=True, compiled=False)
+    for a, b in zip(compiled, plain, strict=True):
+        assert np.allclose(a, b, equal_nan=True)
+    assert compiled.per_doc.shape == (40, 4)  # three levels and micro
+
+
+@pytest.mark.parametrize("ties", [None, 4])
+def test_gold_ranked_first_needs_whole_rows_and_still_matches_reference(ties: int | None) -> None:
+    """A trained model ranks gold labels high: their counts never stop early."""
+    golds, scores = _levels(np.random.default_rng(9), ties)
+    scores = [s + 3 * g for g, s in zip(golds, scores, strict=True)]
+    out = evaluate(golds, scores, "dev", ks=[3, 10])
+    rp, rpk, ndcg = _reference(np.concatenate(golds, 1), np.concatenate(scores, 1), 10)
+    assert out["dev/rp_micro"] == pytest.approx(rp)
+    assert out["dev/rp@10"] == pytest.approx(rpk) and out["dev/ndcg@10"] == pytest.approx(ndcg)
+    for level, (g, s) in enumerate(zip(golds, scores, strict=True), start=1):
+        rp, rpk, ndcg = _reference(g, s, 3)
+        assert out[f"dev/rp_L{level}"] == pytest.approx(rp)
+        assert out[f"dev/rp@3_L{level}"] == pytest.approx(rpk)
+        assert out[f"dev/ndcg@3_L{level}"] == pytest.approx(ndcg)
+
+
+def test_levels_of_different_float_types_and_non_byte_gold() -> None:
+    golds, scores = _levels(np.random.default_rng(2), None)
+    same = evaluate(golds, scores, "dev")
+    mixed = evaluate(
+        [golds[0].astype(np.float32), golds[1].astype(np.int64), golds[2]],
+        [scores[0].astype(np.float64), scores[1], scores[2]],
+        "dev",
+    )
+    assert mixed == pytest.approx(same)
+
+
+def test_gold_rank_kernel_rejects_nan_anywhere_in_a_row() -> None:
+    golds, scores = _levels(np.random.default_rng(4), None)
+    scores[2][13, 611] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        toplist.top_rows(scores, gold, m)
-
-
-def test_compiled_and_plain_python_top_rows_agree() -> None:
-    rng = np.random.default_rng(6)
-    gold, scores = _random_case(rng, 20, 30, 0.3, 4)
-    compiled = toplist.top_rows(scores, gold, 9)
-    plain = toplist.top_rows(scores, gold, 9, compiled=False)
-    assert np.array_equal(compiled[0], plain[0]) and np.array_equal(compiled[1], plain[1])
-
-
-def test_top_rows_rejects_nan_and_a_list_longer_than_the_row() -> None:
-    scores = np.zeros((2, 3), np.float32)
-    scores[1, 2] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
-        toplist.top_rows(scores, np.ones((2, 3), np.uint8), 2)
-    with pytest.raises(ValueError, match="outside"):
-        toplist.top_rows(scores, np.ones((2, 3), np.uint8), 4)
+        goldrank.rank_metrics(scores, golds, [], micro=False)
+    with pytest.raises(ValueError, match="dtypes"):
+        goldrank.rank_metrics([scores[0].astype(np.float64), scores[1]], golds[:2], [], True)
