@@ -2,7 +2,9 @@
 trial through `search.run_search` on a one-trial space, with each launcher: "auto" (the
 default for one worker: `train.fit` runs in the Ray Tune trial's process) and "train" (the
 trial drives a Ray Train `TorchTrainer` with one worker); same corpus, config, epochs and
-seed, the three in rotating order, several repetitions.
+seed, the three in rotating order, several repetitions. With `--trials N` (default 3) also a
+search of N trials of the same config (seeds 0..N-1, one at a time): Ray's cost per trial of a
+search, where the later trials reuse the first one's process.
 
 Figures:
 - steady-state throughput ratio: training samples/s (the reports' `train/samples_per_s`,
@@ -18,7 +20,8 @@ Figures:
 
 Targets: throughput ratio >= 0.95; fixed overhead <= 10 s per trial (2-core machine).
 
-    python bench/ray_overhead.py [--quick] [--reps N] [--json OUT]
+    python bench/ray_overhead.py [--quick] [--reps N] [--trials N] [--launchers auto,train]
+                                 [--json OUT]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import itertools
 import math
 import os
 import pstats
@@ -48,8 +52,9 @@ LAUNCHERS = ("auto", "train")
 
 
 def space_raw(model: str, docs: int, epochs: int, batch_size: int, max_leaves: int,
-              util_docs: int, launcher: str = "auto") -> dict[str, Any]:
-    """A one-trial space: one named variant, one seed, no search."""
+              util_docs: int, launcher: str = "auto", trials: int = 1) -> dict[str, Any]:
+    """One named variant, no search: `trials` seeds run one after the other (one at a time,
+    so that a later trial can reuse the first one's process, as in a search's later waves)."""
     return {
         "name": "ray-overhead",
         "data": {"hierarchy": "eurovoc", "docs": docs, "seed": 1, "max_leaves": max_leaves},
@@ -69,7 +74,7 @@ def space_raw(model: str, docs: int, epochs: int, batch_size: int, max_leaves: i
             "keep_checkpoints": 1,
         },
         "assignment": {"space": "variants", "variants": [VARIANT]},
-        "tune": {"algorithm": "grid", "seeds": 1},
+        "tune": {"algorithm": "grid", "seeds": trials, "max_concurrent": 1},
     }
 
 
@@ -201,6 +206,31 @@ def ray_breakdown(events: list[dict[str, Any]], start: float, end: float,
     }
 
 
+def multi_breakdown(events: list[dict[str, Any]], start: float, end: float,
+                    epoch_samples: int) -> dict[str, Any]:
+    """A search of several trials, one at a time: wall time, training loops and what is left,
+    and how many of the trials ran in a process that an earlier trial had warmed."""
+    window = _within(events, start, end)
+    fits = sorted((e for e in window if e["name"] == "fit"), key=lambda e: e["start"])
+    loops, pids = 0.0, []
+    for fit in fits:
+        own = [e for e in window if e["pid"] == fit["pid"]]
+        loops += fit_phases(_within(own, fit["start"], fit["end"]), epoch_samples)[
+            "training_loops"
+        ]
+        pids.append(fit["pid"])
+    wall = end - start
+    return {
+        "trials": len(fits),
+        "trial_processes": len(set(pids)),
+        "wall_s": wall,
+        "training_loops_s": loops,
+        "fixed_overhead_s": wall - loops,
+        "fit_s": [_dur(f) for f in fits],
+        "between_fits_s": [b["start"] - a["end"] for a, b in itertools.pairwise(fits)],
+    }
+
+
 def _train_worker_setup(worker: list[dict[str, Any]], driver: dict[str, Any],
                         hook: dict[str, Any] | None, fit: dict[str, Any]) -> dict[str, float]:
     """From the trial driver's start to the Ray Train worker's call of fit."""
@@ -278,6 +308,30 @@ def profile_fit(base: Any, data: Any, work: Path, top: int = 20) -> list[str]:
     return [line for line in text.getvalue().splitlines() if line.strip()][-top - 1 :]
 
 
+def multi_summary(runs: list[dict[str, Any]], trials: int, with_single: bool) -> dict[str, Any]:
+    """Ray's added overhead per trial of an n-trial search (against n in-process fits of the
+    same repetition) and, given the one-trial search of the same repetition, what each trial
+    after the first adds: the search's fixed start-up is paid once, not per trial."""
+    added = [
+        (r["multi"]["fixed_overhead_s"] - trials * r["local"]["fixed_overhead_s"]) / trials
+        for r in runs
+    ]
+    out: dict[str, Any] = {
+        "trials": trials,
+        "trial_processes_per_search": [r["multi"]["trial_processes"] for r in runs],
+        "ray_added_overhead_per_trial_s_median": median(added),
+        "target_fixed_overhead_10s_per_trial": verdict(median(added), 10.0, False),
+    }
+    if with_single and trials > 1:
+        marginal = [
+            (r["multi"]["fixed_overhead_s"] - r["auto"]["fixed_overhead_s"]) / (trials - 1)
+            - r["local"]["fixed_overhead_s"]
+            for r in runs
+        ]
+        out["ray_added_overhead_per_further_trial_s_median"] = median(marginal)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny encoder, 60 docs, 1 rep")
@@ -285,6 +339,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--docs", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--trials", type=int, default=None,
+                        help="trials of the multi-trial search (launcher auto); 0: skip it")
+    parser.add_argument("--launchers", default=",".join(LAUNCHERS),
+                        help="one-trial searches to run, comma-separated (auto,train)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one local fit")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -295,6 +353,10 @@ def main(argv: list[str] | None = None) -> None:
     docs = args.docs or (60 if args.quick else 400)
     epochs = args.epochs or 2
     reps = args.reps or (1 if args.quick else 3)
+    trials = args.trials if args.trials is not None else (2 if args.quick else 3)
+    launchers = [name for name in args.launchers.split(",") if name]
+    if not launchers or any(name not in LAUNCHERS for name in launchers):
+        parser.error(f"--launchers: a comma-separated subset of {','.join(LAUNCHERS)}")
     batch_size = 16
     util_docs = 8 if args.quick else 32
 
@@ -310,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         for launcher in LAUNCHERS
     }
+    if trials:
+        spaces["multi"] = parse_space(
+            space_raw(model, docs, epochs, batch_size, 300, util_docs, "auto", trials)
+        )
     base = spaces["auto"].base_config()
     data = prepare_data(spaces["auto"], base, None, os.environ["HIERSEARCH_DATA"])  # warm
     from hiersearch.encode import load_encoded
@@ -331,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     ray_init_s = time.time() - init_start
     runs: list[dict[str, Any]] = []
     load_averages = []
-    kinds = ["local", *LAUNCHERS]
+    kinds = ["local", *launchers, *(["multi"] if trials else [])]
     try:
         for rep in range(reps):
             load_averages.append([round(x, 2) for x in os.getloadavg()])
@@ -341,17 +407,21 @@ def main(argv: list[str] | None = None) -> None:
                 if kind == "local":
                     run = run_local(base, data, events_file, work, rep)
                     row["local"] = local_breakdown(run["events"], epoch_samples)
+                elif kind == "multi":
+                    run = run_ray(spaces[kind], work / "storage", events_file, f"{kind}-{rep}")
+                    row[kind] = multi_breakdown(run["events"], run["start"], run["end"],
+                                                epoch_samples)
                 else:
                     run = run_ray(spaces[kind], work / "storage", events_file, f"{kind}-{rep}")
                     row[kind] = ray_breakdown(run["events"], run["start"], run["end"],
                                               epoch_samples)
-            for launcher in LAUNCHERS:
+            for launcher in launchers:
                 row[f"throughput_ratio_{launcher}"] = (
                     row[launcher]["steady_samples_per_s"] / row["local"]["steady_samples_per_s"]
                 )
             runs.append(row)
             print(f"[ray_overhead] rep {rep}: local {row['local']['wall_s']:.1f}s, "
-                  + ", ".join(f"{k} {row[k]['wall_s']:.1f}s" for k in LAUNCHERS), flush=True)
+                  + ", ".join(f"{k} {row[k]['wall_s']:.1f}s" for k in kinds[1:]), flush=True)
         profile = profile_fit(base, data, work) if args.profile else None
     finally:
         ray.shutdown()
@@ -364,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
             "model": model, "docs": docs, "train_docs": train_docs, "epochs": epochs,
             "batch_size": batch_size, "max_length": 128, "variant": VARIANT,
             "cpus_per_worker": 1, "torch_threads_per_trial": 1, "util_docs": util_docs,
-            "ray_init_once_s": ray_init_s,
+            "ray_init_once_s": ray_init_s, "multi_trial_search_trials": trials,
         },
         "load_average_per_rep": load_averages,
         "runs": runs,
@@ -374,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
             for name in runs[0]["local"]["phases_s"]
         },
     }
-    for launcher in LAUNCHERS:  # auto: fit in the Tune trial; train: a TorchTrainer per trial
+    for launcher in launchers:  # auto: fit in the Tune trial; train: a TorchTrainer per trial
         ratio = median([r[f"throughput_ratio_{launcher}"] for r in runs])
         fixed = median([r[launcher]["fixed_overhead_s"] for r in runs])
         out[launcher] = {
@@ -392,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
             "target_throughput_0.95": verdict(ratio, 0.95, higher_is_better=True),
             "target_fixed_overhead_10s": verdict(fixed, 10.0, higher_is_better=False),
         }
+    if trials:
+        out["multi"] = multi_summary(runs, trials, "auto" in launchers)
     if profile is not None:
         out["profile_fit_top_cumulative"] = profile
     out["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

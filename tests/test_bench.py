@@ -145,6 +145,30 @@ def test_ray_overhead_breakdown_of_a_trial_that_trains_in_its_tune_process() -> 
     assert parse_space(ray_overhead.space_raw("tiny:6x64", 60, 2, 16, 300, 8, "train"))
 
 
+def test_multi_trial_breakdown_counts_every_fit_and_the_shared_process() -> None:
+    events = [_event("prepare_data", 0.5, 1.0)]
+    for start, pid in ((5.0, 3), (20.0, 3), (35.0, 4)):  # two fits in one reused process
+        events += [
+            _event("fit", start, start + 10.0, pid=pid),
+            _event("RaySession.report", start + 4, start + 5, pid=pid, epoch=1, final=0,
+                   samples_per_s=32.0),
+            _event("RaySession.report", start + 8, start + 9, pid=pid, epoch=1, final=1,
+                   samples_per_s=None),
+        ]
+    out = ray_overhead.multi_breakdown(events, 0.0, 50.0, epoch_samples=96)
+    assert (out["trials"], out["trial_processes"]) == (3, 2)
+    assert out["training_loops_s"] == pytest.approx(9.0)  # 96 samples at 32/s, three times
+    assert out["fixed_overhead_s"] == pytest.approx(41.0)
+    assert out["between_fits_s"] == pytest.approx([5.0, 5.0])
+    runs = [{"multi": {"fixed_overhead_s": 41.0, "trial_processes": 2},
+             "auto": {"fixed_overhead_s": 20.0}, "local": {"fixed_overhead_s": 4.0}}]
+    summary = ray_overhead.multi_summary(runs, 3, with_single=True)
+    assert summary["ray_added_overhead_per_trial_s_median"] == pytest.approx(41 / 3 - 4)
+    assert summary["ray_added_overhead_per_further_trial_s_median"] == pytest.approx(6.5)
+    space = parse_space(ray_overhead.space_raw("tiny:6x64", 60, 2, 16, 300, 8, "auto", 3))
+    assert (space.tune.seeds, space.tune.max_concurrent) == (3, 1)
+
+
 def test_timing_probe_records_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "events.jsonl"
     monkeypatch.setenv(_timing.EVENTS_ENV, str(path))
@@ -161,6 +185,13 @@ def test_search_spaces_parse_and_the_grid_has_thirty_points(tmp_path: Path) -> N
     search = parse_space(search_efficiency.search_space(setup))
     assert search.tune.scheduler == "asha" and search.assignment.space == "monotone"
     parse_space(search_efficiency.grid_space(search_efficiency.QUICK))
+    minilm = search_efficiency.MINILM
+    assert len(fixed_points(parse_space(search_efficiency.grid_space(minilm)), 6,
+                            [21, 104, 200])) == 30
+    enqueued = fixed_points(parse_space(search_efficiency.search_space(minilm)), 6, [21, 104, 200])
+    # the named variants are enqueued at the grid's batch size and the MiniLM rates
+    assert len(enqueued) == 5 and {p["batch_size"] for p in enqueued} == {16}
+    assert parse_space(search_efficiency.search_space(minilm)).base_config().head_lr == 3e-2
     for name, reports in (("a", [0.2, 0.3]), ("b", [0.25])):
         trial = tmp_path / f"trial_{name}"
         trial.mkdir()
