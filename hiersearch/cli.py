@@ -175,7 +175,7 @@ def _variants(args: argparse.Namespace) -> int:
 
 
 def _space(args: argparse.Namespace) -> int:
-    from hiersearch.assignment import SpaceOptions, space_summary
+    from hiersearch.assignment_space import SpaceOptions, space_summary
 
     options = SpaceOptions()
     if args.space:
@@ -217,13 +217,14 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
 def _reproduce(args: argparse.Namespace) -> int:
     _prepare_env()
     from hiersearch import leaderboard as lb
+    from hiersearch import results
     from hiersearch.space import load_space
 
     space = load_space(args.preset)
     path = _run(
         args, space, fixed_only=True, seeds=args.seeds, default_name=f"reproduce-{args.preset}"
     )
-    table = lb.load_experiments([path])
+    table = results.load_experiments([path])
     levels = len(json.loads(_read_meta(path)).get("label_counts", [])) or None
     for split in ("dev", "test"):
         print(
@@ -253,13 +254,14 @@ def _read_meta(path: str) -> str:
 def _search(args: argparse.Namespace) -> int:
     _prepare_env()
     from hiersearch import leaderboard as lb
+    from hiersearch import results
     from hiersearch.space import load_space
 
     if args.trials is not None and args.trials < 1:
         raise InputError("must be >= 1", where="--trials")
     space = load_space(args.space)
     path = _run(args, space, trials=args.trials)
-    table = lb.load_experiments([path])
+    table = results.load_experiments([path])
     metric = space.tune.metric
     table = lb.sort_rows(table, metric if metric in table.columns else None, space.tune.mode)
     print(lb.render(lb.top(table, 10), "table"))
@@ -269,8 +271,9 @@ def _search(args: argparse.Namespace) -> int:
 
 def _leaderboard(args: argparse.Namespace) -> int:
     from hiersearch import leaderboard as lb
+    from hiersearch import results
 
-    table = lb.load_experiments(args.dirs)
+    table = results.load_experiments(args.dirs)
     if args.where:
         table = lb.filter_rows(table, args.where)
     if args.group_by:

@@ -29,13 +29,8 @@ from typing import Any
 import yaml
 
 from hiersearch import metrics as M
-from hiersearch.assignment import (
-    SpaceOptions,
-    assignment_params,
-    named_variants,
-    suggest_assignment,
-    variant_names,
-)
+from hiersearch.assignment import named_variants, variant_names
+from hiersearch.assignment_space import SpaceOptions, assignment_params, suggest_assignment
 from hiersearch.config import TrialConfig
 from hiersearch.errors import InputError
 
@@ -72,7 +67,7 @@ class AssignmentSpec:
     variants: tuple[str, ...] | None = None
     # Enqueue the named variants as fixed trials before the sampler takes over (monotone).
     enqueue_variants: bool = True
-    # Monotone-space options (see assignment.SpaceOptions).
+    # Monotone-space options (see assignment_space.SpaceOptions).
     overlap: bool = False
     max_width: int | None = None
     skip_lowest: int = 0

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hiersearch import leaderboard as lb
+from hiersearch import results
 from hiersearch.cli import main
 
 HIERARCHY = {
@@ -370,8 +370,8 @@ def test_leaderboard_with_a_damaged_hiersearch_json_still_reads_the_trials(
     experiment = tmp_path / "finished"
     shutil.copytree(Path(__file__).parent / "fixtures" / "leaderboard" / "finished", experiment)
     (experiment / "hiersearch.json").write_text('{"metric": "dev/rp_')  # a torn write
-    with pytest.warns(lb.LeaderboardWarning, match=r"hiersearch\.json"):
-        table = lb.load_experiments([str(experiment)])
+    with pytest.warns(results.LeaderboardWarning, match=r"hiersearch\.json"):
+        table = results.load_experiments([str(experiment)])
     assert len(table) == 9
 
 

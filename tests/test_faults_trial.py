@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from hiersearch import leaderboard as lb
+from hiersearch import results
 from hiersearch.search import run_search
 from hiersearch.space import load_space
 
@@ -65,7 +65,7 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def board(experiment: Path) -> pd.DataFrame:
-    return lb.load_experiments([str(experiment)])
+    return results.load_experiments([str(experiment)])
 
 
 def _rows(board: pd.DataFrame, lr: float, model: str | None = None) -> pd.DataFrame:
@@ -93,14 +93,14 @@ def _reports(experiment: Path, trial_id: str) -> list[dict]:
 def test_the_search_goes_on_past_failed_trials(board: pd.DataFrame) -> None:
     assert len(board) == 4
     good = _rows(board, 1e-3, GOOD)
-    assert list(good["status"]) == [lb.STATUS_TERMINATED]
+    assert list(good["status"]) == [results.STATUS_TERMINATED]
     assert list(good["stop_reason"]) == ["completed"]
     assert good["test/rp_macro"].notna().all()
 
 
 def test_diverging_trial_is_errored_with_the_non_finite_loss_line(board: pd.DataFrame) -> None:
     row = _rows(board, HUGE_LR, GOOD).iloc[0]
-    assert row["status"] == lb.STATUS_ERRORED
+    assert row["status"] == results.STATUS_ERRORED
     assert row["stop_reason"] == "nan_loss"
     assert row["error"] == (
         "hiersearch.search.NonFiniteLossError: non-finite training loss or weights in epoch 1: "
@@ -123,7 +123,7 @@ def test_crashing_trials_are_errored_with_the_workers_exception_line(
 ) -> None:
     rows = board[board["model"] == CRASHING]
     assert len(rows) == 2
-    assert set(rows["status"]) == {lb.STATUS_ERRORED}
+    assert set(rows["status"]) == {results.STATUS_ERRORED}
     assert set(rows["error"]) == {
         "ValueError: The hidden size (33) is not a multiple of the number of attention heads (2)"
     }

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from hiersearch import leaderboard as lb
 from hiersearch import metrics as M
+from hiersearch import results
 from hiersearch.config import TrialConfig
 from hiersearch.search import run_search
 from hiersearch.space import load_space
@@ -119,8 +119,8 @@ def test_the_trial_finishes_with_every_epoch_reported_once(
     reports = _reports(trial_dir)
     assert [r[M.EPOCH] for r in reports] == [1, 2, 2]  # the last one is the final report
     assert reports[-1][M.TRIAL_STOP_REASON] == "completed"
-    (row,) = lb.load_experiments([str(trial_dir.parent)]).to_dict("records")
-    assert row["status"] == lb.STATUS_TERMINATED
+    (row,) = results.load_experiments([str(trial_dir.parent)]).to_dict("records")
+    assert row["status"] == results.STATUS_TERMINATED
 
 
 def test_step_count_and_lr_schedule_continue_after_the_restart(

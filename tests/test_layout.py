@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 # Pure stages (and the trial loop, whose Ray runners import Ray only when used).
-PURE = ["hierarchy", "corpus", "assignment", "model", "metrics", "goldrank", "leaderboard",
-        "session", "train"]
+PURE = ["hierarchy", "corpus", "assignment", "assignment_space", "model", "metrics", "goldrank",
+        "results", "leaderboard", "session", "train"]
 
 
 def test_pure_modules_import_without_ray() -> None:

@@ -21,6 +21,7 @@ import yaml
 
 from hiersearch import leaderboard as lb
 from hiersearch import metrics as M
+from hiersearch import results
 from hiersearch.cli import main
 from hiersearch.config import TrialConfig
 from hiersearch.encode import load_encoded
@@ -210,7 +211,7 @@ def _metrics_only(result: dict[str, Any]) -> str:
 
 
 def test_leaderboard_table_groups_by_variant(smoke_experiment: str) -> None:
-    table = lb.group_rows(lb.load_experiments([smoke_experiment]), "variant")
+    table = lb.group_rows(results.load_experiments([smoke_experiment]), "variant")
     assert sorted(table["variant"]) == sorted(VARIANTS)
     assert np.all(table["trials"] == 1)
 
