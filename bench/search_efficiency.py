@@ -32,6 +32,7 @@ target. Even it takes ~1.5 minutes, not one: every Ray trial has ~20-40 s of fix
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -202,7 +203,9 @@ def compare(grid: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- run
 
 
-def run(setup: Setup, storage: Path) -> dict[str, Any]:
+def run(setup: Setup, storage: Path, grid_result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Grid, then search; with `grid_result` (an earlier run's "grid" summary of the same
+    setup) only the search runs and is compared with that grid."""
     import ray
 
     from hiersearch.encode import load_encoded
@@ -215,7 +218,10 @@ def run(setup: Setup, storage: Path) -> dict[str, Any]:
     ray_init(num_cpus=2)
     out: dict[str, Any] = {"train_docs": train_docs, "label_counts": data.label_counts}
     try:
-        for name, space in (("grid", grid), ("search", search)):
+        runs = [("search", search)] if grid_result else [("grid", grid), ("search", search)]
+        if grid_result:
+            out["grid"] = {**grid_result, "from_an_earlier_run": True}
+        for name, space in runs:
             load = [round(x, 2) for x in os.getloadavg()]
             start = time.time()
             path = run_search(space, storage=str(storage), name=name, verbose=0)
@@ -232,6 +238,16 @@ def run(setup: Setup, storage: Path) -> dict[str, Any]:
     return out
 
 
+def earlier_grid(path: Path, setup: Setup) -> dict[str, Any] | None:
+    """The grid summary of an earlier run's JSON, or None if that run had another setup (the
+    search budget aside)."""
+    earlier = json.loads(path.read_text())
+    this = json.loads(json.dumps(setup.__dict__))  # tuples as lists, as in the file
+    if {**earlier.get("setup", {}), "search_trials": 0} != {**this, "search_trials": 0}:
+        return None
+    return dict(earlier["grid"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -239,13 +255,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--setup", choices=sorted(SETUPS), default="tiny",
                         help="tiny: random-init tiny:6x64 (~20 min); minilm: the packaged "
                              "pretrained MiniLM-L6 (~45 min on 2 cores)")
+    parser.add_argument("--search-trials", type=int, default=None,
+                        help="the search's trial budget (default: the setup's, 10)")
+    parser.add_argument("--grid-from", default=None,
+                        help="JSON of an earlier run of the same setup: compare with its grid "
+                             "instead of running the grid again")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     setup_env()
     setup = QUICK if args.quick else SETUPS[args.setup]
+    if args.search_trials is not None:
+        setup = dataclasses.replace(setup, search_trials=args.search_trials)
+    grid_result = None
+    if args.grid_from:
+        grid_result = earlier_grid(Path(args.grid_from), setup)
+        if grid_result is None:
+            parser.error(f"--grid-from {args.grid_from}: another setup than this run's")
     storage = Path(tempfile.mkdtemp(prefix="hiersearch-bench-search-"))
     try:
-        result = run(setup, storage)
+        result = run(setup, storage, grid_result)
     finally:
         shutil.rmtree(storage, ignore_errors=True)
     out = {"machine": machine(), "quick": args.quick, "setup": setup.__dict__, **result}

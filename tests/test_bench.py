@@ -206,6 +206,18 @@ def test_search_spaces_parse_and_the_grid_has_thirty_points(tmp_path: Path) -> N
     assert verdicts["target_compute_0.35"] == "MISSED"
 
 
+def test_an_earlier_grid_is_reused_only_for_the_same_setup(tmp_path: Path) -> None:
+    import dataclasses
+
+    setup = search_efficiency.MINILM
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"setup": setup.__dict__, "grid": {"best_dev_rp_macro": 0.6}}))
+    bigger_budget = dataclasses.replace(setup, search_trials=14)
+    assert search_efficiency.earlier_grid(earlier, bigger_budget) == {"best_dev_rp_macro": 0.6}
+    other_rates = dataclasses.replace(setup, grid_lrs=(1e-4,))
+    assert search_efficiency.earlier_grid(earlier, other_rates) is None
+
+
 def test_gpu_flops_and_peaks() -> None:
     # BERT-base at 512 tokens: ~3 x 0.39 TFLOP... per sample (12 x (24 s h^2 + 4 s^2 h))
     flops = gpu_throughput.train_flops_per_sample(12, 768, 512, head_weights=0)
