@@ -341,8 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None,
                         help="trials of the multi-trial search (launcher auto); 0: skip it")
-    parser.add_argument("--launchers", default=",".join(LAUNCHERS),
-                        help="one-trial searches to run, comma-separated (auto,train)")
+    parser.add_argument("--launchers", default=None,
+                        help="one-trial searches to run, comma-separated (default auto,train; "
+                             "--quick: auto)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one local fit")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -354,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     epochs = args.epochs or 2
     reps = args.reps or (1 if args.quick else 3)
     trials = args.trials if args.trials is not None else (2 if args.quick else 3)
-    launchers = [name for name in args.launchers.split(",") if name]
+    launchers_arg = args.launchers or ("auto" if args.quick else ",".join(LAUNCHERS))
+    launchers = [name for name in launchers_arg.split(",") if name]
     if not launchers or any(name not in LAUNCHERS for name in launchers):
         parser.error(f"--launchers: a comma-separated subset of {','.join(LAUNCHERS)}")
     batch_size = 16

@@ -2,7 +2,9 @@
 
 Both run through `search.run_search` (Ray Tune + Ray Train, one local Ray with 2 CPUs, one
 1-CPU worker per trial, two trials at a time) on the same SYNTHETIC EuroVoc corpus with the same
-small random-init encoder, epochs and seed:
+encoder, epochs and seed. Two setups (`--setup`): `tiny`, described here, and `minilm`, the
+packaged pretrained MiniLM-L6 with a grid of {5e-5, 1e-4, 2e-4} x dropout {0, 0.1} and the
+layerwise preset's lr range [3e-5, 3e-4] (see `MINILM`; ~35 minutes on 2 cores):
 
 - grid: the paper's grid, 5 named variants x 3 learning rates x 2 dropouts = 30 trials. The
   paper's rates for a pretrained BERT-base are {2e-5, 3e-5, 5e-5}; a random-init tiny encoder
@@ -22,7 +24,10 @@ Target: search best >= grid best - 0.01 (1 RP point) at <= 35% of the grid's com
 
     python bench/search_efficiency.py [--quick] [--setup tiny|minilm] [--json OUT]
 
-The full run (400 docs, tiny:6x64, 64 tokens, 2 epochs, 30 + 10 trials) takes ~15-20 minutes
+`--search-trials N` sets the search's budget; `--grid-from EARLIER.json` compares a search with
+the grid of an earlier run of the same setup instead of running the grid again.
+
+The tiny run (400 docs, tiny:6x64, 64 tokens, 2 epochs, 30 + 10 trials) takes ~15-20 minutes
 on a 2-core machine, mostly Ray's fixed cost per trial; --quick (90 docs, tiny:4x32, 1 epoch,
 a 2-trial grid, 2 search trials) is a smoke version whose figures say nothing about the
 target. Even it takes ~1.5 minutes, not one: every Ray trial has ~20-40 s of fixed cost on
