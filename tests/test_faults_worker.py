@@ -4,10 +4,12 @@ optimizer step count, the learning-rate schedule and Adam's moments all carry on
 resumed trial reports exactly what an uninterrupted run of the same config reports.
 
 The worker's pid comes from the trial's `artifacts/workers.json`, which rank 0 writes at every
-start of the worker group. One trial, one worker; batch size 1 makes an epoch 112 optimizer
-steps (~10 s on 2 cores): the epoch-1 report reaches Tune's result.json a poll interval of the
-Train controller after the worker sent it, and the second epoch must outlast that lag (with 42
-steps it did not, once, on CI).
+start of the worker group. The kill comes once the Ray Train controller has registered the
+epoch-1 checkpoint (its `checkpoint_manager_snapshot.json` in the Train run's directory lists
+it) or the epoch-1 report is in Tune's result.json, whichever is seen first: the snapshot is
+written when the controller takes the report, while result.json gets the line only after Tune's
+driver has processed it, which on a busy machine came after epoch 2 had ended (seen on CI).
+One trial, one worker; batch size 1 makes an epoch 112 optimizer steps (~10 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -61,8 +63,24 @@ def _reports(trial_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def _registered_epochs(trial_dir: Path) -> list[int]:
+    """Epochs of the checkpoints the Train controller has registered (its snapshot file)."""
+    epochs: list[int] = []
+    for snapshot in trial_dir.glob("train_*/checkpoint_manager_snapshot.json"):
+        try:
+            state = json.loads(snapshot.read_text())
+        except (OSError, ValueError):  # being written: the next poll reads it whole
+            continue
+        for result in state.get("checkpoint_results") or []:
+            epoch = (result.get("metrics") or {}).get(M.EPOCH)
+            if isinstance(epoch, int):
+                epochs.append(epoch)
+    return sorted(epochs)
+
+
 class _Killer(threading.Thread):
-    """Waits for the epoch-1 report, then SIGKILLs the worker named in workers.json."""
+    """Waits for epoch 1 to be checkpointed (registered by the Train controller, or reported to
+    Tune), then SIGKILLs the worker named in workers.json."""
 
     def __init__(self, experiment: Path) -> None:
         super().__init__(daemon=True)
@@ -75,10 +93,12 @@ class _Killer(threading.Thread):
         while time.time() < deadline and self.killed_pid is None:
             for trial_dir in self.experiment.glob("trial_*"):
                 workers = trial_dir / "artifacts" / "workers.json"
-                reports = _reports(trial_dir)
-                if workers.exists() and [r.get(M.EPOCH) for r in reports] == [1]:
+                registered = _registered_epochs(trial_dir)
+                reported = [r.get(M.EPOCH) for r in _reports(trial_dir)]
+                if workers.exists() and (registered == [1] or reported == [1]):
                     pid = json.loads(workers.read_text())["starts"][-1]["workers"][0]["pid"]
-                    self.epochs_seen_at_kill = [r[M.EPOCH] for r in _reports(trial_dir)]
+                    # what was checkpointed when the kill came: epoch 1 only
+                    self.epochs_seen_at_kill = sorted(set(registered) | set(reported))
                     os.kill(pid, signal.SIGKILL)
                     self.killed_pid = pid
                     return
@@ -104,7 +124,7 @@ def test_the_worker_was_killed_inside_epoch_two_and_replaced(
     killed: tuple[Path, _Killer],
 ) -> None:
     trial_dir, killer = killed
-    assert killer.killed_pid is not None, "the epoch-1 report never came"
+    assert killer.killed_pid is not None, "epoch 1 was never seen checkpointed"
     assert killer.epochs_seen_at_kill == [1]  # epoch 2 had not reported yet
     starts = json.loads((trial_dir / "artifacts" / "workers.json").read_text())["starts"]
     pids = [start["workers"][0]["pid"] for start in starts]
