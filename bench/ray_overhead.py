@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--trials", type=int, default=None,
-                        help="trials of the multi-trial search (launcher auto); 0: skip it")
+                        help="trials of the multi-trial search (launcher auto); default 3, "
+                             "--quick 0 (skipped)")
     parser.add_argument("--launchers", default=None,
                         help="one-trial searches to run, comma-separated (default auto,train; "
                              "--quick: auto)")
@@ -354,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     docs = args.docs or (60 if args.quick else 400)
     epochs = args.epochs or 2
     reps = args.reps or (1 if args.quick else 3)
-    trials = args.trials if args.trials is not None else (2 if args.quick else 3)
+    trials = args.trials if args.trials is not None else (0 if args.quick else 3)
     launchers_arg = args.launchers or ("auto" if args.quick else ",".join(LAUNCHERS))
     launchers = [name for name in launchers_arg.split(",") if name]
     if not launchers or any(name not in LAUNCHERS for name in launchers):
