@@ -8,23 +8,9 @@ from hiersearch.assignment import (
     named_variants,
     variant_names,
 )
-from hiersearch.assignment_space import (
-    SpaceOptions,
-)
 from hiersearch.errors import InputError
 
 EUROVOC_COUNTS = (21, 127, 567, 3861, 2284, 481)
-
-OPTION_SETS = [
-    SpaceOptions(),
-    SpaceOptions(overlap=True),
-    SpaceOptions(max_width=2),
-    SpaceOptions(skip_lowest=2),
-    SpaceOptions(include_flat=False),
-    SpaceOptions(overlap=True, max_width=2, skip_lowest=1),
-    SpaceOptions(overlap=True, max_width=1, include_flat=False),
-]
-
 
 def _groups(variant: LayerAssignment) -> list[tuple[int, ...]]:
     return list(variant.groups)

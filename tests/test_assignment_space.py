@@ -41,10 +41,6 @@ def _quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def _groups(variant: LayerAssignment) -> list[tuple[int, ...]]:
-    return list(variant.groups)
-
-
 # ----------------------------------------------------------------------------- space size
 
 
