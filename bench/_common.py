@@ -50,7 +50,7 @@ def setup_env(home: str | None = None) -> str:
 def ray_init(num_cpus: int = 2, env_vars: dict[str, str] | None = None, **kwargs: Any) -> None:
     """The local Ray `hiersearch search` starts (dashboard named to every worker, so that
     trials stopped by ASHA free their placement groups), quiet, plus the bench's env vars."""
-    from hiersearch.cluster import start_local
+    from hiersearch.search.cluster import start_local
 
     start_local(num_cpus=num_cpus, env_vars=env_vars, log_to_driver=False, **kwargs)
 

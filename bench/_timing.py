@@ -83,7 +83,7 @@ def _timed_report(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def patch_train(module: Any) -> None:
-    """Wrap the phases of `hiersearch.train` (module globals, so `fit` calls the wrappers)."""
+    """Wrap the phases of `hiersearch.trial.recipe` (module globals: `fit` calls the wrappers)."""
     if getattr(module, _PATCHED, False):
         return
     for name in _TRAIN_FUNCTIONS:
@@ -107,8 +107,8 @@ def patch_search(module: Any) -> None:
 
 
 _PATCHERS: dict[str, Callable[[Any], None] | None] = {
-    "hiersearch.train": patch_train,
-    "hiersearch.search": patch_search,
+    "hiersearch.trial.recipe": patch_train,
+    "hiersearch.search.driver": patch_search,
     # only timed: where a worker's heavy imports happen (ray.train.torch imports torch)
     "torch": None,
     "transformers": None,
@@ -169,11 +169,11 @@ def install() -> None:
 
 def install_now() -> None:
     """In this process: patch the hiersearch modules directly."""
-    import hiersearch.search
-    import hiersearch.train
+    import hiersearch.search.driver
+    import hiersearch.trial.recipe
 
-    patch_train(hiersearch.train)
-    patch_search(hiersearch.search)
+    patch_train(hiersearch.trial.recipe)
+    patch_search(hiersearch.search.driver)
 
 
 def load_events(path: str | Path) -> list[dict[str, Any]]:

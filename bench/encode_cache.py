@@ -55,9 +55,9 @@ def count_tokenizer_calls() -> Iterator[dict[str, int]]:
 
 
 def write_quick_corpus(directory: Path, docs: int, max_leaves: int) -> None:
-    from hiersearch.corpus import write_corpus
-    from hiersearch.hierarchy import load_hierarchy
-    from hiersearch.synth import SynthConfig, synthesize
+    from hiersearch.data.corpus import write_corpus
+    from hiersearch.data.synth import SynthConfig, synthesize
+    from hiersearch.data.vocabularies import load_hierarchy
 
     corpus = synthesize(
         load_hierarchy("eurovoc"), SynthConfig(docs=docs, seed=1, max_leaves=max_leaves)
@@ -74,9 +74,9 @@ def measured(fn: Callable[[], Any]) -> dict[str, Any]:
 def run(docs: int, max_leaves: int, max_length: int, reps: int) -> dict[str, Any]:
     import datasets
 
-    from hiersearch.corpus import load_corpus_dir
-    from hiersearch.encode import encode, load_encoded
-    from hiersearch.model import tokenizer_path
+    from hiersearch.data.corpus import load_corpus_dir
+    from hiersearch.data.encode import encode, load_encoded
+    from hiersearch.model.encoder import tokenizer_path
 
     datasets.disable_progress_bars()
     tokenizer = tokenizer_path("minilm")

@@ -61,8 +61,9 @@ def build(variant: str, model: str | None, device: Any) -> Any:
     import torch
     from transformers import BertConfig, BertModel
 
-    from hiersearch.assignment import named_variant
-    from hiersearch.model import LayerwiseClassifier, load_encoder
+    from hiersearch.model.assignment import named_variant
+    from hiersearch.model.classifier import LayerwiseClassifier
+    from hiersearch.model.encoder import load_encoder
 
     if model:
         encoder = load_encoder(model)

@@ -1,5 +1,5 @@
 """Layer-wise heads cost nothing: training step time and peak memory of every named variant
-(`hiersearch.model.LayerwiseClassifier`) against a plain FLAT baseline,
+(`hiersearch.model.classifier.LayerwiseClassifier`) against a plain FLAT baseline,
 `transformers.BertForSequenceClassification(problem_type="multi_label_classification")`, on the
 same encoder weights, batch and label count.
 
@@ -68,8 +68,9 @@ def build_model(encoder: Any, name: str, label_counts: tuple[int, ...]) -> Any:
     encoder weights (its pooler, which the layer-wise model does not have, is fresh)."""
     from transformers import BertForSequenceClassification
 
-    from hiersearch.assignment import named_variant
-    from hiersearch.model import LayerwiseClassifier, num_encoder_layers
+    from hiersearch.model.assignment import named_variant
+    from hiersearch.model.classifier import LayerwiseClassifier
+    from hiersearch.model.encoder import num_encoder_layers
 
     if name == BASELINE:
         config = copy.deepcopy(encoder.config)
@@ -88,7 +89,7 @@ def build_model(encoder: Any, name: str, label_counts: tuple[int, ...]) -> Any:
 
 
 def model_names(num_layers: int, label_counts: tuple[int, ...]) -> list[str]:
-    from hiersearch.assignment import variant_names
+    from hiersearch.model.assignment import variant_names
 
     return [BASELINE, *variant_names(len(label_counts))]
 
@@ -116,7 +117,7 @@ def step_times(
     """Wall and CPU seconds per training step of every model, taking turns step by step."""
     import torch
 
-    from hiersearch.model import load_encoder, num_encoder_layers
+    from hiersearch.model.encoder import load_encoder, num_encoder_layers
 
     encoder = load_encoder(spec, seed=0)
     names = model_names(num_encoder_layers(encoder), label_counts)
@@ -213,7 +214,7 @@ def peak_memory(
 def memory_ratios(
     spec: str, counts: tuple[int, ...], batch_size: int, seq: int, steps: int
 ) -> dict[str, Any]:
-    from hiersearch.model import load_encoder, num_encoder_layers
+    from hiersearch.model.encoder import load_encoder, num_encoder_layers
 
     encoder = load_encoder(spec, seed=0)
     batch = make_batch(batch_size, seq, sum(counts))
@@ -236,7 +237,7 @@ def memory_ratios(
 
 def head_parameters(spec: str, counts: tuple[int, ...]) -> dict[str, int]:
     """Parameters of every model (why memory can differ: the heads over concatenated layers)."""
-    from hiersearch.model import load_encoder, num_encoder_layers
+    from hiersearch.model.encoder import load_encoder, num_encoder_layers
 
     encoder = load_encoder(spec, seed=0)
     out = {}
@@ -250,7 +251,7 @@ def run_case(spec: str, counts: tuple[int, ...], batch_size: int, seq: int, reps
              warmup: int, skip_memory: bool) -> dict[str, Any]:
     import torch
 
-    from hiersearch.model import encoder_depth
+    from hiersearch.model.encoder import encoder_depth
 
     load_start = os.getloadavg()
     times, cpu = step_times(spec, counts, batch_size, seq, reps, warmup)

@@ -93,7 +93,7 @@ def rp_levels_and_micro(
 
 def numpy_path(run: Any) -> Any:
     """Run with the numpy top lists (what metrics fall back to without numba)."""
-    from hiersearch import metrics as M
+    from hiersearch.metrics import ranking as M
 
     M.COMPILED = False
     try:
@@ -103,13 +103,13 @@ def numpy_path(run: Any) -> Any:
 
 
 def kernel_available() -> bool:
-    from hiersearch import goldrank
+    from hiersearch.metrics import goldrank
 
     return goldrank.available()
 
 
 def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
-    from hiersearch import metrics as M
+    from hiersearch.metrics import ranking as M
 
     golds, scores = make_level_data(docs)
     high = [s + 3 * g for g, s in zip(golds, scores, strict=True)]  # gold scores ~N(3, 1)
@@ -213,7 +213,7 @@ def bert_base_encoder(layers: int = 12, hidden: int = 768, heads: int = 12) -> A
 def bench_utilization(docs: int, seq: int, layers: int, reps: int) -> dict[str, Any]:
     import torch
 
-    from hiersearch.utilization import measure_utilization
+    from hiersearch.model.utilization import measure_utilization
 
     encoder = bert_base_encoder(layers)
     ids, mask = util_inputs(docs, seq)

@@ -235,7 +235,7 @@ def _train_worker_setup(worker: list[dict[str, Any]], driver: dict[str, Any],
                         hook: dict[str, Any] | None, fit: dict[str, Any]) -> dict[str, float]:
     """From the trial driver's start to the Ray Train worker's call of fit."""
     segments: dict[str, float] = {}
-    imported = next((e for e in worker if e["name"] == "import hiersearch.train"), None)
+    imported = next((e for e in worker if e["name"] == "import hiersearch.trial.recipe"), None)
     after_hook = driver["start"]  # if the worker process existed before (not seen)
     if hook is not None:
         segments["train_controller_and_worker_spawn"] = hook["start"] - driver["start"]
@@ -263,8 +263,8 @@ def _epoch_samples(train_docs: int, batch_size: int) -> int:
 
 
 def run_local(base: Any, data: Any, events_file: Path, work: Path, rep: int) -> dict[str, Any]:
-    from hiersearch.space import trial_config
-    from hiersearch.train import Artifacts, LocalSession, fit
+    from hiersearch.search.space import trial_config
+    from hiersearch.trial.recipe import Artifacts, LocalSession, fit
 
     config = trial_config(base, {"seed": 0}, VARIANT).replace(corpus=data.corpus_dir)
     root = work / f"local-{rep}"
@@ -280,7 +280,7 @@ def run_local(base: Any, data: Any, events_file: Path, work: Path, rep: int) -> 
 
 
 def run_ray(space: Any, storage: Path, events_file: Path, rep: str) -> dict[str, Any]:
-    from hiersearch.search import run_search
+    from hiersearch.search.driver import run_search
 
     start = time.time()
     path = run_search(space, storage=str(storage), name=f"ray-{rep}", verbose=0)
@@ -292,8 +292,8 @@ def run_ray(space: Any, storage: Path, events_file: Path, rep: str) -> dict[str,
 
 def profile_fit(base: Any, data: Any, work: Path, top: int = 20) -> list[str]:
     """cProfile of one in-process fit: the top functions by cumulative time."""
-    from hiersearch.space import trial_config
-    from hiersearch.train import Artifacts, LocalSession, fit
+    from hiersearch.search.space import trial_config
+    from hiersearch.trial.recipe import Artifacts, LocalSession, fit
 
     config = trial_config(base, {"seed": 0}, VARIANT).replace(corpus=data.corpus_dir)
     root = work / "profiled"
@@ -365,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from hiersearch.search import prepare_data
-    from hiersearch.space import parse_space
+    from hiersearch.search.driver import prepare_data
+    from hiersearch.search.space import parse_space
 
     _timing.install_now()
     spaces = {
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     base = spaces["auto"].base_config()
     data = prepare_data(spaces["auto"], base, None, os.environ["HIERSEARCH_DATA"])  # warm
-    from hiersearch.encode import load_encoded
+    from hiersearch.data.encode import load_encoded
 
     train_docs = len(load_encoded(data.encoded_path).splits["train"])
     epoch_samples = _epoch_samples(train_docs, batch_size)

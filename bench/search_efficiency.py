@@ -213,9 +213,9 @@ def run(setup: Setup, storage: Path, grid_result: dict[str, Any] | None = None) 
     setup) only the search runs and is compared with that grid."""
     import ray
 
-    from hiersearch.encode import load_encoded
-    from hiersearch.search import prepare_data, run_search
-    from hiersearch.space import parse_space
+    from hiersearch.data.encode import load_encoded
+    from hiersearch.search.driver import prepare_data, run_search
+    from hiersearch.search.space import parse_space
 
     grid, search = parse_space(grid_space(setup)), parse_space(search_space(setup))
     data = prepare_data(grid, grid.base_config(), None, os.environ["HIERSEARCH_DATA"])

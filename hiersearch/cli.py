@@ -121,11 +121,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from hiersearch.corpus import format_stats, load_corpus_dir, write_corpus
+    from hiersearch.data.corpus import format_stats, load_corpus_dir, write_corpus
 
     if args.data_command == "synth":
-        from hiersearch.hierarchy import load_hierarchy
-        from hiersearch.synth import SynthConfig, synthesize
+        from hiersearch.data.synth import SynthConfig, synthesize
+        from hiersearch.data.vocabularies import load_hierarchy
 
         if args.docs < 10:
             raise InputError("must be >= 10", where="--docs")
@@ -160,7 +160,7 @@ def _label_counts(text: str | None, levels: int) -> list[int] | None:
 
 
 def _variants(args: argparse.Namespace) -> int:
-    from hiersearch.assignment import named_variants
+    from hiersearch.model.assignment import named_variants
 
     counts = _label_counts(args.label_counts, args.levels)
     variants = named_variants(args.layers, args.levels, counts)
@@ -175,11 +175,11 @@ def _variants(args: argparse.Namespace) -> int:
 
 
 def _space(args: argparse.Namespace) -> int:
-    from hiersearch.assignment_space import SpaceOptions, space_summary
+    from hiersearch.search.assignments import SpaceOptions, space_summary
 
     options = SpaceOptions()
     if args.space:
-        from hiersearch.space import load_space
+        from hiersearch.search.space import load_space
 
         options = load_space(args.space).assignment.options()
     summary = space_summary(args.layers, args.levels, options)
@@ -199,7 +199,7 @@ def _prepare_env() -> None:
 
 
 def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
-    from hiersearch.search import run_search
+    from hiersearch.search.driver import run_search
 
     default_name = extra.pop("default_name", None)
     return run_search(
@@ -216,9 +216,9 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
 
 def _reproduce(args: argparse.Namespace) -> int:
     _prepare_env()
-    from hiersearch import leaderboard as lb
-    from hiersearch import results
-    from hiersearch.space import load_space
+    from hiersearch.report import leaderboard as lb
+    from hiersearch.report import results
+    from hiersearch.search.space import load_space
 
     space = load_space(args.preset)
     path = _run(
@@ -239,7 +239,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 def _read_meta(path: str) -> str:
     import pyarrow.fs
 
-    from hiersearch.search import EXPERIMENT_META
+    from hiersearch.search.driver import EXPERIMENT_META
 
     filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(
         path if "://" in path else f"file://{os.path.abspath(path)}"
@@ -253,9 +253,9 @@ def _read_meta(path: str) -> str:
 
 def _search(args: argparse.Namespace) -> int:
     _prepare_env()
-    from hiersearch import leaderboard as lb
-    from hiersearch import results
-    from hiersearch.space import load_space
+    from hiersearch.report import leaderboard as lb
+    from hiersearch.report import results
+    from hiersearch.search.space import load_space
 
     if args.trials is not None and args.trials < 1:
         raise InputError("must be >= 1", where="--trials")
@@ -270,8 +270,8 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from hiersearch import leaderboard as lb
-    from hiersearch import results
+    from hiersearch.report import leaderboard as lb
+    from hiersearch.report import results
 
     table = results.load_experiments(args.dirs)
     if args.where:

@@ -39,7 +39,7 @@ def ray_session() -> Iterator[None]:
     `hiersearch search` starts one, so that trials stopped by Tune free their resources."""
     import ray
 
-    from hiersearch.cluster import start_local
+    from hiersearch.search.cluster import start_local
 
     start_local(num_cpus=2, log_to_driver=False)
     try:

@@ -26,8 +26,8 @@ import metrics_speed  # noqa: E402
 import ray_overhead  # noqa: E402
 import search_efficiency  # noqa: E402
 
-from hiersearch import metrics as M  # noqa: E402
-from hiersearch.space import fixed_points, parse_space  # noqa: E402
+from hiersearch.metrics import ranking as M  # noqa: E402
+from hiersearch.search.space import fixed_points, parse_space  # noqa: E402
 
 
 def test_alternate_rotates_and_times_every_candidate() -> None:
@@ -53,7 +53,7 @@ def test_metrics_data_is_eurovoc_shaped_and_fast_equals_reference() -> None:
 
 
 def test_layerwise_models_share_weights_and_take_a_step() -> None:
-    from hiersearch.model import load_encoder
+    from hiersearch.model.encoder import load_encoder
 
     counts = (3, 4, 5)
     encoder = load_encoder("tiny:3x16", seed=0)
@@ -86,7 +86,7 @@ def test_tokenizer_calls_are_counted_and_unwrapped() -> None:
     from transformers import AutoTokenizer
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-    from hiersearch.model import tokenizer_path
+    from hiersearch.model.encoder import tokenizer_path
 
     original = PreTrainedTokenizerBase.__call__
     with encode_cache.count_tokenizer_calls() as counts:
@@ -103,7 +103,7 @@ def _event(name: str, start: float, end: float, pid: int = 1, **extra: object) -
 def test_ray_overhead_breakdown_accounts_for_the_wall_time() -> None:
     worker = [
         _event("worker_setup_hook", 12.0, 13.0, pid=2),
-        _event("import hiersearch.train", 13.0, 16.0, pid=2),
+        _event("import hiersearch.trial.recipe", 13.0, 16.0, pid=2),
         _event("fit", 17.0, 40.0, pid=2),
         _event("load_encoded", 17.0, 17.5, pid=2),
         _event("load_encoder", 17.5, 18.0, pid=2),

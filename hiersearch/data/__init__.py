@@ -1,0 +1,50 @@
+"""Data: label hierarchies, corpora and their loaders, the SYNTHETIC corpus, tokenize-once
+encoding. Pure (no Ray): every stage above reads what this package prepares."""
+
+from __future__ import annotations
+
+from hiersearch.data.corpus import (
+    SPLITS,
+    Corpus,
+    Document,
+    format_stats,
+    load_corpus_dir,
+    write_corpus,
+)
+from hiersearch.data.encode import EncodedCorpus, Split, encode, load_encoded
+from hiersearch.data.hierarchy import Hierarchy, Node, load_levels_file, load_parent_file
+from hiersearch.data.loaders import load_csv, load_eurlex57k, load_jsonl, load_mimic
+from hiersearch.data.synth import SynthConfig, synthesize
+from hiersearch.data.vocabularies import (
+    eurovoc_hierarchy,
+    icd9_hierarchy,
+    load_hierarchy,
+    normalize_icd9,
+)
+
+__all__ = [
+    "Corpus",
+    "Document",
+    "EncodedCorpus",
+    "Hierarchy",
+    "Node",
+    "SPLITS",
+    "Split",
+    "SynthConfig",
+    "encode",
+    "eurovoc_hierarchy",
+    "format_stats",
+    "icd9_hierarchy",
+    "load_corpus_dir",
+    "load_csv",
+    "load_encoded",
+    "load_eurlex57k",
+    "load_hierarchy",
+    "load_jsonl",
+    "load_levels_file",
+    "load_mimic",
+    "load_parent_file",
+    "normalize_icd9",
+    "synthesize",
+    "write_corpus",
+]

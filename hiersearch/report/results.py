@@ -1,0 +1,353 @@
+"""Experiment directories -> one pandas table of trials (what `leaderboard.py` shapes).
+
+Reads Ray Tune's files with json and `pyarrow.fs` (never `ray`): works without a cluster, on a
+finished, running or crashed experiment, on local paths and on URIs (s3://, gs://, file://).
+Per experiment directory: `hiersearch.json` (optional: name, metric, mode); the newest
+`experiment_state-*.json` (`trial_data`: pairs of JSON strings, the trial with `trial_id`,
+`status`, `relative_logdir`, `config`, and its runtime with `last_result`); and every trial
+directory (one holding params.json, result.json or error.txt): `params.json` (the config),
+`result.json` (JSON lines, one per report), `error.txt` (Ray's traceback).
+
+Columns, in order: experiment, trial_id, status, error (the exception line of error.txt),
+variant, assignment, stop_reason, best_epoch, epochs, time_s, node_id; then the metrics as
+reported, dev/*, test/*, train/*, util/*; then other reported trial/* keys; then the
+hyper-parameters (params.json, nested dicts flattened with "/"; one named like an identity
+column or a metric becomes `param/<name>`).
+
+A finished trial shows its final report (the one with trial/stop_reason): it carries the dev
+metrics of the selected checkpoint beside that checkpoint's test metrics. Any other trial shows
+its last report with train/ and dev/ metrics from its best report by the experiment metric
+(hiersearch.json's metric and mode, else dev/rp_macro, max).
+
+Status: "terminated" (a final report exists), "errored" (Ray says ERROR, or error.txt and no final
+report), "stopped early" (Ray says TERMINATED, no final report: the scheduler stopped it),
+"running" / "pending" / "paused" as Ray's state says (a killed driver leaves "running"),
+"unknown" (no state entry, no final report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from hiersearch.errors import InputError
+from hiersearch.metrics import ranking as M
+
+STATUS_TERMINATED = "terminated"
+STATUS_STOPPED_EARLY = "stopped early"
+STATUS_ERRORED = "errored"
+STATUS_RUNNING = "running"
+STATUS_PENDING = "pending"
+STATUS_PAUSED = "paused"
+STATUS_UNKNOWN = "unknown"
+
+ID_COLUMNS = (
+    "experiment",
+    "trial_id",
+    "status",
+    "error",
+    "variant",
+    "assignment",
+    "stop_reason",
+    "best_epoch",
+    "epochs",
+    "time_s",
+    "node_id",
+)
+METRIC_SPLITS = ("dev", "test", "train", "util")
+META_FILE = "hiersearch.json"
+
+# result.json keys that become identity columns
+_RESULT_IDS = {
+    M.TRIAL_VARIANT: "variant",
+    M.TRIAL_ASSIGNMENT: "assignment",
+    M.TRIAL_STOP_REASON: "stop_reason",
+    M.TRIAL_BEST_EPOCH: "best_epoch",
+    M.TRIAL_NODE_ID: "node_id",
+}
+_RAY_STATUS = {"RUNNING": STATUS_RUNNING, "PENDING": STATUS_PENDING, "PAUSED": STATUS_PAUSED}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class LeaderboardWarning(UserWarning):
+    """A damaged file was skipped (the message names it); the rest of the table stands."""
+
+
+def is_metric(column: str) -> bool:
+    return column.partition("/")[0] in METRIC_SPLITS and "/" in column
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    return [c for c in df.columns if is_metric(c) and pd.api.types.is_numeric_dtype(df[c])]
+
+
+def param_columns(df: pd.DataFrame) -> list[str]:
+    return [
+        c
+        for c in df.columns
+        if c not in ID_COLUMNS and not is_metric(c) and not c.startswith("trial/")
+    ]
+
+
+class _Store:
+    """One experiment directory, local or behind a URI, read through pyarrow.fs."""
+
+    def __init__(self, location: str) -> None:
+        import pyarrow.fs as pafs
+
+        self.location = location.rstrip("/")
+        self._pafs = pafs
+        try:
+            if "://" in location:
+                self.fs, self.root = pafs.FileSystem.from_uri(self.location)
+            else:
+                self.fs = pafs.LocalFileSystem()
+                self.root = os.path.abspath(os.path.expanduser(location))
+        except Exception as exc:  # pyarrow raises ArrowInvalid and friends for bad URIs
+            raise InputError(f"cannot open: {exc}", where=location) from None
+
+    def where(self, *parts: str) -> str:
+        return "/".join([self.location, *parts])
+
+    def is_dir(self, *parts: str) -> bool:
+        info = self.fs.get_file_info("/".join([self.root, *parts]))
+        return info.type == self._pafs.FileType.Directory
+
+    def entries(self, *parts: str) -> dict[str, bool]:
+        """Names in a directory -> whether each is a directory."""
+        selector = self._pafs.FileSelector("/".join([self.root, *parts]), allow_not_found=True)
+        return {
+            i.base_name: i.type == self._pafs.FileType.Directory
+            for i in self.fs.get_file_info(selector)
+        }
+
+    def read(self, *parts: str) -> str | None:
+        try:
+            with self.fs.open_input_stream("/".join([self.root, *parts])) as stream:
+                return stream.read().decode("utf-8", errors="replace")
+        except (FileNotFoundError, OSError):
+            return None
+
+
+def _warn(where: str, what: str) -> None:
+    warnings.warn(f"{where}: {what}", LeaderboardWarning, stacklevel=3)
+
+
+def _read_state(store: _Store, names: dict[str, bool]) -> dict[str, dict[str, Any]]:
+    """relative_logdir -> {trial_id, status, config} from the newest experiment_state file."""
+    states = sorted(n for n in names if n.startswith("experiment_state-") and n.endswith(".json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(store.read(states[-1]) or "")
+        trials = {}
+        for trial_text, runtime_text in data["trial_data"]:
+            trial, runtime = json.loads(trial_text), json.loads(runtime_text)
+            trials[trial["relative_logdir"]] = {
+                "trial_id": trial["trial_id"],
+                "status": trial["status"],
+                "config": trial.get("config") or {},
+                "last": runtime.get("last_result") or {},
+            }
+        return trials
+    except (ValueError, KeyError, TypeError):
+        _warn(store.where(states[-1]), "not a readable experiment state, skipped")
+        return {}
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_results(store: _Store, trial_dir: str) -> list[dict[str, Any]]:
+    rows = []
+    for number, line in enumerate((store.read(trial_dir, "result.json") or "").splitlines(), 1):
+        if line.strip() and (row := _json_object(line)) is None:
+            _warn(store.where(trial_dir, "result.json"), f"line {number}: not JSON, skipped")
+        elif line.strip():
+            rows.append(row)
+    return rows
+
+
+def _read_params(store: _Store, trial_dir: str, fallback: dict[str, Any]) -> dict[str, Any]:
+    text = store.read(trial_dir, "params.json")
+    if text is not None and (params := _json_object(text)) is None:
+        _warn(store.where(trial_dir, "params.json"), "not JSON, skipped")
+    return fallback if text is None or params is None else params
+
+
+def error_line(text: str) -> str | None:
+    """The exception line of a Ray error.txt: the first line after the innermost frame."""
+    lines = [_ANSI.sub("", line).rstrip() for line in text.splitlines()]
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    for line in lines[frames[-1] + 1 :] if frames else []:
+        if line and not line[0].isspace():
+            return line
+    # no traceback: the first line that is not Ray's "Failure # 1 (occurred at ...)" header
+    return next(
+        (ln.strip() for ln in lines if ln.strip() and not ln.startswith("Failure #")), None
+    )
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:  # lists become text so that every cell is hashable (group-by, paper_table)
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, list) else value
+    return flat
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
+    scored = [(v, i) for i, row in enumerate(rows) if (v := _number(row.get(metric))) is not None]
+    if not scored:
+        return rows[-1] if rows else {}
+    if mode == "max":  # ties: the earliest report
+        return rows[max(scored, key=lambda s: (s[0], -s[1]))[1]]
+    return rows[min(scored)[1]]
+
+
+def _status(ray_status: str | None, final: bool, has_error: bool) -> str:
+    if ray_status == "ERROR" or (has_error and not final):
+        return STATUS_ERRORED
+    if final:
+        return STATUS_TERMINATED
+    if ray_status == "TERMINATED":
+        return STATUS_STOPPED_EARLY
+    return _RAY_STATUS.get(ray_status or "", STATUS_UNKNOWN)
+
+
+def _trial_row(
+    store: _Store, trial_dir: str, state: dict[str, Any] | None, metric: str, mode: str
+) -> dict[str, Any]:
+    state = state or {}
+    rows = _read_results(store, trial_dir) if trial_dir else []
+    last = rows[-1] if rows else dict(state.get("last") or {})
+    final = last.get(M.TRIAL_STOP_REASON) is not None
+    chosen = dict(last)
+    if not final:  # train/ and dev/ from the best report; see the module docstring
+        per_epoch = ("train", "dev")
+        chosen = {k: v for k, v in last.items() if k.partition("/")[0] not in per_epoch}
+        chosen.update(
+            (k, v)
+            for k, v in _best_row(rows, metric, mode).items()
+            if k.partition("/")[0] in per_epoch
+        )
+    error_text = store.read(trial_dir, "error.txt") if trial_dir else None
+    match = re.search(r"_([0-9a-f]+_\d{5})_", trial_dir)
+    row: dict[str, Any] = {
+        "trial_id": state.get("trial_id")
+        or last.get("trial_id")
+        or (match.group(1) if match else trial_dir),
+        "status": _status(state.get("status"), final, error_text is not None),
+        "error": error_line(error_text) if error_text else None,
+        "epochs": last.get("epoch", last.get("training_iteration")),
+        "time_s": _number(last.get("time_total_s")),
+    }
+    for key, value in chosen.items():
+        if key in _RESULT_IDS:
+            row[_RESULT_IDS[key]] = value
+        elif "/" in key and not isinstance(value, (dict, list)):
+            row[key] = value
+    config = state.get("config") or {}
+    params = _read_params(store, trial_dir, config) if trial_dir else config
+    for key, value in _flatten(params).items():
+        clash = key in ID_COLUMNS or is_metric(key) or key.startswith("trial/")
+        name = f"param/{key}" if clash else key
+        row[name] = value
+    if row.get("variant") is None and row.get("assignment") == "FLAT":
+        row["variant"] = "FLAT"  # FLAT is a named variant however the trainer labels it
+    elif M.TRIAL_VARIANT not in chosen and isinstance(params.get("variant"), str):
+        row["variant"] = params["variant"]  # a trial that never reported: its config says
+    return row
+
+
+def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    store = _Store(location)
+    try:
+        if not store.is_dir():
+            raise InputError("no such experiment directory", where=location)
+        names = store.entries()
+    except OSError as exc:  # unreachable bucket, no permission
+        raise InputError(f"cannot list: {exc}", where=location) from None
+    meta: dict[str, Any] = {}
+    if META_FILE in names:
+        try:
+            meta = json.loads(store.read(META_FILE) or "")
+        except ValueError:
+            _warn(store.where(META_FILE), "not JSON, ignored")
+    metric = meta.get("metric") or M.DEFAULT_METRIC
+    mode = meta.get("mode") if meta.get("mode") in ("max", "min") else M.DEFAULT_MODE
+    trial_files = {"params.json", "result.json", "error.txt"}
+    trial_dirs = [
+        n for n, is_dir in sorted(names.items()) if is_dir and trial_files & set(store.entries(n))
+    ]
+    state = _read_state(store, names)
+    if not state and not trial_dirs:
+        raise InputError(
+            "holds no Ray Tune experiment (no experiment_state-*.json and no trial directories)",
+            where=location,
+        )
+    experiment = meta.get("name") or os.path.basename(store.location) or store.location
+    rows = []
+    for trial_dir in sorted(set(trial_dirs) | set(state)):
+        present = trial_dir if trial_dir in trial_dirs else ""  # pending trials have no dir yet
+        rows.append(
+            {
+                "experiment": experiment,
+                **_trial_row(store, present, state.get(trial_dir), metric, mode),
+            }
+        )
+    return rows, {"metric": metric, "mode": mode}
+
+
+def _metric_order(column: str) -> tuple[int, int, int, str]:
+    split, _, name = column.partition("/")
+    level = re.fullmatch(r"rp_L(\d+)", name)
+    family = 0 if level else {"rp_micro": 1, "rp_macro": 2}.get(name, 3)
+    return METRIC_SPLITS.index(split), family, int(level.group(1)) if level else 0, name
+
+
+def load_experiments(dirs: Sequence[str]) -> pd.DataFrame:
+    """One row per trial across all `dirs`; see the module docstring for columns and status."""
+    if not dirs:
+        raise InputError("give at least one experiment directory", where="leaderboard")
+    rows: list[dict[str, Any]] = []
+    attrs: dict[str, Any] = {}
+    for location in dirs:
+        found, meta = _load_one(str(location))
+        rows.extend(found)
+        attrs = attrs or meta  # the first experiment's metric decides the default sort
+    df = pd.DataFrame.from_records(rows)
+    for column in ID_COLUMNS:
+        if column not in df.columns:
+            df[column] = None
+    columns = list(df.columns)
+    metrics = sorted((c for c in columns if is_metric(c)), key=_metric_order)
+    others = [c for c in columns if c not in ID_COLUMNS and not is_metric(c)]
+    trial_keys = [c for c in others if c.startswith("trial/")]
+    params = [c for c in others if not c.startswith("trial/")]
+    df = df[[*ID_COLUMNS, *metrics, *trial_keys, *params]]
+    for column in ("best_epoch", "epochs", *params):  # 8, not 8.0000, when a cell is missing
+        values = [r[column] for r in rows if r.get(column) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            df[column] = df[column].astype("Int64")
+    df.attrs.update(attrs)
+    return df

@@ -1,0 +1,26 @@
+"""Search: space files -> checked spec -> Optuna define-by-run; the space of layer-to-level
+assignments; the Ray Tune driver; the cluster connection."""
+
+from __future__ import annotations
+
+from hiersearch.search.assignments import (
+    SpaceOptions,
+    space_size,
+    space_summary,
+    suggest_assignment,
+)
+from hiersearch.search.driver import run_search
+from hiersearch.search.space import PRESETS, SpaceFile, load_space, parse_space, preset_path
+
+__all__ = [
+    "PRESETS",
+    "SpaceFile",
+    "SpaceOptions",
+    "load_space",
+    "parse_space",
+    "preset_path",
+    "run_search",
+    "space_size",
+    "space_summary",
+    "suggest_assignment",
+]

@@ -1,0 +1,425 @@
+"""Search-space files: YAML -> a checked `SpaceFile` -> an Optuna define-by-run function.
+
+A space file has five sections (unknown keys anywhere are an error naming the key):
+
+    data:        where the corpus comes from (a corpus dir, or a synthetic one to generate)
+    trial:       fixed `TrialConfig` fields (model, epochs, workers, ...)
+    search:      searched `TrialConfig` fields, each a distribution
+                 ({type: loguniform|uniform|int|categorical, low, high, choices, step})
+    assignment:  how layer-to-level assignments are searched: `space: variants` (a categorical
+                 over named variants) or `space: monotone` (the combinatorial space, with
+                 options), and whether the named variants are enqueued as fixed trials
+    tune:        algorithm (tpe|random|grid), num_samples, metric, mode, scheduler, seeds, ...
+
+The define-by-run function only calls `trial.suggest_*` and returns constants; every fixed
+trial (a named variant, a grid point, a seed) is a dict of suggest values, because Optuna's
+`points_to_evaluate` reaches nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hiersearch.errors import InputError
+from hiersearch.metrics import ranking as M
+from hiersearch.model.assignment import named_variants, variant_names
+from hiersearch.search.assignments import SpaceOptions, assignment_params, suggest_assignment
+from hiersearch.trial.config import TrialConfig
+
+PRESETS = ("smoke", "quick", "paper", "layerwise")
+VARIANT_PARAM = "variant"
+SEED_PARAM = "seed"
+ASSIGN_PREFIX = "assign"
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the corpus comes from."""
+
+    # A corpus directory ({train,dev,test}.jsonl + hierarchy.json); null = synthesize one.
+    corpus: str | None = None
+    # Hierarchy of the synthetic corpus: "eurovoc" or "icd9".
+    hierarchy: str = "eurovoc"
+    # Documents in the synthetic corpus (all splits).
+    docs: int = 1000
+    # Seed of the synthetic corpus (fixed across trials: the data is not a hyper-parameter).
+    seed: int = 1
+    # Restrict the synthetic label universe to the most frequent leaves (None = all leaves).
+    max_leaves: int | None = None
+
+
+@dataclass(frozen=True)
+class AssignmentSpec:
+    """How assignments are searched."""
+
+    # "variants": categorical over the named variants; "monotone": the combinatorial space.
+    space: str = "variants"
+    # Named variants in play (all five by default).
+    variants: tuple[str, ...] | None = None
+    # Enqueue the named variants as fixed trials before the sampler takes over (monotone).
+    enqueue_variants: bool = True
+    # Monotone-space options (see assignment_space.SpaceOptions).
+    overlap: bool = False
+    max_width: int | None = None
+    skip_lowest: int = 0
+    include_flat: bool = True
+
+    def options(self) -> SpaceOptions:
+        return SpaceOptions(
+            overlap=self.overlap,
+            max_width=self.max_width,
+            skip_lowest=self.skip_lowest,
+            include_flat=self.include_flat,
+        )
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """How Ray Tune drives the search."""
+
+    # "tpe" (Optuna's TPESampler), "random", or "grid" (every combination, as fixed trials).
+    algorithm: str = "tpe"
+    # Trials in all (for grid: ignored, the grid size times seeds is used).
+    num_samples: int = 10
+    # The metric to optimize and its direction.
+    metric: str = M.DEFAULT_METRIC
+    mode: str = M.DEFAULT_MODE
+    # "asha" for early stopping of weak trials, or "none".
+    scheduler: str = "none"
+    # ASHA: epochs every trial gets before it can be stopped.
+    grace_period: int = 1
+    # ASHA: keep the top 1/reduction_factor at each rung.
+    reduction_factor: int = 2
+    # Seeds per configuration (a categorical over 0..seeds-1 in fixed trials).
+    seeds: int = 1
+    # Trial-level retries by Tune (worker faults are retried by Ray Train, see trial.max_failures).
+    max_failures: int = 0
+    # Ray Train restarts of a trial's worker group after a worker dies.
+    worker_failures: int = 2
+    # Cap on concurrent trials; null = as many as the cluster's resources fit.
+    max_concurrent: int | None = None
+    # Seed of the Optuna sampler.
+    sampler_seed: int = 0
+
+
+@dataclass(frozen=True)
+class SpaceFile:
+    """A parsed, checked search-space file."""
+
+    name: str
+    path: str
+    data: DataSpec
+    trial: dict[str, Any]
+    search: dict[str, dict[str, Any]]
+    assignment: AssignmentSpec
+    tune: TuneSpec
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def base_config(self, **overrides: Any) -> TrialConfig:
+        values = {**self.trial, **{k: v for k, v in overrides.items() if v is not None}}
+        return TrialConfig.from_dict(values, where=f"{self.path}: trial")
+
+
+def preset_path(name: str) -> Path:
+    """A packaged search-space file by preset name."""
+    if name not in PRESETS:
+        raise InputError(
+            f"unknown preset {name!r} (presets: {', '.join(PRESETS)})", where="--preset"
+        )
+    return Path(str(resources.files("hiersearch.search_spaces") / f"{name}.yaml"))
+
+
+def load_space(spec: str | os.PathLike[str]) -> SpaceFile:
+    """Read a space file (a path, or a preset name) and check every key and value."""
+    path = Path(spec)
+    if not path.exists() and str(spec) in PRESETS:
+        path = preset_path(str(spec))
+    where = str(spec)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read search-space file ({exc.strerror})", where=where) from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise InputError(
+            f"invalid YAML{line}: {getattr(exc, 'problem', exc)}", where=where
+        ) from exc
+    if not isinstance(raw, dict):
+        raise InputError("a search-space file must be a mapping", where=where)
+    return parse_space(raw, where)
+
+
+def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
+    _known(raw, {"name", "description", "data", "trial", "search", "assignment", "tune"}, where)
+    data = _dataclass_from(DataSpec, raw.get("data") or {}, f"{where}: data")
+    trial = dict(raw.get("trial") or {})
+    TrialConfig.from_dict(trial, where=f"{where}: trial")  # check keys and types now
+    search = dict(raw.get("search") or {})
+    trial_fields = {f.name for f in fields(TrialConfig)}
+    for key, dist in search.items():
+        if key not in trial_fields or key in ("assignment", SEED_PARAM):
+            raise InputError(
+                f"unknown searchable key {key!r} (searchable: TrialConfig fields other than "
+                "assignment and seed; the assignment has its own section, seeds are tune.seeds)",
+                where=f"{where}: search",
+            )
+        _check_distribution(dist, f"{where}: search: {key}")
+        for value in _distribution_values(dist):
+            TrialConfig.from_dict({**trial, key: value}, where=f"{where}: search: {key}")
+    assignment = _dataclass_from(
+        AssignmentSpec, raw.get("assignment") or {}, f"{where}: assignment"
+    )
+    if assignment.space not in ("variants", "monotone"):
+        raise InputError(
+            f"must be 'variants' or 'monotone', got {assignment.space!r}",
+            where=f"{where}: assignment: space",
+        )
+    tune = _dataclass_from(TuneSpec, raw.get("tune") or {}, f"{where}: tune")
+    checks = [
+        (tune.algorithm in ("tpe", "random", "grid"), "algorithm", "tpe, random or grid"),
+        (tune.mode in ("max", "min"), "mode", "max or min"),
+        (tune.scheduler in ("asha", "none"), "scheduler", "asha or none"),
+        (tune.num_samples >= 1, "num_samples", ">= 1"),
+        (tune.seeds >= 1, "seeds", ">= 1"),
+        (tune.grace_period >= 1, "grace_period", ">= 1"),
+        (tune.reduction_factor >= 2, "reduction_factor", ">= 2"),
+        (tune.max_failures >= 0, "max_failures", ">= 0"),
+        (tune.worker_failures >= 0, "worker_failures", ">= 0"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise InputError(
+                f"must be {expected}, got {getattr(tune, key)!r}", where=f"{where}: tune: {key}"
+            )
+    if not M.is_metric_key(tune.metric):
+        raise InputError(
+            f"unknown metric {tune.metric!r} (e.g. {M.DEFAULT_METRIC})",
+            where=f"{where}: tune: metric",
+        )
+    if tune.algorithm == "grid":
+        for key, dist in search.items():
+            if dist.get("type") != "categorical":
+                raise InputError(
+                    "grid search needs categorical distributions", where=f"{where}: search: {key}"
+                )
+    return SpaceFile(
+        name=str(raw.get("name") or Path(where).stem),
+        path=where,
+        data=data,
+        trial=trial,
+        search=search,
+        assignment=assignment,
+        tune=tune,
+        description=str(raw.get("description") or ""),
+        raw=raw,
+    )
+
+
+def _known(section: Any, keys: set[str], where: str) -> None:
+    if not isinstance(section, dict):
+        raise InputError("must be a mapping", where=where)
+    for key in section:
+        if key not in keys:
+            raise InputError(
+                f"unknown key {key!r} (known: {', '.join(sorted(keys))})", where=where
+            )
+
+
+def _dataclass_from(cls: type, values: dict[str, Any], where: str) -> Any:
+    import typing
+
+    from hiersearch.trial.config import _coerce
+
+    _known(values, {f.name for f in fields(cls)}, where)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if hints[key] == tuple[str, ...] | None:
+            if value is not None and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ):
+                raise InputError(
+                    f"expected a list of names, got {value!r}", where=f"{where}: {key}"
+                )
+            kwargs[key] = tuple(value) if value is not None else None
+        else:
+            kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
+    return cls(**kwargs)
+
+
+def _check_distribution(dist: Any, where: str) -> None:
+    if not isinstance(dist, dict) or dist.get("type") not in DISTRIBUTIONS:
+        raise InputError(f"needs type: one of {', '.join(DISTRIBUTIONS)}", where=where)
+    kind = dist["type"]
+    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "step"}
+    _known(dist, allowed, where)
+    if kind == "categorical":
+        choices = dist.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise InputError("categorical needs a non-empty list of choices", where=where)
+        return
+    try:
+        low, high = float(dist["low"]), float(dist["high"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError("needs numeric low and high", where=where) from exc
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise InputError(f"bad range [{low}, {high}]", where=where)
+
+
+def _distribution_values(dist: dict[str, Any]) -> list[Any]:
+    if dist["type"] == "categorical":
+        return list(dist["choices"])
+    low, high = dist["low"], dist["high"]
+    if dist["type"] == "int":
+        return [int(low), int(high)]
+    return [float(low), float(high)]
+
+
+def _suggest(trial: Any, name: str, dist: dict[str, Any]) -> Any:
+    kind = dist["type"]
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(dist["choices"]))
+    if kind == "int":
+        return trial.suggest_int(
+            name, int(dist["low"]), int(dist["high"]), step=int(dist.get("step", 1))
+        )
+    log = kind == "loguniform"
+    step = dist.get("step")
+    return trial.suggest_float(
+        name,
+        float(dist["low"]),
+        float(dist["high"]),
+        log=log,
+        step=float(step) if step is not None and not log else None,
+    )
+
+
+class DefineByRun:
+    """The Optuna define-by-run function of a space: only `suggest_*` calls, no constants.
+
+    A class rather than a closure so that Ray Tune can pickle the searcher's state."""
+
+    def __init__(self, space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> None:
+        self.space = space
+        self.num_layers = num_layers
+        self.levels = len(label_counts)
+        self.variants = _variant_list(space, num_layers, label_counts)
+        self.options = space.assignment.options()
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        for key, dist in self.space.search.items():
+            _suggest(trial, key, dist)
+        if self.space.assignment.space == "variants":
+            trial.suggest_categorical(VARIANT_PARAM, self.variants)
+        else:
+            suggest_assignment(
+                trial, self.num_layers, self.levels, self.options, prefix=ASSIGN_PREFIX
+            )
+        trial.suggest_categorical(SEED_PARAM, list(range(self.space.tune.seeds)))
+        return None
+
+
+def define_by_run(
+    space: SpaceFile, num_layers: int, label_counts: Sequence[int]
+) -> Callable[[Any], dict[str, Any] | None]:
+    """The Optuna define-by-run function of a space (only `suggest_*` calls)."""
+    return DefineByRun(space, num_layers, label_counts)
+
+
+def _variant_list(space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> list[str]:
+    names = variant_names(len(label_counts))
+    chosen = list(space.assignment.variants or names)
+    for name in chosen:
+        if name not in names:
+            raise InputError(
+                f"unknown variant {name!r} (variants: {', '.join(names)})",
+                where=f"{space.path}: assignment: variants",
+            )
+    named_variants(num_layers, len(label_counts), label_counts)  # N >= L etc. checked here
+    return chosen
+
+
+def assignment_of(
+    params: dict[str, Any], num_layers: int, label_counts: Sequence[int], space: SpaceFile
+) -> str:
+    """The assignment spec (variant name or string) of a trial's sampled parameters."""
+    if VARIANT_PARAM in params:
+        return str(params[VARIANT_PARAM])
+    import optuna
+
+    trial = optuna.trial.FixedTrial(
+        {k: v for k, v in params.items() if k.startswith(ASSIGN_PREFIX + "/")}
+    )
+    assignment = suggest_assignment(
+        trial, num_layers, len(label_counts), space.assignment.options(), prefix=ASSIGN_PREFIX
+    )
+    return assignment.to_string()
+
+
+def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> list[dict]:
+    """Trials to run first, as suggest values: the whole grid for `algorithm: grid`; otherwise
+    the named variants (when enqueued) at the first choice / midpoint of every other param."""
+    seeds = list(range(space.tune.seeds))
+    variants = _variant_list(space, num_layers, label_counts)
+    if space.assignment.space == "variants":
+        assign_points = [{VARIANT_PARAM: v} for v in variants]
+    else:
+        all_variants = named_variants(num_layers, len(label_counts), label_counts)
+        options = space.assignment.options()
+        assign_points = []
+        if space.assignment.enqueue_variants or space.tune.algorithm == "grid":
+            for name in variants:
+                try:
+                    assign_points.append(
+                        assignment_params(
+                            all_variants[name],
+                            num_layers,
+                            len(label_counts),
+                            options,
+                            prefix=ASSIGN_PREFIX,
+                        )
+                    )
+                except InputError:
+                    continue  # a variant outside this restricted space is not enqueued
+    if space.tune.algorithm == "grid":
+        grids = [[(k, v) for v in dist["choices"]] for k, dist in space.search.items()]
+    else:
+        grids = [[(k, _default_value(dist))] for k, dist in space.search.items()]
+    points = []
+    for assign in assign_points:
+        for combo in itertools.product(*grids):
+            for seed in seeds:
+                points.append({**dict(combo), **assign, SEED_PARAM: seed})
+    return points
+
+
+def _default_value(dist: dict[str, Any]) -> Any:
+    if dist["type"] == "categorical":
+        return dist["choices"][0]
+    if dist["type"] == "int":
+        return int(dist["low"])
+    if dist["type"] == "loguniform":
+        return float((float(dist["low"]) * float(dist["high"])) ** 0.5)
+    return (float(dist["low"]) + float(dist["high"])) / 2
+
+
+def trial_config(base: TrialConfig, params: dict[str, Any], assignment: str) -> TrialConfig:
+    """The resolved config of one trial: fixed fields + sampled values + its assignment."""
+    values = {
+        k: v
+        for k, v in params.items()
+        if k != VARIANT_PARAM and not k.startswith(ASSIGN_PREFIX + "/")
+    }
+    merged = {**base.to_json(), **values, "assignment": assignment}
+    return TrialConfig.from_dict(merged, where="trial")

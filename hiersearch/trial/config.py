@@ -1,0 +1,192 @@
+"""Trial configuration: one frozen dataclass holds everything a trial needs.
+
+The resolved config is written as `config.json` beside every trial's results and inside every
+checkpoint, so that any number on the leaderboard can be traced back to what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hiersearch.errors import InputError
+from hiersearch.model.encoder import PACKAGED_MINILM
+
+LAUNCHERS = ("auto", "train")
+LOSS_WEIGHTINGS = ("proportional", "uniform")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs; every field can be fixed or searched in a space file."""
+
+    # Corpus directory ({train,dev,test}.jsonl + hierarchy.json), as written by `data synth`.
+    corpus: str = ""
+    # Keep hierarchy levels first..last (1-based); None keeps all (the paper drops some).
+    levels: tuple[int, int] | None = None
+    # Backbone: "minilm" (packaged), "tiny:<layers>x<hidden>" (random init), or a model dir.
+    model: str = PACKAGED_MINILM
+    # Tokens per document; the paper uses 512, 128 keeps CPU runs affordable.
+    max_length: int = 128
+    # Where encoded datasets are cached; None = `<corpus>/.hiersearch-cache`.
+    cache_dir: str | None = None
+    # Layer-to-level assignment: a variant name ("LAST-SIX") or a string like "L1:7|L2:8".
+    assignment: str = "FLAT"
+    # Peak learning rate of AdamW (the paper grid-searches 2e-5, 3e-5, 5e-5).
+    lr: float = 5e-5
+    # Learning rate of the classification heads; null: `lr` (the paper's single rate). A new,
+    # randomly initialized head learns slowly at a rate that suits the pretrained encoder.
+    head_lr: float | None = None
+    # Dropout before every head (the paper grid-searches 0 and 0.1).
+    dropout: float = 0.1
+    # Per-worker batch size; the global batch is batch_size * workers * grad_accum.
+    batch_size: int = 16
+    # Micro-batches accumulated per optimizer step.
+    grad_accum: int = 1
+    # Maximum epochs; early stopping on dev loss usually ends sooner.
+    epochs: int = 3
+    # Caps optimizer steps per epoch (None = full epoch); smoke runs use 1-2.
+    max_steps_per_epoch: int | None = None
+    # Fraction of all optimizer steps spent warming up linearly from 0 to `lr`.
+    warmup_ratio: float = 0.1
+    # AdamW decoupled weight decay; 0 is plain Adam as in the paper.
+    weight_decay: float = 0.0
+    # Gradient clipping by global norm (0 disables).
+    max_grad_norm: float = 1.0
+    # Epochs without dev-loss improvement before stopping, as in the paper.
+    patience: int = 2
+    # "proportional": w_n = |L_n| / |L| (the paper's); "uniform": w_n = 1 / levels.
+    loss_weighting: str = "proportional"
+    # Seed of model init, data order and dropout.
+    seed: int = 0
+    # Ray Train DDP workers per trial.
+    num_workers: int = 1
+    # How a one-worker trial runs. "auto": in the Ray Tune trial's own process, with no Ray
+    # Train run (no controller, placement group or worker spawn: tens of seconds less per
+    # trial, and Tune reuses the process with torch already imported); Tune's max_failures
+    # then covers worker loss. "train": always a Ray Train TorchTrainer (worker_failures
+    # restarts apply). Two or more workers always run under Ray Train (DDP).
+    launcher: str = "auto"
+    # One GPU per worker (NCCL) when true; CPU workers with gloo otherwise.
+    use_gpu: bool = False
+    # CPUs reserved per worker (also its torch thread count).
+    cpus_per_worker: float = 1.0
+    # bf16 autocast; only takes effect on CUDA.
+    bf16: bool = True
+    # Dev documents used for the utilization metrics at the end of the trial.
+    util_docs: int = 64
+    # Batch size for evaluation (no gradients, so it can be larger).
+    eval_batch_size: int = 64
+    # Keep at most this many checkpoints per trial (the best by dev loss is always kept).
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[bool, str, str]] = [
+            (self.lr > 0, "lr", "must be > 0"),
+            (self.head_lr is None or self.head_lr > 0, "head_lr", "must be > 0 or null"),
+            (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
+            (self.batch_size >= 1, "batch_size", "must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum", "must be >= 1"),
+            (self.epochs >= 1, "epochs", "must be >= 1"),
+            (
+                self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+                "max_steps_per_epoch",
+                "must be >= 1 or null",
+            ),
+            (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0"),
+            (self.patience >= 1, "patience", "must be >= 1"),
+            (
+                self.loss_weighting in LOSS_WEIGHTINGS,
+                "loss_weighting",
+                f"must be one of {', '.join(LOSS_WEIGHTINGS)}",
+            ),
+            (self.num_workers >= 1, "num_workers", "must be >= 1"),
+            (self.launcher in LAUNCHERS, "launcher", f"must be one of {', '.join(LAUNCHERS)}"),
+            (self.cpus_per_worker >= 0.05, "cpus_per_worker", "must be >= 0.05"),
+            (self.max_length >= 8, "max_length", "must be >= 8"),
+            (self.util_docs >= 0, "util_docs", "must be >= 0"),
+            (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1"),
+        ]
+        for ok, key, why in checks:
+            if not ok:
+                raise InputError(f"{why} (got {getattr(self, key)!r})", where=key)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if self.levels is not None:
+            out["levels"] = list(self.levels)
+        return out
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrialConfig:
+        """Build from plain values (YAML, JSON, a Tune config), checking keys and types."""
+        known = {f.name: f for f in fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                raise InputError(
+                    f"unknown key {key!r} (known: {', '.join(sorted(known))})", where=where
+                )
+            kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
+        return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a field's type hint, converting the lossless cases (int -> float,
+    list -> tuple) that YAML and JSON produce."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except InputError as exc:
+                errors.append(str(exc))
+        raise InputError(f"expected {_hint_name(hint)}, got {value!r}", where=where)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise InputError(f"expected a list of {len(args)} values, got {value!r}", where=where)
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "5e-5" as a string
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str and isinstance(value, str):
+        return value
+    raise InputError(f"expected {_hint_name(hint)}, got {value!r}", where=where)
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

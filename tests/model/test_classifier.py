@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hiersearch.errors import InputError
+from hiersearch.model.assignment import LayerAssignment, named_variants
+from hiersearch.model.classifier import LayerwiseClassifier, loss_weights
+from hiersearch.model.encoder import encoder_depth, load_encoder, tokenizer_path
+
+COUNTS = [3, 5, 7, 4, 6, 2]
+
+
+def _batch(size: int = 3, length: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(1, 1000, (size, length))
+    mask = torch.ones(size, length, dtype=torch.long)
+    mask[0, 6:] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", ["FLAT", "LAST-SIX", "ONE-BY-ONE", "IN-PAIRS", "HYBRID"])
+def test_forward_gives_one_logit_per_label_for_every_variant(name: str) -> None:
+    variant = named_variants(12, 6, COUNTS)[name]
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS)
+    logits = model(*_batch())
+    assert logits.shape == (3, sum(COUNTS))
+    assert [part.shape[1] for part in model.split_levels(logits)] == COUNTS
+
+
+def test_heads_read_the_concatenated_cls_of_their_layers() -> None:
+    variant = named_variants(12, 6, COUNTS)["IN-PAIRS"]
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS)
+    assert [head.in_features for head in model.heads] == [64] * 6
+
+
+def test_flat_has_one_head_over_all_labels() -> None:
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), LayerAssignment.make_flat(), COUNTS)
+    assert len(model.heads) == 1 and model.heads[0].out_features == sum(COUNTS)
+
+
+def test_layers_above_the_highest_used_are_dropped() -> None:
+    assignment = LayerAssignment.from_string("L1:2|L2:3|L3:4|L4:5|L5:6|L6:7")
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), assignment, COUNTS)
+    assert len(model.encoder.encoder.layer) == 7
+    assert model(*_batch()).shape == (3, sum(COUNTS))
+
+
+def test_no_head_on_unused_layers_and_every_parameter_gets_a_gradient() -> None:
+    assignment = LayerAssignment.from_string("L1:3|L2:5|L3:6|L4:8|L5:9|L6:10")
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), assignment, COUNTS)
+    labels = torch.randint(0, 2, (3, sum(COUNTS))).float()
+    model.loss(model(*_batch()), labels).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    # token_type embeddings are used (zeros); nothing else may be left without a gradient
+    assert unused == []
+
+
+def test_training_keeps_sdpa_attention() -> None:
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), LayerAssignment.make_flat(), COUNTS)
+    assert model.encoder.config._attn_implementation == "sdpa"
+
+
+def test_proportional_loss_weights_are_label_shares_summing_to_one() -> None:
+    weights = loss_weights([21, 127, 567, 3861, 2284, 481], "proportional")
+    assert weights[0] == pytest.approx(21 / 7341)
+    assert sum(weights) == pytest.approx(1.0)
+
+
+def test_uniform_loss_weights() -> None:
+    assert loss_weights([1, 10, 100], "uniform") == pytest.approx([1 / 3] * 3)
+
+
+def test_loss_is_the_weighted_sum_of_per_level_bce() -> None:
+    counts = [2, 3]
+    model = LayerwiseClassifier(
+        load_encoder("tiny:4x32"), LayerAssignment.from_string("L1:3|L2:4"), counts
+    )
+    logits = torch.randn(4, 5)
+    labels = torch.randint(0, 2, (4, 5)).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = 0.4 * bce(logits[:, :2], labels[:, :2]) + 0.6 * bce(logits[:, 2:], labels[:, 2:])
+    assert model.loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_flat_proportional_loss_equals_plain_bce_over_all_labels() -> None:
+    model = LayerwiseClassifier(load_encoder("tiny:4x32"), LayerAssignment.make_flat(), [2, 3])
+    logits, labels = torch.randn(4, 5), torch.randint(0, 2, (4, 5)).float()
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    assert model.loss(logits, labels).item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_assignment_beyond_the_encoder_depth_is_refused() -> None:
+    with pytest.raises(InputError, match="13"):
+        LayerwiseClassifier(load_encoder("tiny:12x32"), LayerAssignment.from_string("L1:13"), [4])
+
+
+def test_tiny_encoder_is_deterministic_for_a_seed() -> None:
+    a, b = load_encoder("tiny:2x32", seed=3), load_encoder("tiny:2x32", seed=3)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_packaged_minilm_loads_offline_with_six_layers() -> None:
+    encoder = load_encoder("minilm")
+    assert encoder.config.num_hidden_layers == 6 and encoder.config.hidden_size == 384
+    assert encoder_depth("minilm") == 6
+    counts = [3, 4, 5]
+    model = LayerwiseClassifier(encoder, named_variants(6, 3, counts)["LAST-THREE"], counts)
+    assert model(*_batch()).shape == (3, 12)
+
+
+def test_missing_model_dir_is_an_input_error_without_hub_access(tmp_path) -> None:
+    with pytest.raises(InputError, match="model"):
+        load_encoder(str(tmp_path / "no-such-model"))
+    with pytest.raises(InputError, match="model"):
+        tokenizer_path(str(tmp_path / "no-such-model"))

@@ -1,0 +1,202 @@
+"""Reading real Ray 2.60 experiment directories into the table of trials (trimmed copies in
+fixtures/leaderboard/).
+
+fixtures/leaderboard/finished: 8 trials that completed (FLAT and LAST-SIX, lr 1e-5 / 3e-5,
+seeds 1 and 2) and one that raised ValueError; asha: one trial stopped by ASHA after one report
+and one that completed; killed: two trials whose driver was killed with SIGKILL mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hiersearch.errors import InputError
+from hiersearch.report import results
+
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "leaderboard"
+
+
+def _copy(tmp_path: Path, name: str) -> Path:
+    return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
+
+
+def _trial_dir(experiment: Path, trial_id: str) -> Path:
+    return next(experiment.glob(f"*_{trial_id}_*"))
+
+
+def _row(df: pd.DataFrame, trial_id: str) -> pd.Series:
+    return df.set_index("trial_id").loc[trial_id]
+
+
+@pytest.fixture(scope="module")
+def finished() -> pd.DataFrame:
+    return results.load_experiments([str(FIXTURES / "finished")])
+
+
+def test_finished_experiment_has_one_row_per_trial(finished: pd.DataFrame) -> None:
+    assert len(finished) == 9
+    assert list(finished.columns[: len(results.ID_COLUMNS)]) == list(results.ID_COLUMNS)
+    assert set(finished["experiment"]) == {"finished"}
+    assert (finished["status"] == results.STATUS_TERMINATED).sum() == 8
+
+
+def test_finished_trial_shows_its_final_report(finished: pd.DataFrame) -> None:
+    row = _row(finished, "f18e3_00000")
+    final = json.loads(
+        (_trial_dir(FIXTURES / "finished", "f18e3_00000") / "result.json")
+        .read_text()
+        .splitlines()[-1]
+    )
+    assert row["dev/rp_macro"] == final["dev/rp_macro"]
+    assert row["test/rp_L3"] == final["test/rp_L3"]
+    assert (row["stop_reason"], row["best_epoch"], row["epochs"]) == ("completed", 3, 4)
+    assert (row["assignment"], row["node_id"]) == ("FLAT", "abc123")
+    assert row["time_s"] == pytest.approx(final["time_total_s"])
+
+
+def test_params_become_columns_and_metric_comes_from_hiersearch_json(
+    finished: pd.DataFrame,
+) -> None:
+    row = _row(finished, "f18e3_00005")
+    assert (row["lr"], row["seed"], row["batch_size"], row["assign/kind"]) == (3e-5, 1, 8, "last")
+    assert row["param/variant"] == "LAST-SIX"  # the param named like the identity column
+    assert str(finished["batch_size"].dtype) == "Int64"
+    assert finished.attrs == {"metric": "dev/rp_macro", "mode": "max"}
+
+
+def test_metric_columns_are_ordered_dev_test_train_util(finished: pd.DataFrame) -> None:
+    assert results.metric_columns(finished)[:7] == [
+        "dev/rp_L1",
+        "dev/rp_L2",
+        "dev/rp_L3",
+        "dev/rp_micro",
+        "dev/rp_macro",
+        "dev/loss",
+        "test/rp_L1",
+    ]
+    assert results.metric_columns(finished)[-1] == "util/angular_mean"
+
+
+def test_errored_trial_shows_errored_and_the_exception_line(finished: pd.DataFrame) -> None:
+    row = _row(finished, "f18e3_00008")
+    assert row["status"] == results.STATUS_ERRORED
+    assert row["error"] == "ValueError: boom: bad things happened"
+    assert row["variant"] == "ERR"  # never reported trial/variant: taken from its config
+
+
+def test_error_line_without_a_traceback_skips_rays_header() -> None:
+    assert results.error_line("Failure # 1 (occurred at 2026)\nworker died\n") == "worker died"
+
+
+def test_scheduler_stopped_trial_is_stopped_early() -> None:
+    df = results.load_experiments([str(FIXTURES / "asha")])
+    assert _row(df, "0a29b_00000")["status"] == results.STATUS_STOPPED_EARLY
+    assert _row(df, "0a29b_00001")["status"] == results.STATUS_TERMINATED
+    assert math.isnan(_row(df, "0a29b_00000")["test/rp_macro"])
+
+
+def test_experiment_without_metadata_sorts_by_the_default_metric() -> None:
+    df = results.load_experiments([str(FIXTURES / "asha")])
+    assert df.attrs == {"metric": "dev/rp_macro", "mode": "max"}
+    assert set(df["experiment"]) == {"asha"}
+
+
+def test_killed_driver_leaves_trials_running() -> None:
+    df = results.load_experiments([str(FIXTURES / "killed")])
+    assert list(df["status"]) == [results.STATUS_RUNNING, results.STATUS_RUNNING]
+    assert list(df["epochs"]) == [5, 5]
+
+
+def test_unfinished_trial_takes_dev_metrics_from_its_best_report(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "asha")
+    result = _trial_dir(exp, "0a29b_00000") / "result.json"
+    first = json.loads(result.read_text().splitlines()[0])
+    later = {**first, "dev/rp_macro": 0.01, "train/loss": 9.0, "epoch": 2, "time_total_s": 7.0}
+    result.write_text(result.read_text() + json.dumps(later) + "\n")
+    row = _row(results.load_experiments([str(exp)]), "0a29b_00000")
+    assert (row["dev/rp_macro"], row["train/loss"]) == (first["dev/rp_macro"], first["train/loss"])
+    assert (row["epochs"], row["time_s"]) == (2, 7.0)
+
+
+def test_corrupt_result_line_is_skipped_with_a_warning_naming_the_file(
+    tmp_path: Path, finished: pd.DataFrame
+) -> None:
+    exp = _copy(tmp_path, "finished")
+    result = _trial_dir(exp, "f18e3_00004") / "result.json"
+    lines = result.read_text().splitlines()
+    result.write_text("\n".join([*lines[:-1], lines[-1][:40]]))  # a torn last write
+    with pytest.warns(results.LeaderboardWarning, match=r"f18e3_00004.*result\.json.*line 4"):
+        df = results.load_experiments([str(exp)])
+    assert _row(df, "f18e3_00004")["epochs"] == 3
+    others = df[df["trial_id"] != "f18e3_00004"].drop(columns="experiment")
+    expected = finished[finished["trial_id"] != "f18e3_00004"].drop(columns="experiment")
+    pd.testing.assert_frame_equal(others.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_corrupt_params_json_falls_back_to_the_state_config(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "finished")
+    (_trial_dir(exp, "f18e3_00001") / "params.json").write_text('{"lr": ')
+    with pytest.warns(results.LeaderboardWarning, match=r"params\.json"):
+        df = results.load_experiments([str(exp)])
+    assert _row(df, "f18e3_00001")["lr"] == 3e-5
+
+
+def test_trial_in_state_without_a_directory_is_pending(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "finished")
+    shutil.rmtree(_trial_dir(exp, "f18e3_00003"))
+    state_file = next(exp.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for pair in state["trial_data"]:
+        trial = json.loads(pair[0])
+        if trial["trial_id"] == "f18e3_00003":
+            pair[0] = json.dumps({**trial, "status": "PENDING"})
+            pair[1] = json.dumps({**json.loads(pair[1]), "last_result": {}})
+    state_file.write_text(json.dumps(state))
+    row = _row(results.load_experiments([str(exp)]), "f18e3_00003")
+    assert (row["status"], row["variant"], row["lr"]) == (results.STATUS_PENDING, "FLAT", 3e-5)
+
+
+def test_without_a_state_file_status_comes_from_the_trial_files(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "finished")
+    next(exp.glob("experiment_state-*.json")).unlink()
+    df = results.load_experiments([str(exp)])
+    assert len(df) == 9
+    assert _row(df, "f18e3_00000")["status"] == results.STATUS_TERMINATED
+    assert _row(df, "f18e3_00008")["status"] == results.STATUS_ERRORED
+
+
+def test_corrupt_state_file_is_skipped_and_trial_files_still_read(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "killed")
+    state_file = next(exp.glob("experiment_state-*.json"))
+    state_file.write_text(state_file.read_text()[:100])
+    with pytest.warns(results.LeaderboardWarning, match="experiment_state"):
+        df = results.load_experiments([str(exp)])
+    assert list(df["status"]) == [results.STATUS_UNKNOWN, results.STATUS_UNKNOWN]  # no guessing
+    assert list(df["trial_id"]) == ["46e40_00000", "46e40_00001"]
+
+
+def test_file_uri_reads_like_a_path(finished: pd.DataFrame) -> None:
+    df = results.load_experiments([(FIXTURES / "finished").as_uri()])
+    pd.testing.assert_frame_equal(df, finished)
+
+
+def test_several_directories_make_one_table() -> None:
+    df = results.load_experiments([str(FIXTURES / "finished"), str(FIXTURES / "killed")])
+    assert len(df) == 11
+    assert df["lr"].notna().all() and df["batch_size"].isna().sum() == 2
+
+
+def test_empty_directory_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=str(tmp_path)):
+        results.load_experiments([str(tmp_path)])
+
+
+def test_missing_directory_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such experiment directory"):
+        results.load_experiments([str(tmp_path / "nope")])

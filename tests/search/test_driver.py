@@ -1,0 +1,247 @@
+"""Ray-backed end-to-end tests: the smoke preset, a layerwise search with ASHA, resume.
+
+They share one local Ray (the `ray_session` fixture) and the smallest settings that still
+exercise the real path: Ray Tune trials driving Ray Train runs of DDP workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hiersearch.cli import main
+from hiersearch.data.encode import load_encoded
+from hiersearch.errors import InputError
+from hiersearch.metrics import ranking as M
+from hiersearch.model.classifier import LayerwiseClassifier
+from hiersearch.model.encoder import load_encoder
+from hiersearch.report import leaderboard as lb
+from hiersearch.report import results
+from hiersearch.search.driver import in_trial, run_search, trial_count
+from hiersearch.search.space import load_space, parse_space, preset_path
+from hiersearch.trial.config import TrialConfig
+from hiersearch.trial.recipe import LocalSession, evaluate_split, resolve_assignment, split_metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+VARIANTS = ["FLAT", "LAST-THREE", "ONE-BY-ONE", "IN-PAIRS", "HYBRID"]
+
+
+def _leaderboard_json(path: str, capsys: pytest.CaptureFixture[str]) -> dict:
+    capsys.readouterr()
+    assert main(["leaderboard", path, "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def smoke_experiment(tmp_path_factory: pytest.TempPathFactory) -> str:
+    storage = tmp_path_factory.mktemp("storage")
+    return run_search(load_space("smoke"), storage=str(storage), name="smoke",
+                      fixed_only=True, verbose=0)
+
+
+def test_smoke_preset_runs_the_five_variants_with_ddp_workers(
+    smoke_experiment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    board = _leaderboard_json(smoke_experiment, capsys)
+    assert board["schema"] == "hiersearch.leaderboard/1"
+    rows = board["rows"]
+    assert sorted(r["variant"] for r in rows) == sorted(VARIANTS)
+    for row in rows:
+        assert row["status"] == "terminated"
+        for split in ("dev", "test"):
+            keys = [M.rp_level_key(split, n) for n in (1, 2, 3)]
+            keys += [M.rp_micro_key(split), M.rp_macro_key(split)]
+            assert all(isinstance(row[k], float) for k in keys), (split, row)
+    trial_dir = next(Path(smoke_experiment).glob("trial_*"))
+    config = json.loads((trial_dir / "config.json").read_text())
+    assert config["num_workers"] == 2 and config["model"] == "tiny:12x32"
+    assert (trial_dir / "artifacts" / "cls_angle.png").is_file()
+    assert list((trial_dir / "artifacts" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_ddp_dev_metrics_equal_a_single_process_evaluation(smoke_experiment: str) -> None:
+    """The metrics reported under 2-worker DDP are those of the whole dev set, not a shard."""
+    meta = json.loads((Path(smoke_experiment) / "hiersearch.json").read_text())
+    trial_dir = next(Path(smoke_experiment).glob("trial_*"))
+    final = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()][
+        -1
+    ]
+    checkpoint = sorted(p for p in trial_dir.glob("train_*/checkpoint_*") if p.is_dir())[-1]
+    config = TrialConfig.from_dict(json.loads((checkpoint / "config.json").read_text()))
+    encoded_dirs = list(Path(meta["corpus"]).glob(".hiersearch-cache/encoded-*"))
+    encoded = load_encoded(encoded_dirs[0])
+    encoder = load_encoder(config.model, seed=config.seed)
+    assignment = resolve_assignment(config.assignment, 12, encoded.label_counts)
+    model = LayerwiseClassifier(encoder, assignment, encoded.label_counts, config.dropout)
+    model.load_state_dict(torch.load(checkpoint / "model.pt"))
+    from hiersearch.data.encode import Split
+
+    dev = Split.from_table(encoded.splits["dev"])
+    session = LocalSession(checkpoint_root=Path("."))
+    result = evaluate_split(model, dev, encoded.num_labels, session, 64, lambda: _null())
+    single = split_metrics(result, model.level_slices, "dev")
+    for key in (M.rp_level_key("dev", 1), M.rp_micro_key("dev"), M.rp_macro_key("dev"),
+                M.loss_key("dev")):
+        assert single[key] == pytest.approx(final[key], abs=1e-5), key
+
+
+def _null() -> object:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _layerwise_smoke(tmp_path: Path, **tune: object) -> Path:
+    """layerwise.yaml's search at smoke size (tiny encoder, a few dozen docs)."""
+    raw = yaml.safe_load(preset_path("layerwise").read_text())
+    smoke = yaml.safe_load(preset_path("smoke").read_text())
+    raw["data"] = smoke["data"]
+    raw["trial"] = {**smoke["trial"], "num_workers": 1, "cpus_per_worker": 1, "epochs": 3,
+                    "patience": 3, "util_docs": 0}
+    raw["search"]["batch_size"]["choices"] = [4, 8]
+    raw["tune"].update(tune)
+    path = tmp_path / "layerwise-smoke.yaml"
+    path.write_text("# Launch: hiersearch search --space layerwise-smoke.yaml\n"
+                    + yaml.safe_dump(raw))
+    parse_space(raw)  # still a valid space
+    return path
+
+
+def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space_file = _layerwise_smoke(tmp_path, num_samples=7, reduction_factor=3)
+    storage = f"file://{tmp_path}/storage"  # storage given as a URI
+    code = main(["search", "--space", str(space_file), "--storage", storage, "--name", "lw"])
+    assert code == 0
+    board = _leaderboard_json(f"{storage}/lw", capsys)
+    rows = board["rows"]
+    assert len(rows) == 7
+    statuses = [r["status"] for r in rows]
+    assert "stopped early" in statuses, statuses
+    assert statuses.count("terminated") >= 2
+    # the five named variants were enqueued first (at the space's defaults); the sampler drew
+    # the other two from the space (FLAT is one of its two kinds, so assignments may repeat)
+    variants = {r["variant"] for r in rows}
+    assert {"FLAT", "LAST-THREE", "ONE-BY-ONE", "IN-PAIRS", "HYBRID"} <= variants
+    assert len({r["lr"] for r in rows}) >= 2
+    params = [c for c in board["columns"] if c in ("lr", "dropout", "batch_size",
+                                                   "warmup_ratio", "loss_weighting")]
+    assert len(params) == 5
+    # one worker per trial: each trained in its Tune trial's own process (no Ray Train run),
+    # and Tune kept its checkpoints (keep_checkpoints: 1, plus the final one it keeps as latest)
+    experiment = tmp_path / "storage" / "lw"
+    pids = set()
+    for trial_dir in experiment.glob("trial_*"):
+        tune_pid = json.loads((trial_dir / "result.json").read_text().splitlines()[0])["pid"]
+        starts = json.loads((trial_dir / "artifacts" / "workers.json").read_text())["starts"]
+        assert [s["workers"][0]["pid"] for s in starts] == [tune_pid]
+        assert not list(trial_dir.glob("train_*"))
+        assert 1 <= len(list(trial_dir.glob("checkpoint_*"))) <= 2
+        pids.add(tune_pid)
+    assert len(pids) < len(rows)  # Tune reused trial processes (reuse_actors)
+
+
+def test_resume_after_an_interrupted_search_keeps_finished_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    space = load_space(_layerwise_smoke(tmp_path, num_samples=4, scheduler="none"))
+    space = parse_space({**space.raw, "trial": {**space.raw["trial"], "epochs": 2}})
+    storage = tmp_path / "storage"
+    experiment = storage / "resume"
+
+    def interrupt_after_first_finished_trial() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            for result in experiment.glob("trial_*/result.json"):
+                lines = result.read_text().splitlines()
+                try:
+                    final = bool(lines) and json.loads(lines[-1]).get(M.TRIAL_FINAL) == 1
+                except ValueError:  # a line being written
+                    continue
+                if final:
+                    os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+                    return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=interrupt_after_first_finished_trial, daemon=True)
+    watcher.start()
+    run_search(space, storage=str(storage), name="resume", verbose=0)
+    watcher.join(timeout=1)
+    before = {  # the finished trials (a trial that had just started has an empty file)
+        name: text
+        for name, text in ((p.parent.name, p.read_text())
+                           for p in experiment.glob("trial_*/result.json"))
+        if text.strip() and json.loads(text.splitlines()[-1]).get(M.TRIAL_FINAL) == 1
+    }
+    assert 1 <= len(before) < 4, sorted(before)
+
+    run_search(space, storage=str(storage), name="resume", resume=True, verbose=0)
+    board = _leaderboard_json(str(experiment), capsys)
+    ids = [r["trial_id"] for r in board["rows"]]
+    assert len(ids) == len(set(ids)) == 4, ids
+    assert all(r["status"] == "terminated" for r in board["rows"]), board["rows"]
+    for name, text in before.items():  # finished trials were not trained again
+        after = (experiment / name / "result.json").read_text()
+        assert after.startswith(text)
+        # A trial Tune had not yet marked finished when Ctrl-C came is restarted from its last
+        # checkpoint, which holds the final metrics: it hands the same final report over
+        # again and trains no epoch.
+        last = _metrics_only(json.loads(text.splitlines()[-1]))
+        for line in after[len(text):].splitlines():
+            again = json.loads(line)
+            assert again.get(M.TRIAL_FINAL) == 1, (name, line)
+            assert _metrics_only(again) == last, (name, last, line)
+
+
+def _metrics_only(result: dict[str, Any]) -> str:
+    """A result line without Tune's bookkeeping (times, iteration counters, host), as JSON
+    text so that NaN compares equal to NaN."""
+    return json.dumps({k: v for k, v in result.items() if "/" in k}, sort_keys=True)
+
+
+def test_leaderboard_table_groups_by_variant(smoke_experiment: str) -> None:
+    table = lb.group_rows(results.load_experiments([smoke_experiment]), "variant")
+    assert sorted(table["variant"]) == sorted(VARIANTS)
+    assert np.all(table["trials"] == 1)
+
+
+def test_trials_caps_a_grid_and_sizes_a_sampled_search() -> None:
+    grid = load_space(preset_path("smoke"))  # algorithm: grid, five fixed points
+    assert trial_count(grid, 5, None, fixed_only=False) == 5
+    assert trial_count(grid, 5, 2, fixed_only=False) == 2
+    assert trial_count(grid, 5, 9, fixed_only=False) == 5
+    sampled = load_space(preset_path("layerwise"))
+    assert trial_count(sampled, 5, None, fixed_only=False) == sampled.tune.num_samples
+    assert trial_count(sampled, 5, 40, fixed_only=False) == 40
+    assert trial_count(sampled, 5, None, fixed_only=True) == 5
+
+
+def test_one_worker_trials_train_in_the_tune_trial_unless_told_otherwise() -> None:
+    smoke = load_space(preset_path("smoke"))  # two DDP workers: always Ray Train
+    assert not in_trial(smoke, smoke.base_config())
+    quick = load_space(preset_path("quick"))  # one worker
+    assert in_trial(quick, quick.base_config())
+    assert not in_trial(quick, quick.base_config().replace(launcher="train"))
+    workers = {"num_workers": {"type": "categorical", "choices": [1, 2]}}
+    searched = parse_space({**quick.raw, "search": workers})
+    assert not in_trial(searched, searched.base_config())
+    launchers = {"launcher": {"type": "categorical", "choices": ["auto", "train"]}}
+    with pytest.raises(InputError, match="search: launcher"):
+        run_search(parse_space({**quick.raw, "search": launchers}), storage="unused")
+
+
+def test_launcher_must_be_auto_or_train() -> None:
+    with pytest.raises(ValueError, match="launcher"):
+        TrialConfig(launcher="tune")

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from hiersearch.errors import InputError
+from hiersearch.model.assignment import named_variants
+from hiersearch.search.space import (
+    PRESETS,
+    assignment_of,
+    define_by_run,
+    fixed_points,
+    load_space,
+    parse_space,
+    preset_path,
+    trial_config,
+)
+
+COUNTS_3 = [21, 127, 300]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_parses_and_opens_with_its_launch_command(preset: str) -> None:
+    space = load_space(preset)
+    assert space.name == preset
+    assert preset_path(preset).read_text().startswith("# Launch: hiersearch ")
+
+
+def test_paper_grid_is_five_variants_by_three_rates_by_two_dropouts() -> None:
+    space = load_space("paper")
+    points = fixed_points(space, 12, [21, 127, 567, 3861, 2284, 481])
+    assert len(points) == 30
+    assert {p["lr"] for p in points} == {2e-5, 3e-5, 5e-5}
+    assert {p["dropout"] for p in points} == {0.0, 0.1}
+    assert {p["variant"] for p in points} == {
+        "FLAT",
+        "LAST-SIX",
+        "ONE-BY-ONE",
+        "IN-PAIRS",
+        "HYBRID",
+    }
+
+
+def test_seeds_multiply_the_fixed_points() -> None:
+    raw = yaml.safe_load(preset_path("smoke").read_text())
+    raw["tune"]["seeds"] = 3
+    assert len(fixed_points(parse_space(raw), 12, COUNTS_3)) == 15
+
+
+def test_define_by_run_reproduces_every_fixed_point() -> None:
+    space = load_space("layerwise")
+    fn = define_by_run(space, 6, COUNTS_3)
+    variants = named_variants(6, 3, COUNTS_3)
+    points = fixed_points(space, 6, COUNTS_3)
+    assert len(points) == 5
+    for point, (name, variant) in zip(points, variants.items(), strict=True):
+        trial = optuna.trial.FixedTrial(point)
+        assert fn(trial) is None  # a define-by-run function returns no constants
+        assert trial.params == point
+        assert assignment_of(point, 6, COUNTS_3, space) == variant.to_string(), name
+
+
+def test_fixed_points_reach_a_real_study_through_enqueue() -> None:
+    space = load_space("layerwise")
+    fn = define_by_run(space, 6, COUNTS_3)
+    study = optuna.create_study(direction="maximize")
+    points = fixed_points(space, 6, COUNTS_3)
+    for point in points:
+        study.enqueue_trial(point)
+    for point in points:
+        trial = study.ask()
+        fn(trial)
+        assert trial.params == point
+        study.tell(trial, 0.0)
+
+
+def test_sampled_trial_config_is_complete_and_valid() -> None:
+    space = load_space("layerwise")
+    fn = define_by_run(space, 6, COUNTS_3)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        fn(trial)
+        assignment = assignment_of(trial.params, 6, COUNTS_3, space)
+        config = trial_config(space.base_config(), trial.params, assignment)
+        assert config.assignment == assignment
+        assert config.lr == trial.params["lr"]
+        study.tell(trial, 0.0)
+
+
+def _smoke_raw() -> dict:
+    return yaml.safe_load(preset_path("smoke").read_text())
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "named"),
+    [
+        ("tune", "schedular", "asha", "schedular"),
+        ("trial", "learning_rate", 0.1, "learning_rate"),
+        ("trial", "epochs", "many", "epochs"),
+        ("tune", "scheduler", "hyperband", "scheduler"),
+        ("data", "docs", [1], "docs"),
+        ("assignment", "space", "free", "space"),
+    ],
+)
+def test_bad_keys_and_values_name_the_key(
+    section: str, key: str, value: object, named: str
+) -> None:
+    raw = _smoke_raw()
+    raw[section][key] = value
+    with pytest.raises(InputError, match=named):
+        parse_space(raw, "smoke.yaml")
+
+
+def test_unknown_top_level_section_is_named() -> None:
+    raw = _smoke_raw()
+    raw["trials"] = 3
+    with pytest.raises(InputError, match="'trials'"):
+        parse_space(raw, "smoke.yaml")
+
+
+def test_grid_needs_categorical_distributions() -> None:
+    raw = _smoke_raw()
+    raw["search"] = {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}
+    with pytest.raises(InputError, match="search: lr"):
+        parse_space(raw, "smoke.yaml")
+
+
+def test_search_value_outside_trial_config_range_is_named() -> None:
+    raw = _smoke_raw()
+    raw["search"] = {"dropout": {"type": "categorical", "choices": [0.0, 2.0]}}
+    with pytest.raises(InputError, match="dropout"):
+        parse_space(raw, "smoke.yaml")
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ntrial:\n  lr: [1,\n")
+    with pytest.raises(InputError, match=r"bad\.yaml.*line"):
+        load_space(path)
+
+
+def test_missing_file_is_an_input_error(tmp_path) -> None:
+    with pytest.raises(InputError, match="missing.yaml"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_unknown_variant_is_named() -> None:
+    raw = _smoke_raw()
+    raw["assignment"]["variants"] = ["FLAT", "LAST-TWO"]
+    space = parse_space(raw, "smoke.yaml")
+    with pytest.raises(InputError, match="LAST-TWO"):
+        fixed_points(space, 12, COUNTS_3)
+
+
+def test_define_by_run_function_pickles_for_tune_checkpoints() -> None:
+    import pickle
+
+    fn = define_by_run(load_space("layerwise"), 6, COUNTS_3)
+    again = pickle.loads(pickle.dumps(fn))
+    trial = optuna.trial.FixedTrial(fixed_points(load_space("layerwise"), 6, COUNTS_3)[0])
+    again(trial)
+    assert "assign/kind" in trial.params or "assign/L1_start" in trial.params

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hiersearch.errors import InputError
+from hiersearch.trial.config import TrialConfig
+
+
+def test_defaults_round_trip_through_json() -> None:
+    config = TrialConfig(levels=(1, 3), lr=3e-5)
+    again = TrialConfig.from_dict(json.loads(config.dumps()))
+    assert again == config
+
+
+def test_unknown_key_is_named() -> None:
+    with pytest.raises(InputError, match="'learning_rate'"):
+        TrialConfig.from_dict({"learning_rate": 1e-3}, where="space.yaml: trial")
+
+
+def test_wrong_type_is_named_with_its_key() -> None:
+    with pytest.raises(InputError, match="batch_size"):
+        TrialConfig.from_dict({"batch_size": "large"})
+
+
+def test_yaml_style_values_are_coerced_losslessly() -> None:
+    config = TrialConfig.from_dict({"lr": "5e-5", "epochs": 3.0, "levels": [2, 4]})
+    assert config.lr == 5e-5 and config.epochs == 3 and config.levels == (2, 4)
+
+
+def test_out_of_range_value_is_refused() -> None:
+    with pytest.raises(InputError, match="dropout"):
+        TrialConfig(dropout=1.5)
+    with pytest.raises(InputError, match="loss_weighting"):
+        TrialConfig(loss_weighting="by-level")
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        TrialConfig().lr = 1.0  # type: ignore[misc]
