@@ -1,11 +1,12 @@
 """Metrics are fast: R-Precision at EURLEX57K scale, and the utilization metrics.
 
-1. Per-level + micro R-Precision (`metrics.r_precision` per level and on all levels
-   concatenated) and the full `metrics.evaluate` (per level, micro, macro, RP@k, nDCG@k for
+1. Per-level + micro R-Precision (`ranking.r_precision` per level and on all levels
+   concatenated) and the full `ranking.evaluate` (per level, micro, macro, RP@k, nDCG@k for
    k = 1..10) on 57,000 docs x 7,341 labels (EuroVoc levels 21 / 127 / 567 / 3861 / 2284 / 481),
-   random float32 scores and sparse gold labels; against the straightforward per-document loop
-   `metrics.r_precision_reference` (a full sort per row), timed on a subsample of rows and
-   scaled linearly to all rows (its cost is the same for every row).
+   random float32 scores and sparse gold labels, all on the compiled kernel (numba); against
+   the straightforward per-document loop `ranking.r_precision_reference` (a full sort per row),
+   timed on a subsample of rows and scaled linearly to all rows (its cost is the same for every
+   row).
 2. `utilization.measure_utilization` on 64 docs x 12 layers of a random-init BERT-base-sized
    encoder (hidden 768, 12 heads), sequences of up to 128 tokens (`--util-seq`), split into the
    encoder's forward pass (eager attention, attention maps and hidden states out) and the rest.
@@ -91,23 +92,6 @@ def rp_levels_and_micro(
     return values
 
 
-def numpy_path(run: Any) -> Any:
-    """Run with the numpy top lists (what metrics fall back to without numba)."""
-    from hiersearch.metrics import ranking as M
-
-    M.COMPILED = False
-    try:
-        return run()
-    finally:
-        M.COMPILED = True
-
-
-def kernel_available() -> bool:
-    from hiersearch.metrics import goldrank
-
-    return goldrank.available()
-
-
 def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
     from hiersearch.metrics import ranking as M
 
@@ -131,9 +115,6 @@ def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
             "r_precision_levels_micro": lambda: rp_levels_and_micro(
                 golds, scores, gold_all, score_all, M.r_precision
             ),
-            "r_precision_levels_micro_numpy": lambda: numpy_path(
-                lambda: rp_levels_and_micro(golds, scores, gold_all, score_all, M.r_precision)
-            ),
             "evaluate_full": lambda: M.evaluate(golds, scores, "dev"),
             # a trained model ranks gold labels high: no count stops early (the worst case)
             "evaluate_full_gold_ranked_high": lambda: M.evaluate(golds, high, "dev"),
@@ -144,7 +125,6 @@ def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
         reps,
     )
     fast = times.median_wall("r_precision_levels_micro")
-    numpy_only = times.median_wall("r_precision_levels_micro_numpy")
     full = times.median_wall("evaluate_full")
     ref_scaled = times.median_wall("reference_subsample") * docs / ref_rows
     fast_cpu = times.median_cpu("r_precision_levels_micro")
@@ -161,9 +141,6 @@ def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
         "timings": times.to_json(),
         "r_precision_levels_micro_s": fast,
         "r_precision_levels_micro_cpu_s": fast_cpu,
-        "compiled_kernel": M.COMPILED and kernel_available(),
-        "r_precision_levels_micro_numpy_s": numpy_only,
-        "speedup_compiled_vs_numpy": numpy_only / fast,
         "evaluate_full_s": full,
         "evaluate_full_cpu_s": times.median_cpu("evaluate_full"),
         "evaluate_full_gold_ranked_high_s": times.median_wall("evaluate_full_gold_ranked_high"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -254,93 +255,159 @@ class _Uniforms:
         return min(int(self.one() * n), n - 1)
 
 
-def synthesize(hierarchy: Hierarchy, config: SynthConfig) -> Corpus:
-    """A synthetic corpus on `hierarchy` (labels augmented by `finalize`); deterministic for
-    `config.seed`."""
-    config.validate()
-    rng = np.random.default_rng(config.seed)
-    words = description_words(hierarchy)
-    level = {node.id: node.level for node in hierarchy}
-    depth = hierarchy.depth
-    show = _per_level(config.show_prob, depth).tolist()
-    keep = _per_level(config.word_keep, depth).tolist()
-    mentions = [0, *np.rint(_per_level(config.mentions, depth)[1:]).astype(int).tolist()]
+class _DocDraws(NamedTuple):
+    """The per-document draws made up front, in one Generator call each (order matters: the
+    same seed must give the same corpus)."""
 
+    leaf_counts: np.ndarray  # gold leaves drawn per document (before duplicates merge)
+    leaf_draws: np.ndarray  # docs x max leaves: indices into the ranked leaves
+    filler: list[int]  # filler words per document
+    distractors: list[int]  # distractor slots per document
+
+
+def _ranked_leaves(
+    hierarchy: Hierarchy, config: SynthConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """The leaves in a seeded random frequency ranking, cut to the Zipf head if asked."""
     leaves = np.array([n.id for n in hierarchy if not hierarchy.children(n.id)])
-    ranked = leaves[rng.permutation(len(leaves))][: config.max_leaves]
-    weights = 1.0 / np.arange(1, len(ranked) + 1) ** config.zipf_exponent
+    return leaves[rng.permutation(len(leaves))][: config.max_leaves]
+
+
+def _doc_draws(config: SynthConfig, leaves: int, rng: np.random.Generator) -> _DocDraws:
+    weights = 1.0 / np.arange(1, leaves + 1) ** config.zipf_exponent
     lo, hi = config.leaf_labels_per_doc
     counts = rng.integers(lo, hi + 1, size=config.docs)
-    draws = rng.choice(len(ranked), size=(config.docs, hi), p=weights / weights.sum())
-    filler_counts = rng.integers(
-        config.filler_words[0], config.filler_words[1] + 1, size=config.docs
-    ).tolist()
-    distractor_counts = rng.integers(
+    draws = rng.choice(leaves, size=(config.docs, hi), p=weights / weights.sum())
+    filler = rng.integers(config.filler_words[0], config.filler_words[1] + 1, size=config.docs)
+    distractors = rng.integers(
         config.distractors_per_doc[0], config.distractors_per_doc[1] + 1, size=config.docs
-    ).tolist()
-    ranked_list = ranked.tolist()
-    uni = _Uniforms(rng)
+    )
+    return _DocDraws(counts, draws, filler.tolist(), distractors.tolist())
 
-    def mention(label: str, keep_prob: float) -> list[str]:
-        source = words[label]
-        return [w for w, u in zip(source, uni.take(len(source)), strict=True) if u < keep_prob]
 
-    docs = []
-    for i in range(config.docs):
-        gold_leaves = sorted(set(ranked[draws[i, : counts[i]]].tolist()))
-        gold = sorted(hierarchy.augment(gold_leaves))  # sorted: set order depends on hashing
+class _Composer:
+    """Writes a document's text from its gold leaves. Every draw comes from one `_Uniforms`
+    stream in a fixed order (gold mentions, distractors, filler, segment order), so the order
+    of the calls below is part of the corpus a seed gives."""
+
+    def __init__(
+        self, hierarchy: Hierarchy, config: SynthConfig, ranked: list[str], uni: _Uniforms
+    ) -> None:
+        self.hierarchy, self.config, self.ranked, self.uni = hierarchy, config, ranked, uni
+        self.words = description_words(hierarchy)
+        self.level = {node.id: node.level for node in hierarchy}
+        depth = hierarchy.depth
+        self.show = _per_level(config.show_prob, depth).tolist()
+        self.keep = _per_level(config.word_keep, depth).tolist()
+        self.mentions = [0, *np.rint(_per_level(config.mentions, depth)[1:]).astype(int).tolist()]
+
+    def text(self, gold_leaves: list[str], distractors: int, filler: int) -> str:
+        gold = sorted(self.hierarchy.augment(gold_leaves))  # sorted: set order depends on hashing
+        segments = self._gold_mentions(gold)
+        segments += self._distractor_mentions(gold_leaves, set(gold), distractors)
+        segments += self._filler(filler, evidence=sum(map(len, segments)))
+        return " ".join(self._shuffled_words([seg for seg in segments if seg]))
+
+    def _mention(self, label: str, keep_prob: float) -> list[str]:
+        source = self.words[label]
+        draws = self.uni.take(len(source))
+        return [w for w, u in zip(source, draws, strict=True) if u < keep_prob]
+
+    def _gold_mentions(self, gold: list[str]) -> list[list[str]]:
         segments = []
         for label in gold:
-            lv = level[label]
-            if uni.one() < show[lv]:
-                segments += [mention(label, keep[lv]) for _ in range(mentions[lv])]
-        gold_set = set(gold)
-        for _ in range(distractor_counts[i]):
-            parents = hierarchy.node(gold_leaves[uni.index(len(gold_leaves))]).parents
+            lv = self.level[label]
+            if self.uni.one() < self.show[lv]:
+                segments += [self._mention(label, self.keep[lv]) for _ in range(self.mentions[lv])]
+        return segments
+
+    def _distractor_mentions(
+        self, gold_leaves: list[str], gold: set[str], count: int
+    ) -> list[list[str]]:
+        config, uni, segments = self.config, self.uni, []
+        for _ in range(count):
+            parents = self.hierarchy.node(gold_leaves[uni.index(len(gold_leaves))]).parents
             if parents and uni.one() < config.sibling_distractor_prob:
-                siblings = hierarchy.children(parents[0])
+                siblings = self.hierarchy.children(parents[0])
                 other = siblings[uni.index(len(siblings))]
             else:
-                other = ranked_list[uni.index(len(ranked_list))]
-            if other in gold_set:  # drew a gold leaf: this distractor slot stays empty
+                other = self.ranked[uni.index(len(self.ranked))]
+            if other in gold:  # drew a gold leaf: this distractor slot stays empty
                 continue
-            segments.append(mention(other, config.distractor_word_keep))
-            for ancestor in sorted(hierarchy.ancestors(other) - gold_set):
+            segments.append(self._mention(other, config.distractor_word_keep))
+            for ancestor in sorted(self.hierarchy.ancestors(other) - gold):
                 if uni.one() < config.distractor_ancestor_prob:
-                    segments.append(mention(ancestor, config.distractor_word_keep))
-        evidence = sum(map(len, segments))
-        n_filler = min(filler_counts[i], max(0, config.max_words - evidence))
-        pool = [FILLER_WORDS[int(u * len(FILLER_WORDS))] for u in uni.take(n_filler)]
-        start = 0
-        while start < n_filler:  # filler comes in runs of 4..10 words
-            end = start + 4 + int(uni.one() * 7)
-            segments.append(pool[start:end])
-            start = end
-        segments = [seg for seg in segments if seg]
-        keys = uni.take(len(segments))
-        order = sorted(range(len(segments)), key=keys.__getitem__)
-        text_words = [w for j in order for w in segments[j]][: config.max_words]
-        docs.append((f"synth-{i:06d}", " ".join(text_words), gold_leaves))
+                    segments.append(self._mention(ancestor, config.distractor_word_keep))
+        return segments
 
-    n_dev = max(1, round(config.docs * config.split_fractions[1] / sum(config.split_fractions)))
-    n_test = max(1, round(config.docs * config.split_fractions[2] / sum(config.split_fractions)))
+    def _filler(self, count: int, evidence: int) -> list[list[str]]:
+        """Filler words in runs of 4..10, as many as fit under the length cap after the
+        evidence."""
+        n_filler = min(count, max(0, self.config.max_words - evidence))
+        pool = [FILLER_WORDS[int(u * len(FILLER_WORDS))] for u in self.uni.take(n_filler)]
+        runs, start = [], 0
+        while start < n_filler:
+            end = start + 4 + int(self.uni.one() * 7)
+            runs.append(pool[start:end])
+            start = end
+        return runs
+
+    def _shuffled_words(self, segments: list[list[str]]) -> list[str]:
+        keys = self.uni.take(len(segments))
+        order = sorted(range(len(segments)), key=keys.__getitem__)
+        return [w for j in order for w in segments[j]][: self.config.max_words]
+
+
+def _split_sizes(config: SynthConfig) -> list[int]:
+    """Documents per split (train, dev, test): at least one each."""
+    total = sum(config.split_fractions)
+    n_dev = max(1, round(config.docs * config.split_fractions[1] / total))
+    n_test = max(1, round(config.docs * config.split_fractions[2] / total))
     n_train = config.docs - n_dev - n_test
     if n_train < 1:
         raise InputError(
             f"too few documents ({config.docs}) for the split fractions", where="docs"
         )
-    which = rng.permutation(np.repeat(np.arange(3), [n_train, n_dev, n_test]))
-    raw = {
+    return [n_train, n_dev, n_test]
+
+
+def _assign_splits(
+    docs: list[tuple[str, str, list[str]]], config: SynthConfig, rng: np.random.Generator
+) -> dict[str, list[tuple[str, str, list[str]]]]:
+    which = rng.permutation(np.repeat(np.arange(3), _split_sizes(config)))
+    return {
         s: [d for d, w in zip(docs, which, strict=True) if w == k] for k, s in enumerate(SPLITS)
     }
+
+
+def _generator_record(hierarchy: Hierarchy, config: SynthConfig, leaves: int) -> dict[str, Any]:
+    """What the corpus records about how it was made (corpus.json)."""
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
-    generator = {
+    return {
         "name": "hiersearch.synth",  # a stable generator id, not the module path
         "config": settings,
         "hierarchy": hierarchy.name,
         "hierarchy_fingerprint": hierarchy.fingerprint(),
-        "leaves": len(ranked),
+        "leaves": leaves,
     }
+
+
+def synthesize(hierarchy: Hierarchy, config: SynthConfig) -> Corpus:
+    """A synthetic corpus on `hierarchy` (labels augmented by `finalize`); deterministic for
+    `config.seed`."""
+    config.validate()
+    rng = np.random.default_rng(config.seed)
+    ranked = _ranked_leaves(hierarchy, config, rng)
+    draws = _doc_draws(config, len(ranked), rng)
+    ranked_list = ranked.tolist()
+    composer = _Composer(hierarchy, config, ranked_list, _Uniforms(rng))
+    docs = []
+    for i in range(config.docs):
+        gold_leaves = sorted(set(ranked[draws.leaf_draws[i, : draws.leaf_counts[i]]].tolist()))
+        text = composer.text(gold_leaves, draws.distractors[i], draws.filler[i])
+        docs.append((f"synth-{i:06d}", text, gold_leaves))
+    raw = _assign_splits(docs, config, rng)
+    generator = _generator_record(hierarchy, config, len(ranked))
     # With max_leaves the label universe is the Zipf head and its ancestors, not the whole
     # hierarchy: heads over thousands of never-seen labels would only add cost.
     labels = hierarchy.restrict(ranked_list) if config.max_leaves else hierarchy

@@ -1,5 +1,5 @@
-"""Ranking metrics from where each gold label ranks: the one pass over the scores that
-`metrics.py` needs when numba is there (without it, `metrics.py` lists top values with numpy).
+"""Ranking metrics from where each gold label ranks: the one compiled (numba) pass over the
+scores behind `ranking.py`.
 
 Every metric of a document with R gold labels depends only on where its gold labels rank: a
 gold label scoring t has `above` labels scoring > t and `tie` labels (itself included) scoring
@@ -20,12 +20,6 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-
-try:  # numba is a dependency; the numpy path keeps metrics working where it cannot load
-    import numba
-except ImportError:  # pragma: no cover - exercised by forcing the numpy path in tests
-    numba = None
-
 
 _BLOCK = 512  # values compared before a count checks whether it has reached its depth
 _GOLD_BLOCK = 64  # gold flags or-ed together before any of them is looked at alone
@@ -162,16 +156,26 @@ class RankSums(NamedTuple):
 _compiled: dict[str, Any] = {}
 
 
+def _numba() -> Any:
+    """numba, imported on the first metric computed: the metric key names (and every command
+    that only reads them) work without it, and start faster."""
+    try:
+        import numba
+    except ImportError as err:
+        raise ImportError(
+            "hiersearch's ranking metrics need numba (a dependency of hiersearch, "
+            f"numba>=0.60), which could not be imported: {err}. "
+            "Install it with `pip install 'numba>=0.60'` (or reinstall hiersearch)."
+        ) from err
+    return numba
+
+
 def _kernel() -> Any:
     """The compiled kernel, built on first use (cached on disk by numba across processes)."""
     if "rank_metrics" not in _compiled:
-        # nogil: metrics.py runs row chunks on a thread pool
-        _compiled["rank_metrics"] = numba.njit(nogil=True, cache=True)(_rank_metrics)
+        # nogil: ranking.py runs row chunks on a thread pool
+        _compiled["rank_metrics"] = _numba().njit(nogil=True, cache=True)(_rank_metrics)
     return _compiled["rank_metrics"]
-
-
-def available() -> bool:
-    return numba is not None
 
 
 def rank_metrics(

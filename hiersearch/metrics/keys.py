@@ -1,0 +1,167 @@
+"""The one place metric keys are named: what trials report, searches optimize and tables show.
+
+A metric key is `<namespace>/<name>`: a split ("dev", "test", "train") for the ranking metrics
+and losses, "train/" for the training loop's rates and times, "util/" for the utilization
+metrics. Keys under "trial/" describe a trial rather than measure it and are not metrics.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "DEFAULT_METRIC",
+    "DEFAULT_MODE",
+    "EPOCH",
+    "EPOCH_SECONDS",
+    "LEARNING_RATE",
+    "METRIC_NAMESPACES",
+    "PEAK_MEMORY_MB",
+    "SAMPLES_PER_SECOND",
+    "TRAIN_STEP",
+    "TRIAL_ASSIGNMENT",
+    "TRIAL_BEST_EPOCH",
+    "TRIAL_FINAL",
+    "TRIAL_NODE_ID",
+    "TRIAL_STOP_REASON",
+    "TRIAL_VARIANT",
+    "TRIAL_WORLD_SIZE",
+    "UTIL_CLS_ANGLE_MEAN",
+    "UTIL_ENTROPY_MEAN",
+    "UTIL_HEAD_KL_MEAN",
+    "UTIL_LAYER_KL_MEAN",
+    "eval_seconds_key",
+    "is_metric_column",
+    "is_metric_key",
+    "loss_key",
+    "mode_of",
+    "ndcg_at_k_key",
+    "rp_at_k_key",
+    "rp_level_key",
+    "rp_level_keys",
+    "rp_macro_key",
+    "rp_micro_key",
+    "skipped_key",
+    "util_entropy_key",
+    "util_head_kl_key",
+]
+
+DEFAULT_METRIC = "dev/rp_macro"
+DEFAULT_MODE = "max"
+
+EPOCH = "epoch"
+SAMPLES_PER_SECOND = "train/samples_per_s"
+LEARNING_RATE = "train/lr"
+TRAIN_STEP = "train/step"
+EPOCH_SECONDS = "train/epoch_s"
+PEAK_MEMORY_MB = "train/peak_mem_mb"
+
+# reported with the metrics but describing the trial, not measuring it ("trial/" prefix)
+TRIAL_BEST_EPOCH = "trial/best_epoch"
+TRIAL_VARIANT = "trial/variant"
+TRIAL_ASSIGNMENT = "trial/assignment"
+TRIAL_STOP_REASON = "trial/stop_reason"
+TRIAL_NODE_ID = "trial/node_id"
+TRIAL_WORLD_SIZE = "trial/world_size"
+TRIAL_FINAL = "trial/final"
+
+UTIL_CLS_ANGLE_MEAN = "util/cls_angle_mean"
+UTIL_LAYER_KL_MEAN = "util/layer_kl_mean"
+UTIL_ENTROPY_MEAN = "util/entropy_mean"
+UTIL_HEAD_KL_MEAN = "util/head_kl_mean"
+
+# Namespaces of metric columns in a results table, in the order the table shows them.
+METRIC_NAMESPACES = ("dev", "test", "train", "util")
+
+_SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+def _split(split: str) -> str:
+    if not _SPLIT_RE.match(split):
+        raise ValueError(f"bad split name {split!r}")
+    return split
+
+
+def positive(value: int, what: str) -> int:
+    """`value` as an int; ValueError naming `what` unless it is a whole number >= 1."""
+    if int(value) != value or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def rp_level_key(split: str, level: int) -> str:
+    return f"{_split(split)}/rp_L{positive(level, 'level')}"
+
+
+def rp_level_keys(split: str, num_levels: int) -> list[str]:
+    return [rp_level_key(split, level) for level in range(1, num_levels + 1)]
+
+
+def rp_micro_key(split: str) -> str:
+    return f"{_split(split)}/rp_micro"
+
+
+def rp_macro_key(split: str) -> str:
+    return f"{_split(split)}/rp_macro"
+
+
+def _level_suffix(level: int | None) -> str:
+    return "" if level is None else f"_L{positive(level, 'level')}"
+
+
+def rp_at_k_key(split: str, k: int, level: int | None = None) -> str:
+    return f"{_split(split)}/rp@{positive(k, 'k')}{_level_suffix(level)}"
+
+
+def ndcg_at_k_key(split: str, k: int, level: int | None = None) -> str:
+    return f"{_split(split)}/ndcg@{positive(k, 'k')}{_level_suffix(level)}"
+
+
+def loss_key(split: str) -> str:
+    return f"{_split(split)}/loss"
+
+
+def skipped_key(split: str, level: int | None = None) -> str:
+    """Documents skipped by R-Precision (R = 0): micro by default, or of one level."""
+    return f"{_split(split)}/rp_skipped_docs{_level_suffix(level)}"
+
+
+def eval_seconds_key(split: str) -> str:
+    return f"{_split(split)}/eval_s"
+
+
+def util_entropy_key(layer: int) -> str:
+    return f"util/entropy_layer{positive(layer, 'layer'):02d}"
+
+
+def util_head_kl_key(layer: int) -> str:
+    return f"util/head_kl_layer{positive(layer, 'layer'):02d}"
+
+
+_METRIC_RE = re.compile(
+    r"^[A-Za-z][A-Za-z0-9_-]*/(rp_L\d+|rp_micro|rp_macro|(rp|ndcg)@\d+(_L\d+)?|loss"
+    r"|rp_skipped_docs(_L\d+)?|eval_s)$"
+    r"|^util/((entropy|head_kl)_layer\d+|(cls_angle|layer_kl|entropy|head_kl)_mean)$"
+)
+_TRAIN_KEYS = {SAMPLES_PER_SECOND, LEARNING_RATE, TRAIN_STEP, EPOCH_SECONDS, PEAK_MEMORY_MB}
+_LOWER_IS_BETTER = re.compile(r"/(loss|rp_skipped_docs(_L\d+)?|eval_s|epoch_s|peak_mem_mb)$")
+
+
+def is_metric_key(key: str) -> bool:
+    """Whether `key` is a metric named by this module (what a search may optimize)."""
+    return key in _TRAIN_KEYS or bool(_METRIC_RE.match(key))
+
+
+def is_metric_column(key: str) -> bool:
+    """Whether a results table shows `key` as a metric: any key in a metric namespace.
+
+    Wider than `is_metric_key` on purpose: a table also reads results written by other versions
+    (e.g. "util/angular_mean"), whose metrics stay metrics there but cannot be searched on.
+    """
+    namespace, slash, _ = key.partition("/")
+    return bool(slash) and namespace in METRIC_NAMESPACES
+
+
+def mode_of(key: str) -> str:
+    """ "min" for losses, counts of skipped documents and times; "max" otherwise."""
+    return "min" if _LOWER_IS_BETTER.search(key) else "max"
