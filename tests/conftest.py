@@ -46,3 +46,10 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "compiled_only: a metric case run with the compiled kernel only (too slow as "
+        "plain Python)"
+    )

@@ -5,8 +5,11 @@ imported at run time, where a module-level import hidden behind a helper would s
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
+from importlib import resources
+from pathlib import Path
 
 # Pure stages (and the trial loop, whose Ray runners import Ray only when used).
 PURE = ["data", "model", "metrics", "report", "trial", "search.space", "search.assignments", "cli"]
@@ -21,3 +24,28 @@ def test_pure_modules_import_without_ray() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+REPO = Path(__file__).resolve().parents[1]
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def test_every_search_space_opens_with_a_launch_command_naming_files_that_exist() -> None:
+    assert SPACES
+    for path in SPACES:
+        lines = path.read_text().splitlines()
+        launches = [line.split(":", 1)[1] for line in lines[:3] if line.startswith("# Launch:")]
+        assert launches, f"{path.name}: no '# Launch:' line at the top"
+        for words in map(shlex.split, launches):
+            assert words[0] == "hiersearch", path.name
+            for flag, value in zip(words, words[1:], strict=False):
+                if flag == "--space":
+                    assert (REPO / value).is_file(), f"{path.name}: --space {value}"
+                if flag == "--preset":
+                    assert (REPO / "search_spaces" / f"{value}.yaml").is_file(), path.name
+
+
+def test_the_installed_package_ships_every_search_space() -> None:
+    installed = resources.files("hiersearch.search_spaces")
+    shipped = sorted(p.name for p in installed.iterdir() if p.name.endswith(".yaml"))
+    assert shipped == [p.name for p in SPACES]
