@@ -1,6 +1,7 @@
-"""Timing probes for the Ray-overhead benchmark: wrap the phases of a trial (`train.fit` and
-what it calls, `search.trial_driver`) so that every process running them appends one JSON line
-per call (pid, name, wall-clock start and end) to the file named by HIERSEARCH_BENCH_EVENTS.
+"""Timing probes for the Ray-overhead benchmark: wrap the phases of a trial (`recipe.fit`, the
+phases of its `TrialRecipe` and what they call, `search.trial_driver`) so that every process
+running them appends one JSON line per call (pid, name, wall-clock start and end) to the file
+named by HIERSEARCH_BENCH_EVENTS.
 
 In the benchmark's own process the wrappers are installed directly (`install_now`). In Ray
 worker processes `install` runs as Ray's `worker_process_setup_hook` (this directory is put on
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_ENV = "HIERSEARCH_BENCH_EVENTS"
+# Module globals of hiersearch.trial.recipe, looked up at each call: the wrappers get called.
 _TRAIN_FUNCTIONS = (
     "fit",
     "load_encoded",
@@ -31,6 +33,8 @@ _TRAIN_FUNCTIONS = (
     "_save_checkpoint",
     "_utilization",
 )
+# The recipe's phases (methods of TrialRecipe), recorded as "TrialRecipe.<phase>".
+_RECIPE_PHASES = ("setup", "restore", "train_epoch", "evaluate", "end_epoch", "finish", "diverged")
 _PATCHED = "_hiersearch_bench_patched"
 
 
@@ -83,17 +87,23 @@ def _timed_report(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def patch_train(module: Any) -> None:
-    """Wrap the phases of `hiersearch.trial.recipe` (module globals: `fit` calls the wrappers)."""
+    """Wrap the phases of `hiersearch.trial.recipe`: its module-level steps, the phases of its
+    `TrialRecipe`, and the sessions' reports and artifact syncs (`hiersearch.trial.session`)."""
     if getattr(module, _PATCHED, False):
         return
+    import hiersearch.trial.session as sessions  # loaded already: the recipe imports it
+
     for name in _TRAIN_FUNCTIONS:
         setattr(module, name, _timed(name, getattr(module, name)))
+    recipe = module.TrialRecipe
+    for phase in _RECIPE_PHASES:
+        setattr(recipe, phase, _timed(f"TrialRecipe.{phase}", getattr(recipe, phase)))
     split = module.Split
     split.from_table = classmethod(_timed("Split.from_table", split.from_table.__func__))
-    for cls in (module.LocalSession, module.RaySession):
+    for cls in (sessions.LocalSession, sessions.RaySession):
         cls.report = _timed_report(f"{cls.__name__}.report", cls.report)
-    module.Artifacts.sync = _timed("Artifacts.sync", module.Artifacts.sync)
-    module.Artifacts.close = _timed("Artifacts.close", module.Artifacts.close)
+    sessions.Artifacts.sync = _timed("Artifacts.sync", sessions.Artifacts.sync)
+    sessions.Artifacts.close = _timed("Artifacts.close", sessions.Artifacts.close)
     setattr(module, _PATCHED, True)
 
 

@@ -1,6 +1,6 @@
-"""Ray costs little: one trial in-process (`train.fit` with a `LocalSession`) against the same
+"""Ray costs little: one trial in-process (`recipe.fit` with a `LocalSession`) against the same
 trial through `search.run_search` on a one-trial space, with each launcher: "auto" (the
-default for one worker: `train.fit` runs in the Ray Tune trial's process) and "train" (the
+default for one worker: `recipe.fit` runs in the Ray Tune trial's process) and "train" (the
 trial drives a Ray Train `TorchTrainer` with one worker); same corpus, config, epochs and
 seed, the three in rotating order, several repetitions. With `--trials N` (default 3) also a
 search of N trials of the same config (seeds 0..N-1, one at a time): Ray's cost per trial of a
@@ -264,7 +264,8 @@ def _epoch_samples(train_docs: int, batch_size: int) -> int:
 
 def run_local(base: Any, data: Any, events_file: Path, work: Path, rep: int) -> dict[str, Any]:
     from hiersearch.search.space import trial_config
-    from hiersearch.trial.recipe import Artifacts, LocalSession, fit
+    from hiersearch.trial.recipe import fit
+    from hiersearch.trial.session import Artifacts, LocalSession
 
     config = trial_config(base, {"seed": 0}, VARIANT).replace(corpus=data.corpus_dir)
     root = work / f"local-{rep}"
@@ -293,7 +294,8 @@ def run_ray(space: Any, storage: Path, events_file: Path, rep: str) -> dict[str,
 def profile_fit(base: Any, data: Any, work: Path, top: int = 20) -> list[str]:
     """cProfile of one in-process fit: the top functions by cumulative time."""
     from hiersearch.search.space import trial_config
-    from hiersearch.trial.recipe import Artifacts, LocalSession, fit
+    from hiersearch.trial.recipe import fit
+    from hiersearch.trial.session import Artifacts, LocalSession
 
     config = trial_config(base, {"seed": 0}, VARIANT).replace(corpus=data.corpus_dir)
     root = work / "profiled"

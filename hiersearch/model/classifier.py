@@ -109,12 +109,21 @@ class LayerwiseClassifier(nn.Module):
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """sum_n w_n * mean BCE over the labels of level n."""
-        per_label = nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), labels.float(), reduction="none"
-        ).mean(dim=0)
-        level_losses = torch.stack([per_label[s].mean() for s in self.level_slices])
-        return (self.weights * level_losses).sum()
+        """sum_n w_n * mean BCE over the labels of level n, over the whole batch."""
+        # the batch mean first: the mean of `document_losses` up to rounding, in fewer operations
+        return self._weighted_levels(_bce(logits, labels).mean(dim=0))
 
-    def split_levels(self, values: torch.Tensor) -> list[torch.Tensor]:
-        return [values[:, s] for s in self.level_slices]
+    def document_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of each document on its own: [batch] (dev and test losses)."""
+        return self._weighted_levels(_bce(logits, labels))
+
+    def _weighted_levels(self, per_label: torch.Tensor) -> torch.Tensor:
+        """sum_n w_n * (the mean of `per_label` over the labels of level n), on the last dim."""
+        levels = torch.stack([per_label[..., s].mean(dim=-1) for s in self.level_slices], dim=-1)
+        return (self.weights * levels).sum(dim=-1)
+
+
+def _bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.binary_cross_entropy_with_logits(
+        logits.float(), labels.float(), reduction="none"
+    )

@@ -1,15 +1,16 @@
-"""One trial: the training loop that runs on every Ray Train worker (DDP), or in-process.
+"""One trial: the training recipe that runs on every Ray Train worker (DDP), or in-process.
 
-`fit` is the loop itself. It talks to the outside world only through a `Session` (rank, world
-size, report, restore; `session.py`), so the same code runs under Ray Train (`RaySession`, DDP
-with gloo on CPU or NCCL on GPU), inside a one-worker Ray Tune trial (`TuneSession`) and
-in-process (`LocalSession`, for benchmarks and tests).
+`TrialRecipe` is the loop in phases, as torchtune's recipes are: `setup` (data, model,
+optimizer, schedule), `restore` (from the session's latest checkpoint), `train_epoch`,
+`evaluate` (dev, every rank scoring a disjoint slice; rank 0 gathers the scores, computes the
+metrics over the whole dev set and broadcasts them), then `finish` (the best weights by dev loss
+evaluated on test, utilization measured on a fixed dev sample, a final report) or `diverged`
+(a non-finite loss or weights: a final report with the reason only). `fit` runs them in order.
 
-Per epoch: train on this worker's shard, evaluate dev on every rank (each rank scores a
-disjoint slice; rank 0 gathers the scores, computes the metrics over the whole dev set and
-broadcasts them), report the metrics with a checkpoint, and stop early when the dev loss has
-not improved for `patience` epochs. At the end: the best weights (by dev loss) are evaluated on
-test, utilization is measured on a fixed dev sample, and a final report carries all of it.
+The recipe talks to the outside world only through a `Session` (rank, world size, report,
+restore; `session.py`), so the same code runs under Ray Train (`RaySession`, DDP with gloo on
+CPU or NCCL on GPU), inside a one-worker Ray Tune trial (`TuneSession`) and in-process
+(`LocalSession`, for benchmarks and tests).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import json
 import math
 import os
 import random
+import resource
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,26 +32,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import get_linear_schedule_with_warmup
 
 from hiersearch.data.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_json, atomic_write_text
 from hiersearch.metrics import ranking as M
-from hiersearch.model.assignment import LayerAssignment, named_variant
+from hiersearch.model.assignment import LayerAssignment, named_variant, named_variants
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder, num_encoder_layers
 from hiersearch.model.utilization import heatmap_figure, measure_utilization, save_heatmap
 from hiersearch.trial.config import TrialConfig
-from hiersearch.trial.session import (  # noqa: F401  (re-exported: the loop's runners)
-    WORKERS_FILE,
+from hiersearch.trial.session import (
     Artifacts,
-    LocalSession,
     RaySession,
     Session,
     TuneSession,
-    _all_ranks_true,
-    _broadcast_from_rank0,
-    _gather_to_rank0,
+    all_ranks_true,
+    broadcast_from_rank0,
+    gather_to_rank0,
 )
 
 STOP_COMPLETED = "completed"
@@ -56,6 +58,10 @@ STOP_PATIENCE = "patience"
 STOP_NAN = "nan_loss"
 # Fixed seed of the dev sample for utilization: the same documents for every trial.
 UTIL_SAMPLE_SEED = 1234
+# In a checkpoint (and the trial's artifacts): the final report of a trial that has ended.
+FINAL_METRICS_FILE = "final_metrics.json"
+# A dev loss must fall by more than this to count as an improvement (early stopping).
+MIN_IMPROVEMENT = 1e-7
 
 
 def resolve_assignment(spec: str, num_layers: int, label_counts: list[int]) -> LayerAssignment:
@@ -72,8 +78,6 @@ def variant_of(
     assignment: LayerAssignment, num_layers: int, label_counts: list[int]
 ) -> str | None:
     """The named variant equal to `assignment`, if any (so searched points get names too)."""
-    from hiersearch.model.assignment import named_variants
-
     with contextlib.suppress(InputError):
         for name, variant in named_variants(num_layers, len(label_counts), label_counts).items():
             if variant == assignment:
@@ -103,12 +107,26 @@ def _batches(index: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 @dataclass
 class _State:
+    """What a checkpoint carries of the loop's progress (besides weights, optimizer, RNG)."""
+
     epoch: int = 0  # epochs completed
     best_dev_loss: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
     best_metrics: dict[str, Any] = field(default_factory=dict)
     global_step: int = 0
+
+
+@dataclass
+class _EpochTraining:
+    """One epoch's training on this rank."""
+
+    batches: int
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    finite: bool = True
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
 
 
 def _unwrap(model: torch.nn.Module) -> LayerwiseClassifier:
@@ -137,14 +155,7 @@ def evaluate_split(
             logits = core(
                 batch["input_ids"].to(session.device), batch["attention_mask"].to(session.device)
             ).float()
-        labels = batch["labels"].to(session.device)
-        per_label = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, labels, reduction="none"
-        )
-        per_doc = sum(
-            w * per_label[:, s].mean(dim=1)
-            for w, s in zip(core.weights, core.level_slices, strict=True)
-        )
+        per_doc = core.document_losses(logits, batch["labels"].to(session.device))
         scores.append(logits.cpu().numpy())
         golds.append(batch["labels"].numpy().astype(np.uint8))
         losses.append(per_doc.cpu().numpy())
@@ -156,11 +167,15 @@ def evaluate_split(
         np.concatenate(golds) if golds else empty.astype(np.uint8),
         np.concatenate(losses) if losses else np.zeros(0, dtype=np.float32),
     )
-    parts = _gather_to_rank0(session, mine)
+    return _in_document_order(gather_to_rank0(session, mine))
+
+
+def _in_document_order(
+    parts: list[tuple[np.ndarray, ...]] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if parts is None:
         return None
-    order = np.concatenate([p[0] for p in parts])
-    inverse = np.argsort(order, kind="stable")
+    inverse = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
     return (
         np.concatenate([p[1] for p in parts])[inverse],
         np.concatenate([p[2] for p in parts])[inverse],
@@ -179,32 +194,352 @@ def split_metrics(
     return out
 
 
-def _save_checkpoint(
-    directory: Path,
-    model: LayerwiseClassifier,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    state: _State,
-    config: TrialConfig,
-    best_weights: dict[str, torch.Tensor] | None,
-) -> None:
-    torch.save(model.state_dict(), directory / "model.pt")
-    if best_weights is not None:  # current weights are not the best ones: keep both
-        torch.save(best_weights, directory / "best_model.pt")
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "state": state.__dict__,
+def _save_checkpoint(directory: Path, files: dict[str, Any]) -> None:
+    """The one checkpoint writer: `.pt` files with torch.save, text as is, the rest as JSON."""
+    for name, content in files.items():
+        if name.endswith(".pt"):
+            torch.save(content, directory / name)
+        elif isinstance(content, str):
+            atomic_write_text(directory / name, content)
+        else:
+            atomic_write_json(directory / name, content)
+
+
+class TrialRecipe:
+    """One trial in phases; `fit` runs them. Every rank runs every phase (DDP)."""
+
+    def __init__(
+        self, config: TrialConfig, session: Session, artifacts: Artifacts | None = None
+    ) -> None:
+        self.config = config
+        self.session = session
+        self.artifacts = artifacts
+        self.state = _State()
+        # The best weights when they are not the current ones (dev loss got worse since).
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------------------ setup
+
+    def setup(self, encoded: EncodedCorpus | str) -> None:
+        """Seed, data, model, optimizer and schedule; the order of these steps fixes what the
+        seeded random number generators give each of them."""
+        if isinstance(encoded, str):
+            encoded = load_encoded(encoded)
+        seed_everything(self.config.seed)
+        if self.session.device.type == "cpu":
+            torch.set_num_threads(max(1, int(self.config.cpus_per_worker)))
+        if self.session.device.type == "cuda":  # train/peak_mem_mb is this trial's peak
+            torch.cuda.reset_peak_memory_stats(self.session.device)
+        self.num_labels = encoded.num_labels
+        self.core = self._setup_model(encoded.label_counts)
+        self.train_split, self.dev, self.test = (
+            Split.from_table(encoded.splits[s]) for s in ("train", "dev", "test")
+        )
+        if len(self.train_split) == 0 or len(self.dev) == 0:
+            raise InputError(
+                "the corpus needs training and dev documents", where=self.config.corpus
+            )
+        self.model: torch.nn.Module = self.core
+        if self.session.world_size > 1:
+            self.model = _wrap_ddp(self.core, self.session)
+        self._setup_optimizer()
+
+    def _setup_model(self, label_counts: list[int]) -> LayerwiseClassifier:
+        config = self.config
+        encoder = load_encoder(config.model, seed=config.seed)
+        num_layers = num_encoder_layers(encoder)
+        assignment = resolve_assignment(config.assignment, num_layers, label_counts)
+        self.identity = {
+            M.TRIAL_VARIANT: assignment.name or variant_of(assignment, num_layers, label_counts),
+            M.TRIAL_ASSIGNMENT: assignment.to_string(),
+            M.TRIAL_NODE_ID: self.session.node_id(),
+            M.TRIAL_WORLD_SIZE: self.session.world_size,
+        }
+        model = LayerwiseClassifier(
+            encoder, assignment, label_counts, config.dropout, config.loss_weighting
+        )
+        return model.to(self.session.device)
+
+    def _setup_optimizer(self) -> None:
+        """AdamW (the heads at head_lr) and a linear schedule with warm-up over all steps."""
+        config = self.config
+        heads = list(self.core.heads.parameters())
+        head_ids = {id(p) for p in heads}
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": [p for p in self.model.parameters() if id(p) not in head_ids]},
+                {"params": heads, "lr": config.head_lr or config.lr},
+            ],
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+        )
+        per_rank = math.ceil(len(self.train_split) / self.session.world_size)
+        micro_batches = math.ceil(per_rank / config.batch_size)
+        self.steps_per_epoch = max(1, micro_batches // config.grad_accum)
+        if config.max_steps_per_epoch is not None:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
+        total_steps = self.steps_per_epoch * config.epochs
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(config.warmup_ratio * total_steps), total_steps
+        )
+
+    def autocast(self) -> Any:
+        if self.config.bf16 and self.session.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---------------------------------------------------------------------------- restore
+
+    def restore(self) -> dict[str, Any] | None:
+        """Carry on from the session's latest checkpoint, if any. A trial that had ended when
+        its driver was lost (a resumed experiment restarts it) reports its final report again
+        instead of training on: returned here, the trial is over."""
+        restored = self.session.restore()
+        if restored is None:
+            if self.session.rank == 0 and self.artifacts is not None:
+                atomic_write_text(self.artifacts.local / "config.json", self.config.dumps())
+                self.artifacts.writer.add_text("config", f"```\n{self.config.dumps()}\n```")
+            return None
+        if (restored / FINAL_METRICS_FILE).is_file():
+            saved = json.loads((restored / FINAL_METRICS_FILE).read_text(encoding="utf-8"))
+            # the file is strict JSON (a non-finite value is null there): report it as it was
+            final = {k: math.nan if v is None else v for k, v in saved.items()}
+            self.session.report(final, None)
+            if self.artifacts is not None:
+                self.artifacts.close()
+            return final
+        self._load_checkpoint(restored)
+        return None
+
+    def _load_checkpoint(self, directory: Path) -> None:
+        device = self.session.device
+        self.core.load_state_dict(torch.load(directory / "model.pt", map_location=device))
+        saved = torch.load(directory / "train_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state = _State(**saved["state"])
+        random.setstate(saved["rng"]["python"])
+        np.random.set_state(saved["rng"]["numpy"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        best_file = directory / "best_model.pt"
+        source = best_file if best_file.exists() else directory / "model.pt"
+        self.best_weights = torch.load(source, map_location="cpu")
+
+    # ------------------------------------------------------------------------------ train
+
+    def train(self) -> dict[str, Any]:
+        """Epochs until the last one, early stopping or divergence; the final report."""
+        patience = self.config.patience
+        for epoch in range(self.state.epoch, self.config.epochs):
+            if self.state.bad_epochs >= patience:  # restored after the stopping epoch
+                return self.finish(STOP_PATIENCE)
+            trained = self.train_epoch(epoch)
+            report = self.evaluate(trained) if trained.finite else None
+            if report is None:
+                return self.diverged(epoch + 1)
+            self.end_epoch(epoch, report)
+            if self.state.bad_epochs >= patience:
+                return self.finish(STOP_PATIENCE)
+        return self.finish(STOP_COMPLETED)
+
+    def train_epoch(self, epoch: int) -> _EpochTraining:
+        """Train on this rank's shard; `finite` is False on every rank if any rank's loss, step
+        size or weights went non-finite."""
+        config, session = self.config, self.session
+        self.model.train()
+        shard = _shard(len(self.train_split), session.rank, session.world_size, config.seed, epoch)
+        batches = list(_batches(shard, config.batch_size))
+        batches = batches[: self.steps_per_epoch * config.grad_accum]
+        out = _EpochTraining(batches=len(batches))
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch_index in enumerate(batches):
+            sync = (i + 1) % config.grad_accum == 0 or i + 1 == len(batches)
+            loss = self._forward_backward(batch_index, sync)
+            if loss is None or (sync and not self._optimizer_step()):
+                out.finite = False
+                break
+            out.loss_sum += loss
+            out.loss_count += 1
+        # The last step of an epoch can leave the weights non-finite while every loss so far
+        # was finite (dev scores would then be NaN): check the weights once per epoch.
+        out.finite = all_ranks_true(session, out.finite and _parameters_finite(self.core))
+        out.seconds = time.perf_counter() - started
+        out.peak_memory_mb = _peak_memory_mb(session.device)
+        return out
+
+    def _forward_backward(self, batch_index: np.ndarray, sync: bool) -> float | None:
+        """One micro-batch's loss, its gradients accumulated; None when the loss is not finite."""
+        batch = split_to_device(
+            self.train_split.batch(batch_index, self.num_labels), self.session.device
+        )
+        with _no_sync(self.model, not sync), self.autocast():
+            logits = self.model(batch["input_ids"], batch["attention_mask"])
+            loss = self.core.loss(logits, batch["labels"])
+        if not torch.isfinite(loss.detach()):
+            return None
+        (loss / self.config.grad_accum).backward()
+        return float(loss.detach())
+
+    def _optimizer_step(self) -> bool:
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        if not _optimizer_step(self.optimizer):
+            return False
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.global_step += 1
+        return True
+
+    # --------------------------------------------------------------------------- evaluate
+
+    def evaluate(self, trained: _EpochTraining) -> dict[str, Any] | None:
+        """This epoch's dev and training metrics on every rank; None when the dev scores are
+        not finite (finite weights whose activations overflow)."""
+        started = time.perf_counter()
+        dev = evaluate_split(
+            self.model, self.dev, self.num_labels, self.session,
+            self.config.eval_batch_size, self.autocast,
+        )
+        seconds = time.perf_counter() - started
+        report: dict[str, Any] = {}
+        if dev is not None and np.isnan(dev[0]).any():
+            report = {M.TRIAL_STOP_REASON: STOP_NAN}
+        elif dev is not None:
+            report = split_metrics(dev, self.core.level_slices, "dev")
+            report.update(self._training_metrics(trained))
+            report[M.eval_seconds_key("dev")] = seconds
+        report = broadcast_from_rank0(self.session, report)
+        return None if report.get(M.TRIAL_STOP_REASON) == STOP_NAN else report
+
+    def _training_metrics(self, trained: _EpochTraining) -> dict[str, Any]:
+        samples = trained.batches * self.config.batch_size * self.session.world_size
+        return {
+            M.loss_key("train"): trained.loss_sum / max(1, trained.loss_count),
+            M.SAMPLES_PER_SECOND: samples / max(trained.seconds, 1e-9),
+            M.LEARNING_RATE: self.scheduler.get_last_lr()[0],
+            M.TRAIN_STEP: self.state.global_step,
+            M.EPOCH_SECONDS: trained.seconds,
+            M.PEAK_MEMORY_MB: trained.peak_memory_mb,
+        }
+
+    def end_epoch(self, epoch: int, report: dict[str, Any]) -> None:
+        """Early-stopping bookkeeping, then the epoch's report with its checkpoint."""
+        self._track_best(epoch, report)
+        report.update(self.identity)
+        report.update({M.EPOCH: epoch + 1, M.TRIAL_FINAL: 0})
+        if self.session.rank == 0 and self.artifacts is not None:
+            for key, value in report.items():
+                if isinstance(value, (int, float)) and "/" in key:
+                    self.artifacts.writer.add_scalar(key, value, epoch + 1)
+            self.artifacts.sync()
+        with self._checkpoint(self._epoch_files) as checkpoint_dir:
+            self.session.report(report, checkpoint_dir)
+
+    def _track_best(self, epoch: int, report: dict[str, Any]) -> None:
+        state = self.state
+        dev_loss = report[M.loss_key("dev")]
+        state.epoch = epoch + 1
+        if dev_loss < state.best_dev_loss - MIN_IMPROVEMENT:
+            state.best_dev_loss, state.best_epoch, state.bad_epochs = dev_loss, epoch + 1, 0
+            # the final report carries them: whatever metric a search optimizes is in it
+            state.best_metrics = {
+                k: v for k, v in report.items() if k.startswith(("dev/", "train/"))
+            }
+            self.best_weights = None
+            return
+        state.bad_epochs += 1
+        if self.best_weights is None:
+            self.best_weights = {
+                k: v.detach().cpu().clone() for k, v in self.core.state_dict().items()
+            }
+
+    def _epoch_files(self) -> dict[str, Any]:
+        files: dict[str, Any] = {"model.pt": self.core.state_dict()}
+        if self.best_weights is not None:  # current weights are not the best ones: keep both
+            files["best_model.pt"] = self.best_weights
+        files["train_state.pt"] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": self.state.__dict__,
             "rng": {
                 "python": random.getstate(),
                 "numpy": np.random.get_state(),
                 "torch": torch.get_rng_state(),
             },
-        },
-        directory / "train_state.pt",
-    )
-    atomic_write_text(directory / "config.json", config.dumps())
+        }
+        files["config.json"] = self.config.dumps()
+        return files
+
+    @contextlib.contextmanager
+    def _checkpoint(self, files: Callable[[], dict[str, Any]]) -> Iterator[Path | None]:
+        """A checkpoint directory written by rank 0 (None on the other ranks), for a report."""
+        with tempfile.TemporaryDirectory(prefix="hiersearch-ckpt-") as tmp:
+            if self.session.rank != 0:
+                yield None
+                return
+            _save_checkpoint(Path(tmp), files())
+            yield Path(tmp)
+
+    # ----------------------------------------------------------------------------- finish
+
+    def finish(self, stop_reason: str) -> dict[str, Any]:
+        """The best weights on test, utilization, and the final report with its checkpoint."""
+        if self.best_weights is not None:
+            device = self.session.device
+            self.core.load_state_dict({k: v.to(device) for k, v in self.best_weights.items()})
+        final = broadcast_from_rank0(self.session, self._test_metrics())
+        final.update(self.state.best_metrics)
+        final.update(self.identity)
+        final.update(
+            {
+                M.EPOCH: self.state.epoch,
+                M.TRIAL_BEST_EPOCH: self.state.best_epoch,
+                M.TRIAL_STOP_REASON: stop_reason,
+                M.TRIAL_FINAL: 1,
+            }
+        )
+        files = {
+            "model.pt": self.core.state_dict(),
+            "config.json": self.config.dumps(),
+            FINAL_METRICS_FILE: _jsonable(final),
+        }
+        with self._checkpoint(lambda: files) as checkpoint_dir:
+            self._close_artifacts(final)
+            self.session.report(final, checkpoint_dir)
+        return final
+
+    def _test_metrics(self) -> dict[str, Any]:
+        """Test metrics and utilization, on rank 0 ({} on the others)."""
+        started = time.perf_counter()
+        test = evaluate_split(
+            self.model, self.test, self.num_labels, self.session,
+            self.config.eval_batch_size, self.autocast,
+        )
+        seconds = time.perf_counter() - started
+        out: dict[str, Any] = {}
+        if test is not None and len(self.test) > 0:
+            out.update(split_metrics(test, self.core.level_slices, "test"))
+            out[M.eval_seconds_key("test")] = seconds
+        if self.session.rank == 0 and self.config.util_docs > 0:
+            util = _utilization(self.core, self.dev, self.config, self.session, self.artifacts)
+            out.update(util)
+        return out
+
+    def diverged(self, epoch: int) -> dict[str, Any]:
+        """The final report of a trial whose loss or weights went non-finite: no metrics and no
+        checkpoint, just the reason."""
+        final = {**self.identity, M.EPOCH: epoch, M.TRIAL_STOP_REASON: STOP_NAN, M.TRIAL_FINAL: 1}
+        self.session.report(final, None)
+        # Ray Train V2 keeps only the metrics that come with a checkpoint: the trial's driver
+        # learns why the trial stopped from the artifacts' copy (as for a completed trial).
+        self._close_artifacts(final)
+        return final
+
+    def _close_artifacts(self, final: dict[str, Any]) -> None:
+        if self.session.rank == 0 and self.artifacts is not None:
+            atomic_write_json(self.artifacts.local / FINAL_METRICS_FILE, _jsonable(final))
+            self.artifacts.close()
 
 
 def fit(
@@ -214,221 +549,10 @@ def fit(
     artifacts: Artifacts | None = None,
 ) -> dict[str, Any]:
     """Train one trial to the end; returns the final report (rank 0's view)."""
-    if isinstance(encoded, str):
-        encoded = load_encoded(encoded)
-    seed_everything(config.seed)
-    if session.device.type == "cpu":
-        torch.set_num_threads(max(1, int(config.cpus_per_worker)))
-    label_counts = encoded.label_counts
-    num_labels = encoded.num_labels
-    encoder = load_encoder(config.model, seed=config.seed)
-    num_layers = num_encoder_layers(encoder)
-    assignment = resolve_assignment(config.assignment, num_layers, label_counts)
-    variant = assignment.name or variant_of(assignment, num_layers, label_counts)
-    model = LayerwiseClassifier(
-        encoder, assignment, label_counts, config.dropout, config.loss_weighting
-    ).to(session.device)
-    train, dev, test = (Split.from_table(encoded.splits[s]) for s in ("train", "dev", "test"))
-    if len(train) == 0 or len(dev) == 0:
-        raise InputError("the corpus needs training and dev documents", where=config.corpus)
-
-    if session.world_size > 1:
-        model = _wrap_ddp(model, session)
-    core = _unwrap(model)
-    heads = {id(p) for p in core.heads.parameters()}
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in model.parameters() if id(p) not in heads]},
-            {"params": list(core.heads.parameters()), "lr": config.head_lr or config.lr},
-        ],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
-    micro_batches = math.ceil(math.ceil(len(train) / session.world_size) / config.batch_size)
-    steps_per_epoch = max(1, micro_batches // config.grad_accum)
-    if config.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = int(config.warmup_ratio * total_steps)
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    use_bf16 = config.bf16 and session.device.type == "cuda"
-
-    def autocast() -> Any:
-        if use_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    state = _State()
-    best_weights: dict[str, torch.Tensor] | None = None
-    restored = session.restore()
-    if restored is not None and (restored / "final_metrics.json").is_file():
-        # The trial had finished when its driver was lost (a resumed experiment restarts it):
-        # hand its final report over again instead of training on.
-        saved_final = json.loads((restored / "final_metrics.json").read_text(encoding="utf-8"))
-        # the file is strict JSON (a non-finite value is null there): report it as it was
-        final_again = {k: math.nan if v is None else v for k, v in saved_final.items()}
-        session.report(final_again, None)
-        if artifacts is not None:
-            artifacts.close()
-        return final_again
-    if restored is not None:
-        core.load_state_dict(torch.load(restored / "model.pt", map_location=session.device))
-        saved = torch.load(restored / "train_state.pt", weights_only=False)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = _State(**saved["state"])
-        random.setstate(saved["rng"]["python"])
-        np.random.set_state(saved["rng"]["numpy"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        best_file = restored / "best_model.pt"
-        source = best_file if best_file.exists() else restored / "model.pt"
-        best_weights = torch.load(source, map_location="cpu")
-    elif session.rank == 0 and artifacts is not None:
-        atomic_write_text(artifacts.local / "config.json", config.dumps())
-        artifacts.writer.add_text("config", f"```\n{config.dumps()}\n```")
-
-    identity = {
-        M.TRIAL_VARIANT: variant,
-        M.TRIAL_ASSIGNMENT: assignment.to_string(),
-        M.TRIAL_NODE_ID: session.node_id(),
-        M.TRIAL_WORLD_SIZE: session.world_size,
-    }
-    stop_reason = STOP_COMPLETED
-    final_nan: dict[str, Any] = {}
-    for epoch in range(state.epoch, config.epochs):
-        if state.bad_epochs >= config.patience:  # restored after the stopping epoch
-            stop_reason = STOP_PATIENCE
-            break
-        model.train()
-        shard = _shard(len(train), session.rank, session.world_size, config.seed, epoch)
-        batches = list(_batches(shard, config.batch_size))[: steps_per_epoch * config.grad_accum]
-        loss_sum, loss_count, finite = 0.0, 0, True
-        started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        for i, batch_index in enumerate(batches):
-            batch = split_to_device(train.batch(batch_index, num_labels), session.device)
-            sync = (i + 1) % config.grad_accum == 0 or i + 1 == len(batches)
-            with _no_sync(model, not sync), autocast():
-                logits = model(batch["input_ids"], batch["attention_mask"])
-                loss = core.loss(logits, batch["labels"])
-            if not torch.isfinite(loss.detach()):
-                finite = False
-                break
-            (loss / config.grad_accum).backward()
-            loss_sum += float(loss.detach())
-            loss_count += 1
-            if sync:
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                if not _optimizer_step(optimizer):
-                    finite = False
-                    break
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.global_step += 1
-        # The last step of an epoch can leave the weights non-finite while every loss so far
-        # was finite (dev scores would then be NaN): check the weights once per epoch.
-        finite = _all_ranks_true(session, finite and _parameters_finite(core))
-        elapsed = time.perf_counter() - started
-        if not finite:
-            stop_reason = STOP_NAN
-            final_nan = _report_non_finite(session, identity, epoch + 1)
-            break
-        dev_result = evaluate_split(
-            model, dev, num_labels, session, config.eval_batch_size, autocast
-        )
-        report: dict[str, Any] = {}
-        if dev_result is not None and np.isnan(dev_result[0]).any():
-            report = {M.TRIAL_STOP_REASON: STOP_NAN}  # finite weights, overflowing activations
-        elif dev_result is not None:
-            report = split_metrics(dev_result, core.level_slices, "dev")
-            report[M.loss_key("train")] = loss_sum / max(1, loss_count)
-            report[M.SAMPLES_PER_SECOND] = (
-                len(batches) * config.batch_size * session.world_size / max(elapsed, 1e-9)
-            )
-            report[M.LEARNING_RATE] = scheduler.get_last_lr()[0]
-            report[M.TRAIN_STEP] = state.global_step
-        report = _broadcast_from_rank0(session, report)
-        if report.get(M.TRIAL_STOP_REASON) == STOP_NAN:
-            stop_reason = STOP_NAN
-            final_nan = _report_non_finite(session, identity, epoch + 1)
-            break
-        dev_loss = report[M.loss_key("dev")]
-        state.epoch = epoch + 1
-        improved = dev_loss < state.best_dev_loss - 1e-7
-        if improved:
-            state.best_dev_loss, state.best_epoch, state.bad_epochs = dev_loss, epoch + 1, 0
-            state.best_metrics = {k: v for k, v in report.items() if k.startswith("dev/")}
-            best_weights = None
-        else:
-            state.bad_epochs += 1
-            if best_weights is None:
-                best_weights = {k: v.detach().cpu().clone() for k, v in core.state_dict().items()}
-        report.update(identity)
-        report.update({M.EPOCH: epoch + 1, M.TRIAL_FINAL: 0})
-        if session.rank == 0 and artifacts is not None:
-            for key, value in report.items():
-                if isinstance(value, (int, float)) and "/" in key:
-                    artifacts.writer.add_scalar(key, value, epoch + 1)
-            artifacts.sync()
-        with tempfile.TemporaryDirectory(prefix="hiersearch-ckpt-") as tmp:
-            checkpoint_dir = None
-            if session.rank == 0:
-                checkpoint_dir = Path(tmp)
-                _save_checkpoint(
-                    checkpoint_dir, core, optimizer, scheduler, state, config, best_weights
-                )
-            session.report(report, checkpoint_dir)
-        if state.bad_epochs >= config.patience:
-            stop_reason = STOP_PATIENCE
-            break
-
-    if stop_reason == STOP_NAN:
-        # Ray Train V2 keeps only the metrics that come with a checkpoint: the trial's driver
-        # learns why the trial stopped from this file (as for a completed trial).
-        if session.rank == 0 and artifacts is not None:
-            atomic_write_json(artifacts.local / "final_metrics.json", _jsonable(final_nan))
-            artifacts.close()
-        return final_nan
-    if best_weights is not None:
-        core.load_state_dict({k: v.to(session.device) for k, v in best_weights.items()})
-    final: dict[str, Any] = {}
-    test_result = evaluate_split(
-        model, test, num_labels, session, config.eval_batch_size, autocast
-    )
-    if test_result is not None and len(test) > 0:
-        final.update(split_metrics(test_result, core.level_slices, "test"))
-    if session.rank == 0 and config.util_docs > 0:
-        final.update(_utilization(core, dev, config, session, artifacts))
-    final = _broadcast_from_rank0(session, final)
-    final.update(state.best_metrics)
-    final.update(identity)
-    final.update(
-        {
-            M.EPOCH: state.epoch,
-            M.TRIAL_BEST_EPOCH: state.best_epoch,
-            M.TRIAL_STOP_REASON: stop_reason,
-            M.TRIAL_FINAL: 1,
-        }
-    )
-    with tempfile.TemporaryDirectory(prefix="hiersearch-ckpt-") as tmp:
-        checkpoint_dir = None
-        if session.rank == 0:
-            checkpoint_dir = Path(tmp)
-            torch.save(core.state_dict(), checkpoint_dir / "model.pt")
-            atomic_write_text(checkpoint_dir / "config.json", config.dumps())
-            atomic_write_json(checkpoint_dir / "final_metrics.json", _jsonable(final))
-            if artifacts is not None:
-                atomic_write_json(artifacts.local / "final_metrics.json", _jsonable(final))
-                artifacts.close()
-        session.report(final, checkpoint_dir)
-    return final
+    recipe = TrialRecipe(config, session, artifacts)
+    recipe.setup(encoded)
+    ended = recipe.restore()
+    return ended if ended is not None else recipe.train()
 
 
 def _utilization(
@@ -498,11 +622,13 @@ def _parameters_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def _report_non_finite(session: Session, identity: dict[str, Any], epoch: int) -> dict[str, Any]:
-    """The final report of a diverged trial: no metrics and no checkpoint, just the reason."""
-    final = {**identity, M.EPOCH: epoch, M.TRIAL_STOP_REASON: STOP_NAN, M.TRIAL_FINAL: 1}
-    session.report(final, None)
-    return final
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: allocated on the GPU, else the process's peak resident set (which
+    an earlier trial in the same process counts too)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else KiB
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
@@ -540,7 +666,7 @@ def _run(loop_config: dict[str, Any], session: RaySession) -> dict[str, Any]:
         "node_id": session.node_id(),
         "hostname": socket.gethostname(),
     }
-    workers = _gather_to_rank0(session, me)
+    workers = gather_to_rank0(session, me)
     if artifacts is not None and workers is not None:
         artifacts.record_start(workers)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

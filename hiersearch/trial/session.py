@@ -1,5 +1,6 @@
-"""Where a trial runs: the `Session` that `train.fit` talks to (rank, world size, device,
-report, restore) and its three runners, plus the trial's artifact directory.
+"""Where a trial runs: the `Session` that the recipe (`recipe.fit`) talks to (rank, world size,
+device, report, restore) and its three runners, the collectives the recipe needs across ranks,
+plus the trial's artifact directory.
 
 - `LocalSession`: one process, reports kept in memory, checkpoints in a directory (tests,
   benchmarks);
@@ -140,7 +141,8 @@ class Artifacts:
         shutil.rmtree(self.local, ignore_errors=True)
 
 
-def _gather_to_rank0(session: Session, payload: Any) -> list[Any] | None:
+def gather_to_rank0(session: Session, payload: Any) -> list[Any] | None:
+    """Every rank's payload on rank 0, in rank order; None on the other ranks."""
     if session.world_size == 1:
         return [payload]
     import torch.distributed as dist
@@ -150,7 +152,8 @@ def _gather_to_rank0(session: Session, payload: Any) -> list[Any] | None:
     return out
 
 
-def _broadcast_from_rank0(session: Session, payload: Any) -> Any:
+def broadcast_from_rank0(session: Session, payload: Any) -> Any:
+    """Rank 0's payload on every rank."""
     if session.world_size == 1:
         return payload
     import torch.distributed as dist
@@ -160,7 +163,8 @@ def _broadcast_from_rank0(session: Session, payload: Any) -> Any:
     return box[0]
 
 
-def _all_ranks_true(session: Session, flag: bool) -> bool:
+def all_ranks_true(session: Session, flag: bool) -> bool:
+    """Whether `flag` is true on all ranks (the answer on every rank)."""
     if session.world_size == 1:
         return flag
     import torch.distributed as dist
@@ -182,7 +186,6 @@ class RaySession:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self._restore_dir: Path | None = None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         # Ray Tune fails the whole experiment on a result without its metric (and OptunaSearch
@@ -205,10 +208,7 @@ class RaySession:
 
     def restore(self) -> Path | None:
         checkpoint = self._latest()
-        if checkpoint is None:
-            return None
-        self._restore_dir = Path(checkpoint.to_directory())
-        return self._restore_dir
+        return None if checkpoint is None else Path(checkpoint.to_directory())
 
     def node_id(self) -> str:
         import ray
@@ -227,7 +227,6 @@ class TuneSession(RaySession):
         # Tune has already narrowed CUDA_VISIBLE_DEVICES to the trial's GPU.
         cuda = use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-        self._restore_dir = None
 
     def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         from ray import tune

@@ -24,7 +24,7 @@ def test_forward_gives_one_logit_per_label_for_every_variant(name: str) -> None:
     model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS)
     logits = model(*_batch())
     assert logits.shape == (3, sum(COUNTS))
-    assert [part.shape[1] for part in model.split_levels(logits)] == COUNTS
+    assert [logits[:, s].shape[1] for s in model.level_slices] == COUNTS
 
 
 def test_heads_read_the_concatenated_cls_of_their_layers() -> None:
@@ -80,6 +80,22 @@ def test_loss_is_the_weighted_sum_of_per_level_bce() -> None:
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     expected = 0.4 * bce(logits[:, :2], labels[:, :2]) + 0.6 * bce(logits[:, 2:], labels[:, 2:])
     assert model.loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_document_losses_are_each_documents_weighted_bce_and_average_to_the_loss() -> None:
+    model = LayerwiseClassifier(
+        load_encoder("tiny:4x32"), LayerAssignment.from_string("L1:3|L2:4"), [2, 3]
+    )
+    logits = torch.randn(4, 5)
+    labels = torch.randint(0, 2, (4, 5)).float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = [
+        0.4 * bce(logits[i, :2], labels[i, :2]) + 0.6 * bce(logits[i, 2:], labels[i, 2:])
+        for i in range(4)
+    ]
+    per_doc = model.document_losses(logits, labels)
+    assert per_doc.tolist() == pytest.approx([e.item() for e in expected], rel=1e-6)
+    assert per_doc.mean().item() == pytest.approx(model.loss(logits, labels).item(), rel=1e-6)
 
 
 def test_flat_proportional_loss_equals_plain_bce_over_all_labels() -> None:

@@ -30,7 +30,8 @@ from hiersearch.report import results
 from hiersearch.search.driver import run_search
 from hiersearch.search.space import load_space
 from hiersearch.trial.config import TrialConfig
-from hiersearch.trial.recipe import LocalSession, fit
+from hiersearch.trial.recipe import fit
+from hiersearch.trial.session import LocalSession
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 

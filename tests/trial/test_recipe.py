@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from hiersearch.data.encode import encode
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
 from hiersearch.metrics import ranking as M
 from hiersearch.model.encoder import tokenizer_path
+from hiersearch.trial import recipe
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.recipe import (
     STOP_COMPLETED,
     STOP_NAN,
     STOP_PATIENCE,
-    Artifacts,
-    LocalSession,
+    TrialRecipe,
     _shard,
     fit,
 )
+from hiersearch.trial.session import Artifacts, LocalSession
+
+# What a rerun cannot repeat: wall-clock timings and the process's memory.
+TIMINGS = {M.SAMPLES_PER_SECOND, M.EPOCH_SECONDS, M.PEAK_MEMORY_MB, M.eval_seconds_key("dev"),
+           M.eval_seconds_key("test")}
 
 
 @pytest.fixture(scope="module")
@@ -74,37 +81,81 @@ def test_same_seed_gives_the_same_dev_metrics(encoded: str, tmp_path: Path) -> N
     config = _config(epochs=1, util_docs=0)
     a = fit(config, encoded, _session(tmp_path / "a"))
     b = fit(config, encoded, _session(tmp_path / "b"))
-    keys = [k for k in a if k.startswith("dev/")]
+    keys = [k for k in a if k.startswith("dev/") and k not in TIMINGS]
     assert keys and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in keys)
 
 
-def test_resume_continues_from_the_last_checkpoint(encoded: str, tmp_path: Path) -> None:
-    full = _session(tmp_path / "full")
-    fit(_config(epochs=2, util_docs=0), encoded, full)
-    interrupted = _session(tmp_path / "part")
-    fit(_config(epochs=1, util_docs=0), encoded, interrupted)
-    interrupted.reports.clear()
-    interrupted.checkpoints[:] = interrupted.checkpoints[:1]  # the epoch-1 checkpoint
-    resumed = fit(_config(epochs=2, util_docs=0), encoded, interrupted)
-    assert [r[M.EPOCH] for r in interrupted.reports] == [2, 2]
-    assert resumed[M.EPOCH] == 2
+class _Killed(Exception):
+    """The worker's death, as the loop sees it."""
+
+
+class _DyingSession(LocalSession):
+    """Dies right after its first checkpoint is taken, as a worker killed in epoch 2 would,
+    until told to live (a restarted worker: same checkpoints, nothing else)."""
+
+    dies: bool = True
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        super().report(metrics, checkpoint_dir)
+        if self.dies and self.checkpoints:
+            raise _Killed
+
+
+def _repeatable(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: None if isinstance(v, float) and math.isnan(v) else v
+         for k, v in r.items() if k not in TIMINGS}
+        for r in reports
+    ]
+
+
+def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint / "model.pt")
+
+
+def test_resumed_run_equals_an_uninterrupted_one(encoded: str, tmp_path: Path) -> None:
+    """Weights, Adam's moments, the schedule and the random state (dropout) all come back
+    from the checkpoint: any of them started afresh changes epoch 2."""
+    config = _config(epochs=2, util_docs=0, warmup_ratio=0.25)
+    whole = _session(tmp_path / "whole")
+    fit(config, encoded, whole)
+    (tmp_path / "cut" / "checkpoints").mkdir(parents=True)
+    cut = _DyingSession(checkpoint_root=tmp_path / "cut" / "checkpoints")
+    with pytest.raises(_Killed):
+        fit(config, encoded, cut)
+    cut.dies = False
+    fit(config, encoded, cut)
+    assert [r[M.EPOCH] for r in cut.reports] == [1, 2, 2]
+    assert _repeatable(cut.reports) == _repeatable(whole.reports)
+    for resumed, uninterrupted in zip(cut.checkpoints, whole.checkpoints, strict=True):
+        mine, theirs = _weights(resumed), _weights(uninterrupted)
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), resumed.name
 
 
 def test_patience_stops_training_when_dev_loss_stops_improving(
-    encoded: str, tmp_path: Path
+    encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    dev_losses = iter([1.0, 0.5, 0.7, 0.6, 0.1, 0.1])  # best at epoch 2, then 2 worse epochs
+    measured = recipe.split_metrics
+
+    def scripted(*args: Any) -> dict[str, float]:
+        out = measured(*args)
+        if M.loss_key("dev") in out:
+            out[M.loss_key("dev")] = next(dev_losses)
+        return out
+
+    monkeypatch.setattr(recipe, "split_metrics", scripted)
     session = _session(tmp_path)
-    final = fit(_config(epochs=6, patience=1, lr=0.5, util_docs=0), encoded, session)
+    final = fit(_config(epochs=6, patience=2, util_docs=0, max_steps_per_epoch=1), encoded,
+                session)
     assert final[M.TRIAL_STOP_REASON] == STOP_PATIENCE
-    assert final[M.EPOCH] < 6
-    assert final[M.TRIAL_BEST_EPOCH] == final[M.EPOCH] - 1
+    assert (final[M.EPOCH], final[M.TRIAL_BEST_EPOCH]) == (4, 2)
+    assert final[M.loss_key("dev")] == 0.5  # the best epoch's dev metrics
 
 
 def test_non_finite_loss_stops_the_trial_with_a_clear_reason(
     encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import torch
-
     from hiersearch.model.classifier import LayerwiseClassifier
 
     monkeypatch.setattr(LayerwiseClassifier, "loss", lambda self, logits, labels:
@@ -116,6 +167,35 @@ def test_non_finite_loss_stops_the_trial_with_a_clear_reason(
     assert session.checkpoints == []
 
 
+def test_every_report_carries_the_timings_and_peak_memory_a_search_may_optimize(
+    encoded: str, tmp_path: Path
+) -> None:
+    session = _session(tmp_path)
+    final = fit(_config(epochs=2, util_docs=0), encoded, session)
+    per_epoch = (M.EPOCH_SECONDS, M.PEAK_MEMORY_MB, M.eval_seconds_key("dev"))
+    for report in session.reports[:-1]:
+        assert all(math.isfinite(report[k]) and report[k] > 0 for k in per_epoch), report
+    # the final report is the one a search algorithm scores a trial by
+    for key in (*per_epoch, M.eval_seconds_key("test")):
+        assert math.isfinite(final[key]) and final[key] > 0, key
+
+
+def test_learning_rate_warms_up_from_zero_then_decays_to_zero(
+    encoded: str, tmp_path: Path
+) -> None:
+    recipe = TrialRecipe(_config(epochs=2, warmup_ratio=0.5), _session(tmp_path))
+    recipe.setup(encoded)
+    total = 2 * recipe.steps_per_epoch
+    rates = []
+    for _ in range(total + 1):
+        rates.append(recipe.scheduler.get_last_lr()[0])
+        recipe.optimizer.step()
+        recipe.scheduler.step()
+    warmup = total // 2
+    assert rates[0] == 0.0 and rates[warmup] == pytest.approx(1e-3) and rates[total] == 0.0
+    assert rates[1] == pytest.approx(1e-3 / warmup)
+
+
 def test_shards_cover_every_document_with_equal_steps_per_rank() -> None:
     shards = [_shard(10, rank, 3, seed=0, epoch=1) for rank in range(3)]
     assert {len(s) for s in shards} == {4}
@@ -124,8 +204,6 @@ def test_shards_cover_every_document_with_equal_steps_per_rank() -> None:
 
 
 def test_heads_train_at_head_lr_and_the_encoder_at_lr(encoded: str, tmp_path: Path) -> None:
-    import torch
-
     session = _session(tmp_path)
     fit(_config(epochs=1, util_docs=0, lr=1e-4, head_lr=1e-2, warmup_ratio=0.0), encoded,
         session)

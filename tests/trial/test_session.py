@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -13,12 +14,16 @@ from hiersearch.trial.session import LocalSession, TuneSession
 
 
 class _Recording(TuneSession):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, latest: Path | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sent: list[tuple[dict[str, Any], Path | None]] = []
+        self.latest = latest
 
     def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.sent.append((metrics, checkpoint_dir))
+
+    def _latest(self) -> Any:
+        return None if self.latest is None else SimpleNamespace(to_directory=lambda: self.latest)
 
 
 def test_tune_session_is_rank_zero_of_one_on_the_trials_device() -> None:
@@ -36,6 +41,11 @@ def test_a_report_without_the_search_metric_carries_nan(tmp_path: Path) -> None:
     (first, first_dir), (second, _) = session.sent
     assert math.isnan(first["dev/rp_macro"]) and first_dir == tmp_path
     assert second["dev/rp_macro"] == 0.5
+
+
+def test_tune_session_restores_from_tunes_latest_checkpoint(tmp_path: Path) -> None:
+    assert _Recording().restore() is None
+    assert _Recording(latest=tmp_path).restore() == tmp_path
 
 
 def test_local_session_restores_its_latest_checkpoint(tmp_path: Path) -> None:
