@@ -15,17 +15,20 @@ from typing import Any
 
 from hiersearch.errors import InputError
 
-EXIT_OK, EXIT_INTERNAL, EXIT_INPUT = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on bad options already; keep its message to one line plus usage."""
+EXIT_OK, EXIT_INPUT = 0, 2  # an internal error exits 1 through Python's own traceback
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hiersearch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hiersearch", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_data(sub)
+    _add_variants_and_space(sub)
+    _add_runs(sub)
+    _add_leaderboard(sub)
+    return parser
 
+
+def _add_data(sub: Any) -> None:
     data = sub.add_parser("data", help="make or inspect a corpus")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="write a SYNTHETIC corpus on a real hierarchy")
@@ -43,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
 
+
+def _add_variants_and_space(sub: Any) -> None:
     variants = sub.add_parser("variants", help="the named layer-to-level variants")
     variants.add_argument("--layers", type=int, required=True)
     variants.add_argument("--levels", type=int, required=True)
@@ -55,24 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     space.add_argument("--space", default=None, help="a search-space file (its options)")
     space.add_argument("--json", action="store_true")
 
-    def run_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--storage", default="runs", help="experiment storage: path or URI")
-        p.add_argument("--name", default=None, help="experiment name (default: the space's)")
-        p.add_argument("--data", default=None, help="corpus dir (default: the space's)")
-        p.add_argument("--model", default=None, help="backbone: minilm, tiny:LxH or a dir")
-        p.add_argument(
-            "--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)"
-        )
-        p.add_argument(
-            "--resume",
-            action="store_true",
-            help="continue an interrupted experiment; finished trials are kept",
-        )
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default="runs", help="experiment storage: path or URI")
+    p.add_argument("--name", default=None, help="experiment name (default: the space's)")
+    p.add_argument("--data", default=None, help="corpus dir (default: the space's)")
+    p.add_argument("--model", default=None, help="backbone: minilm, tiny:LxH or a dir")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted experiment; finished trials are kept",
+    )
+
+
+def _add_runs(sub: Any) -> None:
     reproduce = sub.add_parser("reproduce", help="the five named variants as fixed trials")
     reproduce.add_argument("--preset", default="quick", choices=("smoke", "quick", "paper"))
     reproduce.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
-    run_options(reproduce)
+    _add_run_options(reproduce)
 
     search = sub.add_parser("search", help="search a space file with Ray Tune + Optuna")
     search.add_argument("--space", required=True, help="a search-space file or preset name")
@@ -80,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--trials", type=int, default=None,
         help="trials in all (default: the space's num_samples); cuts a grid to its first N points",
     )
-    run_options(search)
+    _add_run_options(search)
 
+
+def _add_leaderboard(sub: Any) -> None:
     board = sub.add_parser("leaderboard", help="experiment directories -> one table")
     board.add_argument("dirs", nargs="+")
     board.add_argument("--sort", default=None)
@@ -93,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="table", choices=("table", "markdown", "csv", "json", "latex")
     )
     board.add_argument("--out", default=None, help="write to this file (atomically)")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +227,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     _prepare_env()
     from hiersearch.report import leaderboard as lb
     from hiersearch.report import results
+    from hiersearch.report.experiment import read_meta
     from hiersearch.search.space import load_space
 
     space = load_space(args.preset)
@@ -225,7 +235,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         args, space, fixed_only=True, seeds=args.seeds, default_name=f"reproduce-{args.preset}"
     )
     table = results.load_experiments([path])
-    levels = len(json.loads(_read_meta(path)).get("label_counts", [])) or None
+    levels = len((read_meta(path) or {}).get("label_counts", [])) or None
     for split in ("dev", "test"):
         print(
             f"\nR-Precision (%) on {split}, mean ± std over seeds"
@@ -234,21 +244,6 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(lb.render(lb.paper_table(table, split, levels), "table"))
     print(f"\nexperiment: {path}")
     return EXIT_OK
-
-
-def _read_meta(path: str) -> str:
-    import pyarrow.fs
-
-    from hiersearch.search.driver import EXPERIMENT_META
-
-    filesystem, fs_path = pyarrow.fs.FileSystem.from_uri(
-        path if "://" in path else f"file://{os.path.abspath(path)}"
-    )
-    try:
-        with filesystem.open_input_stream(f"{fs_path}/{EXPERIMENT_META}") as stream:
-            return stream.read().decode()
-    except (FileNotFoundError, OSError):
-        return "{}"
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -15,5 +15,6 @@ class InputError(ValueError):
     """
 
     def __init__(self, message: str, *, where: str | None = None) -> None:
+        self.message = message  # without `where`: for a caller that re-words or re-places it
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)

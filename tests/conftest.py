@@ -46,10 +46,3 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "compiled_only: a metric case run with the compiled kernel only (too slow as "
-        "plain Python)"
-    )

@@ -14,6 +14,7 @@ from hiersearch.data.corpus import (
 from hiersearch.data.encode import EncodedCorpus, Split, encode, load_encoded
 from hiersearch.data.hierarchy import Hierarchy, Node, load_levels_file, load_parent_file
 from hiersearch.data.loaders import load_csv, load_eurlex57k, load_jsonl, load_mimic
+from hiersearch.data.prepare import DataSpec, PreparedData, encode_corpus, find_corpus
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import (
     eurovoc_hierarchy,
@@ -24,15 +25,19 @@ from hiersearch.data.vocabularies import (
 
 __all__ = [
     "Corpus",
+    "DataSpec",
     "Document",
     "EncodedCorpus",
     "Hierarchy",
     "Node",
+    "PreparedData",
     "SPLITS",
     "Split",
     "SynthConfig",
     "encode",
+    "encode_corpus",
     "eurovoc_hierarchy",
+    "find_corpus",
     "format_stats",
     "icd9_hierarchy",
     "load_corpus_dir",

@@ -1,7 +1,9 @@
-"""Report: experiment directories -> one pandas table of trials -> the leaderboard."""
+"""Report: experiment directories (and their hiersearch.json) -> one pandas table of trials
+-> the leaderboard."""
 
 from __future__ import annotations
 
+from hiersearch.report.experiment import META_FILE, read_meta, write_meta
 from hiersearch.report.leaderboard import (
     FORMATS,
     export,
@@ -21,6 +23,7 @@ from hiersearch.report.results import (
 
 __all__ = [
     "FORMATS",
+    "META_FILE",
     "LeaderboardWarning",
     "export",
     "filter_rows",
@@ -29,7 +32,9 @@ __all__ = [
     "metric_columns",
     "paper_table",
     "param_columns",
+    "read_meta",
     "render",
     "sort_rows",
     "top",
+    "write_meta",
 ]

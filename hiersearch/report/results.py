@@ -37,8 +37,10 @@ from typing import Any
 
 import pandas as pd
 
+from hiersearch import metrics as M
 from hiersearch.errors import InputError
-from hiersearch.metrics import ranking as M
+from hiersearch.metrics import is_metric_column
+from hiersearch.report.experiment import META_FILE, open_location, read_meta, read_text
 
 STATUS_TERMINATED = "terminated"
 STATUS_STOPPED_EARLY = "stopped early"
@@ -61,8 +63,6 @@ ID_COLUMNS = (
     "time_s",
     "node_id",
 )
-METRIC_SPLITS = ("dev", "test", "train", "util")
-META_FILE = "hiersearch.json"
 
 # result.json keys that become identity columns
 _RESULT_IDS = {
@@ -80,19 +80,15 @@ class LeaderboardWarning(UserWarning):
     """A damaged file was skipped (the message names it); the rest of the table stands."""
 
 
-def is_metric(column: str) -> bool:
-    return column.partition("/")[0] in METRIC_SPLITS and "/" in column
-
-
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    return [c for c in df.columns if is_metric(c) and pd.api.types.is_numeric_dtype(df[c])]
+    return [c for c in df.columns if is_metric_column(c) and pd.api.types.is_numeric_dtype(df[c])]
 
 
 def param_columns(df: pd.DataFrame) -> list[str]:
     return [
         c
         for c in df.columns
-        if c not in ID_COLUMNS and not is_metric(c) and not c.startswith("trial/")
+        if c not in ID_COLUMNS and not is_metric_column(c) and not c.startswith("trial/")
     ]
 
 
@@ -104,14 +100,7 @@ class _Store:
 
         self.location = location.rstrip("/")
         self._pafs = pafs
-        try:
-            if "://" in location:
-                self.fs, self.root = pafs.FileSystem.from_uri(self.location)
-            else:
-                self.fs = pafs.LocalFileSystem()
-                self.root = os.path.abspath(os.path.expanduser(location))
-        except Exception as exc:  # pyarrow raises ArrowInvalid and friends for bad URIs
-            raise InputError(f"cannot open: {exc}", where=location) from None
+        self.fs, self.root = open_location(location)
 
     def where(self, *parts: str) -> str:
         return "/".join([self.location, *parts])
@@ -129,11 +118,7 @@ class _Store:
         }
 
     def read(self, *parts: str) -> str | None:
-        try:
-            with self.fs.open_input_stream("/".join([self.root, *parts])) as stream:
-                return stream.read().decode("utf-8", errors="replace")
-        except (FileNotFoundError, OSError):
-            return None
+        return read_text(self.fs, "/".join([self.root, *parts]))
 
 
 def _warn(where: str, what: str) -> None:
@@ -269,7 +254,7 @@ def _trial_row(
     config = state.get("config") or {}
     params = _read_params(store, trial_dir, config) if trial_dir else config
     for key, value in _flatten(params).items():
-        clash = key in ID_COLUMNS or is_metric(key) or key.startswith("trial/")
+        clash = key in ID_COLUMNS or is_metric_column(key) or key.startswith("trial/")
         name = f"param/{key}" if clash else key
         row[name] = value
     if row.get("variant") is None and row.get("assignment") == "FLAT":
@@ -287,12 +272,7 @@ def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         names = store.entries()
     except OSError as exc:  # unreachable bucket, no permission
         raise InputError(f"cannot list: {exc}", where=location) from None
-    meta: dict[str, Any] = {}
-    if META_FILE in names:
-        try:
-            meta = json.loads(store.read(META_FILE) or "")
-        except ValueError:
-            _warn(store.where(META_FILE), "not JSON, ignored")
+    meta = _read_meta(store, names)
     metric = meta.get("metric") or M.DEFAULT_METRIC
     mode = meta.get("mode") if meta.get("mode") in ("max", "min") else M.DEFAULT_MODE
     trial_files = {"params.json", "result.json", "error.txt"}
@@ -318,11 +298,24 @@ def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return rows, {"metric": metric, "mode": mode}
 
 
+def _read_meta(store: _Store, names: dict[str, bool]) -> dict[str, Any]:
+    """hiersearch.json, or {} (with a warning when it is there but damaged): the table
+    stands without it."""
+    try:
+        meta = read_meta(store.location) if META_FILE in names else None
+    except InputError as exc:
+        _warn(exc.where or store.where(META_FILE), f"{exc.message}, ignored")
+        return {}
+    if meta is None and META_FILE in names:
+        _warn(store.where(META_FILE), "cannot be read, ignored")
+    return meta or {}
+
+
 def _metric_order(column: str) -> tuple[int, int, int, str]:
     split, _, name = column.partition("/")
     level = re.fullmatch(r"rp_L(\d+)", name)
     family = 0 if level else {"rp_micro": 1, "rp_macro": 2}.get(name, 3)
-    return METRIC_SPLITS.index(split), family, int(level.group(1)) if level else 0, name
+    return M.METRIC_NAMESPACES.index(split), family, int(level.group(1)) if level else 0, name
 
 
 def load_experiments(dirs: Sequence[str]) -> pd.DataFrame:
@@ -340,8 +333,8 @@ def load_experiments(dirs: Sequence[str]) -> pd.DataFrame:
         if column not in df.columns:
             df[column] = None
     columns = list(df.columns)
-    metrics = sorted((c for c in columns if is_metric(c)), key=_metric_order)
-    others = [c for c in columns if c not in ID_COLUMNS and not is_metric(c)]
+    metrics = sorted((c for c in columns if is_metric_column(c)), key=_metric_order)
+    others = [c for c in columns if c not in ID_COLUMNS and not is_metric_column(c)]
     trial_keys = [c for c in others if c.startswith("trial/")]
     params = [c for c in others if not c.startswith("trial/")]
     df = df[[*ID_COLUMNS, *metrics, *trial_keys, *params]]

@@ -1,5 +1,6 @@
 """Search: space files -> checked spec -> Optuna define-by-run; the space of layer-to-level
-assignments; the Ray Tune driver; the cluster connection."""
+assignments; what is settled before Ray starts (checks, the shared corpus); the Ray Tune
+driver; the cluster connection."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from hiersearch.search.assignments import (
     suggest_assignment,
 )
 from hiersearch.search.driver import run_search
+from hiersearch.search.preflight import prepare_data
 from hiersearch.search.space import PRESETS, SpaceFile, load_space, parse_space, preset_path
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "SpaceOptions",
     "load_space",
     "parse_space",
+    "prepare_data",
     "preset_path",
     "run_search",
     "space_size",

@@ -18,7 +18,7 @@ that is acceptable, TPE adapts to where the good points are.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -66,21 +66,6 @@ class SpaceOptions:
             "skip_lowest": self.skip_lowest,
             "include_flat": self.include_flat,
         }
-
-    @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Any], where: str | None = None) -> SpaceOptions:
-        """Build from a space file's mapping; unknown keys are errors naming the key."""
-        known = set(cls.__dataclass_fields__)
-        for key in mapping:
-            if key not in known:
-                raise InputError(
-                    f"unknown option {key!r}; valid: {', '.join(sorted(known))}", where=where
-                )
-        try:
-            return cls(**dict(mapping))
-        except InputError as err:
-            prefix = f"{where}: " if where else ""
-            raise InputError(f"{prefix}{err}") from None
 
 
 def _width(options: SpaceOptions, num_layers: int) -> int:

@@ -57,10 +57,14 @@ def start_local(
 
 def started_here() -> str | None:
     """The address of the cluster whose node `ray start` started on this machine, if any:
-    where a bare `ray.init()` would connect (e.g. `ray submit` runs the command on the head)."""
+    where a bare `ray.init()` would connect (e.g. `ray submit` runs the command on the head).
+
+    Ray 2.60 has no public API for it: `ray.init()` looks it up itself, but `connect` must know
+    before calling it whether to join (plain `ray.init`) or to start a local Ray with its
+    dashboard settings (`start_local`), which `ray.init` refuses when it joins a cluster."""
     try:
         from ray._private.services import find_bootstrap_address
-    except ImportError:  # private API: without it, a local Ray is started as if none ran
+    except ImportError:  # gone in another Ray: a local Ray is started as if none ran
         return None
     return find_bootstrap_address(None) or None
 

@@ -28,33 +28,39 @@ from typing import Any
 
 import yaml
 
+from hiersearch import metrics as M
+from hiersearch.data.prepare import DataSpec  # the data section: it drives the preparation
 from hiersearch.errors import InputError
-from hiersearch.metrics import ranking as M
 from hiersearch.model.assignment import named_variants, variant_names
 from hiersearch.search.assignments import SpaceOptions, assignment_params, suggest_assignment
 from hiersearch.trial.config import TrialConfig
+from hiersearch.typed import as_mapping, check_keys, from_mapping
 
 PRESETS = ("smoke", "quick", "paper", "layerwise")
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
 ASSIGN_PREFIX = "assign"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
+SECTIONS = ("name", "description", "data", "trial", "search", "assignment", "tune")
+ASSIGNMENT_SPACES = ("variants", "monotone")
 
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the corpus comes from."""
-
-    # A corpus directory ({train,dev,test}.jsonl + hierarchy.json); null = synthesize one.
-    corpus: str | None = None
-    # Hierarchy of the synthetic corpus: "eurovoc" or "icd9".
-    hierarchy: str = "eurovoc"
-    # Documents in the synthetic corpus (all splits).
-    docs: int = 1000
-    # Seed of the synthetic corpus (fixed across trials: the data is not a hyper-parameter).
-    seed: int = 1
-    # Restrict the synthetic label universe to the most frequent leaves (None = all leaves).
-    max_leaves: int | None = None
+__all__ = [
+    "ASSIGN_PREFIX",
+    "PRESETS",
+    "SEED_PARAM",
+    "VARIANT_PARAM",
+    "AssignmentSpec",
+    "DataSpec",
+    "SpaceFile",
+    "TuneSpec",
+    "assignment_of",
+    "define_by_run",
+    "fixed_points",
+    "load_space",
+    "parse_space",
+    "preset_path",
+    "trial_config",
+]
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,18 @@ class AssignmentSpec:
     variants: tuple[str, ...] | None = None
     # Enqueue the named variants as fixed trials before the sampler takes over (monotone).
     enqueue_variants: bool = True
-    # Monotone-space options (see assignment_space.SpaceOptions).
+    # Monotone-space options (see search/assignments.py, SpaceOptions).
     overlap: bool = False
     max_width: int | None = None
     skip_lowest: int = 0
     include_flat: bool = True
+
+    def __post_init__(self) -> None:
+        if self.space not in ASSIGNMENT_SPACES:
+            raise InputError(
+                f"must be 'variants' or 'monotone', got {self.space!r}", where="space"
+            )
+        self.options()  # checks the options' values, naming the option
 
     def options(self) -> SpaceOptions:
         return SpaceOptions(
@@ -109,6 +122,26 @@ class TuneSpec:
     max_concurrent: int | None = None
     # Seed of the Optuna sampler.
     sampler_seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.algorithm in ("tpe", "random", "grid"), "algorithm", "tpe, random or grid"),
+            (self.mode in ("max", "min"), "mode", "max or min"),
+            (self.scheduler in ("asha", "none"), "scheduler", "asha or none"),
+            (self.num_samples >= 1, "num_samples", ">= 1"),
+            (self.seeds >= 1, "seeds", ">= 1"),
+            (self.grace_period >= 1, "grace_period", ">= 1"),
+            (self.reduction_factor >= 2, "reduction_factor", ">= 2"),
+            (self.max_failures >= 0, "max_failures", ">= 0"),
+            (self.worker_failures >= 0, "worker_failures", ">= 0"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise InputError(f"must be {expected}, got {getattr(self, key)!r}", where=key)
+        if not M.is_metric_key(self.metric):
+            raise InputError(
+                f"unknown metric {self.metric!r} (e.g. {M.DEFAULT_METRIC})", where="metric"
+            )
 
 
 @dataclass(frozen=True)
@@ -161,52 +194,15 @@ def load_space(spec: str | os.PathLike[str]) -> SpaceFile:
 
 
 def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
-    _known(raw, {"name", "description", "data", "trial", "search", "assignment", "tune"}, where)
-    data = _dataclass_from(DataSpec, raw.get("data") or {}, f"{where}: data")
-    trial = dict(raw.get("trial") or {})
+    """Check a space file's mapping (`where` names it in errors) and build its spec."""
+    check_keys(raw, SECTIONS, where)
+    data = from_mapping(DataSpec, raw.get("data") or {}, f"{where}: data")
+    trial = as_mapping(raw.get("trial") or {}, f"{where}: trial")
     TrialConfig.from_dict(trial, where=f"{where}: trial")  # check keys and types now
-    search = dict(raw.get("search") or {})
-    trial_fields = {f.name for f in fields(TrialConfig)}
-    for key, dist in search.items():
-        if key not in trial_fields or key in ("assignment", SEED_PARAM):
-            raise InputError(
-                f"unknown searchable key {key!r} (searchable: TrialConfig fields other than "
-                "assignment and seed; the assignment has its own section, seeds are tune.seeds)",
-                where=f"{where}: search",
-            )
-        _check_distribution(dist, f"{where}: search: {key}")
-        for value in _distribution_values(dist):
-            TrialConfig.from_dict({**trial, key: value}, where=f"{where}: search: {key}")
-    assignment = _dataclass_from(
-        AssignmentSpec, raw.get("assignment") or {}, f"{where}: assignment"
-    )
-    if assignment.space not in ("variants", "monotone"):
-        raise InputError(
-            f"must be 'variants' or 'monotone', got {assignment.space!r}",
-            where=f"{where}: assignment: space",
-        )
-    tune = _dataclass_from(TuneSpec, raw.get("tune") or {}, f"{where}: tune")
-    checks = [
-        (tune.algorithm in ("tpe", "random", "grid"), "algorithm", "tpe, random or grid"),
-        (tune.mode in ("max", "min"), "mode", "max or min"),
-        (tune.scheduler in ("asha", "none"), "scheduler", "asha or none"),
-        (tune.num_samples >= 1, "num_samples", ">= 1"),
-        (tune.seeds >= 1, "seeds", ">= 1"),
-        (tune.grace_period >= 1, "grace_period", ">= 1"),
-        (tune.reduction_factor >= 2, "reduction_factor", ">= 2"),
-        (tune.max_failures >= 0, "max_failures", ">= 0"),
-        (tune.worker_failures >= 0, "worker_failures", ">= 0"),
-    ]
-    for ok, key, expected in checks:
-        if not ok:
-            raise InputError(
-                f"must be {expected}, got {getattr(tune, key)!r}", where=f"{where}: tune: {key}"
-            )
-    if not M.is_metric_key(tune.metric):
-        raise InputError(
-            f"unknown metric {tune.metric!r} (e.g. {M.DEFAULT_METRIC})",
-            where=f"{where}: tune: metric",
-        )
+    search = as_mapping(raw.get("search") or {}, f"{where}: search")
+    _check_search(search, trial, f"{where}: search")
+    assignment = from_mapping(AssignmentSpec, raw.get("assignment") or {}, f"{where}: assignment")
+    tune = from_mapping(TuneSpec, raw.get("tune") or {}, f"{where}: tune")
     if tune.algorithm == "grid":
         for key, dist in search.items():
             if dist.get("type") != "categorical":
@@ -226,36 +222,20 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
     )
 
 
-def _known(section: Any, keys: set[str], where: str) -> None:
-    if not isinstance(section, dict):
-        raise InputError("must be a mapping", where=where)
-    for key in section:
-        if key not in keys:
+def _check_search(search: dict[str, Any], trial: dict[str, Any], where: str) -> None:
+    """The search section: every key a searchable TrialConfig field, every distribution
+    well-formed, and both its ends (or every choice) valid values of the field."""
+    searchable = {f.name for f in fields(TrialConfig)} - {"assignment", SEED_PARAM}
+    for key, dist in search.items():
+        if key not in searchable:
             raise InputError(
-                f"unknown key {key!r} (known: {', '.join(sorted(keys))})", where=where
+                f"unknown searchable key {key!r} (searchable: TrialConfig fields other than "
+                "assignment and seed; the assignment has its own section, seeds are tune.seeds)",
+                where=where,
             )
-
-
-def _dataclass_from(cls: type, values: dict[str, Any], where: str) -> Any:
-    import typing
-
-    from hiersearch.trial.config import _coerce
-
-    _known(values, {f.name for f in fields(cls)}, where)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if hints[key] == tuple[str, ...] | None:
-            if value is not None and not (
-                isinstance(value, list) and all(isinstance(v, str) for v in value)
-            ):
-                raise InputError(
-                    f"expected a list of names, got {value!r}", where=f"{where}: {key}"
-                )
-            kwargs[key] = tuple(value) if value is not None else None
-        else:
-            kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
-    return cls(**kwargs)
+        _check_distribution(dist, f"{where}: {key}")
+        for value in _distribution_values(dist):
+            TrialConfig.from_dict({**trial, key: value}, where=where)
 
 
 def _check_distribution(dist: Any, where: str) -> None:
@@ -263,7 +243,7 @@ def _check_distribution(dist: Any, where: str) -> None:
         raise InputError(f"needs type: one of {', '.join(DISTRIBUTIONS)}", where=where)
     kind = dist["type"]
     allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "step"}
-    _known(dist, allowed, where)
+    check_keys(dist, allowed, where)
     if kind == "categorical":
         choices = dist.get("choices")
         if not isinstance(choices, list) or not choices:

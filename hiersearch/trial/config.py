@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from hiersearch.errors import InputError
 from hiersearch.model.encoder import PACKAGED_MINILM
+from hiersearch.typed import from_mapping
 
 LAUNCHERS = ("auto", "train")
 LOSS_WEIGHTINGS = ("proportional", "uniform")
@@ -132,61 +131,6 @@ class TrialConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrialConfig:
-        """Build from plain values (YAML, JSON, a Tune config), checking keys and types."""
-        known = {f.name: f for f in fields(cls)}
-        hints = typing.get_type_hints(cls)
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in known:
-                raise InputError(
-                    f"unknown key {key!r} (known: {', '.join(sorted(known))})", where=where
-                )
-            kwargs[key] = _coerce(value, hints[key], f"{where}: {key}")
-        return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check `value` against a field's type hint, converting the lossless cases (int -> float,
-    list -> tuple) that YAML and JSON produce."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, where)
-            except InputError as exc:
-                errors.append(str(exc))
-        raise InputError(f"expected {_hint_name(hint)}, got {value!r}", where=where)
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise InputError(f"expected a list of {len(args)} values, got {value!r}", where=where)
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:  # YAML 1.1 reads "5e-5" as a string
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str and isinstance(value, str):
-        return value
-    raise InputError(f"expected {_hint_name(hint)}, got {value!r}", where=where)
-
-
-def _hint_name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+        """Build from plain values (YAML, JSON, a Tune config), checking keys, types and
+        ranges; errors name `where` and the key."""
+        return from_mapping(cls, values, where)

@@ -200,3 +200,13 @@ def test_empty_directory_is_an_input_error(tmp_path: Path) -> None:
 def test_missing_directory_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such experiment directory"):
         results.load_experiments([str(tmp_path / "nope")])
+
+
+def test_hiersearch_json_that_is_not_an_object_is_ignored_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    experiment = _copy(tmp_path, "finished")
+    (experiment / "hiersearch.json").write_text('["dev/rp_macro"]\n')
+    with pytest.warns(results.LeaderboardWarning, match=r"hiersearch\.json: expected a JSON"):
+        table = results.load_experiments([str(experiment)])
+    assert len(table) == 9 and table.attrs["metric"] == "dev/rp_macro"

@@ -180,12 +180,6 @@ def test_space_summary_reports_variants_outside_the_space() -> None:
     }
 
 
-def test_space_options_from_mapping_names_unknown_key() -> None:
-    assert SpaceOptions.from_mapping({"max_width": 2}).max_width == 2
-    with pytest.raises(InputError, match="unknown option 'max_widht'"):
-        SpaceOptions.from_mapping({"max_widht": 2}, where="space.yaml: assignment")
-
-
 def test_space_options_reject_bad_values() -> None:
     with pytest.raises(InputError, match="max_width"):
         SpaceOptions(max_width=0)

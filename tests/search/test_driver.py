@@ -30,7 +30,8 @@ from hiersearch.report import results
 from hiersearch.search.driver import in_trial, run_search, trial_count
 from hiersearch.search.space import load_space, parse_space, preset_path
 from hiersearch.trial.config import TrialConfig
-from hiersearch.trial.recipe import LocalSession, evaluate_split, resolve_assignment, split_metrics
+from hiersearch.trial.recipe import evaluate_split, resolve_assignment, split_metrics
+from hiersearch.trial.session import LocalSession
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 

@@ -229,7 +229,8 @@ def test_a_trial_restored_from_its_final_checkpoint_reports_it_again(tmp_path: P
     from hiersearch.data.vocabularies import eurovoc_hierarchy
     from hiersearch.model.encoder import tokenizer_path
     from hiersearch.trial.config import TrialConfig
-    from hiersearch.trial.recipe import LocalSession, fit
+    from hiersearch.trial.recipe import fit
+    from hiersearch.trial.session import LocalSession
 
     corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=60, seed=1, max_leaves=12))
     encoded = str(encode(corpus, tokenizer_path("minilm"), 48, tmp_path / "cache").path)

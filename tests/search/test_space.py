@@ -162,3 +162,36 @@ def test_define_by_run_function_pickles_for_tune_checkpoints() -> None:
     trial = optuna.trial.FixedTrial(fixed_points(load_space("layerwise"), 6, COUNTS_3)[0])
     again(trial)
     assert "assign/kind" in trial.params or "assign/L1_start" in trial.params
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("assignment", "max_widht", 2, "smoke.yaml: assignment: unknown key 'max_widht'"),
+        ("assignment", "max_width", 0, "smoke.yaml: assignment: max_width: must be >= 1, got 0"),
+        ("assignment", "variants", "FLAT", "smoke.yaml: assignment: variants: expected a list"),
+        ("tune", "metric", "dev/rp", "smoke.yaml: tune: metric: unknown metric 'dev/rp'"),
+        ("data", "seed", "one", "smoke.yaml: data: seed: expected int, got 'one'"),
+    ],
+)
+def test_section_errors_name_file_section_and_key(
+    section: str, key: str, value: object, message: str
+) -> None:
+    raw = _smoke_raw()
+    raw[section][key] = value
+    with pytest.raises(InputError, match=f"^{message}"):
+        parse_space(raw, "smoke.yaml")
+
+
+def test_searched_value_out_of_range_names_the_search_section_and_key() -> None:
+    raw = _smoke_raw()
+    raw["search"] = {"dropout": {"type": "categorical", "choices": [0.0, 2.0]}}
+    with pytest.raises(InputError, match=r"^smoke\.yaml: search: dropout: must be in \[0, 1\)"):
+        parse_space(raw, "smoke.yaml")
+
+
+def test_a_section_that_is_not_a_mapping_is_named() -> None:
+    raw = _smoke_raw()
+    raw["trial"] = ["epochs", 3]
+    with pytest.raises(InputError, match="^smoke.yaml: trial: must be a mapping"):
+        parse_space(raw, "smoke.yaml")

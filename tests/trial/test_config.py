@@ -39,3 +39,13 @@ def test_out_of_range_value_is_refused() -> None:
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         TrialConfig().lr = 1.0  # type: ignore[misc]
+
+
+def test_out_of_range_value_from_a_file_names_the_file_section_and_key() -> None:
+    with pytest.raises(InputError, match=r"^quick\.yaml: trial: lr: must be > 0 \(got -1\.0\)$"):
+        TrialConfig.from_dict({"lr": -1}, where="quick.yaml: trial")
+
+
+def test_a_list_where_a_mapping_belongs_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="space.yaml: trial: must be a mapping"):
+        TrialConfig.from_dict(["lr", 1e-3], where="space.yaml: trial")  # type: ignore[arg-type]
