@@ -5,6 +5,7 @@ imported at run time, where a module-level import hidden behind a helper would s
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -49,3 +50,30 @@ def test_the_installed_package_ships_every_search_space() -> None:
     installed = resources.files("hiersearch.search_spaces")
     shipped = sorted(p.name for p in installed.iterdir() if p.name.endswith(".yaml"))
     assert shipped == [p.name for p in SPACES]
+
+
+def _module_table_paths() -> set[str]:
+    """The paths the README's module table names; a bare file name is in the folder of the
+    path before it in the same cell (`hiersearch/metrics/ranking.py`, `goldrank.py`)."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| module | responsibility |") :].split("\n\n", 1)[0]
+    paths: set[str] = set()
+    for row in table.splitlines()[2:]:
+        folder = ""
+        for name in re.findall(r"`([^`]+)`", row.split("|")[1]):
+            path = name if "/" in name else f"{folder}/{name}"
+            folder = path.rsplit("/", 1)[0]
+            paths.add(path)
+    return paths
+
+
+def test_the_readme_module_table_matches_the_tree() -> None:
+    named = _module_table_paths()
+    modules = {
+        str(p.relative_to(REPO))
+        for p in (REPO / "hiersearch").rglob("*.py")
+        if p.name != "__init__.py"
+    }
+    assert modules - named == set(), "modules missing from the README's module table"
+    for path in named:
+        assert list(REPO.glob(path)), f"the README's module table names {path}, not in the tree"
