@@ -237,12 +237,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     table = results.load_experiments([path])
     levels = len((read_meta(path) or {}).get("label_counts", [])) or None
     for split in ("dev", "test"):
-        print(
-            f"\nR-Precision (%) on {split}, mean ± std over seeds"
-            + (" (best dev configuration per variant)" if split == "test" else "")
-        )
-        print(lb.render(lb.paper_table(table, split, levels), "table"))
-    print(f"\nexperiment: {path}")
+        print(lb.paper_table_text(lb.paper_table(table, split, levels), split))
+    print(f"experiment: {path}")
     return EXIT_OK
 
 

@@ -21,6 +21,7 @@ import _common  # noqa: E402
 import _timing  # noqa: E402
 import encode_cache  # noqa: E402
 import gpu_throughput  # noqa: E402
+import layer_probe  # noqa: E402
 import layerwise_step  # noqa: E402
 import metrics_speed  # noqa: E402
 import ray_overhead  # noqa: E402
@@ -69,6 +70,101 @@ def test_layerwise_models_share_weights_and_take_a_step() -> None:
         assert math.isfinite(loss)
     ratios = layerwise_step.step_ratios({"BASELINE": [1.0, 2.0], "FLAT": [1.1, 2.2]})
     assert ratios["FLAT"]["median_paired_ratio"] == pytest.approx(1.1)
+
+
+def test_head_and_freeze_candidates_build_and_frozen_layers_stay_out_of_the_optimizer() -> None:
+    import torch
+
+    from hiersearch.model.encoder import load_encoder
+
+    counts = (3, 4, 5)
+    encoder = load_encoder("tiny:3x16", seed=0)
+    heads = layerwise_step.head_candidates("IN-PAIRS")
+    assert heads[0].baseline and {c.head.get("pooling") for c in heads[1:]} >= {
+        "cls", "mean", "cls_mean"}
+    assert {c.head.get("head_norm") for c in heads} >= {"batchnorm", "layernorm"}
+    frozen = layerwise_step.freeze_candidates("IN-PAIRS", 3)
+    assert [c.head["freeze_layers"] for c in frozen] == [0, 1, 2]
+    batch = layerwise_step.make_batch(2, 8, sum(counts))
+    for candidate in (*heads[1:], frozen[2]):
+        model = layerwise_step.build_model(encoder, candidate.variant, counts, candidate.head)
+        params = layerwise_step.trainable(model)
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
+        before = model.encoder.embeddings.word_embeddings.weight.detach().clone()
+        assert math.isfinite(layerwise_step.train_step(model, optimizer, batch, False))
+        after = model.encoder.embeddings.word_embeddings.weight
+        assert torch.equal(before, after) == (candidate is frozen[2])
+    assert all(p.requires_grad for p in params)
+    assert len(params) < len(list(model.parameters()))
+    times = {"freeze_layers=0": [2.0, 4.0], "freeze_layers=1": [1.0, 1.0]}
+    assert layerwise_step.speedups(times, "freeze_layers=0") == {"freeze_layers=1": 3.0}
+
+
+def test_layerwise_step_quick_runs_every_section(tmp_path: Path) -> None:
+    out = layerwise_step.main(["--quick", "--reps", "1", "--sections", "heads,freeze",
+                               "--skip-memory", "--json", str(tmp_path / "out.json")])
+    heads, freeze = out["cases"]
+    assert heads["section"] == "heads" and set(heads["step_wall"]) == {
+        c.key for c in layerwise_step.head_candidates("IN-PAIRS")[1:]}
+    assert freeze["section"] == "freeze" and len(freeze["speedup_wall"]) == freeze["layers"] - 1
+    trainable = [p["trainable"] for p in freeze["parameters"].values()]
+    assert trainable == sorted(trainable, reverse=True) and trainable[0] > trainable[-1]
+    assert json.loads((tmp_path / "out.json").read_text())["cases"][1]["section"] == "freeze"
+
+
+def test_probe_normalizations_use_train_statistics() -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    # an offset every document shares, much larger than the spread between documents (as in
+    # MiniLM's lower-layer [CLS] vectors)
+    offset = 5.0 * torch.randn(8, generator=generator)
+    train = offset + 0.1 * torch.randn(50, 8, generator=generator)
+    dev = offset + 0.1 * torch.randn(10, 8, generator=generator)
+    standardized, dev_standardized = layer_probe.normalize(train, dev, "batchnorm")
+    assert standardized.mean(dim=0).abs().max() < 1e-4
+    assert standardized.std(dim=0).sub(1).abs().max() < 0.02
+    assert dev_standardized.abs().max() < 10  # dev uses train's statistics, not its own
+    per_vector, _ = layer_probe.normalize(train, dev, "layernorm")
+    # each vector is standardized over its own features: the shared offset stays, and the
+    # documents still differ by a small fraction of each feature's scale
+    assert per_vector.std(dim=0).max() < 0.1
+    assert layer_probe.normalize(train, dev, "none")[0] is train
+    assert layer_probe.feature_spread(train) == pytest.approx(0.1, rel=0.3)
+
+
+def test_probe_mean_pooling_ignores_padding() -> None:
+    import numpy as np
+    import torch
+
+    from hiersearch.data.encode import Split
+    from hiersearch.model.encoder import load_encoder
+
+    encoder = load_encoder("tiny:2x16", seed=0)
+    ids = np.array([[101, 2000, 2001, 102, 0, 0], [101, 2002, 102, 0, 0, 0]])
+    split = Split(ids, np.array([4, 3]), [np.array([0]), np.array([1])])
+    wide = Split(np.pad(ids, ((0, 0), (0, 4))), split.lengths, split.label_ids)
+    features = layer_probe.extract_features(encoder, split, batch=1)
+    padded = layer_probe.extract_features(encoder, wide, batch=2)
+    assert features["mean"].shape == (2, 2, 16)
+    assert torch.allclose(features["mean"], padded["mean"], atol=1e-5)
+    assert torch.allclose(features["cls"], padded["cls"], atol=1e-5)
+
+
+def test_layer_probe_quick_scores_every_layer_pooling_and_norm(tmp_path: Path) -> None:
+    out = layer_probe.main(["--quick", "--steps", "3", "--threads", "1",
+                            "--json", str(tmp_path / "probe.json")])
+    levels = len(out["label_counts"])
+    layers = int(layer_probe.QUICK.encoder.split(":")[1].split("x")[0])
+    assert len(out["probes"]) == layers * len(layer_probe.POOLINGS) * len(layer_probe.NORMS)
+    for row in out["probes"]:
+        values = [row[f"rp_l{n}"] for n in range(1, levels + 1)]
+        assert all(0.0 <= v <= 1.0 for v in values)
+        assert row["rp_macro"] == pytest.approx(sum(values) / levels)
+    assert 0.0 < out["label_prior"]["rp_l1"] <= 1.0
+    text = layer_probe.table(out["probes"], levels)
+    assert len(text.splitlines()) == (levels + 1) * (1 + 6)  # a header and 6 rows per metric
+    assert json.loads((tmp_path / "probe.json").read_text())["bench"] == "layer_probe"
 
 
 def test_peak_from_trace_counts_from_the_profile_start() -> None:

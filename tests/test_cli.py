@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from hiersearch.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
 
 PAPER_TABLE = {
     "FLAT": "flat",
@@ -83,3 +86,22 @@ def test_input_errors_print_one_line_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "missing" in proc.stderr
+
+
+def test_reproduce_prints_the_head_under_each_table_title(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hiersearch.cli as cli
+    from hiersearch.trial.config import TrialConfig
+
+    experiment = Path(shutil.copytree(FIXTURES / "finished", tmp_path / "finished"))
+    config = TrialConfig(pooling="mean", head_norm="batchnorm").dumps()
+    for trial_dir in experiment.glob("trainable_*"):
+        (trial_dir / "config.json").write_text(config)
+    monkeypatch.setattr(cli, "_prepare_env", lambda: None)
+    monkeypatch.setattr(cli, "_run", lambda *_, **__: str(experiment))  # no Ray: a finished run
+    assert main(["reproduce", "--preset", "quick"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = "head: pooling=mean, head_norm=batchnorm, head_hidden=none, freeze_layers=0"
+    titles = [i for i, line in enumerate(lines) if line.startswith("R-Precision (%)")]
+    assert len(titles) == 2 and all(lines[i + 1] == head for i in titles)

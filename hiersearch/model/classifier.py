@@ -1,12 +1,20 @@
-"""The layer-wise model: a Hugging Face encoder plus one linear head per hierarchy level.
+"""The layer-wise model: a Hugging Face encoder plus one head per hierarchy level.
 
-Head n reads the concatenated [CLS] vectors of the layers assigned to level n (dropout first)
-and predicts the labels of that level; FLAT is one head on the last layer over all labels, whose
-output is sliced per level for evaluation. The loss is sum_n w_n * BCE_n with w_n = |L_n| / |L|
-(the paper's) or uniform.
+Head n reads the concatenated vectors of the layers assigned to level n and predicts the labels
+of that level; FLAT is one head on the last layer over all labels, whose output is sliced per
+level for evaluation. The loss is sum_n w_n * BCE_n with w_n = |L_n| / |L| (the paper's) or
+uniform.
 
-Training keeps the encoder's fast SDPA attention and never asks for attention maps; [CLS]
-vectors are captured by forward hooks on the layers in use only, and layers above the highest
+The paper's head is dropout + one linear layer on the [CLS] vectors. The head options widen it:
+`pooling` (the [CLS] vector, the mean over the real tokens, or both), `head_norm` (a per-feature
+standardization across documents, or LayerNorm within each vector), `head_hidden` (a bottleneck)
+and `freeze_layers` (the embeddings and the lowest k layers get no gradient). On small sentence
+encoders such as MiniLM-L6 the lower layers' [CLS] barely varies across documents (per-feature
+std ~0.001), so a linear head on it stays at the label prior; mean-pooled, standardized features
+carry the information at every layer.
+
+Training keeps the encoder's fast SDPA attention and never asks for attention maps; hidden
+states are captured by forward hooks on the layers in use only, and layers above the highest
 one in use are dropped (they could not influence any head).
 """
 
@@ -33,6 +41,16 @@ def _layer_modules(encoder: Any) -> nn.ModuleList:
         ) from exc
 
 
+# How a head reads a layer's hidden states: the [CLS] vector (the paper's), the mean over the
+# real tokens (padding masked), or both concatenated.
+POOLINGS = ("cls", "mean", "cls_mean")
+# A head's input normalization: none (the paper's); "batchnorm": each feature standardized
+# across the documents of the batch (running statistics at evaluation), no affine parameters;
+# "layernorm": each vector standardized over its own features (does not remove an offset that
+# all documents share), no affine parameters.
+HEAD_NORMS = ("none", "batchnorm", "layernorm")
+
+
 def loss_weights(label_counts: Sequence[int], weighting: str) -> list[float]:
     """w_n = |L_n| / |L| ("proportional", the paper's) or 1 / levels ("uniform")."""
     if weighting == "proportional":
@@ -43,8 +61,66 @@ def loss_weights(label_counts: Sequence[int], weighting: str) -> list[float]:
     raise InputError(f"unknown loss weighting {weighting!r}", where="loss_weighting")
 
 
+def _head(width: int, labels: int, hidden: int | None) -> nn.Module:
+    """One linear layer (the paper's), or a bottleneck: linear, GELU, linear."""
+    if hidden is None:
+        return nn.Linear(width, labels)
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, labels))
+
+
+class _BatchStandardize(nn.BatchNorm1d):
+    """BatchNorm1d without affine parameters. A training batch of one document (an epoch's
+    last, a DDP shard's) has no spread to standardize by: it uses the running statistics."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__(width, affine=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training and features.shape[0] < 2:
+            return nn.functional.batch_norm(
+                features, self.running_mean, self.running_var, training=False, eps=self.eps
+            )
+        return super().forward(features)
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "batchnorm":
+        return _BatchStandardize(width)
+    if kind == "layernorm":
+        return nn.LayerNorm(width, elementwise_affine=False)
+    return nn.Identity()
+
+
+def check_head_options(
+    pooling: str, head_norm: str, head_hidden: int | None, freeze_layers: int
+) -> None:
+    """The head options' own ranges (the encoder's depth bounds `freeze_layers` further)."""
+    if pooling not in POOLINGS:
+        raise InputError(
+            f"must be one of {', '.join(POOLINGS)} (got {pooling!r})", where="pooling"
+        )
+    if head_norm not in HEAD_NORMS:
+        raise InputError(
+            f"must be one of {', '.join(HEAD_NORMS)} (got {head_norm!r})", where="head_norm"
+        )
+    if head_hidden is not None and head_hidden < 1:
+        raise InputError(f"must be >= 1 or null (got {head_hidden!r})", where="head_hidden")
+    if freeze_layers < 0:
+        raise InputError(f"must be >= 0 (got {freeze_layers!r})", where="freeze_layers")
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[batch, tokens, features] -> [batch, features (x2 for cls_mean)]. The mean is taken in
+    float32: a sum over hundreds of tokens in bf16 (autocast on GPU) loses the low bits."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    weights = mask.unsqueeze(-1).float()
+    mean = (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    return mean if pooling == "mean" else torch.cat([hidden[:, 0].float(), mean], dim=-1)
+
+
 class LayerwiseClassifier(nn.Module):
-    """Encoder + per-level heads over the [CLS] vectors of the assigned layers."""
+    """Encoder + per-level heads over the pooled vectors of the assigned layers."""
 
     def __init__(
         self,
@@ -53,11 +129,21 @@ class LayerwiseClassifier(nn.Module):
         label_counts: Sequence[int],
         dropout: float = 0.1,
         loss_weighting: str = "proportional",
+        pooling: str = "cls",
+        head_norm: str = "none",
+        head_hidden: int | None = None,
+        freeze_layers: int = 0,
     ) -> None:
         super().__init__()
+        check_head_options(pooling, head_norm, head_hidden, freeze_layers)
         num_layers = num_encoder_layers(encoder)
         assignment.validate(num_layers, len(label_counts))
+        if freeze_layers > num_layers:
+            raise InputError(
+                f"the encoder has {num_layers} layers (got {freeze_layers})", where="freeze_layers"
+            )
         self.assignment = assignment
+        self.pooling = pooling
         self.label_counts = [int(c) for c in label_counts]
         self.used_layers = assignment.layers_used(num_layers)
         layers = _layer_modules(encoder)
@@ -65,17 +151,21 @@ class LayerwiseClassifier(nn.Module):
         if top < len(layers):  # layers above the top one in use cannot reach any head
             encoder.encoder.layer = nn.ModuleList(list(layers)[:top])
         self.encoder = encoder
-        hidden = int(encoder.config.hidden_size)
+        self.frozen_layers = _freeze(encoder, freeze_layers)
+        width = int(encoder.config.hidden_size) * (2 if pooling == "cls_mean" else 1)
         self.dropout = nn.Dropout(dropout)
         if assignment.flat:
-            self.heads = nn.ModuleList([nn.Linear(hidden, sum(self.label_counts))])
             self.head_layers: list[tuple[int, ...]] = [(num_layers,)]
+            outputs = [sum(self.label_counts)]
         else:
             self.head_layers = [tuple(group) for group in assignment.groups]
-            self.heads = nn.ModuleList(
-                nn.Linear(hidden * len(group), count)
-                for group, count in zip(self.head_layers, self.label_counts, strict=True)
-            )
+            outputs = self.label_counts
+        widths = [width * len(group) for group in self.head_layers]
+        # Parameter-free: the paper's head keeps its state-dict keys (heads.N.weight).
+        self.norms = nn.ModuleList(_norm(head_norm, w) for w in widths)
+        self.heads = nn.ModuleList(
+            _head(w, n, head_hidden) for w, n in zip(widths, outputs, strict=True)
+        )
         self.register_buffer(
             "weights",
             torch.tensor(loss_weights(self.label_counts, loss_weighting)),
@@ -92,7 +182,8 @@ class LayerwiseClassifier(nn.Module):
     def _capture_hook(self, layer: int) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
-            self._captured[layer] = hidden[:, 0]
+            # [CLS] only unless pooling needs every token: keeps the paper's head as it was
+            self._captured[layer] = hidden[:, 0] if self.pooling == "cls" else hidden
 
         return hook
 
@@ -100,11 +191,15 @@ class LayerwiseClassifier(nn.Module):
         """Logits [batch, all labels], levels concatenated in order."""
         self._captured = {}
         self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        cls = self._captured
+        captured = self._captured
         self._captured = {}
+        pooled = {
+            layer: h if self.pooling == "cls" else _pool(h, attention_mask, self.pooling)
+            for layer, h in captured.items()
+        }
         outputs = []
-        for head, group in zip(self.heads, self.head_layers, strict=True):
-            features = torch.cat([cls[layer] for layer in group], dim=-1)
+        for head, norm, group in zip(self.heads, self.norms, self.head_layers, strict=True):
+            features = norm(torch.cat([pooled[layer] for layer in group], dim=-1))
             outputs.append(head(self.dropout(features)))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
@@ -121,6 +216,17 @@ class LayerwiseClassifier(nn.Module):
         """sum_n w_n * (the mean of `per_label` over the labels of level n), on the last dim."""
         levels = torch.stack([per_label[..., s].mean(dim=-1) for s in self.level_slices], dim=-1)
         return (self.weights * levels).sum(dim=-1)
+
+
+def _freeze(encoder: Any, layers: int) -> int:
+    """Embeddings and the lowest `layers` layers get no gradient (k >= 1): the optimizer skips
+    them and autograd records nothing below the first trained layer, so backward stops there."""
+    if layers == 0:
+        return 0
+    for module in [encoder.embeddings, *list(_layer_modules(encoder))[:layers]]:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    return layers
 
 
 def _bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

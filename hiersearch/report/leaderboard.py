@@ -20,7 +20,12 @@ import pandas as pd
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_text
 from hiersearch.metrics import ranking as M
-from hiersearch.report.results import STATUS_TERMINATED, metric_columns, param_columns
+from hiersearch.report.results import (
+    HEAD_OPTION_COLUMNS,
+    STATUS_TERMINATED,
+    metric_columns,
+    param_columns,
+)
 
 SCHEMA = "hiersearch.leaderboard/1"
 FORMATS = ("table", "markdown", "csv", "json", "latex")
@@ -112,13 +117,44 @@ def _mean_std(values: pd.Series) -> str:
     return f"{values.mean():.1f} ± {values.std():.1f}"
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _head_of(row: pd.Series) -> dict[str, str]:
+    """A trial's head options as text ({} when the trial predates them); a null bottleneck
+    width reads "none" (one linear layer)."""
+    present = [key for key in HEAD_OPTION_COLUMNS if key in row.index]
+    if all(_missing(row[key]) for key in present):
+        return {}
+    return {key: "none" if _missing(row[key]) else str(row[key]) for key in present}
+
+
+def _describe(options: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in options.items())
+
+
+def _with_heads(table: pd.DataFrame, heads: list[dict[str, str]]) -> pd.DataFrame:
+    """The options all rows share go to attrs["head"] (a line under the table's title); those
+    that differ become a `head` column after `variant`, so each row names its own."""
+    keys = [key for key in HEAD_OPTION_COLUMNS if any(key in head for head in heads)]
+    shared = {k: heads[0].get(k, "-") for k in keys if len({h.get(k, "-") for h in heads}) == 1}
+    differ = [key for key in keys if key not in shared]
+    if shared:
+        table.attrs["head"] = _describe(shared)
+    if differ:
+        table.insert(1, "head", [_describe({k: h.get(k, "-") for k in differ}) for h in heads])
+    return table
+
+
 def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.DataFrame:
     """The paper's Table 1: per variant, R-Precision (%) as "mean ± std" over seeds.
 
     Only finished trials ("terminated") with a variant count. Per variant the configuration
     (hyper-parameters except seed) with the best mean dev/rp_macro is selected, and its `split`
     numbers over seeds are shown, so the dev and test tables describe the same configuration.
-    `levels` defaults to the deepest `<split>/rp_L<n>` column present.
+    `levels` defaults to the deepest `<split>/rp_L<n>` column present. The head options the
+    rows share are `attrs["head"]`; those that differ, a `head` column.
     """
     if split not in ("dev", "test"):
         raise InputError(f"split must be dev or test, not {split!r}", where="paper_table")
@@ -136,9 +172,10 @@ def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.D
         if key not in done.columns:
             done[key] = float("nan")
     config = [c for c in param_columns(done) if c not in ("seed", "param/variant")]
-    # configs as text so that missing values and mixed types still group
-    done["_config"] = done[config].astype(str).agg("|".join, axis=1) if config else ""
-    table = []
+    # configs as text so that missing values and mixed types still group; elementwise str,
+    # since pandas 3's astype(str) keeps a missing value missing (a float NaN join rejects)
+    done["_config"] = done[config].astype(object).map(str).agg("|".join, axis=1) if config else ""
+    table, heads = [], []
     for variant in sorted(done["variant"].unique(), key=_variant_rank):
         trials = done[done["variant"] == variant]
         scores = trials.groupby("_config", sort=False)[select].mean()
@@ -148,14 +185,15 @@ def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.D
         row.update({name: _mean_std(chosen[key]) for name, key in zip(names, keys, strict=True)})
         row["seeds"] = len(chosen)
         table.append(row)
-    return pd.DataFrame(table, columns=["variant", *names, "seeds"])
+        heads.append(_head_of(chosen.iloc[0]))  # seeds of one configuration share its head
+    return _with_heads(pd.DataFrame(table, columns=["variant", *names, "seeds"]), heads)
 
 
 # --- rendering -----------------------------------------------------------------------------
 
 
 def _cell(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
     if isinstance(value, float):
         small = value != 0 and not 1e-3 <= abs(value) < 1e6
@@ -241,6 +279,16 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "latex":
         return _latex(df)
     raise InputError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})", where="--format")
+
+
+def paper_table_text(paper: pd.DataFrame, split: str) -> str:
+    """A `paper_table` as text: a title, a line naming the head options its rows share (the
+    numbers mean little without the head that produced them), and the table."""
+    title = f"R-Precision (%) on {split}, mean ± std over seeds" + (
+        " (best dev configuration per variant)" if split == "test" else ""
+    )
+    head = paper.attrs.get("head")
+    return "\n".join(["", title, *([f"head: {head}"] if head else []), render(paper, "table")])
 
 
 _SUFFIXES = {".txt": "table", ".md": "markdown", ".csv": "csv", ".json": "json", ".tex": "latex"}

@@ -6,13 +6,16 @@ Per experiment directory: `hiersearch.json` (optional: name, metric, mode); the 
 `experiment_state-*.json` (`trial_data`: pairs of JSON strings, the trial with `trial_id`,
 `status`, `relative_logdir`, `config`, and its runtime with `last_result`); and every trial
 directory (one holding params.json, result.json or error.txt): `params.json` (the config),
-`result.json` (JSON lines, one per report), `error.txt` (Ray's traceback).
+`result.json` (JSON lines, one per report), `error.txt` (Ray's traceback), `config.json` (the
+trial's resolved config, written when it starts).
 
 Columns, in order: experiment, trial_id, status, error (the exception line of error.txt),
 variant, assignment, stop_reason, best_epoch, epochs, time_s, node_id; then the metrics as
 reported, dev/*, test/*, train/*, util/*; then other reported trial/* keys; then the
 hyper-parameters (params.json, nested dicts flattened with "/"; one named like an identity
-column or a metric becomes `param/<name>`).
+column or a metric becomes `param/<name>`), and the head options (`HEAD_OPTION_COLUMNS`) whether
+searched or fixed: from config.json, else hiersearch.json's base config with the trial's params
+over it; absent in experiments that predate them.
 
 A finished trial shows its final report (the one with trial/stop_reason): it carries the dev
 metrics of the selected checkpoint beside that checkpoint's test metrics. Any other trial shows
@@ -63,6 +66,9 @@ ID_COLUMNS = (
     "time_s",
     "node_id",
 )
+
+# TrialConfig fields every trial shows even when fixed: they decide what a head can learn
+HEAD_OPTION_COLUMNS = ("pooling", "head_norm", "head_hidden", "freeze_layers")
 
 # result.json keys that become identity columns
 _RESULT_IDS = {
@@ -172,6 +178,19 @@ def _read_params(store: _Store, trial_dir: str, fallback: dict[str, Any]) -> dic
     return fallback if text is None or params is None else params
 
 
+def _head_options(
+    store: _Store, trial_dir: str, params: dict[str, Any], base: dict[str, Any]
+) -> dict[str, Any]:
+    """The trial's head options: its config.json, else the base config under its params (a
+    trial that has not started yet); only the options the source holds."""
+    text = store.read(trial_dir, "config.json") if trial_dir else None
+    config = _json_object(text) if text is not None else None
+    if text is not None and config is None:
+        _warn(store.where(trial_dir, "config.json"), "not JSON, skipped")
+    resolved = config if config is not None else {**base, **params}
+    return {key: resolved[key] for key in HEAD_OPTION_COLUMNS if key in resolved}
+
+
 def error_line(text: str) -> str | None:
     """The exception line of a Ray error.txt: the first line after the innermost frame."""
     lines = [_ANSI.sub("", line).rstrip() for line in text.splitlines()]
@@ -220,9 +239,15 @@ def _status(ray_status: str | None, final: bool, has_error: bool) -> str:
 
 
 def _trial_row(
-    store: _Store, trial_dir: str, state: dict[str, Any] | None, metric: str, mode: str
+    store: _Store,
+    trial_dir: str,
+    state: dict[str, Any] | None,
+    ranking: tuple[str, str],
+    base: dict[str, Any],
 ) -> dict[str, Any]:
+    """`ranking`: the experiment's (metric, mode); `base`: its base config (hiersearch.json)."""
     state = state or {}
+    metric, mode = ranking
     rows = _read_results(store, trial_dir) if trial_dir else []
     last = rows[-1] if rows else dict(state.get("last") or {})
     final = last.get(M.TRIAL_STOP_REASON) is not None
@@ -257,6 +282,7 @@ def _trial_row(
         clash = key in ID_COLUMNS or is_metric_column(key) or key.startswith("trial/")
         name = f"param/{key}" if clash else key
         row[name] = value
+    row.update(_head_options(store, trial_dir, params, base))
     if row.get("variant") is None and row.get("assignment") == "FLAT":
         row["variant"] = "FLAT"  # FLAT is a named variant however the trainer labels it
     elif M.TRIAL_VARIANT not in chosen and isinstance(params.get("variant"), str):
@@ -275,6 +301,7 @@ def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     meta = _read_meta(store, names)
     metric = meta.get("metric") or M.DEFAULT_METRIC
     mode = meta.get("mode") if meta.get("mode") in ("max", "min") else M.DEFAULT_MODE
+    base = meta.get("base_config") if isinstance(meta.get("base_config"), dict) else {}
     trial_files = {"params.json", "result.json", "error.txt"}
     trial_dirs = [
         n for n, is_dir in sorted(names.items()) if is_dir and trial_files & set(store.entries(n))
@@ -292,7 +319,7 @@ def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         rows.append(
             {
                 "experiment": experiment,
-                **_trial_row(store, present, state.get(trial_dir), metric, mode),
+                **_trial_row(store, present, state.get(trial_dir), (metric, mode), base),
             }
         )
     return rows, {"metric": metric, "mode": mode}

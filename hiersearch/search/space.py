@@ -5,7 +5,8 @@ A space file has five sections (unknown keys anywhere are an error naming the ke
     data:        where the corpus comes from (a corpus dir, or a synthetic one to generate)
     trial:       fixed `TrialConfig` fields (model, epochs, workers, ...)
     search:      searched `TrialConfig` fields, each a distribution
-                 ({type: loguniform|uniform|int|categorical, low, high, choices, step})
+                 ({type: loguniform|uniform|int|categorical, low, high, choices, step});
+                 categorical choices may include null (head_hidden: [null, 64])
     assignment:  how layer-to-level assignments are searched: `space: variants` (a categorical
                  over named variants) or `space: monotone` (the combinatorial space, with
                  options), and whether the named variants are enqueued as fixed trials

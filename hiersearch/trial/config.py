@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hiersearch.errors import InputError
+from hiersearch.model.classifier import check_head_options
 from hiersearch.model.encoder import PACKAGED_MINILM
 from hiersearch.typed import from_mapping
 
@@ -42,6 +43,18 @@ class TrialConfig:
     head_lr: float | None = None
     # Dropout before every head (the paper grid-searches 0 and 0.1).
     dropout: float = 0.1
+    # How a head reads a layer: "cls" (its [CLS] vector, the paper's), "mean" (the mean over
+    # the real tokens) or "cls_mean" (both, concatenated).
+    pooling: str = "cls"
+    # A head's input normalization: "none" (the paper's), "batchnorm" (each feature
+    # standardized across documents, no affine parameters) or "layernorm" (within each vector).
+    head_norm: str = "none"
+    # Width of a bottleneck in every head (linear, GELU, linear); null: one linear layer (the
+    # paper's).
+    head_hidden: int | None = None
+    # Freeze the embeddings and the lowest k encoder layers (0: fine-tune every layer, the
+    # paper's); frozen layers get no gradient, so steps are faster.
+    freeze_layers: int = 0
     # Per-worker batch size; the global batch is batch_size * workers * grad_accum.
     batch_size: int = 16
     # Micro-batches accumulated per optimizer step.
@@ -116,6 +129,7 @@ class TrialConfig:
         for ok, key, why in checks:
             if not ok:
                 raise InputError(f"{why} (got {getattr(self, key)!r})", where=key)
+        check_head_options(self.pooling, self.head_norm, self.head_hidden, self.freeze_layers)
 
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)

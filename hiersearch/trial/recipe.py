@@ -217,6 +217,9 @@ class TrialRecipe:
         self.state = _State()
         # The best weights when they are not the current ones (dev loss got worse since).
         self.best_weights: dict[str, torch.Tensor] | None = None
+        # A copy of the weights of the best epoch so far, taken when it ended: what
+        # `best_weights` becomes once a later epoch is worse.
+        self._best_copy: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------ setup
 
@@ -256,18 +259,28 @@ class TrialRecipe:
             M.TRIAL_WORLD_SIZE: self.session.world_size,
         }
         model = LayerwiseClassifier(
-            encoder, assignment, label_counts, config.dropout, config.loss_weighting
+            encoder,
+            assignment,
+            label_counts,
+            config.dropout,
+            config.loss_weighting,
+            pooling=config.pooling,
+            head_norm=config.head_norm,
+            head_hidden=config.head_hidden,
+            freeze_layers=config.freeze_layers,
         )
         return model.to(self.session.device)
 
     def _setup_optimizer(self) -> None:
-        """AdamW (the heads at head_lr) and a linear schedule with warm-up over all steps."""
+        """AdamW (the heads at head_lr; frozen layers left out) and a linear schedule with
+        warm-up over all steps."""
         config = self.config
         heads = list(self.core.heads.parameters())
         head_ids = {id(p) for p in heads}
+        encoder = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
         self.optimizer = torch.optim.AdamW(
             [
-                {"params": [p for p in self.model.parameters() if id(p) not in head_ids]},
+                {"params": encoder},
                 {"params": heads, "lr": config.head_lr or config.lr},
             ],
             lr=config.lr,
@@ -322,8 +335,10 @@ class TrialRecipe:
         np.random.set_state(saved["rng"]["numpy"])
         torch.set_rng_state(saved["rng"]["torch"])
         best_file = directory / "best_model.pt"
-        source = best_file if best_file.exists() else directory / "model.pt"
-        self.best_weights = torch.load(source, map_location="cpu")
+        if best_file.exists():  # the best epoch is an earlier one
+            self.best_weights = torch.load(best_file, map_location="cpu")
+        else:  # the checkpoint's own weights are the best
+            self.best_weights, self._best_copy = None, self._weights_copy()
 
     # ------------------------------------------------------------------------------ train
 
@@ -446,13 +461,15 @@ class TrialRecipe:
             state.best_metrics = {
                 k: v for k, v in report.items() if k.startswith(("dev/", "train/"))
             }
-            self.best_weights = None
+            # the current weights are the best: a copy, as the next epoch changes them
+            self.best_weights, self._best_copy = None, self._weights_copy()
             return
         state.bad_epochs += 1
         if self.best_weights is None:
-            self.best_weights = {
-                k: v.detach().cpu().clone() for k, v in self.core.state_dict().items()
-            }
+            self.best_weights = self._best_copy
+
+    def _weights_copy(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.core.state_dict().items()}
 
     def _epoch_files(self) -> dict[str, Any]:
         files: dict[str, Any] = {"model.pt": self.core.state_dict()}

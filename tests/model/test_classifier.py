@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -130,3 +132,129 @@ def test_missing_model_dir_is_an_input_error_without_hub_access(tmp_path) -> Non
         load_encoder(str(tmp_path / "no-such-model"))
     with pytest.raises(InputError, match="model"):
         tokenizer_path(str(tmp_path / "no-such-model"))
+
+
+# ------------------------------------------------------------------------------ head options
+
+# Each option's every value (the others at the paper's), and all non-default at once.
+HEAD_OPTIONS = [
+    *({"pooling": value} for value in ("cls", "mean", "cls_mean")),
+    *({"head_norm": value} for value in ("batchnorm", "layernorm")),
+    {"head_hidden": 8},
+    {"freeze_layers": 2},
+    {"pooling": "cls_mean", "head_norm": "batchnorm", "head_hidden": 8, "freeze_layers": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def small_encoder() -> torch.nn.Module:
+    return load_encoder("tiny:6x16")
+
+
+@pytest.mark.parametrize("options", HEAD_OPTIONS, ids=lambda o: ",".join(map(str, o.values())))
+def test_every_head_option_gives_every_variant_its_logits_and_gradients(
+    options: dict[str, object], small_encoder: torch.nn.Module
+) -> None:
+    counts = COUNTS[:3]
+    for name, variant in named_variants(6, 3, counts).items():
+        model = LayerwiseClassifier(copy.deepcopy(small_encoder), variant, counts, **options)
+        logits = model(*_batch())
+        assert logits.shape == (3, sum(counts)), name
+        model.loss(logits, torch.zeros_like(logits)).backward()
+        for key, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                assert parameter.grad is not None, (name, key)
+                assert parameter.grad.shape == parameter.shape, (name, key)
+
+
+def test_mean_pooling_ignores_padding() -> None:
+    variant = named_variants(12, 6, COUNTS)["IN-PAIRS"]
+    for pooling in ("mean", "cls_mean"):
+        model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, pooling=pooling)
+        model.eval()
+        ids, mask = _batch(length=10)
+        padded_ids = torch.cat([ids, torch.randint(1, 1000, (3, 7))], dim=1)
+        padded_mask = torch.cat([mask, torch.zeros(3, 7, dtype=torch.long)], dim=1)
+        with torch.no_grad():
+            torch.testing.assert_close(model(padded_ids, padded_mask), model(ids, mask))
+
+
+def test_mean_pooling_averages_the_real_tokens_of_the_layer() -> None:
+    variant = LayerAssignment.from_string("L1:2|L2:3|L3:4|L4:5|L5:6|L6:7")
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, pooling="mean")
+    model.eval()
+    seen: list[torch.Tensor] = []
+    model.heads[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    ids, mask = _batch()
+    with torch.no_grad():
+        model(ids, mask)
+        states = model.encoder(ids, attention_mask=mask, output_hidden_states=True)
+    layer2 = states.hidden_states[2]  # [0] is the embeddings
+    expected = torch.stack(
+        [layer2[d, mask[d].bool()].mean(dim=0) for d in range(3)]
+    )
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_batchnorm_head_input_is_standardized_per_feature_across_documents() -> None:
+    variant = named_variants(12, 6, COUNTS)["ONE-BY-ONE"]
+    model = LayerwiseClassifier(
+        load_encoder("tiny:12x32"), variant, COUNTS, dropout=0.0, head_norm="batchnorm"
+    )
+    seen: list[torch.Tensor] = []
+    model.heads[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    model(*_batch(size=8))
+    features = seen[0]
+    torch.testing.assert_close(features.mean(dim=0), torch.zeros(32), atol=1e-5, rtol=0)
+    torch.testing.assert_close(features.std(dim=0, unbiased=False), torch.ones(32), atol=1e-3,
+                               rtol=0)
+    assert list(model.norms[0].state_dict()) == [
+        "running_mean", "running_var", "num_batches_tracked"
+    ]
+
+
+def test_a_batchnorm_head_trains_on_a_batch_of_one_document() -> None:
+    variant = named_variants(12, 6, COUNTS)["HYBRID"]
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, head_norm="batchnorm")
+    logits = model(*_batch(size=1))
+    assert torch.isfinite(logits).all()
+
+
+def test_the_papers_head_keeps_its_parameters_and_their_names() -> None:
+    variant = named_variants(12, 6, COUNTS)["LAST-SIX"]
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS)
+    heads = {k for k in model.state_dict() if not k.startswith("encoder.")}
+    assert heads == {f"heads.{n}.{p}" for n in range(6) for p in ("weight", "bias")}
+
+
+def test_a_bottleneck_head_is_linear_gelu_linear_of_the_given_width() -> None:
+    variant = named_variants(12, 6, COUNTS)["FLAT"]
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, head_hidden=16)
+    first, activation, last = model.heads[0]
+    assert (first.in_features, first.out_features) == (32, 16)
+    assert isinstance(activation, torch.nn.GELU)
+    assert (last.in_features, last.out_features) == (16, sum(COUNTS))
+
+
+def test_frozen_layers_and_embeddings_get_no_gradient_and_the_rest_do() -> None:
+    variant = named_variants(12, 6, COUNTS)["ONE-BY-ONE"]
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, freeze_layers=3)
+    logits = model(*_batch())
+    model.loss(logits, torch.zeros_like(logits)).backward()
+    layers = model.encoder.encoder.layer
+    frozen = [model.encoder.embeddings, *list(layers)[:3]]
+    assert all(p.grad is None and not p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.grad is not None for m in list(layers)[3:] for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("pooling", "max"), ("head_norm", "rms"), ("head_hidden", 0), ("freeze_layers", -1),
+     ("freeze_layers", 13)],
+)
+def test_a_head_option_out_of_range_is_an_input_error_naming_it(
+    option: str, value: object
+) -> None:
+    variant = named_variants(12, 6, COUNTS)["FLAT"]
+    with pytest.raises(InputError, match=rf"^{option}: "):
+        LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, **{option: value})

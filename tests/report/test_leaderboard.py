@@ -156,6 +156,58 @@ def test_paper_table_from_a_real_experiment(finished: pd.DataFrame) -> None:
     assert all(" ± " in cell for cell in out.iloc[:, 1:6].to_numpy().ravel())
 
 
+def test_paper_table_groups_configurations_with_missing_values() -> None:
+    df = _hand_table().assign(max_steps_per_epoch=None)  # a null param: text "None", not NaN
+    out = lb.paper_table(df, "dev", 1).set_index("variant")
+    assert out.loc["LAST-SIX", "L1"] == "81.0 ± 1.4"
+
+
+def _with_head(df: pd.DataFrame, pooling: str = "mean") -> pd.DataFrame:
+    return df.assign(pooling=pooling, head_norm="batchnorm", head_hidden=None, freeze_layers=0)
+
+
+SHARED_HEAD = "pooling=mean, head_norm=batchnorm, head_hidden=none, freeze_layers=0"
+
+
+def test_paper_table_names_the_head_its_rows_share() -> None:
+    out = lb.paper_table(_with_head(_hand_table()), "dev", 1)
+    assert out.attrs["head"] == SHARED_HEAD
+    assert "head" not in out.columns
+
+
+def test_paper_table_shows_the_head_options_that_differ_in_a_column() -> None:
+    df = _with_head(_hand_table())
+    df.loc[(df["variant"] == "LAST-SIX") & (df["lr"] == 3e-5), "pooling"] = "cls"
+    df.loc[df["variant"] == "FLAT", "head_hidden"] = 64
+    out = lb.paper_table(df, "test", 1).set_index("variant")
+    assert out.attrs["head"] == "pooling=mean, head_norm=batchnorm, freeze_layers=0"
+    assert out.loc["FLAT", "head"] == "head_hidden=64"
+    assert out.loc["LAST-SIX", "head"] == "head_hidden=none"  # the best dev configuration's
+    assert list(out.columns)[:2] == ["head", "L1"]
+
+
+def test_paper_table_picks_the_head_of_the_best_dev_configuration() -> None:
+    df = _with_head(_hand_table())
+    df.loc[(df["variant"] == "LAST-SIX") & (df["lr"] == 3e-5), "pooling"] = "cls"
+    out = lb.paper_table(df, "dev", 1)
+    assert out.attrs["head"] == SHARED_HEAD and "head" not in out.columns
+
+
+def test_paper_table_of_trials_without_head_options_names_no_head(
+    finished: pd.DataFrame,
+) -> None:
+    out = lb.paper_table(finished, "dev", 3)
+    assert "head" not in out.attrs and "head" not in out.columns
+
+
+def test_paper_table_text_puts_the_head_under_the_title() -> None:
+    text = lb.paper_table_text(lb.paper_table(_with_head(_hand_table()), "test", 1), "test")
+    lines = text.splitlines()
+    assert lines[1].startswith("R-Precision (%) on test")
+    assert lines[2] == f"head: {SHARED_HEAD}"
+    assert lines[3].split() == ["variant", "L1", "micro", "macro", "seeds"]
+
+
 # --- rendering and export --------------------------------------------------------------------
 
 

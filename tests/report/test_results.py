@@ -12,12 +12,14 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
 from hiersearch.errors import InputError
 from hiersearch.report import results
+from hiersearch.trial.config import TrialConfig
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "leaderboard"
 
@@ -210,3 +212,60 @@ def test_hiersearch_json_that_is_not_an_object_is_ignored_with_a_warning(
     with pytest.warns(results.LeaderboardWarning, match=r"hiersearch\.json: expected a JSON"):
         table = results.load_experiments([str(experiment)])
     assert len(table) == 9 and table.attrs["metric"] == "dev/rp_macro"
+
+
+# --- head options ----------------------------------------------------------------------------
+
+HEAD: dict[str, Any] = {
+    "pooling": "mean",
+    "head_norm": "batchnorm",
+    "head_hidden": None,
+    "freeze_layers": 2,
+}
+
+
+def _write_configs(experiment: Path, head: dict[str, Any]) -> None:
+    """A config.json in every trial directory, as the search driver writes it."""
+    for trial_dir in experiment.glob("trainable_*"):
+        (trial_dir / "config.json").write_text(TrialConfig(**head).dumps())
+
+
+def test_head_options_are_columns_from_config_json_though_not_searched(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "finished")
+    _write_configs(exp, HEAD)
+    df = results.load_experiments([str(exp)])
+    assert set(results.HEAD_OPTION_COLUMNS) <= set(results.param_columns(df))
+    searched = json.loads((_trial_dir(exp, "f18e3_00000") / "params.json").read_text())
+    assert set(results.HEAD_OPTION_COLUMNS).isdisjoint(searched)
+    row = _row(df, "f18e3_00005")
+    assert (row["pooling"], row["head_norm"], row["freeze_layers"]) == ("mean", "batchnorm", 2)
+    assert row["head_hidden"] is None
+    assert str(df["freeze_layers"].dtype) == "Int64"
+
+
+def test_experiment_without_config_json_has_no_head_columns(finished: pd.DataFrame) -> None:
+    assert set(results.HEAD_OPTION_COLUMNS).isdisjoint(finished.columns)
+
+
+def test_trial_without_config_json_takes_head_options_from_the_base_config(
+    tmp_path: Path,
+) -> None:
+    exp = _copy(tmp_path, "finished")
+    meta = json.loads((exp / "hiersearch.json").read_text())
+    meta["base_config"] = TrialConfig(pooling="cls_mean", head_hidden=64).to_json()
+    (exp / "hiersearch.json").write_text(json.dumps(meta))
+    params = _trial_dir(exp, "f18e3_00001") / "params.json"
+    params.write_text(json.dumps({**json.loads(params.read_text()), "head_norm": "layernorm"}))
+    row = _row(results.load_experiments([str(exp)]), "f18e3_00001")
+    assert (row["pooling"], row["head_hidden"]) == ("cls_mean", 64)
+    assert row["head_norm"] == "layernorm"  # the trial's searched value over the base
+
+
+def test_corrupt_config_json_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "finished")
+    _write_configs(exp, HEAD)
+    (_trial_dir(exp, "f18e3_00004") / "config.json").write_text('{"pooling": ')
+    with pytest.warns(results.LeaderboardWarning, match=r"f18e3_00004.*config\.json"):
+        df = results.load_experiments([str(exp)])
+    assert _row(df, "f18e3_00000")["pooling"] == "mean"
+    assert pd.isna(_row(df, "f18e3_00004")["pooling"])

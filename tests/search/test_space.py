@@ -6,8 +6,10 @@ import yaml
 
 from hiersearch.errors import InputError
 from hiersearch.model.assignment import named_variants
+from hiersearch.report.results import HEAD_OPTION_COLUMNS
 from hiersearch.search.space import (
     PRESETS,
+    SpaceFile,
     assignment_of,
     define_by_run,
     fixed_points,
@@ -16,6 +18,7 @@ from hiersearch.search.space import (
     preset_path,
     trial_config,
 )
+from hiersearch.trial.config import TrialConfig
 
 COUNTS_3 = [21, 127, 300]
 
@@ -86,6 +89,8 @@ def test_sampled_trial_config_is_complete_and_valid() -> None:
         config = trial_config(space.base_config(), trial.params, assignment)
         assert config.assignment == assignment
         assert config.lr == trial.params["lr"]
+        for key in HEAD_OPTION_COLUMNS:
+            assert getattr(config, key) == trial.params[key], key
         study.tell(trial, 0.0)
 
 
@@ -195,3 +200,89 @@ def test_a_section_that_is_not_a_mapping_is_named() -> None:
     raw["trial"] = ["epochs", 3]
     with pytest.raises(InputError, match="^smoke.yaml: trial: must be a mapping"):
         parse_space(raw, "smoke.yaml")
+
+
+# --- head options ----------------------------------------------------------------------------
+
+HEAD_SEARCH = {
+    "pooling": {"type": "categorical", "choices": ["mean", "cls_mean", "cls"]},
+    "head_norm": {"type": "categorical", "choices": ["batchnorm", "layernorm", "none"]},
+    "head_hidden": {"type": "categorical", "choices": [None, 64, 256]},
+    "freeze_layers": {"type": "int", "low": 0, "high": 3},
+}
+
+
+def _head_space() -> SpaceFile:
+    raw = _smoke_raw()
+    raw["search"] = HEAD_SEARCH
+    raw["tune"]["algorithm"] = "tpe"
+    return parse_space(raw, "heads.yaml")
+
+
+def test_head_search_enqueues_the_named_variants_at_the_first_choices() -> None:
+    points = fixed_points(_head_space(), 12, COUNTS_3)
+    assert [p["variant"] for p in points] == list(named_variants(12, 3, COUNTS_3))
+    heads = {tuple(p[k] for k in HEAD_OPTION_COLUMNS) for p in points}
+    assert heads == {("mean", "batchnorm", None, 0)}
+
+
+@pytest.mark.parametrize(
+    "head", [("cls_mean", "layernorm", 256, 3), ("cls", "none", None, 0)], ids=str
+)
+def test_fixed_trial_head_options_reach_the_trial_config(head: tuple) -> None:
+    space = _head_space()
+    point = {**dict(zip(HEAD_OPTION_COLUMNS, head, strict=True)), "variant": "HYBRID", "seed": 0}
+    trial = optuna.trial.FixedTrial(point)
+    define_by_run(space, 12, COUNTS_3)(trial)
+    config = trial_config(space.base_config(), trial.params, "HYBRID")
+    assert tuple(getattr(config, k) for k in HEAD_OPTION_COLUMNS) == head
+
+
+def test_a_null_choice_is_enqueued_and_sampled_by_a_real_study() -> None:
+    space = _head_space()
+    fn = define_by_run(space, 12, COUNTS_3)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(fixed_points(space, 12, COUNTS_3)[0])
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        fn(trial)
+        seen.add(trial.params["head_hidden"])
+        study.tell(trial, 0.0)
+    assert seen == {None, 64, 256}
+
+
+@pytest.mark.parametrize(
+    ("key", "dist"),
+    [
+        ("pooling", {"type": "categorical", "choices": ["mean", "max"]}),
+        ("head_norm", {"type": "categorical", "choices": ["batchnorm", "rms"]}),
+        ("head_hidden", {"type": "categorical", "choices": [None, 0]}),
+        ("freeze_layers", {"type": "int", "low": -1, "high": 2}),
+    ],
+)
+def test_a_bad_head_option_choice_names_the_search_key(key: str, dist: dict) -> None:
+    raw = _smoke_raw()
+    raw["search"] = {key: dist}
+    with pytest.raises(InputError, match=f"^heads.yaml: search: {key}"):
+        parse_space(raw, "heads.yaml")
+
+
+def test_layerwise_preset_searches_every_head_option() -> None:
+    search = load_space("layerwise").search
+    assert set(HEAD_OPTION_COLUMNS) <= set(search)
+    assert None in search["head_hidden"]["choices"]
+    assert set(search["pooling"]["choices"]) == {"cls", "mean", "cls_mean"}
+
+
+def test_paper_preset_pins_the_papers_head() -> None:
+    space = load_space("paper")
+    pinned = {k: space.trial[k] for k in HEAD_OPTION_COLUMNS}  # written out, not defaulted
+    assert pinned == {k: getattr(TrialConfig(), k) for k in HEAD_OPTION_COLUMNS}
+    assert pinned == {"pooling": "cls", "head_norm": "none", "head_hidden": None,
+                      "freeze_layers": 0}
+
+
+def test_quick_preset_reads_mean_pooled_standardized_features() -> None:
+    config = load_space("quick").base_config()
+    assert (config.pooling, config.head_norm) == ("mean", "batchnorm")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -113,10 +114,18 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return torch.load(checkpoint / "model.pt")
 
 
-def test_resumed_run_equals_an_uninterrupted_one(encoded: str, tmp_path: Path) -> None:
+HEAD_OPTIONS = {"pooling": "cls_mean", "head_norm": "batchnorm", "head_hidden": 16,
+                "freeze_layers": 2}
+
+
+@pytest.mark.parametrize("head", [{}, HEAD_OPTIONS], ids=["paper-head", "head-options"])
+def test_resumed_run_equals_an_uninterrupted_one(
+    encoded: str, tmp_path: Path, head: dict[str, Any]
+) -> None:
     """Weights, Adam's moments, the schedule and the random state (dropout) all come back
-    from the checkpoint: any of them started afresh changes epoch 2."""
-    config = _config(epochs=2, util_docs=0, warmup_ratio=0.25)
+    from the checkpoint: any of them started afresh changes epoch 2. With the head options,
+    the batch-norm statistics too."""
+    config = _config(epochs=2, util_docs=0, warmup_ratio=0.25, **head)
     whole = _session(tmp_path / "whole")
     fit(config, encoded, whole)
     (tmp_path / "cut" / "checkpoints").mkdir(parents=True)
@@ -214,3 +223,58 @@ def test_heads_train_at_head_lr_and_the_encoder_at_lr(encoded: str, tmp_path: Pa
     assert len(head_group["params"]) == 6
     with pytest.raises(ValueError, match="head_lr"):
         _config(head_lr=0.0)
+
+
+def test_frozen_layers_are_not_in_the_optimizer_and_stay_as_initialized(
+    encoded: str, tmp_path: Path
+) -> None:
+    config = _config(epochs=1, util_docs=0, freeze_layers=3, max_steps_per_epoch=2)
+    recipe = TrialRecipe(config, _session(tmp_path / "setup"))
+    recipe.setup(encoded)
+    core = recipe.core
+    frozen = [core.encoder.embeddings, *list(core.encoder.encoder.layer)[:3]]
+    frozen_ids = {id(p) for module in frozen for p in module.parameters()}
+    optimized = {id(p) for group in recipe.optimizer.param_groups for p in group["params"]}
+    assert frozen_ids and not frozen_ids & optimized
+    assert optimized == {id(p) for p in core.parameters() if p.requires_grad}
+
+    initial = {k: v.clone() for k, v in core.state_dict().items()}
+    session = _session(tmp_path / "fit")
+    fit(config, encoded, session)
+    trained = _weights(session.checkpoints[0])
+    below = ("encoder.embeddings.", *(f"encoder.encoder.layer.{i}." for i in range(3)))
+    for key, value in trained.items():
+        if key.startswith(below):
+            assert torch.equal(value, initial[key]), key
+    assert not torch.equal(trained["encoder.encoder.layer.3.output.dense.weight"],
+                           initial["encoder.encoder.layer.3.output.dense.weight"])
+
+
+def test_head_options_are_in_the_checkpoints_config(encoded: str, tmp_path: Path) -> None:
+    session = _session(tmp_path)
+    fit(_config(epochs=1, util_docs=0, max_steps_per_epoch=1, **HEAD_OPTIONS), encoded, session)
+    saved = json.loads((session.checkpoints[0] / "config.json").read_text())
+    assert {key: saved[key] for key in HEAD_OPTIONS} == HEAD_OPTIONS
+
+
+
+def test_test_metrics_come_from_the_best_epochs_weights_when_a_later_epoch_is_worse(
+    encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev_losses = iter([0.5, 0.9])  # epoch 1 best, epoch 2 worse
+    measured = recipe.split_metrics
+
+    def scripted(*args: Any) -> dict[str, float]:
+        out = measured(*args)
+        if M.loss_key("dev") in out:
+            out[M.loss_key("dev")] = next(dev_losses)
+        return out
+
+    monkeypatch.setattr(recipe, "split_metrics", scripted)
+    session = _session(tmp_path)
+    final = fit(_config(epochs=2, patience=5, util_docs=0, max_steps_per_epoch=2), encoded,
+                session)
+    assert final[M.TRIAL_BEST_EPOCH] == 1
+    epoch1, epoch2, last = (_weights(c) for c in session.checkpoints)
+    assert any(not torch.equal(epoch1[k], epoch2[k]) for k in epoch1)
+    assert all(torch.equal(last[k], epoch1[k]) for k in epoch1)
