@@ -93,7 +93,7 @@ def rp_levels_and_micro(
 
 
 def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
-    from hiersearch.metrics import ranking as M
+    from hiersearch import metrics as M
 
     golds, scores = make_level_data(docs)
     high = [s + 3 * g for g, s in zip(golds, scores, strict=True)]  # gold scores ~N(3, 1)

@@ -27,7 +27,7 @@ import metrics_speed  # noqa: E402
 import ray_overhead  # noqa: E402
 import search_efficiency  # noqa: E402
 
-from hiersearch.metrics import ranking as M  # noqa: E402
+from hiersearch import metrics as M  # noqa: E402
 from hiersearch.search.space import fixed_points, parse_space  # noqa: E402
 
 

@@ -30,8 +30,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from hiersearch import metrics
 from hiersearch.files import atomic_open
-from hiersearch.metrics import ranking as metrics
 
 if TYPE_CHECKING:
     import os

@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
+from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_text
-from hiersearch.metrics import ranking as M
 from hiersearch.report.results import (
     HEAD_OPTION_COLUMNS,
     STATUS_TERMINATED,

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from hiersearch import metrics as M
 from hiersearch.data.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_json, atomic_write_text
-from hiersearch.metrics import ranking as M
 from hiersearch.model.assignment import LayerAssignment, named_variant, named_variants
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder, num_encoder_layers

@@ -88,8 +88,8 @@ def test_times_are_minimized() -> None:
     assert keys.mode_of(keys.skipped_key("dev", 2)) == "min"
 
 
-def test_ranking_and_the_package_hand_out_the_same_key_names() -> None:
-    for name in ranking.__all__:
-        assert getattr(hiersearch.metrics, name) is getattr(ranking, name)
-    for name in keys.__all__:
-        assert getattr(hiersearch.metrics, name) is getattr(keys, name)
+def test_the_package_names_every_key_and_computation_of_its_modules() -> None:
+    for module in (ranking, keys):
+        for name in module.__all__:
+            assert getattr(hiersearch.metrics, name) is getattr(module, name)
+    assert set(hiersearch.metrics.__all__) >= set(ranking.__all__) | set(keys.__all__)

@@ -19,10 +19,10 @@ import pytest
 import torch
 import yaml
 
+from hiersearch import metrics as M
 from hiersearch.cli import main
 from hiersearch.data.encode import load_encoded
 from hiersearch.errors import InputError
-from hiersearch.metrics import ranking as M
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder
 from hiersearch.report import leaderboard as lb

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from hiersearch import metrics as M
 from hiersearch.cli import main
-from hiersearch.metrics import ranking as M
 
 # the Ray-backed tests are marked one by one: the last test of the file needs no Ray
 

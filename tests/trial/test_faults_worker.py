@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from hiersearch.metrics import ranking as M
+from hiersearch import metrics as M
 from hiersearch.report import results
 from hiersearch.search.driver import run_search
 from hiersearch.search.space import load_space

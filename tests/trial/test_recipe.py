@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from hiersearch import metrics as M
 from hiersearch.data.encode import encode
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
-from hiersearch.metrics import ranking as M
 from hiersearch.model.encoder import tokenizer_path
 from hiersearch.trial import recipe
 from hiersearch.trial.config import TrialConfig
@@ -141,10 +141,9 @@ def test_resumed_run_equals_an_uninterrupted_one(
         assert all(torch.equal(mine[k], theirs[k]) for k in theirs), resumed.name
 
 
-def test_patience_stops_training_when_dev_loss_stops_improving(
-    encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dev_losses = iter([1.0, 0.5, 0.7, 0.6, 0.1, 0.1])  # best at epoch 2, then 2 worse epochs
+def _script_dev_losses(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> None:
+    """Each epoch's dev loss, in order, instead of the measured one (the rest measured)."""
+    dev_losses = iter(losses)
     measured = recipe.split_metrics
 
     def scripted(*args: Any) -> dict[str, float]:
@@ -154,6 +153,12 @@ def test_patience_stops_training_when_dev_loss_stops_improving(
         return out
 
     monkeypatch.setattr(recipe, "split_metrics", scripted)
+
+
+def test_patience_stops_training_when_dev_loss_stops_improving(
+    encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _script_dev_losses(monkeypatch, [1.0, 0.5, 0.7, 0.6, 0.1, 0.1])  # best 2, then 2 worse
     session = _session(tmp_path)
     final = fit(_config(epochs=6, patience=2, util_docs=0, max_steps_per_epoch=1), encoded,
                 session)
@@ -261,16 +266,7 @@ def test_head_options_are_in_the_checkpoints_config(encoded: str, tmp_path: Path
 def test_test_metrics_come_from_the_best_epochs_weights_when_a_later_epoch_is_worse(
     encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dev_losses = iter([0.5, 0.9])  # epoch 1 best, epoch 2 worse
-    measured = recipe.split_metrics
-
-    def scripted(*args: Any) -> dict[str, float]:
-        out = measured(*args)
-        if M.loss_key("dev") in out:
-            out[M.loss_key("dev")] = next(dev_losses)
-        return out
-
-    monkeypatch.setattr(recipe, "split_metrics", scripted)
+    _script_dev_losses(monkeypatch, [0.5, 0.9])  # epoch 1 best, epoch 2 worse
     session = _session(tmp_path)
     final = fit(_config(epochs=2, patience=5, util_docs=0, max_steps_per_epoch=2), encoded,
                 session)
