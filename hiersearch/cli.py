@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variants_and_space(sub)
     _add_runs(sub)
     _add_leaderboard(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -105,6 +106,29 @@ def _add_leaderboard(sub: Any) -> None:
     board.add_argument("--out", default=None, help="write to this file (atomically)")
 
 
+def _add_serve(sub: Any) -> None:
+    export = sub.add_parser("export", help="a finished trial -> a self-contained model dir")
+    export.add_argument("experiment", help="experiment directory (path or URI)")
+    pick = export.add_mutually_exclusive_group()
+    pick.add_argument("--trial", default=None, help="trial id (see the leaderboard)")
+    pick.add_argument(
+        "--best", default=None, metavar="METRIC",
+        help="the best finished trial by METRIC (default: the experiment's metric and mode)",
+    )
+    export.add_argument("--out", required=True, help="model directory to write (new or empty)")
+
+    predict = sub.add_parser("predict", help="label documents with an exported model")
+    predict.add_argument("model_dir")
+    predict.add_argument("--input", required=True, help="JSONL or CSV with a text field, or -")
+    predict.add_argument("--out", default=None, help="JSON Lines file (default: stdout)")
+    limit = predict.add_mutually_exclusive_group()
+    limit.add_argument("--top-k", default=None, help="the K best labels per level (default 5)")
+    limit.add_argument("--threshold", default=None, help="labels scoring >= T, in (0, 1)")
+    predict.add_argument("--levels", default=None, metavar="A-B", help="only levels A..B")
+    predict.add_argument("--batch-size", default="32")
+    predict.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -125,6 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         "reproduce": _reproduce,
         "search": _search,
         "leaderboard": _leaderboard,
+        "export": _export,
+        "predict": _predict,
     }[args.command]
     return handler(args)
 
@@ -223,6 +249,18 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
     )
 
 
+def _print_export_hint(path: str, metric: str | None) -> None:
+    """The command that exports the best finished trial (by the experiment's metric)."""
+    from hiersearch.serve.export import choose_trial
+
+    try:
+        row = choose_trial(path, None, metric)
+    except InputError:  # no finished trial with a checkpoint: nothing to export
+        return
+    print(f"export the best trial: hiersearch export {path} --trial {row['trial_id']} "
+          f"--out models/{row['trial_id']}")
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     _prepare_env()
     from hiersearch.report import leaderboard as lb
@@ -239,6 +277,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     for split in ("dev", "test"):
         print(lb.paper_table_text(lb.paper_table(table, split, levels), split))
     print(f"experiment: {path}")
+    _print_export_hint(path, None)
     return EXIT_OK
 
 
@@ -257,6 +296,7 @@ def _search(args: argparse.Namespace) -> int:
     table = lb.sort_rows(table, metric if metric in table.columns else None, space.tune.mode)
     print(lb.render(lb.top(table, 10), "table"))
     print(f"\nexperiment: {path}")
+    _print_export_hint(path, metric if metric in table.columns else None)
     return EXIT_OK
 
 
@@ -284,6 +324,62 @@ def _leaderboard(args: argparse.Namespace) -> int:
     else:
         print(lb.render(table, args.format))
     return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hiersearch.serve.export import export_trial
+
+    out = export_trial(args.experiment, args.out, trial=args.trial, best=args.best)
+    print(f"wrote {out}")
+    print(f"predict: hiersearch predict {out} --input docs.jsonl --out predictions.jsonl")
+    return EXIT_OK
+
+
+def _positive_int(text: str, option: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InputError(f"expected a positive integer, got {text!r}", where=option) from None
+    if value < 1:
+        raise InputError(f"must be >= 1 (got {value})", where=option)
+    return value
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"expected a number, got {text!r}", where="--threshold") from None
+    if not 0.0 < value < 1.0:  # scores are probabilities; NaN fails this too
+        raise InputError(f"must be in (0, 1) (got {text})", where="--threshold")
+    return value
+
+
+def _level_range(text: str) -> tuple[int, int]:
+    """"A-B" or "A" (1-based, inclusive); the model's depth is checked once it is loaded."""
+    first, sep, last = text.partition("-")
+    try:
+        bounds = (int(first), int(last) if sep else int(first))
+    except ValueError:
+        raise InputError(f"expected A-B or A (1-based levels), got {text!r}",
+                         where="--levels") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise InputError(f"expected 1 <= A <= B, got {text!r}", where="--levels")
+    return bounds
+
+
+def _predict(args: argparse.Namespace) -> int:
+    # every option is checked before the model (and torch) loads
+    top_k = _positive_int(args.top_k, "--top-k") if args.top_k is not None else None
+    threshold = _threshold(args.threshold) if args.threshold is not None else None
+    levels = _level_range(args.levels) if args.levels is not None else None
+    batch_size = _positive_int(args.batch_size, "--batch-size")
+    from hiersearch.serve.predict import run_predict
+
+    return run_predict(
+        model_dir=args.model_dir, input=args.input, out=args.out, top_k=top_k,
+        threshold=threshold, levels=levels, batch_size=batch_size, device=args.device,
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import gpu_throughput  # noqa: E402
 import layer_probe  # noqa: E402
 import layerwise_step  # noqa: E402
 import metrics_speed  # noqa: E402
+import predict_throughput  # noqa: E402
 import ray_overhead  # noqa: E402
 import search_efficiency  # noqa: E402
 
@@ -321,3 +322,22 @@ def test_gpu_flops_and_peaks() -> None:
     assert gpu_throughput.peak_flops("NVIDIA H100 PCIe") == 756.0e12
     assert gpu_throughput.peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
     assert gpu_throughput.peak_flops("unknown") is None
+
+
+def test_predict_throughput_quick_times_every_candidate(tmp_path: Path) -> None:
+    out = predict_throughput.main(["--quick", "--json", str(tmp_path / "predict.json")])
+    names = {predict_throughput.BASELINE, "scores_all", "predict_all",
+             *predict_throughput.LEVEL_SUBSETS}
+    assert set(out["wall_s"]) == names and out["docs"] == predict_throughput.QUICK.docs
+    assert out["encoder_layers"] == 6
+    early = out["cpu"]["early_exit"]
+    # ONE-BY-ONE on 6 layers: level 1 reads layer 2, level 2 layer 4
+    assert {k: v["layers_needed"] for k, v in early.items()} == {"scores_L1": 2, "scores_L1-2": 4}
+    assert early["scores_L1"]["target"] == pytest.approx(0.9 * 6 / 2)
+    assert set(out["wall"]["throughput_ratio_vs_hf"]) == names - {predict_throughput.BASELINE}
+    assert json.loads((tmp_path / "predict.json").read_text())["bench"] == "predict_throughput"
+
+
+def test_predict_throughput_ratio_is_paired_per_repetition() -> None:
+    times = {"hf_forward": [1.0, 4.0, 2.0], "scores_all": [2.0, 4.0, 1.0]}
+    assert predict_throughput.paired_ratio(times, "hf_forward", "scores_all") == 1.0

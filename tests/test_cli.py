@@ -105,3 +105,56 @@ def test_reproduce_prints_the_head_under_each_table_title(
     head = "head: pooling=mean, head_norm=batchnorm, head_hidden=none, freeze_layers=0"
     titles = [i for i, line in enumerate(lines) if line.startswith("R-Precision (%)")]
     assert len(titles) == 2 and all(lines[i + 1] == head for i in titles)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--top-k", "0"], "--top-k"),
+        (["--top-k", "many"], "--top-k"),
+        (["--threshold", "1.5"], "--threshold"),
+        (["--threshold", "nan"], "--threshold"),
+        (["--levels", "3-1"], "--levels"),
+        (["--levels", "0-2"], "--levels"),
+        (["--levels", "a-b"], "--levels"),
+        (["--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_predict_rejects_bad_options_before_loading_anything(
+    options: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model directory that does not exist is never reached: the option is checked first."""
+    assert main(["predict", "no-such-model", "--input", "-", *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err and "no-such-model" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "m", "--input", "-", "--top-k", "3", "--threshold", "0.5"],
+        ["predict", "m", "--input", "-", "--device", "tpu"],
+        ["export", "exp", "--trial", "t", "--best", "dev/rp_L1", "--out", "o"],
+        ["export", "exp", "--trial", "t"],
+    ],
+)
+def test_exclusive_or_missing_serve_options_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+
+
+def test_predict_passes_checked_options_to_run_predict(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    seen: dict[str, object] = {}
+    fake = types.ModuleType("hiersearch.serve.predict")
+    fake.run_predict = lambda **kwargs: seen.update(kwargs) or 0  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "hiersearch.serve.predict", fake)
+    argv = ["predict", "m", "--input", "docs.csv", "--out", "p.jsonl", "--threshold", "0.25",
+            "--levels", "1-2", "--batch-size", "8", "--device", "cuda"]
+    assert main(argv) == 0
+    assert seen == {"model_dir": "m", "input": "docs.csv", "out": "p.jsonl", "top_k": None,
+                    "threshold": 0.25, "levels": (1, 2), "batch_size": 8, "device": "cuda"}
+    assert main(["predict", "m", "--input", "-", "--levels", "2"]) == 0
+    assert seen["levels"] == (2, 2) and seen["top_k"] is None and seen["batch_size"] == 32

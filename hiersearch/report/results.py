@@ -10,7 +10,10 @@ directory (one holding params.json, result.json or error.txt): `params.json` (th
 trial's resolved config, written when it starts).
 
 Columns, in order: experiment, trial_id, status, error (the exception line of error.txt),
-variant, assignment, stop_reason, best_epoch, epochs, time_s, node_id; then the metrics as
+variant, assignment, stop_reason, best_epoch, epochs, time_s, node_id, checkpoint (the trial's
+final checkpoint: the newest `checkpoint_*` directory, directly in the trial directory or in its
+Ray Train run's `train_*/`, that holds model.pt and final_metrics.json; what `hiersearch export`
+reads); then the metrics as
 reported, dev/*, test/*, train/*, util/*; then other reported trial/* keys; then the
 hyper-parameters (params.json, nested dicts flattened with "/"; one named like an identity
 column or a metric becomes `param/<name>`), and the head options (`HEAD_OPTION_COLUMNS`) whether
@@ -65,6 +68,7 @@ ID_COLUMNS = (
     "epochs",
     "time_s",
     "node_id",
+    "checkpoint",
 )
 
 # TrialConfig fields every trial shows even when fixed: they decide what a head can learn
@@ -204,6 +208,30 @@ def error_line(text: str) -> str | None:
     )
 
 
+# What a trial's final checkpoint holds (the recipe's `finish` writes them)
+FINAL_CHECKPOINT_FILES = frozenset({"model.pt", "final_metrics.json", "config.json"})
+
+
+def _final_checkpoint(store: _Store, trial_dir: str) -> str | None:
+    """The newest checkpoint of a trial holding its final report, as a path or URI. A one-worker
+    trial checkpoints through Tune (in the trial directory), a Ray Train run in `train_*/`;
+    both name checkpoints so that their order is the order of their names."""
+    found: list[tuple[str, ...]] = []
+    for name, is_dir in store.entries(trial_dir).items():
+        if is_dir and name.startswith("checkpoint_"):
+            found.append((name,))
+        elif is_dir and name.startswith("train_"):
+            found += [
+                (name, sub)
+                for sub, sub_dir in store.entries(trial_dir, name).items()
+                if sub_dir and sub.startswith("checkpoint_")
+            ]
+    for parts in sorted(found, key=lambda p: p[-1], reverse=True):
+        if set(store.entries(trial_dir, *parts)) >= FINAL_CHECKPOINT_FILES:
+            return store.where(trial_dir, *parts)
+    return None
+
+
 def _flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
@@ -270,6 +298,7 @@ def _trial_row(
         "error": error_line(error_text) if error_text else None,
         "epochs": last.get("epoch", last.get("training_iteration")),
         "time_s": _number(last.get("time_total_s")),
+        "checkpoint": _final_checkpoint(store, trial_dir) if final and trial_dir else None,
     }
     for key, value in chosen.items():
         if key in _RESULT_IDS:

@@ -74,6 +74,24 @@ def resolve_assignment(spec: str, num_layers: int, label_counts: list[int]) -> L
     return assignment
 
 
+def build_classifier(config: TrialConfig, label_counts: list[int]) -> LayerwiseClassifier:
+    """The trial's model, freshly initialized (seeded): what every trial trains and what an
+    export loads its weights into."""
+    encoder = load_encoder(config.model, seed=config.seed)
+    assignment = resolve_assignment(config.assignment, num_encoder_layers(encoder), label_counts)
+    return LayerwiseClassifier(
+        encoder,
+        assignment,
+        label_counts,
+        config.dropout,
+        config.loss_weighting,
+        pooling=config.pooling,
+        head_norm=config.head_norm,
+        head_hidden=config.head_hidden,
+        freeze_layers=config.freeze_layers,
+    )
+
+
 def variant_of(
     assignment: LayerAssignment, num_layers: int, label_counts: list[int]
 ) -> str | None:
@@ -248,27 +266,14 @@ class TrialRecipe:
         self._setup_optimizer()
 
     def _setup_model(self, label_counts: list[int]) -> LayerwiseClassifier:
-        config = self.config
-        encoder = load_encoder(config.model, seed=config.seed)
-        num_layers = num_encoder_layers(encoder)
-        assignment = resolve_assignment(config.assignment, num_layers, label_counts)
+        model = build_classifier(self.config, label_counts)
+        num_layers, assignment = num_encoder_layers(model.encoder), model.assignment
         self.identity = {
             M.TRIAL_VARIANT: assignment.name or variant_of(assignment, num_layers, label_counts),
             M.TRIAL_ASSIGNMENT: assignment.to_string(),
             M.TRIAL_NODE_ID: self.session.node_id(),
             M.TRIAL_WORLD_SIZE: self.session.world_size,
         }
-        model = LayerwiseClassifier(
-            encoder,
-            assignment,
-            label_counts,
-            config.dropout,
-            config.loss_weighting,
-            pooling=config.pooling,
-            head_norm=config.head_norm,
-            head_hidden=config.head_hidden,
-            freeze_layers=config.freeze_layers,
-        )
         return model.to(self.session.device)
 
     def _setup_optimizer(self) -> None:

@@ -1,0 +1,190 @@
+"""Predict throughput: `ExportedModel.scores` against a plain Hugging Face forward pass of the
+same encoder, and early exit by level.
+
+The model: the packaged MiniLM-L6 with ONE-BY-ONE heads over the 3 levels of a synthetic
+EuroVoc corpus (21 / 127 / 7,029 labels; L1 -> layer 2, L2 -> layer 4, L3 -> layer 6), mean
+pooling, freshly initialized heads (speed does not depend on what they learned), written to a
+temporary directory by the exporter (`hiersearch.serve.export`) and loaded back with
+`ExportedModel.load`, as `hiersearch predict` does. The documents: that corpus's texts
+(synthetic), truncated at 64 tokens as the quick preset trains them.
+
+Candidates, timed over the same documents, batch size and thread count, taking turns (rotating
+order) over several repetitions:
+
+- `hf_forward`: `AutoModel.from_pretrained(<export>/encoder)` + its tokenizer, batch by batch,
+  `inference_mode`: the plain encoder forward (no heads, no pooling, no sigmoid).
+- `scores_all`: `ExportedModel.scores(texts)`: tokenization, all layers, every head, sigmoid.
+- `scores_L1`, `scores_L1-2`: early exit: `scores(texts, levels=[1])` runs layers 1-2 only,
+  `levels=[1, 2]` layers 1-4.
+- `predict_all`: `hiersearch.serve.predict.predict_stream` (scores + top-5 selection + JSON
+  lines into memory): what `hiersearch predict` adds on top of `scores`.
+
+Figures: throughput ratio (hf_forward time / candidate time, median of the per-repetition
+ratios; documents per second follow from the medians), wall and CPU time. Targets:
+`scores_all` / `hf_forward` >= 0.95; early exit speed-up over `scores_all` >= 0.9 x (encoder
+layers / layers needed).
+
+    python bench/predict_throughput.py [--quick] [--docs N] [--threads T] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import alternate, emit, machine, median, setup_env, verdict  # noqa: E402
+
+LEVEL_SUBSETS = {"scores_L1": [1], "scores_L1-2": [1, 2]}
+BASELINE = "hf_forward"
+TARGET_RATIO = 0.95
+TARGET_EARLY_EXIT = 0.9  # x (encoder layers / layers needed)
+
+
+@dataclass(frozen=True)
+class Setup:
+    encoder: str
+    docs: int
+    max_length: int
+    batch: int
+    reps: int
+
+
+FULL = Setup("minilm", docs=128, max_length=64, batch=32, reps=7)
+QUICK = Setup("tiny:6x32", docs=12, max_length=16, batch=4, reps=1)
+
+
+def build_export(setup: Setup, directory: Path) -> tuple[Path, list[str]]:
+    """A model directory of a freshly initialized ONE-BY-ONE classifier on a synthetic EuroVoc
+    corpus of 3 levels, and that corpus's texts."""
+    from hiersearch.data.synth import SynthConfig, synthesize
+    from hiersearch.data.vocabularies import eurovoc_hierarchy
+    from hiersearch.serve.export import write_model_dir
+    from hiersearch.trial.config import TrialConfig
+    from hiersearch.trial.recipe import build_classifier
+
+    corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=setup.docs, seed=0))
+    if corpus.hierarchy.depth > 3:
+        corpus = corpus.truncate(1, 3)
+    counts = [len(ids) for ids in corpus.hierarchy.label_index()]
+    config = TrialConfig(
+        model=setup.encoder, assignment="ONE-BY-ONE", max_length=setup.max_length,
+        pooling="mean", dropout=0.0,
+    )
+    core = build_classifier(config, counts).eval()
+    out = directory / "model"
+    out.mkdir()
+    # the exporter's own writer: the bench measures the directory `hiersearch export` writes
+    write_model_dir(out, core, config, corpus, {}, "bench", "random-init", "")
+    texts = [doc.text for docs in corpus.splits.values() for doc in docs]
+    return out, texts[: setup.docs]
+
+
+def hf_forward(model_dir: Path, max_length: int) -> Callable[[Sequence[str], int], None]:
+    """The plain Hugging Face encoder of the export, run the way predict batches documents."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    # no pooler: the export has none (the heads pool), and a random one would add work
+    encoder = AutoModel.from_pretrained(model_dir / "encoder", add_pooling_layer=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+
+    @torch.inference_mode()
+    def run(texts: Sequence[str], batch: int) -> None:
+        for start in range(0, len(texts), batch):
+            ids = tokenizer(list(texts[start : start + batch]), truncation=True,
+                            max_length=max_length, padding=True, return_tensors="pt")
+            encoder(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+
+    return run
+
+
+def candidates(model: Any, model_dir: Path, texts: list[str], batch: int) -> dict[str, Any]:
+    from hiersearch.serve.predict import Selection, check_levels, predict_stream
+
+    plain = hf_forward(model_dir, model.max_length)
+    every = check_levels(None, model.num_levels)
+    named: dict[str, Callable[[], Any]] = {
+        BASELINE: lambda: plain(texts, batch),
+        "scores_all": lambda: model.scores(texts, batch_size=batch),
+    }
+    for name, levels in LEVEL_SUBSETS.items():
+        named[name] = lambda levels=levels: model.scores(texts, levels=levels, batch_size=batch)
+    named["predict_all"] = lambda: predict_stream(
+        model, ((str(i), t) for i, t in enumerate(texts)), io.StringIO(), every,
+        Selection(5, None), batch,
+    )
+    return named
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """Median over repetitions of numerator time / denominator time (same repetition)."""
+    return median([a / b for a, b in zip(times[numerator], times[denominator], strict=True)])
+
+
+def summarize(times: dict[str, list[float]], docs: int, layers: int,
+              needed: dict[str, int]) -> dict[str, Any]:
+    throughput = {k: docs / median(v) for k, v in times.items()}
+    ratio = {k: paired_ratio(times, BASELINE, k) for k in times if k != BASELINE}
+    early = {}
+    for name, k in needed.items():
+        speedup = paired_ratio(times, "scores_all", name)
+        target = TARGET_EARLY_EXIT * layers / k
+        early[name] = {"layers_needed": k, "speedup": speedup, "target": target,
+                       "verdict": verdict(speedup, target, True)}
+    return {
+        "docs_per_s": throughput,
+        "throughput_ratio_vs_hf": ratio,
+        "ratio_verdict": verdict(ratio["scores_all"], TARGET_RATIO, True),
+        "early_exit": early,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, a few documents")
+    parser.add_argument("--docs", type=int, default=None)
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    setup = QUICK if args.quick else FULL
+    setup = Setup(setup.encoder, args.docs or setup.docs, setup.max_length, setup.batch,
+                  args.reps or setup.reps)
+    setup_env()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from hiersearch.serve.model import ExportedModel
+
+    with tempfile.TemporaryDirectory(prefix="hiersearch-bench-predict-") as tmp:
+        model_dir, texts = build_export(setup, Path(tmp))
+        model = ExportedModel.load(model_dir)
+        named = candidates(model, model_dir, texts, setup.batch)
+        for fn in named.values():  # warm-up: first calls allocate and pick kernels
+            fn()
+        before = machine()
+        timings = alternate(named, setup.reps)
+        needed = {name: model.layers_needed(levels) for name, levels in LEVEL_SUBSETS.items()}
+        result = {
+            "setup": setup.__dict__,
+            "encoder_layers": model.num_layers,
+            "docs": len(texts),
+            "machine_before": before,
+            "load_after": machine()["load_average_1_5_15"],
+            "wall": summarize(timings.wall, len(texts), model.num_layers, needed),
+            "cpu": summarize(timings.cpu, len(texts), model.num_layers, needed),
+            **timings.to_json(),
+        }
+    emit("predict_throughput", result, args.json)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""An exported model directory (see `export.py`) loaded for prediction, with early exit by
+level: the levels asked for are answered by encoder layers 1..k only, k the highest layer their
+heads read (BERTer's early exiting; a coarse level's head sits on a low layer). Layer i's output
+does not depend on the layers above it, so the scores equal those of the full forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hiersearch.errors import InputError
+from hiersearch.model.classifier import LayerwiseClassifier
+from hiersearch.serve.export import (
+    ENCODER_DIR,
+    ENCODER_PREFIX,
+    HEADS_FILE,
+    LABELS_FILE,
+    MODEL_FILE,
+    MODEL_FORMAT,
+    TOKENIZER_DIR,
+)
+from hiersearch.trial.config import TrialConfig
+from hiersearch.trial.recipe import resolve_assignment
+
+
+def _read_json(path: Path, directory: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"not an exported model (no {path.name})", where=str(directory))
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"not JSON ({exc})", where=str(path)) from None
+    if not isinstance(value, dict):
+        raise InputError("expected a JSON object", where=str(path))
+    return value
+
+
+def _labels(raw: dict[str, Any], path: Path, counts: list[int]) -> tuple[list, list]:
+    try:
+        levels = raw["levels"]
+        ids = [[str(x) for x in level["ids"]] for level in levels]
+        descriptions = [[str(x) for x in level["descriptions"]] for level in levels]
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"expected levels with ids and descriptions ({exc})",
+                         where=str(path)) from None
+    if [len(x) for x in ids] != counts or [len(x) for x in descriptions] != counts:
+        raise InputError(f"label counts differ from {MODEL_FILE}'s {counts}", where=str(path))
+    return ids, descriptions
+
+
+def _load_encoder(directory: Path) -> Any:
+    from transformers import AutoModel
+
+    path = directory / ENCODER_DIR
+    if not (path / "config.json").is_file():
+        raise InputError(f"not an exported model (no {ENCODER_DIR}/config.json)",
+                         where=str(directory))
+    try:  # no pooler: the export has none (BERT-likes take the option, others ignore it)
+        encoder = AutoModel.from_pretrained(
+            path, attn_implementation="sdpa", local_files_only=True, add_pooling_layer=False
+        )
+    except TypeError:
+        encoder = AutoModel.from_pretrained(path, attn_implementation="sdpa",
+                                            local_files_only=True)
+    except OSError as exc:
+        raise InputError(f"cannot load the encoder: {exc}", where=str(path)) from None
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+def _load_heads(core: LayerwiseClassifier, path: Path) -> None:
+    """heads.pt into the classifier: every head and norm key present, nothing else."""
+    try:
+        state = torch.load(path, map_location="cpu")
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"cannot read: {exc}", where=str(path)) from None
+    try:
+        missing, unexpected = core.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ
+        raise InputError(f"does not fit the model: {str(exc).splitlines()[0]}",
+                         where=str(path)) from None
+    missing = [k for k in missing if not k.startswith(ENCODER_PREFIX)]
+    if missing or unexpected:
+        raise InputError(f"missing keys {missing}, unexpected keys {unexpected}",
+                         where=str(path))
+
+
+@dataclass
+class ExportedModel:
+    """A model directory written by `hiersearch export`, ready to score documents."""
+
+    directory: Path
+    config: TrialConfig
+    label_index: list[list[str]]
+    descriptions: list[list[str]]
+    max_length: int
+    core: LayerwiseClassifier = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.label_index)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str = "cpu") -> ExportedModel:
+        """Load from a model directory; InputError naming the directory or file when it is not
+        one. Needs no Ray, no encoding cache, no experiment directory."""
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise InputError("no such model directory", where=str(directory))
+        info = _read_json(directory / MODEL_FILE, directory)
+        if info.get("format") != MODEL_FORMAT:
+            raise InputError(f"format {info.get('format')!r} is not {MODEL_FORMAT!r}",
+                             where=str(directory / MODEL_FILE))
+        config = TrialConfig.from_dict(info["config"], where=str(directory / MODEL_FILE))
+        counts = [int(c) for c in info["label_counts"]]
+        labels, descriptions = _labels(
+            _read_json(directory / LABELS_FILE, directory), directory / LABELS_FILE, counts
+        )
+        encoder = _load_encoder(directory)
+        layers = int(encoder.config.num_hidden_layers)
+        core = LayerwiseClassifier(
+            encoder, resolve_assignment(str(info["assignment"]), layers, counts), counts,
+            config.dropout, config.loss_weighting, pooling=config.pooling,
+            head_norm=config.head_norm, head_hidden=config.head_hidden,
+        )
+        _load_heads(core, directory / HEADS_FILE)
+        torch_device = torch.device(device)
+        core.to(torch_device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+        return cls(directory, config, labels, descriptions, int(info["max_length"]), core,
+                   tokenizer, torch_device, info)
+
+    @property
+    def num_layers(self) -> int:
+        """Encoder layers in the export (the top one is the highest any head reads)."""
+        return len(self.core.encoder.encoder.layer)
+
+    def _check_levels(self, levels: Sequence[int] | None) -> list[int]:
+        chosen = list(range(1, self.num_levels + 1)) if levels is None else list(levels)
+        bad = [n for n in chosen if not 1 <= n <= self.num_levels]
+        if bad or not chosen:
+            raise InputError(f"levels must be in 1..{self.num_levels} (got {chosen})",
+                             where="--levels")
+        return chosen
+
+    def layers_needed(self, levels: Sequence[int]) -> int:
+        """The highest encoder layer the heads of these (1-based) levels read; FLAT: all."""
+        chosen = self._check_levels(levels)
+        if self.core.assignment.flat:
+            return self.num_layers
+        return max(max(self.core.head_layers[n - 1]) for n in chosen)
+
+    @contextlib.contextmanager
+    def _first_layers(self, k: int) -> Iterator[None]:
+        """Run the encoder on layers 1..k: the capture hooks sit on the layer modules
+        themselves, so they fire as in the full forward."""
+        bert = self.core.encoder.encoder
+        full = bert.layer
+        bert.layer = nn.ModuleList(list(full)[:k])
+        try:
+            yield
+        finally:
+            bert.layer = full
+
+    @torch.inference_mode()
+    def logits_of_ids(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        levels: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, labels of the requested levels, in level order], computing encoder
+        layers 1..layers_needed(levels) only."""
+        from hiersearch.model.classifier import _pool
+
+        chosen = self._check_levels(levels)
+        core = self.core
+        core._captured = {}
+        with self._first_layers(self.layers_needed(chosen)):
+            core.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        captured, core._captured = core._captured, {}
+        pooled = {
+            layer: h if core.pooling == "cls" else _pool(h, attention_mask, core.pooling)
+            for layer, h in captured.items()
+        }
+        if core.assignment.flat:  # one head over all labels: slice the levels out
+            logits = self._head(0, pooled)
+            return torch.cat([logits[:, core.level_slices[n - 1]] for n in chosen], dim=-1)
+        return torch.cat([self._head(n - 1, pooled) for n in chosen], dim=-1)
+
+    def _head(self, index: int, pooled: dict[int, torch.Tensor]) -> torch.Tensor:
+        core = self.core
+        group = core.head_layers[index]
+        features = core.norms[index](torch.cat([pooled[layer] for layer in group], dim=-1))
+        return core.heads[index](core.dropout(features))
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids and mask as training encoded them (truncated to max_length), padded to
+        the batch's longest document."""
+        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                               padding=True, return_tensors="pt")
+        return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
+
+    def scores(
+        self, texts: Sequence[str], levels: Sequence[int] | None = None, batch_size: int = 32
+    ) -> list[np.ndarray]:
+        """Per requested level (all if None): float32 sigmoid probabilities [docs, labels]."""
+        chosen = self._check_levels(levels)
+        if batch_size < 1:
+            raise InputError(f"must be >= 1 (got {batch_size})", where="--batch-size")
+        widths = [len(self.label_index[n - 1]) for n in chosen]
+        bounds = np.cumsum([0, *widths]).tolist()
+        parts: list[list[np.ndarray]] = [[] for _ in chosen]
+        for start in range(0, len(texts), batch_size):
+            batch = self.tokenize(texts[start : start + batch_size])
+            logits = self.logits_of_ids(batch["input_ids"], batch["attention_mask"], chosen)
+            for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                # one level's own tensor: torch's vectorized sigmoid can round an element
+                # differently by its place in a longer row, and a level's scores must not
+                # depend on which other levels were asked for
+                level = logits[:, a:b].float().contiguous()
+                parts[i].append(torch.sigmoid(level).cpu().numpy())
+        return [
+            np.concatenate(p) if p else np.zeros((0, w), np.float32)
+            for p, w in zip(parts, widths, strict=True)
+        ]

@@ -1,0 +1,171 @@
+"""An exported model loaded for prediction: a fresh process without Ray gives the scores of the
+model it was exported from, and early exit by level gives the full forward's scores for those
+levels while running fewer layers.
+
+The models here are untrained (random heads, random batchnorm statistics): equality does not
+need training, and test_export.py covers a trained trial.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hiersearch.data.corpus import load_corpus_dir, write_corpus
+from hiersearch.data.synth import SynthConfig, synthesize
+from hiersearch.data.vocabularies import eurovoc_hierarchy
+from hiersearch.errors import InputError
+from hiersearch.files import atomic_directory
+from hiersearch.model.classifier import LayerwiseClassifier
+from hiersearch.serve.export import write_model_dir
+from hiersearch.serve.model import ExportedModel
+from hiersearch.trial.config import TrialConfig
+from hiersearch.trial.recipe import build_classifier
+
+TEXTS = ["agriculture and fisheries policy", "customs union and trade", "a", "energy " * 80]
+
+
+def _export(root: Path, name: str, **changes: object) -> tuple[Path, LayerwiseClassifier]:
+    """Export an untrained model of the corpus under `root`; then move it away from the corpus
+    and delete the corpus: the directory must stand on its own."""
+    corpus_dir = root / "corpus"
+    if not corpus_dir.exists():
+        write_corpus(synthesize(eurovoc_hierarchy(), SynthConfig(docs=30, seed=2, max_leaves=9)),
+                     corpus_dir)
+    config = TrialConfig(corpus=str(corpus_dir), model="tiny:12x32", max_length=32, seed=3,
+                         **changes)  # type: ignore[arg-type]
+    corpus = load_corpus_dir(corpus_dir)
+    core = build_classifier(config, corpus.hierarchy.label_counts()).eval()
+    generator = torch.Generator().manual_seed(5)
+    for norm in core.norms:  # statistics that are not the defaults: they must travel too
+        if isinstance(norm, torch.nn.BatchNorm1d):
+            norm.running_mean.copy_(torch.randn(norm.running_mean.shape, generator=generator))
+            norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=generator) + 0.5)
+    with atomic_directory(root / "staging" / name) as tmp:
+        write_model_dir(tmp, core, config, corpus, {}, "exp", "t1", "nowhere")
+    target = root / "models" / name
+    target.parent.mkdir(exist_ok=True)
+    shutil.move(str(root / "staging" / name), target)
+    return target, core
+
+
+@pytest.fixture(scope="module")
+def models(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[Path, LayerwiseClassifier]]:
+    root = tmp_path_factory.mktemp("serve-model")
+    out = {
+        "layerwise": _export(root, "layerwise", assignment="ONE-BY-ONE", pooling="mean",
+                             head_norm="batchnorm"),
+        "flat": _export(root, "flat", assignment="FLAT", pooling="cls_mean", head_hidden=8),
+    }
+    shutil.rmtree(root / "corpus")
+    return out
+
+
+def _expected_scores(core: LayerwiseClassifier, model: ExportedModel) -> np.ndarray:
+    """Sigmoid of the original classifier's logits, level by level (as `scores` takes it)."""
+    batch = model.tokenize(TEXTS)
+    with torch.inference_mode():
+        logits = core(batch["input_ids"], batch["attention_mask"])
+    levels = [torch.sigmoid(logits[:, s].contiguous()).numpy() for s in core.level_slices]
+    return np.concatenate(levels, axis=1)
+
+
+def test_a_fresh_process_without_ray_gives_the_original_models_scores(
+    models: dict, tmp_path: Path
+) -> None:
+    directory, core = models["layerwise"]
+    expected = _expected_scores(core, ExportedModel.load(directory))
+    script = (
+        "import json, sys, numpy as np, torch\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"
+        "from hiersearch.serve.model import ExportedModel\n"
+        f"model = ExportedModel.load({str(directory)!r})\n"
+        f"scores = model.scores({TEXTS!r}, batch_size={len(TEXTS)})\n"
+        f"np.save({str(tmp_path / 'scores.npy')!r}, np.concatenate(scores, axis=1))\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+        "print(json.dumps([s.dtype.name for s in scores]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["float32"] * 3
+    got = np.load(tmp_path / "scores.npy")
+    np.testing.assert_array_equal(got, expected.astype(np.float32))
+
+
+def test_the_loaded_model_keeps_labels_config_and_depth(models: dict) -> None:
+    directory, core = models["layerwise"]
+    model = ExportedModel.load(directory)
+    assert model.num_levels == 3 and model.max_length == 32
+    assert [len(x) for x in model.label_index] == core.label_counts
+    assert [len(x) for x in model.descriptions] == core.label_counts
+    assert model.config.assignment == "ONE-BY-ONE" and model.num_layers == 12
+    assert [model.layers_needed([n]) for n in (1, 2, 3)] == [4, 8, 12]
+    assert model.layers_needed([1, 2]) == 8
+    assert ExportedModel.load(models["flat"][0]).layers_needed([1]) == 12
+
+
+def _layer_calls(model: ExportedModel) -> tuple[list[int], list]:
+    calls: list[int] = []
+    handles = [
+        layer.register_forward_hook(lambda *_a, i=i: calls.append(i))
+        for i, layer in enumerate(model.core.encoder.encoder.layer, 1)
+    ]
+    return calls, handles
+
+
+@pytest.mark.parametrize("name", ["layerwise", "flat"])
+def test_early_exit_gives_the_full_forwards_scores_for_its_levels(
+    models: dict, name: str
+) -> None:
+    model = ExportedModel.load(models[name][0])
+    full = model.scores(TEXTS, batch_size=2)
+    calls, handles = _layer_calls(model)
+    try:
+        part = model.scores(TEXTS, levels=[1, 2], batch_size=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(part) == 2
+    for level in (0, 1):
+        np.testing.assert_array_equal(part[level], full[level])
+    layers_run = sorted(set(calls))
+    if name == "layerwise":  # levels 1-2 read layers 4 and 8: layers 9-12 never run
+        assert layers_run == list(range(1, 9))
+    else:  # FLAT reads the top layer only
+        assert layers_run == list(range(1, 13))
+    assert len(model.core.encoder.encoder.layer) == 12  # the full stack is back
+
+
+def test_scores_of_a_single_level_and_no_documents(models: dict) -> None:
+    model = ExportedModel.load(models["layerwise"][0])
+    (level3,) = model.scores(TEXTS, levels=[3])
+    assert level3.shape == (len(TEXTS), len(model.label_index[2]))
+    assert level3.dtype == np.float32 and ((level3 > 0) & (level3 < 1)).all()
+    empty = model.scores([], levels=[1, 2])
+    assert [e.shape for e in empty] == [(0, len(model.label_index[0])),
+                                        (0, len(model.label_index[1]))]
+    with pytest.raises(InputError, match="--levels"):
+        model.scores(TEXTS, levels=[4])
+
+
+def test_a_damaged_model_directory_is_named(models: dict, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(models["layerwise"][0], broken)
+    heads = torch.load(broken / "heads.pt")
+    heads.pop("heads.0.weight")
+    torch.save(heads, broken / "heads.pt")
+    with pytest.raises(InputError, match="heads.pt"):
+        ExportedModel.load(broken)
+    (broken / "model.json").write_text("{not json")
+    with pytest.raises(InputError, match="model.json"):
+        ExportedModel.load(broken)
