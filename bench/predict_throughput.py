@@ -81,7 +81,8 @@ def build_export(setup: Setup, directory: Path) -> tuple[Path, list[str]]:
     out = directory / "model"
     out.mkdir()
     # the exporter's own writer: the bench measures the directory `hiersearch export` writes
-    write_model_dir(out, core, config, corpus, {}, "bench", "random-init", "")
+    write_model_dir(out, core, config, corpus.hierarchy, corpus.synthetic, {}, "bench",
+                    "random-init", "")
     texts = [doc.text for docs in corpus.splits.values() for doc in docs]
     return out, texts[: setup.docs]
 

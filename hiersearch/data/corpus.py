@@ -242,9 +242,9 @@ def read_jsonl(path: Path, text_field: str, labels_field: str, id_field: str) ->
 
 
 # -- the corpus directory layout ----------------------------------------------------------------
-def load_corpus_dir(directory: str | Path) -> Corpus:
-    """DIR/{train,dev,test}.jsonl (id, text, labels) + DIR/hierarchy.json (+ DIR/corpus.json with
-    "synthetic": true/false; absent means a real corpus)."""
+def load_corpus_header(directory: str | Path) -> tuple[Hierarchy, dict[str, Any]]:
+    """A corpus directory's hierarchy and its corpus.json ({} if absent), without reading a
+    document: what a model export needs of a corpus."""
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError("not a corpus directory", where=str(directory))
@@ -258,6 +258,14 @@ def load_corpus_dir(directory: str | Path) -> Corpus:
                 "expected an object with a boolean 'synthetic'",
                 where=str(directory / "corpus.json"),
             )
+    return hierarchy, meta
+
+
+def load_corpus_dir(directory: str | Path) -> Corpus:
+    """DIR/{train,dev,test}.jsonl (id, text, labels) + DIR/hierarchy.json (+ DIR/corpus.json with
+    "synthetic": true/false; absent means a real corpus)."""
+    hierarchy, meta = load_corpus_header(directory)
+    directory = Path(directory)
     raw = {s: read_jsonl(directory / f"{s}.jsonl", "text", "labels", "id") for s in SPLITS}
     return finalize(
         raw,

@@ -20,7 +20,6 @@ The trial's final checkpoint holds the weights of its best epoch (by dev loss, s
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +30,8 @@ import pandas as pd
 import torch
 
 from hiersearch import metrics as M
-from hiersearch.data.corpus import Corpus, load_corpus_dir
+from hiersearch.data.corpus import load_corpus_header
+from hiersearch.data.hierarchy import Hierarchy, read_json_file
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_directory, atomic_write_json, atomic_write_text
 from hiersearch.model.classifier import LayerwiseClassifier
@@ -63,12 +63,12 @@ def export_trial(
     row = choose_trial(experiment, trial, best)
     with _local_checkpoint(str(row["checkpoint"])) as checkpoint:
         config = _read_config(checkpoint)
-        corpus = _trial_corpus(config)
-        core = build_classifier(config, corpus.hierarchy.label_counts()).eval()
+        hierarchy, synthetic = _trial_hierarchy(config)
+        core = build_classifier(config, hierarchy.label_counts()).eval()
         _load_weights(core, checkpoint / "model.pt")
-        final = _read_json(checkpoint / FINAL_METRICS_FILE)
+        final = read_json_object(checkpoint / FINAL_METRICS_FILE)
     with atomic_directory(target) as tmp:
-        write_model_dir(tmp, core, config, corpus, final, str(row["experiment"]),
+        write_model_dir(tmp, core, config, hierarchy, synthetic, final, str(row["experiment"]),
                          str(row["trial_id"]), str(row["checkpoint"]))
     return target
 
@@ -125,26 +125,27 @@ def _local_checkpoint(location: str) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read: {exc}", where=str(path)) from None
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file (`read_json_file` names the file and line of bad JSON)."""
+    value = read_json_file(path)
     if not isinstance(value, dict):
         raise InputError("expected a JSON object", where=str(path))
     return value
 
 
 def _read_config(checkpoint: Path) -> TrialConfig:
-    return TrialConfig.from_dict(_read_json(checkpoint / "config.json"),
+    return TrialConfig.from_dict(read_json_object(checkpoint / "config.json"),
                                  where=str(checkpoint / "config.json"))
 
 
-def _trial_corpus(config: TrialConfig) -> Corpus:
-    """The corpus as the trial saw it (cut to its levels): its label order is the training
-    column order (`hierarchy.label_index()`, as the encoding builds it)."""
-    corpus = load_corpus_dir(config.corpus)
-    return corpus.truncate(*config.levels) if config.levels is not None else corpus
+def _trial_hierarchy(config: TrialConfig) -> tuple[Hierarchy, bool]:
+    """The hierarchy as the trial saw it (cut to its levels), and whether its corpus is
+    SYNTHETIC: its `label_index()` is the training column order (as the encoding builds it).
+    No document is read."""
+    hierarchy, meta = load_corpus_header(config.corpus)
+    if config.levels is not None:
+        hierarchy = hierarchy.truncate(*config.levels)
+    return hierarchy, bool(meta.get("synthetic", False))
 
 
 def _load_weights(core: LayerwiseClassifier, path: Path) -> None:
@@ -165,8 +166,8 @@ def head_state(core: LayerwiseClassifier) -> dict[str, torch.Tensor]:
 
 
 def write_model_dir(
-    tmp: Path, core: LayerwiseClassifier, config: TrialConfig, corpus: Corpus,
-    final: dict[str, Any], experiment: str, trial_id: str, checkpoint: str,
+    tmp: Path, core: LayerwiseClassifier, config: TrialConfig, hierarchy: Hierarchy,
+    synthetic: bool, final: dict[str, Any], experiment: str, trial_id: str, checkpoint: str,
 ) -> None:
     from transformers import AutoTokenizer
 
@@ -178,21 +179,21 @@ def write_model_dir(
         tmp / TOKENIZER_DIR
     )
     torch.save(head_state(core), tmp / HEADS_FILE)
-    hierarchy = corpus.hierarchy
     labels = [
         {"level": n, "ids": ids, "descriptions": [hierarchy.node(i).description for i in ids]}
         for n, ids in enumerate(hierarchy.label_index(), 1)
     ]
     atomic_write_json(tmp / LABELS_FILE, {"levels": labels})
     atomic_write_json(tmp / HIERARCHY_FILE, hierarchy.to_json())
-    model = _model_json(core, config, corpus, final, experiment, trial_id, checkpoint)
+    model = _model_json(core, config, hierarchy, synthetic, final, experiment, trial_id,
+                        checkpoint)
     atomic_write_json(tmp / MODEL_FILE, model)
     atomic_write_text(tmp / "README.md", model_card(model))
 
 
 def _model_json(
-    core: LayerwiseClassifier, config: TrialConfig, corpus: Corpus, final: dict[str, Any],
-    experiment: str, trial_id: str, checkpoint: str,
+    core: LayerwiseClassifier, config: TrialConfig, hierarchy: Hierarchy, synthetic: bool,
+    final: dict[str, Any], experiment: str, trial_id: str, checkpoint: str,
 ) -> dict[str, Any]:
     return {
         "format": MODEL_FORMAT,
@@ -211,8 +212,8 @@ def _model_json(
         "max_length": config.max_length,
         "corpus": {
             "dir": config.corpus,
-            "synthetic": corpus.synthetic,
-            "hierarchy": corpus.hierarchy.name,
+            "synthetic": synthetic,
+            "hierarchy": hierarchy.name,
             "levels": list(config.levels) if config.levels is not None else None,
         },
         "config": config.to_json(),

@@ -7,7 +7,6 @@ does not depend on the layers above it, so the scores equal those of the full fo
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from hiersearch.serve.export import (
     MODEL_FILE,
     MODEL_FORMAT,
     TOKENIZER_DIR,
+    read_json_object,
 )
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.recipe import resolve_assignment
@@ -35,13 +35,7 @@ from hiersearch.trial.recipe import resolve_assignment
 def _read_json(path: Path, directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"not an exported model (no {path.name})", where=str(directory))
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise InputError(f"not JSON ({exc})", where=str(path)) from None
-    if not isinstance(value, dict):
-        raise InputError("expected a JSON object", where=str(path))
-    return value
+    return read_json_object(path)
 
 
 def _labels(raw: dict[str, Any], path: Path, counts: list[int]) -> tuple[list, list]:

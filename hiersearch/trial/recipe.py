@@ -416,12 +416,7 @@ class TrialRecipe:
     def evaluate(self, trained: _EpochTraining) -> dict[str, Any] | None:
         """This epoch's dev and training metrics on every rank; None when the dev scores are
         not finite (finite weights whose activations overflow)."""
-        started = time.perf_counter()
-        dev = evaluate_split(
-            self.model, self.dev, self.num_labels, self.session,
-            self.config.eval_batch_size, self.autocast,
-        )
-        seconds = time.perf_counter() - started
+        dev, seconds = self._evaluate_split(self.dev)
         report: dict[str, Any] = {}
         if dev is not None and np.isnan(dev[0]).any():
             report = {M.TRIAL_STOP_REASON: STOP_NAN}
@@ -431,6 +426,17 @@ class TrialRecipe:
             report[M.eval_seconds_key("dev")] = seconds
         report = broadcast_from_rank0(self.session, report)
         return None if report.get(M.TRIAL_STOP_REASON) == STOP_NAN else report
+
+    def _evaluate_split(
+        self, split: Split
+    ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, float]:
+        """`evaluate_split` on this trial's model, and its wall seconds (`*/eval_s`)."""
+        started = time.perf_counter()
+        result = evaluate_split(
+            self.model, split, self.num_labels, self.session,
+            self.config.eval_batch_size, self.autocast,
+        )
+        return result, time.perf_counter() - started
 
     def _training_metrics(self, trained: _EpochTraining) -> dict[str, Any]:
         samples = trained.batches * self.config.batch_size * self.session.world_size
@@ -533,12 +539,7 @@ class TrialRecipe:
 
     def _test_metrics(self) -> dict[str, Any]:
         """Test metrics and utilization, on rank 0 ({} on the others)."""
-        started = time.perf_counter()
-        test = evaluate_split(
-            self.model, self.test, self.num_labels, self.session,
-            self.config.eval_batch_size, self.autocast,
-        )
-        seconds = time.perf_counter() - started
+        test, seconds = self._evaluate_split(self.test)
         out: dict[str, Any] = {}
         if test is not None and len(self.test) > 0:
             out.update(split_metrics(test, self.core.level_slices, "test"))

@@ -49,7 +49,8 @@ def _export(root: Path, name: str, **changes: object) -> tuple[Path, LayerwiseCl
             norm.running_mean.copy_(torch.randn(norm.running_mean.shape, generator=generator))
             norm.running_var.copy_(torch.rand(norm.running_var.shape, generator=generator) + 0.5)
     with atomic_directory(root / "staging" / name) as tmp:
-        write_model_dir(tmp, core, config, corpus, {}, "exp", "t1", "nowhere")
+        write_model_dir(tmp, core, config, corpus.hierarchy, corpus.synthetic, {}, "exp", "t1",
+                        "nowhere")
     target = root / "models" / name
     target.parent.mkdir(exist_ok=True)
     shutil.move(str(root / "staging" / name), target)
