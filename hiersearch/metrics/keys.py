@@ -33,6 +33,7 @@ __all__ = [
     "eval_seconds_key",
     "is_metric_column",
     "is_metric_key",
+    "is_timing_key",
     "loss_key",
     "mode_of",
     "ndcg_at_k_key",
@@ -160,6 +161,16 @@ def is_metric_column(key: str) -> bool:
     """
     namespace, slash, _ = key.partition("/")
     return bool(slash) and namespace in METRIC_NAMESPACES
+
+
+# Wall-clock measurements of a run (seconds, throughput): two runs of the same seeded trial
+# agree on every other metric, never on these.
+_TIMING = re.compile(r"/(eval_s|epoch_s|samples_per_s)$")
+
+
+def is_timing_key(key: str) -> bool:
+    """Whether `key` measures wall time: it differs between runs of the same seeded trial."""
+    return bool(_TIMING.search(key))
 
 
 def mode_of(key: str) -> str:

@@ -93,3 +93,11 @@ def test_the_package_names_every_key_and_computation_of_its_modules() -> None:
         for name in module.__all__:
             assert getattr(hiersearch.metrics, name) is getattr(module, name)
     assert set(hiersearch.metrics.__all__) >= set(ranking.__all__) | set(keys.__all__)
+
+
+def test_wall_time_measurements_are_timing_keys_and_results_are_not() -> None:
+    timings = [keys.EPOCH_SECONDS, keys.SAMPLES_PER_SECOND, keys.eval_seconds_key("test")]
+    assert all(keys.is_timing_key(k) for k in timings)
+    results = [keys.loss_key("dev"), keys.rp_macro_key("test"), keys.PEAK_MEMORY_MB,
+               keys.skipped_key("dev", 1)]
+    assert not any(keys.is_timing_key(k) for k in results)
