@@ -1,47 +1,47 @@
-"""Search efficiency: TPE + ASHA over the layer-wise space against the exhaustive paper grid.
+"""Search efficiency: the layerwise preset's search (TPE + ASHA) against the paper's grid, on the
+main job's corpus, with selection on dev and the report on test from re-trained seeds.
 
-Both run through `search.run_search` (Ray Tune + Ray Train, one local Ray with 2 CPUs, one
-1-CPU worker per trial, two trials at a time) on the same SYNTHETIC EuroVoc corpus with the same
-encoder, epochs and seed. Two setups (`--setup`): `tiny`, described here, and `minilm`, the
-packaged pretrained MiniLM-L6 with a grid of {5e-5, 1e-4, 2e-4} x dropout {0, 0.1} and the
-layerwise preset's lr range [3e-5, 3e-4] (see `MINILM`; ~35 minutes on 2 cores):
+Both arms run through `search.run_search` (Ray Tune, one local Ray with 2 CPUs, one 1-CPU trial
+at a time per CPU) on the main job's corpus and trial settings (`quick.yaml`: SYNTHETIC EuroVoc,
+900 docs, the packaged MiniLM-L6, 64 tokens, batch 16, head_lr 3e-2, the head that learns:
+mean-pooled and standardized). Utilization is left out of both (`util_docs: 0`, the same cost
+for either arm).
 
-- grid: the paper's grid, 5 named variants x 3 learning rates x 2 dropouts = 30 trials. The
-  paper's rates for a pretrained BERT-base are {2e-5, 3e-5, 5e-5}; a random-init tiny encoder
-  needs ~100x that, so the grid is {2e-3, 3e-3, 5e-3} (same 2:3:5 shape), dropout {0, 0.1};
-- search: the `layerwise` preset's space (monotone layer-to-level assignments with the named
-  variants enqueued first, lr loguniform [1e-3, 1e-2] (the preset's [2e-5, 3e-4] scaled the
-  same way, capped where a tiny transformer still trains), dropout, batch size, warm-up, loss
-  weighting), TPE + ASHA (grace 1 epoch, reduction factor 2), a fixed trial budget.
+- grid: the paper's grid, the 5 named variants x lr {5e-5, 1e-4, 2e-4} x dropout {0, 0.1} = 30
+  trials of the main job's 3 epochs (the paper's rates {2, 3, 5}e-5 are BERT-base's; MiniLM
+  with its own head rate trains at 1e-4 and collapses from ~2e-4);
+- search: `layerwise.yaml`'s search, assignment and tune sections over the same corpus and trial
+  settings, with that preset's epochs (6: ASHA's last rung). It runs until its training seconds
+  reach the grid's (a Tune stopper); then it is read at two budgets.
 
-Per trial (from its result.json): the best dev macro R-Precision it reported (max over its
-reports, so trials ASHA stopped count with what they reached), the epochs it trained, its
-training-loop seconds (each epoch's samples / its samples/s) and its wall time (time_total_s).
-Compute = total training-loop seconds (also given: epochs trained, which no machine load can
-blur, and trial wall time, which includes every trial's fixed start-up cost).
+Compute = training-loop seconds (`train/epoch_s`, summed over every epoch any trial finished).
+The search's choice at a budget B is its best dev configuration among the epochs that had ended
+by the time its cumulative training seconds reached B (epochs in the order they ended): what the
+search would have answered, had it been given B. The grid's choice is its best over all 30.
 
-Target: search best >= grid best - 0.01 (1 RP point) at <= 35% of the grid's compute.
+Each choice is then re-trained with 3 fresh seeds (100, 101, 102: no arm ever ran them), its
+full configuration (epochs included), and scored on test: macro R-Precision at the epoch with
+the best dev loss, mean +- std over the seeds. Targets:
 
-    python bench/search_efficiency.py [--quick] [--setup tiny|minilm] [--json OUT]
+- at <= 35% of the grid's training seconds, the search's re-trained choice is within 1 point of
+  the grid's re-trained choice;
+- at 100%, the search's re-trained choice is above the grid's by more than the larger of the
+  two standard deviations over seeds.
 
-`--search-trials N` sets the search's budget; `--grid-from EARLIER.json` compares a search with
-the grid of an earlier run of the same setup instead of running the grid again.
+    python bench/search_efficiency.py [--quick] [--json OUT]
 
-The tiny run (400 docs, tiny:6x64, 64 tokens, 2 epochs, 30 + 10 trials) takes ~15-20 minutes
-on a 2-core machine, mostly Ray's fixed cost per trial; --quick (90 docs, tiny:4x32, 1 epoch,
-a 2-trial grid, 2 search trials) is a smoke version whose figures say nothing about the
-target. Even it takes ~1.5 minutes, not one: every Ray trial has ~20-40 s of fixed cost on
-2 cores (see bench/ray_overhead.py).
+On 2 cores: the grid ~25 minutes, the search as long, the re-training ~15. `--quick` (a random-
+init tiny:4x32, 90 docs, 1 epoch, a 2-trial grid, a 1-seed re-train) is a smoke run of the
+script only: its figures say nothing about the targets.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,103 +49,107 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, ray_init, setup_env, verdict  # noqa: E402
+from _common import emit, machine, ray_init, setup_env  # noqa: E402
 
 METRIC = "dev/rp_macro"
-SPS = "train/samples_per_s"
+TEST_METRIC = "test/rp_macro"
+EPOCH_S = "train/epoch_s"
+FINAL = "trial/final"
+BUDGETS = (0.35, 1.0)
+RETRAIN_SEEDS = 100  # the first of the re-training seeds: no arm runs seeds this high
 
 
 @dataclass(frozen=True)
 class Setup:
-    model: str
-    docs: int
-    max_leaves: int
-    epochs: int
-    max_length: int
-    batch_size: int
-    grid_variants: tuple[str, ...] | None  # None: all five
-    grid_lrs: tuple[float, ...]
-    grid_dropouts: tuple[float, ...]
-    search_trials: int
-    lr_range: tuple[float, float]
-    head_lr: float | None = None  # the heads' own rate (null: lr)
+    grid_lrs: tuple[float, ...] = (5e-5, 1e-4, 2e-4)
+    grid_dropouts: tuple[float, ...] = (0.0, 0.1)
+    grid_variants: tuple[str, ...] | None = None  # None: all five
+    retrain_seeds: int = 3
+    max_search_trials: int = 200  # a cap only: the compute budget ends the search
+    # smoke-run overrides of the main job's data and trial sections (empty: the main job's)
+    data: tuple[tuple[str, Any], ...] = ()
+    trial: tuple[tuple[str, Any], ...] = ()
+    search_epochs: int | None = None  # None: the layerwise preset's
 
 
-# random-init tiny encoder: cheap, but every configuration ends near the label prior
-FULL = Setup("tiny:6x64", 400, 100, 2, 64, 16, None, (2e-3, 3e-3, 5e-3), (0.0, 0.1), 10,
-             (1e-3, 1e-2))
-# the packaged pretrained MiniLM-L6 at the quick preset's rates, on a corpus where the
-# variants differ: the paper's grid shape around the quick preset's lr (1e-4; 2e-4 is where
-# MiniLM starts to collapse), the layerwise preset's lr range
-MINILM = Setup("minilm", 600, 200, 2, 64, 16, None, (5e-5, 1e-4, 2e-4), (0.0, 0.1), 10,
-               (3e-5, 3e-4), head_lr=3e-2)
-QUICK = Setup("tiny:4x32", 90, 30, 1, 64, 16, ("FLAT", "LAST-THREE"), (3e-3,), (0.1,), 2,
-              (1e-3, 1e-2))
-SETUPS = {"tiny": FULL, "minilm": MINILM}
+FULL = Setup()
+QUICK = Setup(
+    grid_lrs=(3e-3,),
+    grid_dropouts=(0.1,),
+    grid_variants=("FLAT", "LAST-THREE"),
+    retrain_seeds=1,
+    max_search_trials=3,
+    data=(("docs", 90), ("max_leaves", 30)),
+    trial=(("model", "tiny:4x32"), ("epochs", 1), ("head_lr", None)),
+    search_epochs=2,
+)
 
 
-def _data(s: Setup) -> dict[str, Any]:
-    return {"hierarchy": "eurovoc", "docs": s.docs, "seed": 1, "max_leaves": s.max_leaves}
+def _preset(name: str) -> dict[str, Any]:
+    from hiersearch.search.space import preset_path
+
+    return yaml.safe_load(preset_path(name).read_text())
 
 
-def _trial(s: Setup) -> dict[str, Any]:
-    return {
-        "model": s.model,
-        "max_length": s.max_length,
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "warmup_ratio": 0.1,
-        "patience": s.epochs,  # early stopping is the schedulers' business here
-        "num_workers": 1,
-        "cpus_per_worker": 1,
-        "util_docs": 0,  # utilization is the same cost for both: left out to save time
-        "keep_checkpoints": 1,
-        "eval_batch_size": 64,
-        "head_lr": s.head_lr,
-    }
+def _main_job(setup: Setup) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The main job's data and trial sections, with the bench's overrides."""
+    quick = _preset("quick")
+    data = {**quick["data"], **dict(setup.data)}
+    trial = {**quick["trial"], "util_docs": 0, **dict(setup.trial)}
+    return data, trial
 
 
-def grid_space(s: Setup) -> dict[str, Any]:
+def grid_space(setup: Setup) -> dict[str, Any]:
+    data, trial = _main_job(setup)
     assignment: dict[str, Any] = {"space": "variants"}
-    if s.grid_variants:
-        assignment["variants"] = list(s.grid_variants)
+    if setup.grid_variants:
+        assignment["variants"] = list(setup.grid_variants)
     return {
         "name": "grid",
-        "data": _data(s),
-        "trial": _trial(s),
+        "data": data,
+        "trial": trial,
         "search": {
-            "lr": {"type": "categorical", "choices": list(s.grid_lrs)},
-            "dropout": {"type": "categorical", "choices": list(s.grid_dropouts)},
+            "lr": {"type": "categorical", "choices": list(setup.grid_lrs)},
+            "dropout": {"type": "categorical", "choices": list(setup.grid_dropouts)},
         },
         "assignment": assignment,
         "tune": {"algorithm": "grid", "metric": METRIC, "mode": "max", "seeds": 1},
     }
 
 
-def search_space(s: Setup) -> dict[str, Any]:
+def search_space(setup: Setup) -> dict[str, Any]:
+    """The layerwise preset's search over the main job's corpus and trial settings."""
+    layerwise = _preset("layerwise")
+    data, trial = _main_job(setup)
+    epochs = setup.search_epochs or layerwise["trial"]["epochs"]
     return {
         "name": "search",
-        "data": _data(s),
-        "trial": _trial(s),
-        "search": {
-            "lr": {"type": "loguniform", "low": s.lr_range[0], "high": s.lr_range[1]},
-            "dropout": {"type": "categorical", "choices": [0.0, 0.1]},
-            # the grid's batch size first: enqueued variants run at the first choice
-            "batch_size": {"type": "categorical", "choices": [16, 8, 32]},
-            "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
-            "loss_weighting": {"type": "categorical", "choices": ["proportional", "uniform"]},
-        },
-        "assignment": {"space": "monotone", "enqueue_variants": True, "include_flat": True},
+        "data": data,
+        "trial": {**trial, "epochs": epochs},
+        "search": layerwise["search"],
+        "assignment": layerwise["assignment"],
+        "tune": {**layerwise["tune"], "num_samples": setup.max_search_trials},
+    }
+
+
+def retrain_space(config: dict[str, Any], setup: Setup, name: str) -> dict[str, Any]:
+    """A chosen trial's resolved config as a fixed-only space: its assignment, fresh seeds."""
+    data, _ = _main_job(setup)
+    trial = {k: v for k, v in config.items() if k not in ("assignment", "seed", "corpus")}
+    return {
+        "name": name,
+        "data": data,
+        "trial": {**trial, "util_docs": 0},
+        "assignment": {"space": "variants", "variants": [config["assignment"]]},
         "tune": {
-            "algorithm": "tpe",
-            "num_samples": s.search_trials,
+            "algorithm": "grid",
             "metric": METRIC,
             "mode": "max",
-            "scheduler": "asha",
-            "grace_period": 1,
-            "reduction_factor": 2,
-            "sampler_seed": 0,
+            "seeds": setup.retrain_seeds,
+            "first_seed": RETRAIN_SEEDS,
         },
     }
 
@@ -153,134 +157,188 @@ def search_space(s: Setup) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- accounting
 
 
-def trial_summary(lines: list[dict[str, Any]], train_docs: int, base_batch: int) -> dict[str, Any]:
-    """One trial's best dev metric, epochs trained, training-loop and wall seconds."""
-    epochs = [r for r in lines if r.get(SPS)]
-    batch = int((lines[0].get("config") or {}).get("batch_size", base_batch)) if lines else 0
-    epoch_samples = math.ceil(train_docs / batch) * batch if batch else 0
-    values = [float(r[METRIC]) for r in lines if isinstance(r.get(METRIC), (int, float))]
-    return {
-        "best_dev": max(values) if values else float("nan"),
-        "epochs": len(epochs),
-        "training_s": sum(epoch_samples / float(r[SPS]) for r in epochs),
-        "wall_s": float(lines[-1].get("time_total_s", 0.0)) if lines else 0.0,
-        "finished": any(r.get("trial/final") == 1 for r in lines),
-        "assignment": next((r["trial/assignment"] for r in lines if "trial/assignment" in r),
-                           None),
-        "params": {k: v for k, v in (lines[0].get("config") or {}).items()
-                   if not k.startswith("assign")} if lines else {},
-    }
-
-
-def experiment_summary(path: str | Path, train_docs: int, base_batch: int) -> dict[str, Any]:
-    """Totals of an experiment directory (one result.json per trial)."""
+def read_trials(path: str | Path) -> list[dict[str, Any]]:
+    """Every trial of an experiment: its id, resolved config and reports (result.json)."""
     trials = []
     for result in sorted(Path(path).glob("trial_*/result.json")):
         lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
-        trials.append(trial_summary(lines, train_docs, base_batch))
-    best = max(trials, key=lambda t: t["best_dev"], default=None)
+        config_file = result.parent / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else {}
+        trials.append({"trial": result.parent.name, "config": config, "reports": lines})
+    return trials
+
+
+def epoch_reports(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every finished epoch of every trial, in the order they ended, with the cumulative
+    training seconds of the experiment at that point. The final report repeats the best
+    epoch's train/ figures: it is not an epoch."""
+    epochs = [
+        {"trial": t["trial"], "time": r["timestamp"], "train_s": float(r[EPOCH_S]),
+         "dev": float(r.get(METRIC, float("nan"))), "epoch": r.get("epoch")}
+        for t in trials
+        for r in t["reports"]
+        if EPOCH_S in r and r.get(FINAL) != 1
+    ]
+    epochs.sort(key=lambda e: (e["time"], e["trial"]))
+    total = 0.0
+    for e in epochs:
+        total += e["train_s"]
+        e["cumulative_s"] = total
+    return epochs
+
+
+def choice_at(epochs: list[dict[str, Any]], budget_s: float) -> dict[str, Any] | None:
+    """The best dev epoch among those ended within `budget_s` training seconds."""
+    within = [e for e in epochs if e["cumulative_s"] <= budget_s + 1e-9 and e["dev"] == e["dev"]]
+    return max(within, key=lambda e: e["dev"], default=None)
+
+
+def arm_summary(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    epochs = epoch_reports(trials)
     return {
         "trials": len(trials),
-        "best_dev_rp_macro": best["best_dev"] if best else float("nan"),
-        "best_trial": best,
-        "training_s": sum(t["training_s"] for t in trials),
-        "epochs": sum(t["epochs"] for t in trials),
-        "trial_wall_s": sum(t["wall_s"] for t in trials),
-        "stopped_early": sum(1 for t in trials if not t["finished"]),
-        "per_trial": trials,
+        "epochs": len(epochs),
+        "training_s": epochs[-1]["cumulative_s"] if epochs else 0.0,
+        "trials_per_epochs_trained": _histogram(epochs),
     }
 
 
-def compare(grid: dict[str, Any], search: dict[str, Any]) -> dict[str, Any]:
-    gap = search["best_dev_rp_macro"] - grid["best_dev_rp_macro"]
-    compute = search["training_s"] / grid["training_s"]
-    within = gap >= -0.01
-    return {
-        "best_gap_rp_points": 100 * gap,
-        "compute_ratio_training_s": compute,
-        "compute_ratio_epochs": search["epochs"] / grid["epochs"],
-        "compute_ratio_trial_wall_s": search["trial_wall_s"] / grid["trial_wall_s"],
-        "target_within_1_point": "MET" if within else "MISSED",
-        "target_compute_0.35": verdict(compute, 0.35, higher_is_better=False),
-    }
+def _histogram(epochs: list[dict[str, Any]]) -> dict[int, int]:
+    per_trial: dict[str, int] = {}
+    for e in epochs:
+        per_trial[e["trial"]] = per_trial.get(e["trial"], 0) + 1
+    counts: dict[int, int] = {}
+    for n in per_trial.values():
+        counts[n] = counts.get(n, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def describe(choice: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, Any]:
+    config = next(t["config"] for t in trials if t["trial"] == choice["trial"])
+    return {"trial": choice["trial"], "epoch": choice["epoch"], "dev_rp_macro": choice["dev"],
+            "at_training_s": choice["cumulative_s"], "config": config}
+
+
+def seed_scores(path: str | Path) -> dict[str, Any]:
+    """Test macro R-Precision of each re-trained seed, mean and standard deviation."""
+    scores = []
+    for t in read_trials(path):
+        final = [r for r in t["reports"] if r.get(FINAL) == 1 and TEST_METRIC in r]
+        if final:
+            scores.append(float(final[-1][TEST_METRIC]))
+    std = statistics.stdev(scores) if len(scores) > 1 else 0.0
+    return {"test_rp_macro": scores, "mean": statistics.fmean(scores) if scores else float("nan"),
+            "std": std}
+
+
+def verdicts(grid: dict[str, Any], choices: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The two targets; a budget at which the search had not finished an epoch misses."""
+    ref = grid["retrained"]
+    out: dict[str, Any] = {}
+    for budget, target in zip(BUDGETS, ("within_1_point", "above_by_more_than_std"), strict=True):
+        label = f"{round(100 * budget)}pct"
+        choice = choices[f"{budget:.2f}"]
+        if choice is None:
+            out[f"target_{label}_{target}"] = "MISSED (no epoch ended within the budget)"
+            continue
+        got = choice["retrained"]
+        gap = 100 * (got["mean"] - ref["mean"])
+        noise = 100 * max(got["std"], ref["std"])
+        met = gap >= -1.0 if budget < 1.0 else gap > noise
+        out[f"gap_at_{label}_points"] = gap
+        out[f"seed_std_at_{label}_points"] = noise
+        out[f"target_{label}_{target}"] = "MET" if met else "MISSED"
+    return out
 
 
 # ----------------------------------------------------------------------------- run
 
 
-def run(setup: Setup, storage: Path, grid_result: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Grid, then search; with `grid_result` (an earlier run's "grid" summary of the same
-    setup) only the search runs and is compared with that grid."""
-    import ray
+def compute_budget(budget_s: float) -> Any:
+    """A Tune stopper that ends the experiment once its trials' finished epochs have spent
+    `budget_s` training seconds (an epoch running then is cut short and not counted)."""
+    from ray.tune import Stopper
 
-    from hiersearch.data.encode import load_encoded
-    from hiersearch.search.driver import prepare_data, run_search
+    class ComputeBudget(Stopper):
+        def __init__(self) -> None:
+            self.spent = 0.0
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            if EPOCH_S in result and result.get(FINAL) != 1:
+                self.spent += float(result[EPOCH_S])
+            return False
+
+        def stop_all(self) -> bool:
+            return self.spent >= budget_s
+
+    return ComputeBudget()
+
+
+def _run(raw: dict[str, Any], storage: Path, stop: Any = None) -> Path:
+    from hiersearch.search.driver import run_search
     from hiersearch.search.space import parse_space
 
-    grid, search = parse_space(grid_space(setup)), parse_space(search_space(setup))
-    data = prepare_data(grid, grid.base_config(), None, os.environ["HIERSEARCH_DATA"])
-    train_docs = len(load_encoded(data.encoded_path).splits["train"])
+    load = [round(x, 2) for x in os.getloadavg()]
+    start = time.time()
+    path = run_search(parse_space(raw, raw["name"]), storage=str(storage), verbose=0, stop=stop)
+    print(f"[search_efficiency] {raw['name']}: {time.time() - start:.0f} s, load at start "
+          f"{load}", flush=True)
+    return Path(path)
+
+
+def run(setup: Setup, storage: Path) -> dict[str, Any]:
+    import ray
+
     ray_init(num_cpus=2)
-    out: dict[str, Any] = {"train_docs": train_docs, "label_counts": data.label_counts}
+    out: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
-        runs = [("search", search)] if grid_result else [("grid", grid), ("search", search)]
-        if grid_result:
-            out["grid"] = {**grid_result, "from_an_earlier_run": True}
-        for name, space in runs:
-            load = [round(x, 2) for x in os.getloadavg()]
-            start = time.time()
-            path = run_search(space, storage=str(storage), name=name, verbose=0)
-            summary = experiment_summary(path, train_docs, setup.batch_size)
-            summary["experiment_wall_s"] = time.time() - start
-            summary["load_average_at_start"] = load
-            out[name] = summary
-            print(f"[search_efficiency] {name}: {summary['trials']} trials, best "
-                  f"{summary['best_dev_rp_macro']:.4f}, training {summary['training_s']:.0f}s, "
-                  f"wall {summary['experiment_wall_s']:.0f}s", flush=True)
+        grid_trials = read_trials(_run(grid_space(setup), storage))
+        grid = arm_summary(grid_trials)
+        grid_choice = describe(choice_at(epoch_reports(grid_trials), float("inf")), grid_trials)
+        budget = compute_budget(grid["training_s"])
+        search_trials = read_trials(_run(search_space(setup), storage, budget))
+        search = arm_summary(search_trials)
+        epochs = epoch_reports(search_trials)
+        choices = {}
+        for b in BUDGETS:
+            choice = choice_at(epochs, b * grid["training_s"])
+            choices[f"{b:.2f}"] = describe(choice, search_trials) if choice else None
+        retrained: dict[str, dict[str, Any]] = {}
+        for label, choice in [("grid", grid_choice), *choices.items()]:
+            if choice is None:
+                continue
+            key = json.dumps(choice["config"], sort_keys=True)
+            if key not in retrained:
+                name = f"retrain-{label.replace('.', '_')}"
+                retrained[key] = seed_scores(_run(retrain_space(choice["config"], setup, name),
+                                                  storage))
+            choice["retrained"] = retrained[key]
+        out.update(grid={**grid, "choice": grid_choice},
+                   search={**search, "choices": choices,
+                           "compute_ratio": search["training_s"] / grid["training_s"]})
+        out["verdicts"] = verdicts(grid_choice, choices)
     finally:
         ray.shutdown()
-    out["comparison"] = compare(out["grid"], out["search"])
+    out["ended"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     return out
-
-
-def earlier_grid(path: Path, setup: Setup) -> dict[str, Any] | None:
-    """The grid summary of an earlier run's JSON, or None if that run had another setup (the
-    search budget aside)."""
-    earlier = json.loads(path.read_text())
-    this = json.loads(json.dumps(setup.__dict__))  # tuples as lists, as in the file
-    if {**earlier.get("setup", {}), "search_trials": 0} != {**this, "search_trials": 0}:
-        return None
-    return dict(earlier["grid"])
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="smoke version: tiny everything, figures not comparable")
-    parser.add_argument("--setup", choices=sorted(SETUPS), default="tiny",
-                        help="tiny: random-init tiny:6x64 (~20 min); minilm: the packaged "
-                             "pretrained MiniLM-L6 (~45 min on 2 cores)")
-    parser.add_argument("--search-trials", type=int, default=None,
-                        help="the search's trial budget (default: the setup's, 10)")
-    parser.add_argument("--grid-from", default=None,
-                        help="JSON of an earlier run of the same setup: compare with its grid "
-                             "instead of running the grid again")
+                        help="smoke version: tiny everything, figures say nothing")
     parser.add_argument("--json", default=None, help="also write the result here")
+    parser.add_argument("--keep", default=None,
+                        help="keep the experiments in this directory (default: a temp dir)")
     args = parser.parse_args(argv)
     setup_env()
-    setup = QUICK if args.quick else SETUPS[args.setup]
-    if args.search_trials is not None:
-        setup = dataclasses.replace(setup, search_trials=args.search_trials)
-    grid_result = None
-    if args.grid_from:
-        grid_result = earlier_grid(Path(args.grid_from), setup)
-        if grid_result is None:
-            parser.error(f"--grid-from {args.grid_from}: another setup than this run's")
-    storage = Path(tempfile.mkdtemp(prefix="hiersearch-bench-search-"))
+    setup = QUICK if args.quick else FULL
+    storage = Path(args.keep or tempfile.mkdtemp(prefix="hiersearch-bench-search-"))
     try:
-        result = run(setup, storage, grid_result)
+        result = run(setup, storage)
     finally:
-        shutil.rmtree(storage, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(storage, ignore_errors=True)
     out = {"machine": machine(), "quick": args.quick, "setup": setup.__dict__, **result}
     emit("search_efficiency", out, args.json)
 

@@ -35,9 +35,11 @@ from hiersearch.search.space import (
     SEED_PARAM,
     VARIANT_PARAM,
     SpaceFile,
+    TuneSpec,
     assignment_of,
     define_by_run,
     fixed_points,
+    seed_values,
     trial_config,
 )
 from hiersearch.trial.config import TrialConfig
@@ -50,6 +52,7 @@ __all__ = [
     "max_concurrent",
     "prepare_data",
     "run_search",
+    "sampler",
     "storage_uri",
     "trial_count",
     "trial_driver",
@@ -257,8 +260,10 @@ def run_search(
     fixed_only: bool = False,
     seeds: int | None = None,
     verbose: int = 1,
+    stop: Any = None,
 ) -> str:
-    """Run (or resume) an experiment; returns its directory (path or URI)."""
+    """Run (or resume) an experiment; returns its directory (path or URI). `stop` is a Ray Tune
+    stopper (or its dict / function form), e.g. a compute budget (bench/search_efficiency.py)."""
     if seeds is not None:
         space = with_seeds(space, seeds)
     name = name or space.name
@@ -290,7 +295,7 @@ def run_search(
     tuner = tune.Tuner(
         trainable,
         tune_config=_tune_config(space, base, searcher, scheduler, num_samples),
-        run_config=_run_config(space, base, data, name, storage, verbose),
+        run_config=_run_config(space, base, data, name, storage, verbose, stop),
     )
     tuner.fit()
     return path
@@ -330,21 +335,35 @@ def _restore(path: str, trainable: Any) -> Any:
 
 def _searcher(space: SpaceFile, define: Any, points: list[dict[str, Any]]) -> Any:
     """OptunaSearch over the define-by-run space, its fixed points enqueued first."""
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = (
-        optuna.samplers.RandomSampler(seed=space.tune.sampler_seed)
-        if space.tune.algorithm == "random"
-        else optuna.samplers.TPESampler(seed=space.tune.sampler_seed)
-    )
     return OptunaSearch(
         space=define,
         metric=space.tune.metric,
         mode=space.tune.mode,
         points_to_evaluate=points or None,
-        sampler=sampler,
+        sampler=sampler(space.tune),
     )
+
+
+def sampler(tune: TuneSpec) -> Any:
+    """The Optuna sampler of a search, its seed parameter pinned.
+
+    TPE models the parameters jointly (`multivariate`), split by which ones a trial has
+    (`group`: the assignment space is conditional: a FLAT trial has no per-level blocks), and
+    lies about running trials (`constant_liar`) so that concurrent trials spread out. The
+    seed is pinned for sampled trials: fixed trials enqueue every seed, and a sampler that
+    could choose one would pick the luckiest seed instead of the best configuration."""
+    import optuna
+
+    base: optuna.samplers.BaseSampler
+    if tune.algorithm == "random":
+        base = optuna.samplers.RandomSampler(seed=tune.sampler_seed)
+    else:
+        base = optuna.samplers.TPESampler(
+            seed=tune.sampler_seed, multivariate=True, group=True, constant_liar=True
+        )
+    return optuna.samplers.PartialFixedSampler({SEED_PARAM: seed_values(tune)[0]}, base)
 
 
 def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
@@ -385,7 +404,13 @@ def _tune_config(
 
 
 def _run_config(
-    space: SpaceFile, base: TrialConfig, data: PreparedData, name: str, storage: str, verbose: int
+    space: SpaceFile,
+    base: TrialConfig,
+    data: PreparedData,
+    name: str,
+    storage: str,
+    verbose: int,
+    stop: Any = None,
 ) -> Any:
     from ray import tune
 
@@ -407,6 +432,7 @@ def _run_config(
         ),
         progress_reporter=_reporter(space, data),
         verbose=verbose,
+        stop=stop,
     )
 
 

@@ -32,7 +32,7 @@ import yaml
 from hiersearch import metrics as M
 from hiersearch.data.prepare import DataSpec  # the data section: it drives the preparation
 from hiersearch.errors import InputError
-from hiersearch.model.assignment import named_variants, variant_names
+from hiersearch.model.assignment import LayerAssignment, named_variants, variant_names
 from hiersearch.search.assignments import SpaceOptions, assignment_params, suggest_assignment
 from hiersearch.trial.config import TrialConfig
 from hiersearch.typed import as_mapping, check_keys, from_mapping
@@ -60,6 +60,7 @@ __all__ = [
     "load_space",
     "parse_space",
     "preset_path",
+    "seed_values",
     "trial_config",
 ]
 
@@ -113,8 +114,11 @@ class TuneSpec:
     grace_period: int = 1
     # ASHA: keep the top 1/reduction_factor at each rung.
     reduction_factor: int = 2
-    # Seeds per configuration (a categorical over 0..seeds-1 in fixed trials).
+    # Seeds per fixed configuration (grid points, enqueued variants): first_seed, first_seed+1,
+    # ... The sampler never chooses a seed: sampled trials all run with first_seed.
     seeds: int = 1
+    # The first seed (e.g. 100 to re-train a configuration with seeds a search never used).
+    first_seed: int = 0
     # Trial-level retries by Tune (worker faults are retried by Ray Train, see trial.max_failures).
     max_failures: int = 0
     # Ray Train restarts of a trial's worker group after a worker dies.
@@ -131,6 +135,7 @@ class TuneSpec:
             (self.scheduler in ("asha", "none"), "scheduler", "asha or none"),
             (self.num_samples >= 1, "num_samples", ">= 1"),
             (self.seeds >= 1, "seeds", ">= 1"),
+            (self.first_seed >= 0, "first_seed", ">= 0"),
             (self.grace_period >= 1, "grace_period", ">= 1"),
             (self.reduction_factor >= 2, "reduction_factor", ">= 2"),
             (self.max_failures >= 0, "max_failures", ">= 0"),
@@ -307,8 +312,15 @@ class DefineByRun:
             suggest_assignment(
                 trial, self.num_layers, self.levels, self.options, prefix=ASSIGN_PREFIX
             )
-        trial.suggest_categorical(SEED_PARAM, list(range(self.space.tune.seeds)))
+        # A categorical so that fixed trials can enqueue every seed; the driver's sampler pins
+        # it for sampled trials (optuna's PartialFixedSampler), so no sampler ever tunes it.
+        trial.suggest_categorical(SEED_PARAM, seed_values(self.space.tune))
         return None
+
+
+def seed_values(tune: TuneSpec) -> list[int]:
+    """The seeds of every fixed configuration; the first is every sampled trial's seed."""
+    return list(range(tune.first_seed, tune.first_seed + tune.seeds))
 
 
 def define_by_run(
@@ -319,14 +331,22 @@ def define_by_run(
 
 
 def _variant_list(space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> list[str]:
+    """The named variants in play; an entry that is no variant's name must be an assignment
+    string (`L1:4|L2:5|L3:6`), e.g. a search's winner re-trained with fresh seeds."""
     names = variant_names(len(label_counts))
     chosen = list(space.assignment.variants or names)
+    where = f"{space.path}: assignment: variants"
     for name in chosen:
-        if name not in names:
+        if name in names:
+            continue
+        try:
+            LayerAssignment.from_string(name).validate(num_layers, len(label_counts))
+        except InputError as exc:
             raise InputError(
-                f"unknown variant {name!r} (variants: {', '.join(names)})",
-                where=f"{space.path}: assignment: variants",
-            )
+                f"{name!r} is neither a variant ({', '.join(names)}) nor a valid assignment "
+                f"string: {exc.message}",
+                where=where,
+            ) from None
     named_variants(num_layers, len(label_counts), label_counts)  # N >= L etc. checked here
     return chosen
 
@@ -351,7 +371,7 @@ def assignment_of(
 def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> list[dict]:
     """Trials to run first, as suggest values: the whole grid for `algorithm: grid`; otherwise
     the named variants (when enqueued) at the first choice / midpoint of every other param."""
-    seeds = list(range(space.tune.seeds))
+    seeds = seed_values(space.tune)
     variants = _variant_list(space, num_layers, label_counts)
     if space.assignment.space == "variants":
         assign_points = [{VARIANT_PARAM: v} for v in variants]
@@ -364,7 +384,7 @@ def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int])
                 try:
                     assign_points.append(
                         assignment_params(
-                            all_variants[name],
+                            all_variants.get(name) or LayerAssignment.from_string(name),
                             num_layers,
                             len(label_counts),
                             options,
