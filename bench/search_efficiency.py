@@ -14,10 +14,18 @@ for either arm).
   settings, with that preset's epochs (6: ASHA's last rung). It runs until its training seconds
   reach the grid's (a Tune stopper); then it is read at two budgets.
 
-Compute = training-loop seconds (`train/epoch_s`, summed over every epoch any trial finished).
-The search's choice at a budget B is its best dev configuration among the epochs that had ended
-by the time its cumulative training seconds reached B (epochs in the order they ended): what the
-search would have answered, had it been given B. The grid's choice is its best over all 30.
+Compute = epochs trained (one pass over the same 630 training documents), summed over every
+epoch any trial finished; the training-loop seconds (`train/epoch_s`) are recorded beside them.
+Epochs, not seconds, set the budget and the reading points: on this shared 2-core machine an
+epoch took 50 s or 160 s depending on what else ran, while an epoch's work does not change,
+and a search epoch never costs more than a grid epoch (the grid's trials all run the 6 layers
+at batch 16; a search trial runs at most 6, fewer when its assignment stops lower or it freezes
+layers, and at batch 16 or 32). So the search's compute counted in grid epochs is an upper
+bound of its seconds on an idle machine. The search runs until it has trained as many epochs
+as the grid (a Tune stopper), then it is read at two budgets: its choice at a budget B is its
+best dev configuration among the epochs that had ended when its epoch count reached B (epochs
+in the order they ended): what the search would have answered, had it been given B. The
+grid's choice is its best over all 30.
 
 Each choice is then re-trained with 3 fresh seeds (100, 101, 102: no arm ever ran them), its
 full configuration (epochs included), and scored on test: macro R-Precision at the epoch with
@@ -28,7 +36,10 @@ the best dev loss, mean +- std over the seeds. Targets:
 - at 100%, the search's re-trained choice is above the grid's by more than the larger of the
   two standard deviations over seeds.
 
-    python bench/search_efficiency.py [--quick] [--json OUT]
+    python bench/search_efficiency.py [--quick] [--json OUT] [--keep DIR] [--grid-from DIR]
+
+`--grid-from DIR` takes the grid from a finished grid experiment of the same setup (e.g. an
+earlier run's `--keep DIR/grid`) instead of running it again.
 
 On 2 cores: the grid ~25 minutes, the search as long, the re-training ~15. `--quick` (a random-
 init tiny:4x32, 90 docs, 1 epoch, a 2-trial grid, a 1-seed re-train) is a smoke run of the
@@ -169,8 +180,8 @@ def read_trials(path: str | Path) -> list[dict[str, Any]]:
 
 
 def epoch_reports(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every finished epoch of every trial, in the order they ended, with the cumulative
-    training seconds of the experiment at that point. The final report repeats the best
+    """Every finished epoch of every trial, in the order they ended, with the experiment's
+    cumulative epochs and training seconds at that point. The final report repeats the best
     epoch's train/ figures: it is not an epoch."""
     epochs = [
         {"trial": t["trial"], "time": r["timestamp"], "train_s": float(r[EPOCH_S]),
@@ -181,15 +192,16 @@ def epoch_reports(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
     epochs.sort(key=lambda e: (e["time"], e["trial"]))
     total = 0.0
-    for e in epochs:
+    for count, e in enumerate(epochs, start=1):
         total += e["train_s"]
-        e["cumulative_s"] = total
+        e["cumulative_s"], e["cumulative_epochs"] = total, count
     return epochs
 
 
-def choice_at(epochs: list[dict[str, Any]], budget_s: float) -> dict[str, Any] | None:
-    """The best dev epoch among those ended within `budget_s` training seconds."""
-    within = [e for e in epochs if e["cumulative_s"] <= budget_s + 1e-9 and e["dev"] == e["dev"]]
+def choice_at(epochs: list[dict[str, Any]], budget_epochs: float) -> dict[str, Any] | None:
+    """The best dev epoch among the first `budget_epochs` epochs to end."""
+    within = [e for e in epochs if e["cumulative_epochs"] <= budget_epochs + 1e-9
+              and e["dev"] == e["dev"]]
     return max(within, key=lambda e: e["dev"], default=None)
 
 
@@ -216,7 +228,8 @@ def _histogram(epochs: list[dict[str, Any]]) -> dict[int, int]:
 def describe(choice: dict[str, Any], trials: list[dict[str, Any]]) -> dict[str, Any]:
     config = next(t["config"] for t in trials if t["trial"] == choice["trial"])
     return {"trial": choice["trial"], "epoch": choice["epoch"], "dev_rp_macro": choice["dev"],
-            "at_training_s": choice["cumulative_s"], "config": config}
+            "at_epochs": choice["cumulative_epochs"], "at_training_s": choice["cumulative_s"],
+            "config": config}
 
 
 def seed_scores(path: str | Path) -> dict[str, Any]:
@@ -254,22 +267,22 @@ def verdicts(grid: dict[str, Any], choices: dict[str, dict[str, Any] | None]) ->
 # ----------------------------------------------------------------------------- run
 
 
-def compute_budget(budget_s: float) -> Any:
-    """A Tune stopper that ends the experiment once its trials' finished epochs have spent
-    `budget_s` training seconds (an epoch running then is cut short and not counted)."""
+def compute_budget(budget_epochs: int) -> Any:
+    """A Tune stopper that ends the experiment once its trials have finished `budget_epochs`
+    epochs (an epoch running then is cut short and not counted)."""
     from ray.tune import Stopper
 
     class ComputeBudget(Stopper):
         def __init__(self) -> None:
-            self.spent = 0.0
+            self.epochs = 0
 
         def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
             if EPOCH_S in result and result.get(FINAL) != 1:
-                self.spent += float(result[EPOCH_S])
+                self.epochs += 1
             return False
 
         def stop_all(self) -> bool:
-            return self.spent >= budget_s
+            return self.epochs >= budget_epochs
 
     return ComputeBudget()
 
@@ -286,22 +299,38 @@ def _run(raw: dict[str, Any], storage: Path, stop: Any = None) -> Path:
     return Path(path)
 
 
-def run(setup: Setup, storage: Path) -> dict[str, Any]:
+def _check_grid(path: Path, setup: Setup) -> Path:
+    """A finished grid experiment of this setup, or SystemExit saying why not."""
+    meta = json.loads((path / "hiersearch.json").read_text())
+    wanted = grid_space(setup)
+    for section in ("data", "trial", "search", "assignment"):
+        if meta["space"].get(section) != wanted[section]:
+            raise SystemExit(f"--grid-from {path}: another grid ({section} differs)")
+    trials = read_trials(path)
+    unfinished = [t["trial"] for t in trials if not any(r.get(FINAL) == 1 for r in t["reports"])]
+    size = len(setup.grid_lrs) * len(setup.grid_dropouts) * len(setup.grid_variants or "12345")
+    if len(trials) != size or unfinished:
+        raise SystemExit(f"--grid-from {path}: {len(trials)} trials, unfinished {unfinished}")
+    return path
+
+
+def run(setup: Setup, storage: Path, grid_from: Path | None = None) -> dict[str, Any]:
     import ray
 
     ray_init(num_cpus=2)
     out: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
-        grid_trials = read_trials(_run(grid_space(setup), storage))
+        grid_dir = _check_grid(grid_from, setup) if grid_from else _run(grid_space(setup), storage)
+        grid_trials = read_trials(grid_dir)
         grid = arm_summary(grid_trials)
         grid_choice = describe(choice_at(epoch_reports(grid_trials), float("inf")), grid_trials)
-        budget = compute_budget(grid["training_s"])
+        budget = compute_budget(grid["epochs"])
         search_trials = read_trials(_run(search_space(setup), storage, budget))
         search = arm_summary(search_trials)
         epochs = epoch_reports(search_trials)
         choices = {}
         for b in BUDGETS:
-            choice = choice_at(epochs, b * grid["training_s"])
+            choice = choice_at(epochs, b * grid["epochs"])
             choices[f"{b:.2f}"] = describe(choice, search_trials) if choice else None
         retrained: dict[str, dict[str, Any]] = {}
         for label, choice in [("grid", grid_choice), *choices.items()]:
@@ -313,9 +342,12 @@ def run(setup: Setup, storage: Path) -> dict[str, Any]:
                 retrained[key] = seed_scores(_run(retrain_space(choice["config"], setup, name),
                                                   storage))
             choice["retrained"] = retrained[key]
-        out.update(grid={**grid, "choice": grid_choice},
-                   search={**search, "choices": choices,
-                           "compute_ratio": search["training_s"] / grid["training_s"]})
+        out.update(
+            grid={**grid, "choice": grid_choice, "from": str(grid_from) if grid_from else None},
+            search={**search, "choices": choices,
+                    "compute_ratio_epochs": search["epochs"] / grid["epochs"],
+                    "compute_ratio_training_s": search["training_s"] / grid["training_s"]},
+        )
         out["verdicts"] = verdicts(grid_choice, choices)
     finally:
         ray.shutdown()
@@ -330,12 +362,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="also write the result here")
     parser.add_argument("--keep", default=None,
                         help="keep the experiments in this directory (default: a temp dir)")
+    parser.add_argument("--grid-from", default=None,
+                        help="a finished grid experiment of the same setup: not run again")
     args = parser.parse_args(argv)
     setup_env()
     setup = QUICK if args.quick else FULL
     storage = Path(args.keep or tempfile.mkdtemp(prefix="hiersearch-bench-search-"))
     try:
-        result = run(setup, storage)
+        result = run(setup, storage, Path(args.grid_from) if args.grid_from else None)
     finally:
         if not args.keep:
             shutil.rmtree(storage, ignore_errors=True)

@@ -75,6 +75,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted experiment; finished trials are kept",
     )
+    p.add_argument(
+        "--study-storage",
+        default=os.environ.get("HIERSEARCH_STUDY_STORAGE"),
+        metavar="URL",
+        help="SQLAlchemy URL of the Optuna study, e.g. postgresql://host/db (default: "
+        "HIERSEARCH_STUDY_STORAGE, else a SQLite file in the experiment directory)",
+    )
 
 
 def _add_runs(sub: Any) -> None:
@@ -104,6 +111,19 @@ def _add_leaderboard(sub: Any) -> None:
         "--format", default="table", choices=("table", "markdown", "csv", "json", "latex")
     )
     board.add_argument("--out", default=None, help="write to this file (atomically)")
+    board.add_argument(
+        "--pareto", action="store_true",
+        help="keep only the Pareto front of a search over several metrics",
+    )
+    board.add_argument(
+        "--importance", action="store_true",
+        help="print the parameter importances of the search's metric(s) and write "
+        "importance.png and history.png (and pareto_front.png) into the experiment directory",
+    )
+    board.add_argument(
+        "--study-storage", default=None, metavar="URL",
+        help="the Optuna study's URL, when hiersearch.json hides its password",
+    )
 
 
 def _add_serve(sub: Any) -> None:
@@ -245,6 +265,7 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
         address=args.address,
         data_dir=args.data,
         model=args.model,
+        study_storage=args.study_storage,
         **extra,
     )
 
@@ -291,9 +312,9 @@ def _search(args: argparse.Namespace) -> int:
         raise InputError("must be >= 1", where="--trials")
     space = load_space(args.space)
     path = _run(args, space, trials=args.trials)
-    table = results.load_experiments([path])
-    metric = space.tune.metric
-    table = lb.sort_rows(table, metric if metric in table.columns else None, space.tune.mode)
+    table = lb.mark_pareto(results.load_experiments([path]))
+    metric = space.tune.metrics[0]
+    table = lb.sort_rows(table, metric if metric in table.columns else None, space.tune.modes[0])
     print(lb.render(lb.top(table, 10), "table"))
     print(f"\nexperiment: {path}")
     _print_export_hint(path, metric if metric in table.columns else None)
@@ -304,7 +325,9 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from hiersearch.report import leaderboard as lb
     from hiersearch.report import results
 
-    table = results.load_experiments(args.dirs)
+    table = lb.mark_pareto(results.load_experiments(args.dirs))
+    if args.pareto:
+        table = lb.keep_pareto(table)
     if args.where:
         table = lb.filter_rows(table, args.where)
     if args.group_by:
@@ -323,7 +346,28 @@ def _leaderboard(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         print(lb.render(table, args.format))
+    if args.importance:
+        for location in args.dirs:
+            _importance(location, args.study_storage)
     return EXIT_OK
+
+
+def _importance(location: str, study_storage: str | None) -> None:
+    """Parameter importances per searched metric, and the study's pictures beside it."""
+    from hiersearch.report.experiment import read_meta
+    from hiersearch.report.study import importances, load_study, write_pictures
+
+    meta = read_meta(location) or {}
+    study = load_study(location, meta, study_storage)
+    metrics = meta.get("metrics") or [meta.get("metric") or "objective"]
+    for index, metric in enumerate(metrics):
+        print(f"\nparameter importances for {metric} ({location}):")
+        for param, value in importances(study, index).items():
+            print(f"  {param:<24} {value:.3f}")
+    if "://" in location and not location.startswith("file://"):
+        return  # pictures are written next to a local experiment only
+    for path in write_pictures(study, location.removeprefix("file://"), metrics):
+        print(f"wrote {path}")
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ keys are named (`keys`)."""
 from __future__ import annotations
 
 from hiersearch.metrics.keys import (
+    COST_ENCODER_LAYERS,
+    COST_FORWARD_MS,
     DEFAULT_METRIC,
     DEFAULT_MODE,
     EPOCH,
@@ -51,6 +53,8 @@ from hiersearch.metrics.ranking import (
 )
 
 __all__ = [
+    "COST_ENCODER_LAYERS",
+    "COST_FORWARD_MS",
     "DEFAULT_METRIC",
     "DEFAULT_MODE",
     "EPOCH",

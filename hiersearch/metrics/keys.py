@@ -2,7 +2,9 @@
 
 A metric key is `<namespace>/<name>`: a split ("dev", "test", "train") for the ranking metrics
 and losses, "train/" for the training loop's rates and times, "util/" for the utilization
-metrics. Keys under "trial/" describe a trial rather than measure it and are not metrics.
+metrics, "cost/" for what the trial's model costs at inference (the encoder layers it runs,
+its forward time per document). Keys under "trial/" describe a trial rather than measure it
+and are not metrics.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "COST_ENCODER_LAYERS",
+    "COST_FORWARD_MS",
     "DEFAULT_METRIC",
     "DEFAULT_MODE",
     "EPOCH",
@@ -66,13 +70,21 @@ TRIAL_NODE_ID = "trial/node_id"
 TRIAL_WORLD_SIZE = "trial/world_size"
 TRIAL_FINAL = "trial/final"
 
+# The encoder layers the trial's model runs: layers above the highest one a head reads are
+# dropped (as in an exported model), so a LAST-SIX model of a 12-layer encoder runs 12, an
+# assignment that stops at layer 4 runs 4.
+COST_ENCODER_LAYERS = "cost/encoder_layers"
+# Milliseconds per document of the trial's final model, forward pass only, measured on dev
+# documents at the end of the trial (wall time: it depends on the machine and its load).
+COST_FORWARD_MS = "cost/forward_ms_per_doc"
+
 UTIL_CLS_ANGLE_MEAN = "util/cls_angle_mean"
 UTIL_LAYER_KL_MEAN = "util/layer_kl_mean"
 UTIL_ENTROPY_MEAN = "util/entropy_mean"
 UTIL_HEAD_KL_MEAN = "util/head_kl_mean"
 
 # Namespaces of metric columns in a results table, in the order the table shows them.
-METRIC_NAMESPACES = ("dev", "test", "train", "util")
+METRIC_NAMESPACES = ("dev", "test", "train", "util", "cost")
 
 _SPLIT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -145,12 +157,15 @@ _METRIC_RE = re.compile(
     r"|^util/((entropy|head_kl)_layer\d+|(cls_angle|layer_kl|entropy|head_kl)_mean)$"
 )
 _TRAIN_KEYS = {SAMPLES_PER_SECOND, LEARNING_RATE, TRAIN_STEP, EPOCH_SECONDS, PEAK_MEMORY_MB}
-_LOWER_IS_BETTER = re.compile(r"/(loss|rp_skipped_docs(_L\d+)?|eval_s|epoch_s|peak_mem_mb)$")
+_COST_KEYS = {COST_ENCODER_LAYERS, COST_FORWARD_MS}
+_LOWER_IS_BETTER = re.compile(
+    r"/(loss|rp_skipped_docs(_L\d+)?|eval_s|epoch_s|peak_mem_mb)$|^cost/"
+)
 
 
 def is_metric_key(key: str) -> bool:
     """Whether `key` is a metric named by this module (what a search may optimize)."""
-    return key in _TRAIN_KEYS or bool(_METRIC_RE.match(key))
+    return key in _TRAIN_KEYS or key in _COST_KEYS or bool(_METRIC_RE.match(key))
 
 
 def is_metric_column(key: str) -> bool:
@@ -165,7 +180,7 @@ def is_metric_column(key: str) -> bool:
 
 # Wall-clock measurements of a run (seconds, throughput): two runs of the same seeded trial
 # agree on every other metric, never on these.
-_TIMING = re.compile(r"/(eval_s|epoch_s|samples_per_s)$")
+_TIMING = re.compile(r"/(eval_s|epoch_s|samples_per_s|forward_ms_per_doc)$")
 
 
 def is_timing_key(key: str) -> bool:
@@ -174,5 +189,5 @@ def is_timing_key(key: str) -> bool:
 
 
 def mode_of(key: str) -> str:
-    """ "min" for losses, counts of skipped documents and times; "max" otherwise."""
+    """ "min" for losses, counts of skipped documents, times and costs; "max" otherwise."""
     return "min" if _LOWER_IS_BETTER.search(key) else "max"

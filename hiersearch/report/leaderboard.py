@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from hiersearch import metrics as M
@@ -93,6 +94,51 @@ def sort_rows(df: pd.DataFrame, column: str | None, mode: str | None = None) -> 
     except TypeError:  # mixed types in one column (e.g. a param given as 8 and "8"): as text
         out = df.sort_values(column, key=lambda s: s.astype(str), **order)
     return out.reset_index(drop=True)
+
+
+PARETO_COLUMN = "pareto"
+
+
+def pareto_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.Series:
+    """Whether each row is on the Pareto front of `objectives` ((metric, "max"|"min"), ...):
+    no other row is at least as good on every metric and better on one. A row missing a
+    metric (an errored trial) is not on it."""
+    for metric, _ in objectives:
+        _require_column(df, metric, "--pareto")
+    values = df[[m for m, _ in objectives]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    signs = np.array([-1.0 if mode == "max" else 1.0 for _, mode in objectives])
+    points = values * signs  # every objective minimized
+    known = ~np.isnan(points).any(axis=1)
+    ahead = points[None, :, :]  # [candidate row, other row, metric]
+    here = points[:, None, :]
+    dominated = (
+        (ahead <= here).all(axis=2) & (ahead < here).any(axis=2) & known[None, :]
+    ).any(axis=1)
+    return pd.Series(known & ~dominated, index=df.index, name=PARETO_COLUMN)
+
+
+def mark_pareto(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with a `pareto` column when its experiment searched several metrics."""
+    objectives = df.attrs.get("objectives") or []
+    if not objectives or df.empty:
+        return df
+    out = df.copy()
+    out[PARETO_COLUMN] = pareto_front(df, objectives)
+    out.attrs.update(df.attrs)
+    return out
+
+
+def keep_pareto(df: pd.DataFrame) -> pd.DataFrame:
+    """Only the rows on the Pareto front (`--pareto`)."""
+    if PARETO_COLUMN not in df.columns:
+        raise InputError(
+            "no experiment here searched several metrics (tune.metric: [a, b]): there is no "
+            "Pareto front to keep",
+            where="--pareto",
+        )
+    out = df[df[PARETO_COLUMN].astype(bool)]
+    out.attrs.update(df.attrs)
+    return out
 
 
 def top(df: pd.DataFrame, k: int) -> pd.DataFrame:

@@ -351,7 +351,18 @@ def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                 **_trial_row(store, present, state.get(trial_dir), (metric, mode), base),
             }
         )
-    return rows, {"metric": metric, "mode": mode}
+    objectives = _objectives(meta)
+    return rows, {"metric": metric, "mode": mode, "objectives": objectives}
+
+
+def _objectives(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """(metric, mode) of every metric a multi-objective search optimized; [] for one metric."""
+    metrics, modes = meta.get("metrics"), meta.get("modes")
+    if not isinstance(metrics, list) or not isinstance(modes, list) or len(metrics) < 2:
+        return []
+    if len(metrics) != len(modes) or not all(m in ("max", "min") for m in modes):
+        return []
+    return [(str(k), str(m)) for k, m in zip(metrics, modes, strict=True)]
 
 
 def _read_meta(store: _Store, names: dict[str, bool]) -> dict[str, Any]:
@@ -383,7 +394,10 @@ def load_experiments(dirs: Sequence[str]) -> pd.DataFrame:
     for location in dirs:
         found, meta = _load_one(str(location))
         rows.extend(found)
-        attrs = attrs or meta  # the first experiment's metric decides the default sort
+        # the first experiment's metric decides the default sort; the first that searched
+        # several metrics, the Pareto front's
+        attrs = attrs or meta
+        attrs["objectives"] = attrs.get("objectives") or meta.get("objectives") or []
     df = pd.DataFrame.from_records(rows)
     for column in ID_COLUMNS:
         if column not in df.columns:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from hiersearch import metrics as M
 from hiersearch.data.prepare import PreparedData
 from hiersearch.errors import InputError
 from hiersearch.report.experiment import read_text, write_meta, write_text
+from hiersearch.report.study import StudyStorage, open_storage
 from hiersearch.search.cluster import connect
 from hiersearch.search.preflight import (
     check_space,
@@ -96,7 +98,7 @@ def _loop_config(config: TrialConfig, data: PreparedData, space: SpaceFile) -> d
         "encoded": data.encoded_path,
         "artifacts_path": f"{trial_path}/artifacts",
         "filesystem": filesystem,
-        "required_metrics": [space.tune.metric],
+        "required_metrics": list(space.tune.metrics),
     }
 
 
@@ -261,9 +263,12 @@ def run_search(
     seeds: int | None = None,
     verbose: int = 1,
     stop: Any = None,
+    study_storage: str | None = None,
 ) -> str:
     """Run (or resume) an experiment; returns its directory (path or URI). `stop` is a Ray Tune
-    stopper (or its dict / function form), e.g. a compute budget (bench/search_efficiency.py)."""
+    stopper (or its dict / function form), e.g. a compute budget (bench/search_efficiency.py).
+    `study_storage`: an SQLAlchemy URL for the Optuna study (default: a SQLite file in the
+    experiment directory; a resumed experiment keeps the study its searcher saved)."""
     if seeds is not None:
         space = with_seeds(space, seeds)
     name = name or space.name
@@ -284,12 +289,16 @@ def run_search(
     points = fixed_points(space, data.num_layers, data.label_counts)
     define = define_by_run(space, data.num_layers, data.label_counts)
     check_trials(space, base, data, points)
+    study = open_storage(path, name, study_storage, space.tune.modes)
+    if study.url is None:
+        print(f"note: the Optuna study of {path} is kept in memory (no SQLite file in a "
+              "bucket): pass --study-storage URL to keep it", file=sys.stderr)
     connect(address)
     trainable = _trainable(space, base, data)
     num_samples = trial_count(space, len(points), trials, fixed_only)
-    searcher = _searcher(space, define, points[:num_samples])
+    searcher = _searcher(space, define, points[:num_samples], study)
     scheduler = _scheduler(space, base)
-    _write_meta(path, space, data, base)
+    _write_meta(path, space, data, base, study)
     from ray import tune
 
     tuner = tune.Tuner(
@@ -333,16 +342,22 @@ def _restore(path: str, trainable: Any) -> Any:
     )
 
 
-def _searcher(space: SpaceFile, define: Any, points: list[dict[str, Any]]) -> Any:
-    """OptunaSearch over the define-by-run space, its fixed points enqueued first."""
+def _searcher(
+    space: SpaceFile, define: Any, points: list[dict[str, Any]], study: StudyStorage
+) -> Any:
+    """OptunaSearch over the define-by-run space, its fixed points enqueued first, its study
+    kept in the experiment's study storage (None: in memory)."""
     from ray.tune.search.optuna import OptunaSearch
 
+    tune = space.tune
     return OptunaSearch(
         space=define,
-        metric=space.tune.metric,
-        mode=space.tune.mode,
+        metric=list(tune.metrics) if tune.multi_objective else tune.metric,
+        mode=list(tune.modes) if tune.multi_objective else tune.mode,
         points_to_evaluate=points or None,
-        sampler=sampler(space.tune),
+        sampler=sampler(tune),
+        study_name=study.name,
+        storage=study.storage,
     )
 
 
@@ -359,6 +374,10 @@ def sampler(tune: TuneSpec) -> Any:
     base: optuna.samplers.BaseSampler
     if tune.algorithm == "random":
         base = optuna.samplers.RandomSampler(seed=tune.sampler_seed)
+    elif tune.algorithm == "nsga2":
+        base = optuna.samplers.NSGAIISampler(
+            seed=tune.sampler_seed, population_size=tune.population_size
+        )
     else:
         base = optuna.samplers.TPESampler(
             seed=tune.sampler_seed, multivariate=True, group=True, constant_liar=True
@@ -391,8 +410,9 @@ def _tune_config(
     return tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
-        metric=space.tune.metric,
-        mode=space.tune.mode,
+        # several metrics: the first orders the progress table (the searcher has them all)
+        metric=space.tune.metrics[0],
+        mode=space.tune.modes[0],
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent(base, space.tune.max_concurrent),
         # A trial that trains in its own process leaves torch, transformers and the
@@ -454,7 +474,9 @@ def _reporter(space: SpaceFile, data: PreparedData) -> Any:
     )
 
 
-def _write_meta(path: str, space: SpaceFile, data: PreparedData, base: TrialConfig) -> None:
+def _write_meta(
+    path: str, space: SpaceFile, data: PreparedData, base: TrialConfig, study: StudyStorage
+) -> None:
     """hiersearch.json: what the experiment was started with (read on resume and by the
     results table)."""
     write_meta(
@@ -462,8 +484,11 @@ def _write_meta(path: str, space: SpaceFile, data: PreparedData, base: TrialConf
         {
             "name": Path(path).name,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "metric": space.tune.metric,
-            "mode": space.tune.mode,
+            "metric": space.tune.metrics[0],
+            "mode": space.tune.modes[0],
+            "metrics": list(space.tune.metrics),
+            "modes": list(space.tune.modes),
+            "study": study.to_json(),
             "space_file": space.path,
             "space": space.raw,
             "base_config": base.to_json(),

@@ -37,7 +37,7 @@ from hiersearch.search.assignments import SpaceOptions, assignment_params, sugge
 from hiersearch.trial.config import TrialConfig
 from hiersearch.typed import as_mapping, check_keys, from_mapping
 
-PRESETS = ("smoke", "quick", "paper", "layerwise")
+PRESETS = ("smoke", "quick", "paper", "layerwise", "pareto")
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
 ASSIGN_PREFIX = "assign"
@@ -97,18 +97,26 @@ class AssignmentSpec:
         )
 
 
+ALGORITHMS = ("tpe", "random", "nsga2", "grid")
+
+
 @dataclass(frozen=True)
 class TuneSpec:
     """How Ray Tune drives the search."""
 
-    # "tpe" (Optuna's TPESampler), "random", or "grid" (every combination, as fixed trials).
+    # "tpe" (Optuna's TPESampler), "random", "nsga2" (NSGAIISampler, for several metrics), or
+    # "grid" (every combination, as fixed trials).
     algorithm: str = "tpe"
     # Trials in all (for grid: ignored, the grid size times seeds is used).
     num_samples: int = 10
-    # The metric to optimize and its direction.
-    metric: str = M.DEFAULT_METRIC
-    mode: str = M.DEFAULT_MODE
-    # "asha" for early stopping of weak trials, or "none".
+    # The metric to optimize, or a list of them (a multi-objective search: its leaderboard marks
+    # the Pareto front), e.g. [dev/rp_macro, cost/forward_ms_per_doc]. The first one sorts the
+    # progress table and chooses `export --best`'s default.
+    metric: str | tuple[str, ...] = M.DEFAULT_METRIC
+    # "max" or "min" per metric; null: each metric's own direction (max for R-Precision, min
+    # for losses, times and costs).
+    mode: str | tuple[str, ...] | None = None
+    # "asha" for early stopping of weak trials (one metric only), or "none".
     scheduler: str = "none"
     # ASHA: epochs every trial gets before it can be stopped.
     grace_period: int = 1
@@ -127,11 +135,15 @@ class TuneSpec:
     max_concurrent: int | None = None
     # Seed of the Optuna sampler.
     sampler_seed: int = 0
+    # NSGA-II: trials per generation (Optuna's default, 50, outlasts most CPU budgets).
+    population_size: int = 10
+    # Every metric optimized and its direction, in order (set from metric and mode).
+    metrics: tuple[str, ...] = field(init=False)
+    modes: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         checks = [
-            (self.algorithm in ("tpe", "random", "grid"), "algorithm", "tpe, random or grid"),
-            (self.mode in ("max", "min"), "mode", "max or min"),
+            (self.algorithm in ALGORITHMS, "algorithm", ", ".join(ALGORITHMS)),
             (self.scheduler in ("asha", "none"), "scheduler", "asha or none"),
             (self.num_samples >= 1, "num_samples", ">= 1"),
             (self.seeds >= 1, "seeds", ">= 1"),
@@ -140,14 +152,56 @@ class TuneSpec:
             (self.reduction_factor >= 2, "reduction_factor", ">= 2"),
             (self.max_failures >= 0, "max_failures", ">= 0"),
             (self.worker_failures >= 0, "worker_failures", ">= 0"),
+            (self.population_size >= 2, "population_size", ">= 2"),
         ]
         for ok, key, expected in checks:
             if not ok:
                 raise InputError(f"must be {expected}, got {getattr(self, key)!r}", where=key)
-        if not M.is_metric_key(self.metric):
+        metrics, modes = _objectives(self.metric, self.mode)
+        if len(metrics) > 1 and self.scheduler != "none":
             raise InputError(
-                f"unknown metric {self.metric!r} (e.g. {M.DEFAULT_METRIC})", where="metric"
+                f"{self.scheduler} stops trials on one metric; a search over several "
+                f"({', '.join(metrics)}) runs every trial to its end: set scheduler: none",
+                where="scheduler",
             )
+        # One metric stays a string, several a tuple (dataclasses.replace keeps them all);
+        # `metrics` / `modes` hold them as tuples, the first standing for the search where one
+        # is needed (the progress table's order, `export --best`'s default).
+        object.__setattr__(self, "metric", metrics[0] if len(metrics) == 1 else metrics)
+        object.__setattr__(self, "mode", modes[0] if len(modes) == 1 else modes)
+        object.__setattr__(self, "metrics", metrics)
+        object.__setattr__(self, "modes", modes)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+
+def _objectives(
+    metric: str | tuple[str, ...], mode: str | tuple[str, ...] | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(metrics, modes) of a tune section's metric and mode, checked."""
+    metrics = (metric,) if isinstance(metric, str) else tuple(metric)
+    if not metrics:
+        raise InputError("needs at least one metric", where="metric")
+    for key in metrics:
+        if not M.is_metric_key(key):
+            raise InputError(f"unknown metric {key!r} (e.g. {M.DEFAULT_METRIC})", where="metric")
+    if len(set(metrics)) != len(metrics):
+        raise InputError(f"a metric is listed twice: {list(metrics)}", where="metric")
+    if mode is None:
+        modes = tuple(M.mode_of(key) for key in metrics)
+    else:
+        modes = (mode,) * len(metrics) if isinstance(mode, str) else tuple(mode)
+    if len(modes) != len(metrics):
+        raise InputError(
+            f"{len(modes)} modes for {len(metrics)} metrics: give one per metric, in order",
+            where="mode",
+        )
+    for value in modes:
+        if value not in ("max", "min"):
+            raise InputError(f"must be max or min, got {value!r}", where="mode")
+    return metrics, modes
 
 
 @dataclass(frozen=True)

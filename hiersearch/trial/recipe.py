@@ -62,6 +62,8 @@ UTIL_SAMPLE_SEED = 1234
 FINAL_METRICS_FILE = "final_metrics.json"
 # A dev loss must fall by more than this to count as an improvement (early stopping).
 MIN_IMPROVEMENT = 1e-7
+# dev documents timed for `cost/forward_ms_per_doc`: a few batches, well under a second on CPU
+COST_DOCS = 64
 
 
 def resolve_assignment(spec: str, num_layers: int, label_counts: list[int]) -> LayerAssignment:
@@ -186,6 +188,39 @@ def evaluate_split(
         np.concatenate(losses) if losses else np.zeros(0, dtype=np.float32),
     )
     return _in_document_order(gather_to_rank0(session, mine))
+
+
+@torch.no_grad()
+def forward_cost(
+    core: LayerwiseClassifier,
+    split: Split,
+    num_labels: int,
+    device: torch.device,
+    batch_size: int,
+    autocast: Callable[[], Any],
+    docs: int = COST_DOCS,
+) -> dict[str, float]:
+    """What the model costs at inference: the encoder layers it runs and its forward time per
+    document (ms) over the first `docs` documents of `split`, after one untimed batch that
+    warms up the kernels and the allocator."""
+    was_training = core.training
+    core.eval()
+    index = np.arange(min(docs, len(split)))
+    batches = [split.batch(b, num_labels) for b in _batches(index, batch_size)]
+    elapsed = float("nan")
+    for timed in (False, True):
+        started = time.perf_counter()
+        for batch in batches if timed else batches[:1]:
+            with autocast():
+                core(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - started
+    core.train(was_training)
+    return {
+        M.COST_ENCODER_LAYERS: float(max(core.used_layers)),
+        M.COST_FORWARD_MS: 1000.0 * elapsed / len(index) if len(index) else float("nan"),
+    }
 
 
 def _in_document_order(
@@ -544,6 +579,13 @@ class TrialRecipe:
         if test is not None and len(self.test) > 0:
             out.update(split_metrics(test, self.core.level_slices, "test"))
             out[M.eval_seconds_key("test")] = seconds
+        if self.session.rank == 0:
+            out.update(
+                forward_cost(
+                    self.core, self.dev, self.num_labels, self.session.device,
+                    self.config.eval_batch_size, self.autocast,
+                )
+            )
         if self.session.rank == 0 and self.config.util_docs > 0:
             util = _utilization(self.core, self.dev, self.config, self.session, self.artifacts)
             out.update(util)

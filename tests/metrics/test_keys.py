@@ -96,8 +96,16 @@ def test_the_package_names_every_key_and_computation_of_its_modules() -> None:
 
 
 def test_wall_time_measurements_are_timing_keys_and_results_are_not() -> None:
-    timings = [keys.EPOCH_SECONDS, keys.SAMPLES_PER_SECOND, keys.eval_seconds_key("test")]
+    timings = [keys.EPOCH_SECONDS, keys.SAMPLES_PER_SECOND, keys.eval_seconds_key("test"),
+               keys.COST_FORWARD_MS]
     assert all(keys.is_timing_key(k) for k in timings)
     results = [keys.loss_key("dev"), keys.rp_macro_key("test"), keys.PEAK_MEMORY_MB,
-               keys.skipped_key("dev", 1)]
+               keys.skipped_key("dev", 1), keys.COST_ENCODER_LAYERS]
     assert not any(keys.is_timing_key(k) for k in results)
+
+
+def test_inference_costs_are_searchable_and_minimized() -> None:
+    for key in (keys.COST_ENCODER_LAYERS, keys.COST_FORWARD_MS):
+        assert keys.is_metric_key(key) and keys.is_metric_column(key)
+        assert keys.mode_of(key) == "min"
+    assert not keys.is_metric_key("cost/dollars")  # a cost no trial reports cannot be searched

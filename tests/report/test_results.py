@@ -69,7 +69,7 @@ def test_params_become_columns_and_metric_comes_from_hiersearch_json(
     assert (row["lr"], row["seed"], row["batch_size"], row["assign/kind"]) == (3e-5, 1, 8, "last")
     assert row["param/variant"] == "LAST-SIX"  # the param named like the identity column
     assert str(finished["batch_size"].dtype) == "Int64"
-    assert finished.attrs == {"metric": "dev/rp_macro", "mode": "max"}
+    assert finished.attrs == {"metric": "dev/rp_macro", "mode": "max", "objectives": []}
 
 
 def test_metric_columns_are_ordered_dev_test_train_util(finished: pd.DataFrame) -> None:
@@ -105,7 +105,7 @@ def test_scheduler_stopped_trial_is_stopped_early() -> None:
 
 def test_experiment_without_metadata_sorts_by_the_default_metric() -> None:
     df = results.load_experiments([str(FIXTURES / "asha")])
-    assert df.attrs == {"metric": "dev/rp_macro", "mode": "max"}
+    assert df.attrs == {"metric": "dev/rp_macro", "mode": "max", "objectives": []}
     assert set(df["experiment"]) == {"asha"}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import torch
 import yaml
@@ -103,14 +104,17 @@ def _null() -> object:
     return contextlib.nullcontext()
 
 
-def _layerwise_smoke(tmp_path: Path, **tune: object) -> Path:
+def _layerwise_smoke(
+    tmp_path: Path, trial: dict[str, Any] | None = None, enqueue: bool = True, **tune: object
+) -> Path:
     """layerwise.yaml's search at smoke size (tiny encoder, a few dozen docs)."""
     raw = yaml.safe_load(preset_path("layerwise").read_text())
     smoke = yaml.safe_load(preset_path("smoke").read_text())
     raw["data"] = smoke["data"]
     raw["trial"] = {**smoke["trial"], "num_workers": 1, "cpus_per_worker": 1, "epochs": 3,
-                    "patience": 3, "util_docs": 0}
+                    "patience": 3, "util_docs": 0, **(trial or {})}
     raw["search"]["batch_size"]["choices"] = [4, 8]
+    raw["assignment"]["enqueue_variants"] = enqueue
     raw["tune"].update(tune)
     path = tmp_path / "layerwise-smoke.yaml"
     path.write_text("# Launch: hiersearch search --space layerwise-smoke.yaml\n"
@@ -187,8 +191,14 @@ def test_resume_after_an_interrupted_search_keeps_finished_trials(
         if text.strip() and json.loads(text.splitlines()[-1]).get(M.TRIAL_FINAL) == 1
     }
     assert 1 <= len(before) < 4, sorted(before)
+    numbers_before = _study_numbers(experiment, "resume")
 
     run_search(space, storage=str(storage), name="resume", resume=True, verbose=0)
+    # the same study goes on: its earlier trials kept, later ones numbered after them
+    numbers_after = _study_numbers(experiment, "resume")
+    assert set(numbers_before) <= set(numbers_after)
+    assert all(n > max(numbers_before) for n in set(numbers_after) - set(numbers_before))
+    assert list(numbers_after.values()).count("COMPLETE") == 4, numbers_after
     board = _leaderboard_json(str(experiment), capsys)
     ids = [r["trial_id"] for r in board["rows"]]
     assert len(ids) == len(set(ids)) == 4, ids
@@ -204,6 +214,56 @@ def test_resume_after_an_interrupted_search_keeps_finished_trials(
             again = json.loads(line)
             assert again.get(M.TRIAL_FINAL) == 1, (name, line)
             assert _metrics_only(again) == last, (name, last, line)
+
+
+def _study_numbers(experiment: Path, name: str) -> dict[int, str]:
+    """Trial number -> state of the experiment's persisted Optuna study."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{experiment}/optuna.db")
+    return {t.number: t.state.name for t in study.trials}
+
+
+def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objectives = [M.rp_macro_key("dev"), M.COST_ENCODER_LAYERS]
+    space_file = _layerwise_smoke(
+        tmp_path, trial={"epochs": 1}, enqueue=False, num_samples=4, scheduler="none",
+        metric=objectives, mode=["max", "min"],
+    )
+    storage = tmp_path / "storage"
+    code = main(["search", "--space", str(space_file), "--storage", str(storage), "--name", "mo"])
+    assert code == 0
+    experiment = storage / "mo"
+    board = _leaderboard_json(str(experiment), capsys)
+    assert "pareto" in board["columns"]
+    rows = board["rows"]
+    front = [r for r in rows if r["pareto"]]
+    assert front and all(r[M.COST_FORWARD_MS] > 0 for r in rows)
+    for row in front:  # nothing in the table beats a front row on both metrics
+        assert not any(
+            o[objectives[0]] >= row[objectives[0]] and o[objectives[1]] <= row[objectives[1]]
+            and (o[objectives[0]], o[objectives[1]]) != (row[objectives[0]], row[objectives[1]])
+            for o in rows
+        )
+    capsys.readouterr()
+    assert main(["leaderboard", str(experiment), "--pareto", "--format", "json"]) == 0
+    kept = json.loads(capsys.readouterr().out)["rows"]
+    assert sorted(r["trial_id"] for r in kept) == sorted(r["trial_id"] for r in front)
+    # the study: persisted in the experiment directory, named after it, one trial per Tune
+    # trial with both objectives' values
+    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{experiment}/optuna.db")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4 and all(len(t.values) == 2 for t in complete)
+    assert {t.params["seed"] for t in complete} == {0}  # never searched
+    meta = json.loads((experiment / "hiersearch.json").read_text())
+    assert (meta["metrics"], meta["modes"]) == (objectives, ["max", "min"])
+    assert meta["study"] == {"name": "mo", "url": f"sqlite:///{experiment}/optuna.db"}
+    assert main(["leaderboard", str(experiment), "--importance"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameter importances for {objectives[1]}" in out
+    for picture in ("importance.png", "history.png", "pareto_front.png"):
+        assert (experiment / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
 
 
 def _metrics_only(result: dict[str, Any]) -> str:

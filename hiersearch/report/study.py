@@ -1,0 +1,215 @@
+"""An experiment's Optuna study: where it lives, opened before Ray starts, loaded again for
+parameter importances, the optimization history and the Pareto front.
+
+Every search keeps its study in RDB storage: by default a SQLite file in the experiment
+directory (`optuna.db`), or any SQLAlchemy URL given with `--study-storage` (PostgreSQL on a
+cluster); the study is named after the experiment. `hiersearch.json` records where it is, the
+password of a URL left out. `optuna-dashboard sqlite:///runs/NAME/optuna.db` opens it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hiersearch.errors import InputError
+
+__all__ = [
+    "STUDY_FILE",
+    "StudyStorage",
+    "default_url",
+    "importances",
+    "load_study",
+    "open_storage",
+    "redact",
+    "write_pictures",
+]
+
+STUDY_FILE = "optuna.db"
+SEED_PARAM = "seed"  # never searched (pinned by the sampler): no importance to show
+IMPORTANCE_PNG = "importance.png"
+HISTORY_PNG = "history.png"
+PARETO_PNG = "pareto_front.png"
+
+
+@dataclass(frozen=True)
+class StudyStorage:
+    """Where a search keeps its Optuna study: `url` None keeps it in memory."""
+
+    name: str
+    url: str | None
+    storage: Any = field(default=None, compare=False, repr=False)  # optuna's RDBStorage
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "url": redact(self.url) if self.url else None}
+
+
+def _local_dir(experiment: str) -> Path | None:
+    if experiment.startswith("file://"):
+        return Path(experiment.removeprefix("file://"))
+    return None if "://" in experiment else Path(experiment).expanduser().resolve()
+
+
+def default_url(experiment: str) -> str | None:
+    """The SQLite file in a local experiment directory; None for a bucket (no SQLite there)."""
+    local = _local_dir(experiment)
+    return None if local is None else f"sqlite:///{local / STUDY_FILE}"
+
+
+def redact(url: str) -> str:
+    """The URL with its password, if any, replaced by ***."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy parses: nothing to hide either
+        return url
+
+
+def open_storage(
+    experiment: str, name: str, given: str | None, directions: Sequence[str]
+) -> StudyStorage:
+    """The experiment's study storage, opened (tables created) before Ray starts: a bad URL or
+    an unreachable database is an InputError naming --study-storage, and so is a study of the
+    same name whose directions differ from this search's."""
+    import optuna
+
+    url = given or default_url(experiment)
+    if url is None:
+        return StudyStorage(name, None)
+    where = "--study-storage" if given else f"{experiment}/{STUDY_FILE}"
+    local = _local_dir(experiment)
+    if not given and local is not None:
+        local.mkdir(parents=True, exist_ok=True)
+    try:
+        storage = optuna.storages.RDBStorage(url)
+        existing = {s.study_name: s for s in storage.get_all_studies()}
+    except Exception as exc:  # sqlalchemy's errors for bad URLs, drivers, unreachable hosts
+        raise InputError(f"cannot open the Optuna study storage: {exc}", where=where) from None
+    wanted = ["minimize" if m == "min" else "maximize" for m in directions]
+    study = existing.get(name)
+    if study is not None and [d.name.lower() for d in study.directions] != wanted:
+        raise InputError(
+            f"study {name!r} already exists there with directions "
+            f"{[d.name.lower() for d in study.directions]}, not {wanted}: choose another --name",
+            where=where,
+        )
+    return StudyStorage(name, url, storage)
+
+
+def load_study(experiment: str, meta: dict[str, Any], given: str | None = None) -> Any:
+    """The experiment's Optuna study, read-only use (`optuna.load_study`)."""
+    import optuna
+
+    recorded = meta.get("study") if isinstance(meta.get("study"), dict) else {}
+    name = str(recorded.get("name") or meta.get("name") or Path(experiment).name)
+    url = given or recorded.get("url") or default_url(experiment)
+    if not url:
+        raise InputError(
+            "its Optuna study was kept in memory (a bucket experiment started without "
+            "--study-storage): no importances to compute",
+            where=experiment,
+        )
+    if "***" in url and not given:
+        raise InputError(
+            f"the study storage {url} needs its password: pass the URL with --study-storage",
+            where=experiment,
+        )
+    try:
+        return optuna.load_study(study_name=name, storage=url)
+    except Exception as exc:  # KeyError for a missing study, sqlalchemy errors for the rest
+        raise InputError(f"cannot load Optuna study {name!r}: {exc}", where=url) from None
+
+
+def _complete(study: Any) -> list[Any]:
+    import optuna
+
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def _objective(study: Any, index: int, lower_is_better: bool = False) -> Any:
+    """The `index`-th objective of a trial; negated for a maximized objective when the caller
+    needs lower to be better (Optuna's default importance evaluator, PED-ANOVA, scores what
+    leads to *low* target values)."""
+    import optuna
+
+    sign = -1.0 if lower_is_better and study.directions[index] == (
+        optuna.study.StudyDirection.MAXIMIZE
+    ) else 1.0
+    return lambda t: sign * t.values[index]
+
+
+def importances(study: Any, index: int = 0) -> dict[str, float]:
+    """Parameter importances (Optuna's default evaluator) for reaching a good value of the
+    study's `index`-th objective, the seed left out. A parameter only some trials have (one
+    assignment's blocks) is left out: the importances cover the parameters every completed
+    trial shares and that vary across them."""
+    import warnings
+
+    import optuna
+
+    complete = _complete(study)
+    if len(complete) < 2:
+        raise InputError(
+            f"importances need at least 2 completed trials (the study has {len(complete)})",
+            where="--importance",
+        )
+    shared = set.intersection(*(set(t.params) for t in complete)) - {SEED_PARAM}
+    varied = sorted(p for p in shared if len({repr(t.params[p]) for t in complete}) > 1)
+    if not varied:
+        raise InputError("no parameter varies across the completed trials", where="--importance")
+    with warnings.catch_warnings():  # the evaluator's notes on few trials per value
+        warnings.simplefilter("ignore", UserWarning)
+        return optuna.importance.get_param_importances(
+            study, params=varied, target=_objective(study, index, lower_is_better=True)
+        )
+
+
+def write_pictures(study: Any, directory: str, metrics: Sequence[str]) -> list[str]:
+    """PNGs of the importances and the optimization history of the first metric, and of the
+    Pareto front when the study has several; returns their paths."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as vis
+
+    os.makedirs(directory, exist_ok=True)
+    found = importances(study)
+    plots = [
+        # the bars of the importances computed above (their target's sign handled there)
+        (IMPORTANCE_PNG, lambda: _importance_bars(found, metrics[0])),
+        (HISTORY_PNG, lambda: vis.plot_optimization_history(
+            study, target=_objective(study, 0), target_name=metrics[0])),
+    ]
+    if len(metrics) > 1:
+        plots.append((PARETO_PNG, lambda: vis.plot_pareto_front(
+            study, target_names=list(metrics))))
+    written = []
+    for name, plot in plots:
+        with warnings.catch_warnings():  # matplotlib plots are an "experimental" optuna API
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            axes = plot()
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        path = os.path.join(directory, name)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _importance_bars(found: dict[str, float], metric: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 0.4 * len(found) + 1.2))
+    names = list(found)[::-1]
+    axes.barh(names, [found[n] for n in names], color="tab:blue")
+    axes.set_xlabel("importance")
+    axes.set_title(f"parameter importances for {metric}")
+    return axes
