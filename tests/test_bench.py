@@ -29,7 +29,8 @@ import ray_overhead  # noqa: E402
 import search_efficiency  # noqa: E402
 
 from hiersearch import metrics as M  # noqa: E402
-from hiersearch.search.space import fixed_points, parse_space  # noqa: E402
+from hiersearch.search.space import fixed_points, load_space, parse_space  # noqa: E402
+from hiersearch.trial.config import TrialConfig  # noqa: E402
 
 
 def test_alternate_rotates_and_times_every_candidate() -> None:
@@ -275,44 +276,77 @@ def test_timing_probe_records_events(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert event["name"] == "double" and event["end"] >= event["start"]
 
 
-def test_search_spaces_parse_and_the_grid_has_thirty_points(tmp_path: Path) -> None:
+def test_the_grid_is_the_papers_on_the_main_jobs_corpus_and_the_search_is_the_preset() -> None:
     setup = search_efficiency.FULL
     grid = parse_space(search_efficiency.grid_space(setup))
-    assert len(fixed_points(grid, 6, [21, 64, 100])) == 30
+    quick = load_space("quick")
+    assert grid.data == quick.data and grid.trial == {**quick.trial, "util_docs": 0}
+    points = fixed_points(grid, 6, [21, 94, 200])
+    assert len(points) == 30 and {p["lr"] for p in points} == {5e-5, 1e-4, 2e-4}
     search = parse_space(search_efficiency.search_space(setup))
-    assert search.tune.scheduler == "asha" and search.assignment.space == "monotone"
-    parse_space(search_efficiency.grid_space(search_efficiency.QUICK))
-    minilm = search_efficiency.MINILM
-    assert len(fixed_points(parse_space(search_efficiency.grid_space(minilm)), 6,
-                            [21, 104, 200])) == 30
-    enqueued = fixed_points(parse_space(search_efficiency.search_space(minilm)), 6, [21, 104, 200])
-    # the named variants are enqueued at the grid's batch size and the MiniLM rates
-    assert len(enqueued) == 5 and {p["batch_size"] for p in enqueued} == {16}
-    assert parse_space(search_efficiency.search_space(minilm)).base_config().head_lr == 3e-2
-    for name, reports in (("a", [0.2, 0.3]), ("b", [0.25])):
-        trial = tmp_path / f"trial_{name}"
-        trial.mkdir()
-        lines = [{M.rp_macro_key("dev"): v, search_efficiency.SPS: 10.0, "time_total_s": 5.0,
-                  "config": {"batch_size": 8}} for v in reports]
+    layerwise = load_space("layerwise")
+    assert (search.search, search.assignment) == (layerwise.search, layerwise.assignment)
+    assert search.base_config().epochs == layerwise.base_config().epochs
+    assert search.data == quick.data and search.tune.scheduler == "asha"
+
+
+def _experiment(path: Path, trials: dict[str, list[tuple[int, float]]]) -> Path:
+    """trial -> [(timestamp, dev macro RP) per epoch]; each epoch took 10 s; a final report."""
+    for name, epochs in trials.items():
+        trial = path / f"trial_{name}"
+        trial.mkdir(parents=True)
+        lines = [{"timestamp": t, search_efficiency.EPOCH_S: 10.0, search_efficiency.METRIC: v,
+                  "epoch": i + 1} for i, (t, v) in enumerate(epochs)]
+        lines.append({"timestamp": epochs[-1][0] + 1, search_efficiency.EPOCH_S: 10.0,
+                      search_efficiency.FINAL: 1, search_efficiency.TEST_METRIC: 0.5})
         (trial / "result.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    summary = search_efficiency.experiment_summary(tmp_path, train_docs=20, base_batch=16)
-    assert summary["best_dev_rp_macro"] == 0.3 and summary["epochs"] == 3
-    assert summary["training_s"] == pytest.approx(3 * 24 / 10.0)
-    verdicts = search_efficiency.compare(summary, summary)
-    assert verdicts["target_within_1_point"] == "MET"
-    assert verdicts["target_compute_0.35"] == "MISSED"
+        (trial / "config.json").write_text(json.dumps({"lr": float(len(name)),
+                                                       "assignment": "FLAT"}))
+    return path
 
 
-def test_an_earlier_grid_is_reused_only_for_the_same_setup(tmp_path: Path) -> None:
-    import dataclasses
+def test_the_choice_at_a_budget_is_the_best_of_the_epochs_ended_within_it(
+    tmp_path: Path,
+) -> None:
+    trials = search_efficiency.read_trials(
+        _experiment(tmp_path, {"a": [(1, 0.2), (4, 0.6)], "b": [(2, 0.3)], "cc": [(3, 0.4)]})
+    )
+    epochs = search_efficiency.epoch_reports(trials)  # the final reports are no epochs
+    assert [(e["trial"], e["cumulative_epochs"]) for e in epochs] == [
+        ("trial_a", 1), ("trial_b", 2), ("trial_cc", 3), ("trial_a", 4)]
+    assert epochs[-1]["cumulative_s"] == 40.0
+    assert search_efficiency.choice_at(epochs, 3)["trial"] == "trial_cc"
+    assert search_efficiency.choice_at(epochs, 4)["dev"] == 0.6
+    assert search_efficiency.choice_at(epochs, 0) is None
+    summary = search_efficiency.arm_summary(trials)
+    assert (summary["epochs"], summary["trials_per_epochs_trained"]) == (4, {1: 2, 2: 1})
+    assert search_efficiency.describe(epochs[2], trials)["config"]["lr"] == 2.0
 
-    setup = search_efficiency.MINILM
-    earlier = tmp_path / "earlier.json"
-    earlier.write_text(json.dumps({"setup": setup.__dict__, "grid": {"best_dev_rp_macro": 0.6}}))
-    bigger_budget = dataclasses.replace(setup, search_trials=14)
-    assert search_efficiency.earlier_grid(earlier, bigger_budget) == {"best_dev_rp_macro": 0.6}
-    other_rates = dataclasses.replace(setup, grid_lrs=(1e-4,))
-    assert search_efficiency.earlier_grid(earlier, other_rates) is None
+
+def test_retraining_a_choice_fixes_its_config_and_uses_seeds_no_arm_ran() -> None:
+    config = {**TrialConfig(assignment="L1:2|L2:4|L3:5", lr=7e-5, epochs=6).to_json(),
+              "corpus": "/somewhere/else", "seed": 0}
+    raw = search_efficiency.retrain_space(config, search_efficiency.FULL, "retrain")
+    space = parse_space(raw)
+    points = fixed_points(space, 6, [21, 94, 200])
+    assert [p["seed"] for p in points] == [100, 101, 102]
+    assert {p["variant"] for p in points} == {"L1:2|L2:4|L3:5"}
+    base = space.base_config()
+    assert (base.lr, base.epochs, base.util_docs, base.corpus) == (7e-5, 6, 0, "")
+
+
+def test_verdicts_need_the_search_within_one_point_then_above_by_the_seeds_std() -> None:
+    def scores(mean: float, std: float) -> dict:
+        return {"retrained": {"mean": mean, "std": std}}
+
+    grid = scores(0.60, 0.01)
+    ok = search_efficiency.verdicts(grid, {"0.35": scores(0.595, 0.01),
+                                           "1.00": scores(0.63, 0.02)})
+    assert ok["target_35pct_within_1_point"] == "MET"
+    assert ok["target_100pct_above_by_more_than_std"] == "MET"
+    short = search_efficiency.verdicts(grid, {"0.35": None, "1.00": scores(0.615, 0.02)})
+    assert short["target_35pct_within_1_point"].startswith("MISSED")
+    assert short["target_100pct_above_by_more_than_std"] == "MISSED"  # +1.5 < 2 points
 
 
 def test_gpu_flops_and_peaks() -> None:

@@ -33,6 +33,7 @@ SEED_PARAM = "seed"  # never searched (pinned by the sampler): no importance to 
 IMPORTANCE_PNG = "importance.png"
 HISTORY_PNG = "history.png"
 PARETO_PNG = "pareto_front.png"
+TENSORBOARD_DIR = "tensorboard-study"  # `tensorboard --logdir runs/NAME` shows it
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ def importances(study: Any, index: int = 0) -> dict[str, float]:
 
 def write_pictures(study: Any, directory: str, metrics: Sequence[str]) -> list[str]:
     """PNGs of the importances and the optimization history of the first metric, and of the
-    Pareto front when the study has several; returns their paths."""
+    Pareto front when the study has several, also as TensorBoard images (`tensorboard-study/`);
+    returns the PNGs' paths."""
     import warnings
 
     import matplotlib
@@ -191,16 +193,21 @@ def write_pictures(study: Any, directory: str, metrics: Sequence[str]) -> list[s
     if len(metrics) > 1:
         plots.append((PARETO_PNG, lambda: vis.plot_pareto_front(
             study, target_names=list(metrics))))
+    from torch.utils.tensorboard import SummaryWriter
+
     written = []
-    for name, plot in plots:
-        with warnings.catch_warnings():  # matplotlib plots are an "experimental" optuna API
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            axes = plot()
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        path = os.path.join(directory, name)
-        figure.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(figure)
-        written.append(path)
+    # the same pictures in TensorBoard, beside the trials' own event files
+    with SummaryWriter(os.path.join(directory, TENSORBOARD_DIR)) as board:
+        for name, plot in plots:
+            with warnings.catch_warnings():  # matplotlib plots are an "experimental" optuna API
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot()
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            path = os.path.join(directory, name)
+            figure.savefig(path, dpi=100, bbox_inches="tight")
+            board.add_figure(f"study/{name.removesuffix('.png')}", figure, close=True)
+            plt.close(figure)
+            written.append(path)
     return written
 
 

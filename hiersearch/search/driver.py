@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -382,7 +383,9 @@ def sampler(tune: TuneSpec) -> Any:
         base = optuna.samplers.TPESampler(
             seed=tune.sampler_seed, multivariate=True, group=True, constant_liar=True
         )
-    return optuna.samplers.PartialFixedSampler({SEED_PARAM: seed_values(tune)[0]}, base)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.4, and unchanged since
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.PartialFixedSampler({SEED_PARAM: seed_values(tune)[0]}, base)
 
 
 def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
@@ -463,6 +466,8 @@ def _reporter(space: SpaceFile, data: PreparedData) -> Any:
     columns = {M.EPOCH: "epoch", M.loss_key("dev"): "dev loss"}
     columns.update({M.rp_level_key("dev", n): f"RP L{n}" for n in range(1, levels + 1)})
     columns.update({M.rp_micro_key("dev"): "RP micro", M.rp_macro_key("dev"): "RP macro"})
+    for metric in space.tune.metrics:  # e.g. a cost a multi-objective search minimizes
+        columns.setdefault(metric, metric)
     params = [*space.search, SEED_PARAM]
     if space.assignment.space == "variants":
         params.insert(0, VARIANT_PARAM)

@@ -191,8 +191,14 @@ def _objectives(
         raise InputError(f"a metric is listed twice: {list(metrics)}", where="metric")
     if mode is None:
         modes = tuple(M.mode_of(key) for key in metrics)
+    elif isinstance(mode, str) and len(metrics) > 1:
+        raise InputError(
+            f"one mode ({mode!r}) for {len(metrics)} metrics: give one per metric, in order "
+            "(e.g. [max, min]), or leave mode out for each metric's own direction",
+            where="mode",
+        )
     else:
-        modes = (mode,) * len(metrics) if isinstance(mode, str) else tuple(mode)
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
     if len(modes) != len(metrics):
         raise InputError(
             f"{len(modes)} modes for {len(metrics)} metrics: give one per metric, in order",

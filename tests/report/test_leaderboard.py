@@ -304,3 +304,34 @@ def test_failed_write_leaves_the_previous_file_intact(
         lb.export(finished, path, "json")
     assert path.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["board.json"]
+
+
+def _objective_table() -> pd.DataFrame:
+    df = pd.DataFrame({
+        "trial_id": ["a", "b", "c", "d", "e"],
+        "dev/rp_macro": [0.70, 0.65, 0.60, 0.60, float("nan")],
+        "cost/encoder_layers": [6.0, 4.0, 4.0, 2.0, 1.0],
+    })
+    df.attrs["objectives"] = [("dev/rp_macro", "max"), ("cost/encoder_layers", "min")]
+    return df
+
+
+def test_the_pareto_front_keeps_rows_nothing_beats_on_every_metric() -> None:
+    marked = lb.mark_pareto(_objective_table())
+    # c is beaten by b (better RP at the same cost); e has no RP (an errored trial)
+    assert dict(zip(marked["trial_id"], marked["pareto"], strict=True)) == {
+        "a": True, "b": True, "c": False, "d": True, "e": False}
+    assert list(lb.keep_pareto(marked)["trial_id"]) == ["a", "b", "d"]
+    assert lb.keep_pareto(marked).attrs["objectives"] == marked.attrs["objectives"]
+
+
+def test_equal_rows_are_both_on_the_front() -> None:
+    df = _objective_table().iloc[[1, 1]].reset_index(drop=True)
+    df.attrs["objectives"] = _objective_table().attrs["objectives"]
+    assert list(lb.pareto_front(df, df.attrs["objectives"])) == [True, True]
+
+
+def test_pareto_needs_a_search_over_several_metrics(finished: pd.DataFrame) -> None:
+    assert "pareto" not in lb.mark_pareto(finished).columns
+    with pytest.raises(InputError, match="^--pareto: no experiment here searched several"):
+        lb.keep_pareto(lb.mark_pareto(finished))

@@ -120,6 +120,12 @@ def test_pictures_of_a_multi_objective_study_include_its_pareto_front(tmp_path: 
     assert [Path(p).name for p in written] == ["importance.png", "history.png",
                                                "pareto_front.png"]
     assert all(Path(p).read_bytes()[:8] == PNG for p in written)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "exp" / "tensorboard-study"))
+    board.Reload()
+    assert sorted(board.Tags()["images"]) == ["study/history", "study/importance",
+                                              "study/pareto_front"]
 
 
 def _free_port() -> int:
@@ -135,6 +141,7 @@ def test_optuna_dashboard_on_loopback_serves_the_experiments_study(tmp_path: Pat
     opened = open_storage(str(experiment), "exp", None, ["max"])
     _fill(optuna.create_study(study_name="exp", storage=opened.storage, direction="maximize"), 3)
     port = _free_port()
+    api = f"http://127.0.0.1:{port}/api/studies"
     server = subprocess.Popen(
         [executable, str(opened.url), "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -143,7 +150,7 @@ def test_optuna_dashboard_on_loopback_serves_the_experiments_study(tmp_path: Pat
         deadline, studies = time.time() + 60, None
         while time.time() < deadline and studies is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                with urllib.request.urlopen(api, timeout=5) as r:
                     studies = json.loads(r.read())["study_summaries"]
             except OSError:  # not listening yet
                 time.sleep(0.3)

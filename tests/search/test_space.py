@@ -287,3 +287,64 @@ def test_paper_preset_pins_the_papers_head() -> None:
 def test_quick_preset_reads_mean_pooled_standardized_features() -> None:
     config = load_space("quick").base_config()
     assert (config.pooling, config.head_norm) == ("mean", "batchnorm")
+
+
+def _tune(**tune: object) -> SpaceFile:
+    raw = yaml.safe_load(preset_path("smoke").read_text())
+    del raw["tune"]["mode"]
+    raw["tune"].update(tune)
+    return parse_space(raw, "mo.yaml")
+
+
+def test_a_metric_list_is_a_multi_objective_search_with_each_metrics_own_direction() -> None:
+    tune = _tune(metric=["dev/rp_macro", "cost/forward_ms_per_doc"]).tune
+    assert tune.multi_objective
+    assert (tune.metrics, tune.modes) == (("dev/rp_macro", "cost/forward_ms_per_doc"),
+                                          ("max", "min"))
+    single = _tune(metric="dev/loss").tune
+    assert (single.metric, single.mode, single.multi_objective) == ("dev/loss", "min", False)
+
+
+@pytest.mark.parametrize(
+    ("tune", "message"),
+    [
+        ({"metric": ["dev/rp_macro", "cost/encoder_layers"], "mode": ["max"]},
+         "^mo.yaml: tune: mode: 1 modes for 2 metrics"),
+        ({"metric": ["dev/rp_macro", "dev/rp_macro"]}, "^mo.yaml: tune: metric: a metric is"),
+        ({"metric": ["dev/rp_macro", "cost/encoder_layers"], "mode": "max"},
+         r"^mo.yaml: tune: mode: one mode \('max'\) for 2 metrics"),
+        ({"metric": ["dev/rp_macro", "cost/watts"]}, "^mo.yaml: tune: metric: unknown metric"),
+        ({"metric": ["dev/rp_macro", "cost/encoder_layers"], "mode": ["max", "up"]},
+         "^mo.yaml: tune: mode: must be max or min"),
+        ({"metric": ["dev/rp_macro", "cost/encoder_layers"], "scheduler": "asha"},
+         "^mo.yaml: tune: scheduler: asha stops trials on one metric"),
+        ({"first_seed": -1}, "^mo.yaml: tune: first_seed: must be >= 0"),
+        ({"algorithm": "cmaes"}, "^mo.yaml: tune: algorithm: must be tpe, random, nsga2, grid"),
+    ],
+)
+def test_a_bad_objective_names_the_file_section_and_key(tune: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        _tune(**tune)
+
+
+def test_fixed_points_run_seeds_from_first_seed_and_the_sampler_gets_the_first() -> None:
+    space = _tune(seeds=2, first_seed=100)
+    assert {p["seed"] for p in fixed_points(space, 12, COUNTS_3)} == {100, 101}
+    trial = optuna.trial.FixedTrial({"variant": "FLAT", "seed": 101})
+    define_by_run(space, 12, COUNTS_3)(trial)
+    assert trial.params["seed"] == 101
+
+
+def test_a_variants_entry_may_be_an_assignment_string() -> None:
+    raw = yaml.safe_load(preset_path("smoke").read_text())
+    raw["assignment"] = {"space": "variants", "variants": ["FLAT", "L1:2|L2:3+4|L3:6"]}
+    points = fixed_points(parse_space(raw), 6, COUNTS_3)
+    assert [p["variant"] for p in points] == ["FLAT", "L1:2|L2:3+4|L3:6"]
+    raw["assignment"]["variants"] = ["L1:2|L2:9"]
+    with pytest.raises(InputError, match="^x.yaml: assignment: variants: 'L1:2|L2:9' is neither"):
+        fixed_points(parse_space(raw, "x.yaml"), 6, COUNTS_3)
+
+
+def test_the_pareto_preset_trades_quality_against_layers_run() -> None:
+    tune = load_space("pareto").tune
+    assert tune.metrics == ("dev/rp_macro", "cost/encoder_layers") and tune.scheduler == "none"

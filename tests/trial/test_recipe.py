@@ -274,3 +274,38 @@ def test_test_metrics_come_from_the_best_epochs_weights_when_a_later_epoch_is_wo
     epoch1, epoch2, last = (_weights(c) for c in session.checkpoints)
     assert any(not torch.equal(epoch1[k], epoch2[k]) for k in epoch1)
     assert all(torch.equal(last[k], epoch1[k]) for k in epoch1)
+
+
+def test_the_final_report_carries_the_models_inference_cost(encoded: str, tmp_path: Path) -> None:
+    # the top head reads layer 7 of 12: the model runs 7 layers, as an exported one would
+    config = _config(assignment="L1:3|L2:5|L3:7", epochs=1, util_docs=0)
+    final = fit(config, encoded, _session(tmp_path))
+    assert final[M.COST_ENCODER_LAYERS] == 7
+    assert final[M.COST_FORWARD_MS] > 0
+    flat = fit(_config(epochs=1, util_docs=0, assignment="FLAT"), encoded, _session(tmp_path))
+    assert flat[M.COST_ENCODER_LAYERS] == 12
+
+
+def test_forward_cost_times_the_documents_asked_for_and_leaves_the_mode_alone(
+    encoded: str,
+) -> None:
+    import contextlib
+
+    from hiersearch.data.encode import Split, load_encoded
+    from hiersearch.model.assignment import LayerAssignment
+    from hiersearch.model.classifier import LayerwiseClassifier
+    from hiersearch.model.encoder import load_encoder
+
+    data = load_encoded(encoded)
+    dev = Split.from_table(data.splits["dev"])
+    core = LayerwiseClassifier(
+        load_encoder("tiny:4x32"), LayerAssignment.from_string("L1:1|L2:2|L3:2"),
+        data.label_counts,
+    )
+    core.train()
+    for docs in (0, 5):
+        cost = recipe.forward_cost(core, dev, data.num_labels, torch.device("cpu"), 4,
+                                   contextlib.nullcontext, docs=docs)
+        assert cost[M.COST_ENCODER_LAYERS] == 2
+        assert math.isnan(cost[M.COST_FORWARD_MS]) if docs == 0 else cost[M.COST_FORWARD_MS] > 0
+    assert core.training
