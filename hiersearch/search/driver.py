@@ -372,19 +372,21 @@ def sampler(tune: TuneSpec) -> Any:
     could choose one would pick the luckiest seed instead of the best configuration."""
     import optuna
 
-    base: optuna.samplers.BaseSampler
-    if tune.algorithm == "random":
-        base = optuna.samplers.RandomSampler(seed=tune.sampler_seed)
-    elif tune.algorithm == "nsga2":
-        base = optuna.samplers.NSGAIISampler(
-            seed=tune.sampler_seed, population_size=tune.population_size
-        )
-    else:
-        base = optuna.samplers.TPESampler(
-            seed=tune.sampler_seed, multivariate=True, group=True, constant_liar=True
-        )
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.4, and unchanged since
+    # multivariate TPE and PartialFixedSampler are "experimental" in Optuna (since 2.x and
+    # unchanged since): the warnings would print with every search
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        base: optuna.samplers.BaseSampler
+        if tune.algorithm == "random":
+            base = optuna.samplers.RandomSampler(seed=tune.sampler_seed)
+        elif tune.algorithm == "nsga2":
+            base = optuna.samplers.NSGAIISampler(
+                seed=tune.sampler_seed, population_size=tune.population_size
+            )
+        else:
+            base = optuna.samplers.TPESampler(
+                seed=tune.sampler_seed, multivariate=True, group=True, constant_liar=True
+            )
         return optuna.samplers.PartialFixedSampler({SEED_PARAM: seed_values(tune)[0]}, base)
 
 
