@@ -33,7 +33,7 @@ def _add_data(sub: Any) -> None:
     data = sub.add_parser("data", help="make or inspect a corpus")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="write a SYNTHETIC corpus on a real hierarchy")
-    synth.add_argument("--hierarchy", choices=("eurovoc", "icd9"), default="eurovoc")
+    synth.add_argument("--hierarchy", choices=("eurovoc", "icd9", "icd10"), default="eurovoc")
     synth.add_argument("--docs", type=int, default=1000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
@@ -46,6 +46,22 @@ def _add_data(sub: Any) -> None:
     stats = data_sub.add_parser("stats", help="documents per split, labels per level")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
+    _add_mimic_iv(data_sub)
+
+
+def _add_mimic_iv(data_sub: Any) -> None:
+    mimic = data_sub.add_parser(
+        "mimic-iv", help="a corpus dir from MIMIC-IV discharge notes and their ICD codes"
+    )
+    mimic.add_argument(
+        "--discharge", required=True, help="note/discharge.csv[.gz] or the MIMIC-IV-Note dir"
+    )
+    mimic.add_argument(
+        "--diagnoses", required=True, help="hosp/diagnoses_icd.csv[.gz] or the MIMIC-IV dir"
+    )
+    mimic.add_argument("--icd-version", type=int, choices=(9, 10), default=10)
+    mimic.add_argument("--seed", type=int, default=0, help="seed of the split by patient")
+    mimic.add_argument("--out", required=True)
 
 
 def _add_variants_and_space(sub: Any) -> None:
@@ -170,6 +186,15 @@ def _data(args: argparse.Namespace) -> int:
         )
         write_corpus(corpus, args.out)
         print(format_stats(corpus.stats()))
+        print(f"wrote {args.out}")
+        return EXIT_OK
+    if args.data_command == "mimic-iv":
+        from hiersearch.data.loaders import load_mimic_iv
+
+        corpus = load_mimic_iv(args.discharge, args.diagnoses, args.icd_version, seed=args.seed)
+        write_corpus(corpus, args.out)
+        print(format_stats(corpus.stats()))
+        print(corpus.report.summary())
         print(f"wrote {args.out}")
         return EXIT_OK
     corpus = load_corpus_dir(args.dir)

@@ -70,6 +70,22 @@ def test_data_synth_then_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert sum(stats["documents"].values()) == 300
 
 
+def test_data_mimic_iv_writes_a_corpus_on_icd10(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hiersearch.data.corpus import load_corpus_dir
+
+    root = Path(__file__).parent / "fixtures" / "mimic_iv"
+    out = tmp_path / "mimic"
+    # seed 2 splits the fixtures' three ICD-10 patients 80/10/10 into three splits
+    assert main(["data", "mimic-iv", "--discharge", str(root), "--diagnoses", str(root),
+                 "--seed", "2", "--out", str(out)]) == 0
+    assert "XX9.99 (1)" in capsys.readouterr().out  # the load report names unknown codes
+    corpus = load_corpus_dir(out)
+    assert corpus.hierarchy.name == "icd10" and not corpus.synthetic
+    assert sum(len(docs) for docs in corpus.splits.values()) == 4
+
+
 def test_leaderboard_of_a_directory_without_experiment_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
