@@ -86,6 +86,18 @@ def test_data_mimic_iv_writes_a_corpus_on_icd10(
     assert sum(len(docs) for docs in corpus.splits.values()) == 4
 
 
+def test_leaderboard_of_a_storage_root_filters_and_groups_across_its_experiments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("finished", "asha"):
+        shutil.copytree(FIXTURES / name, tmp_path / "runs" / name)
+    board = _json(capsys, ["leaderboard", str(tmp_path / "runs"), "--where",
+                           "status == 'terminated'", "--group-by", "experiment",
+                           "--format", "json"])
+    trials = {row["experiment"]: row["trials"] for row in board["rows"]}  # type: ignore[index]
+    assert trials == {"asha": 1, "finished": 8}
+
+
 def test_leaderboard_of_a_directory_without_experiment_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
