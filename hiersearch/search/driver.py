@@ -50,6 +50,7 @@ __all__ = [
     "max_concurrent",
     "prepare_data",
     "run_search",
+    "scaling_config",
     "storage_uri",
     "trial_count",
     "trial_driver",
@@ -159,20 +160,11 @@ def _torch_trainer(
     from hiersearch.trial.recipe import train_worker
 
     filesystem, trial_path = _trial_storage()
-    # The driver's sliver of CPU comes out of the workers' share, so that a trial takes exactly
-    # num_workers * cpus_per_worker CPUs and `max_concurrent` trials fit the cluster.
-    resources = {"CPU": config.cpus_per_worker - DRIVER_CPUS / config.num_workers}
-    if config.use_gpu:
-        resources["GPU"] = 1
     return TorchTrainer(
         train_worker,
         train_loop_config=_loop_config(config, data, space),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=f"train_{trial_id}",
             storage_path=trial_path,
@@ -185,6 +177,22 @@ def _torch_trainer(
             ),
             callbacks=[TuneReportCallback()],
         ),
+    )
+
+
+def scaling_config(config: TrialConfig) -> Any:
+    """The Ray Train workers of a trial: their count, CPUs and (fractional) GPUs each."""
+    import ray.train
+
+    # The driver's sliver of CPU comes out of the workers' share, so that a trial takes exactly
+    # num_workers * cpus_per_worker CPUs and `max_concurrent` trials fit the cluster.
+    resources = {"CPU": config.cpus_per_worker - DRIVER_CPUS / config.num_workers}
+    if config.use_gpu:
+        resources["GPU"] = config.worker_gpus()
+    return ray.train.ScalingConfig(
+        num_workers=config.num_workers,
+        use_gpu=config.use_gpu,
+        resources_per_worker=resources,
     )
 
 
@@ -228,7 +236,8 @@ def max_concurrent(base: TrialConfig, cap: int | None) -> int:
     resources = ray.cluster_resources()
     fits = math.floor(resources.get("CPU", 1) / (base.num_workers * base.cpus_per_worker) + 1e-9)
     if base.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0) / base.num_workers + 1e-9))
+        gpus = base.num_workers * base.worker_gpus()
+        fits = min(fits, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
     fits = max(1, fits)
     return min(fits, cap) if cap else fits
 
@@ -310,7 +319,7 @@ def _trainable(space: SpaceFile, base: TrialConfig, data: PreparedData) -> Any:
     direct = in_trial(space, base)
     resources: dict[str, float] = {"cpu": DRIVER_CPUS}
     if direct:  # the trial is the worker
-        resources = {"cpu": base.cpus_per_worker, "gpu": 1 if base.use_gpu else 0}
+        resources = {"cpu": base.cpus_per_worker, "gpu": base.worker_gpus()}
     return tune.with_resources(
         tune.with_parameters(
             trial_in_process if direct else trial_driver, base=base, data=data, space=space
