@@ -7,11 +7,12 @@ error (with a traceback, since it is a bug to report).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
 
 from hiersearch.errors import InputError
 
@@ -91,6 +92,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted experiment; finished trials are kept",
     )
+    p.add_argument(
+        "--json", action="store_true",
+        help="end with one JSON summary object on stdout (the progress goes to stderr)",
+    )
 
 
 def _add_runs(sub: Any) -> None:
@@ -168,7 +173,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         "export": _export,
         "predict": _predict,
     }[args.command]
+    if args.command in ("reproduce", "search") and args.json:
+        with _stdout_to_stderr() as stdout:
+            args.summary_out = stdout  # where `_write_summary` writes
+            return handler(args)
     return handler(args)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[TextIO]:
+    """Standard output, Python's and file descriptor 1 (which Ray's log lines and child
+    processes write to as well), goes to standard error; yields the real standard output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = open(saved, "w", closefd=False)  # noqa: SIM115 (flushed and closed below)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield real
+    finally:
+        real.close()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -274,16 +301,37 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
     )
 
 
-def _print_export_hint(path: str, metric: str | None) -> None:
-    """The command that exports the best finished trial (by the experiment's metric)."""
+def _best_and_export(path: str, metric: str | None) -> tuple[Any, str | None]:
+    """The best finished trial (by `metric`, else the experiment's) and the command that
+    exports it; (None, None) when no finished trial has a checkpoint."""
     from hiersearch.serve.export import choose_trial
 
     try:
         row = choose_trial(path, None, metric)
     except InputError:  # no finished trial with a checkpoint: nothing to export
+        return None, None
+    trial = row["trial_id"]
+    return row, f"hiersearch export {path} --trial {trial} --out models/{trial}"
+
+
+def _print_export_hint(path: str, metric: str | None) -> None:
+    """The command that exports the best finished trial (by the experiment's metric)."""
+    command = _best_and_export(path, metric)[1]
+    if command is not None:
+        print(f"export the best trial: {command}")
+
+
+def _write_summary(args: argparse.Namespace, path: str) -> None:
+    """With --json: the run's summary object (report/summary.py) on the real stdout."""
+    out = getattr(args, "summary_out", None)
+    if out is None:
         return
-    print(f"export the best trial: hiersearch export {path} --trial {row['trial_id']} "
-          f"--out models/{row['trial_id']}")
+    from hiersearch.report.results import load_experiments
+    from hiersearch.report.summary import run_summary
+
+    best, command = _best_and_export(path, None)
+    summary = run_summary(args.command, path, load_experiments([path]), best, command)
+    out.write(json.dumps(summary, indent=2) + "\n")
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -303,6 +351,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(lb.paper_table_text(lb.paper_table(table, split, levels), split))
     print(f"experiment: {path}")
     _print_export_hint(path, None)
+    _write_summary(args, path)
     return EXIT_OK
 
 
@@ -322,6 +371,7 @@ def _search(args: argparse.Namespace) -> int:
     print(lb.render(lb.top(table, 10), "table"))
     print(f"\nexperiment: {path}")
     _print_export_hint(path, metric if metric in table.columns else None)
+    _write_summary(args, path)
     return EXIT_OK
 
 
