@@ -96,6 +96,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--json", action="store_true",
         help="end with one JSON summary object on stdout (the progress goes to stderr)",
     )
+    p.add_argument(
+        "--mlflow", default=None, metavar="URI",
+        help="log every trial as an MLflow run (default: HIERSEARCH_MLFLOW_URI); "
+        "pip install 'hiersearch[mlflow]'",
+    )
 
 
 def _add_runs(sub: Any) -> None:
@@ -297,6 +302,7 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
         address=args.address,
         data_dir=args.data,
         model=args.model,
+        mlflow=args.mlflow,
         **extra,
     )
 

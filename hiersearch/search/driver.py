@@ -266,12 +266,16 @@ def run_search(
     fixed_only: bool = False,
     seeds: int | None = None,
     verbose: int = 1,
+    mlflow: str | None = None,
 ) -> str:
-    """Run (or resume) an experiment; returns its directory (path or URI)."""
+    """Run (or resume) an experiment; returns its directory (path or URI). `mlflow`: a
+    tracking URI (default $HIERSEARCH_MLFLOW_URI) that every trial is logged to as a run; a
+    resumed experiment keeps the tracking it was started with."""
     if seeds is not None:
         space = with_seeds(space, seeds)
     name = name or space.name
     path = experiment_path(storage, name)
+    callbacks = [] if resume else _tracking(mlflow, name, path)
     if resume:
         _check_resumable(path)
         space, base, data_dir = resume_settings(path, space, model, data_dir)
@@ -299,10 +303,20 @@ def run_search(
     tuner = tune.Tuner(
         trainable,
         tune_config=_tune_config(space, base, searcher, scheduler, num_samples),
-        run_config=_run_config(space, base, data, name, storage, verbose),
+        run_config=_run_config(space, base, data, name, storage, verbose, callbacks),
     )
     tuner.fit()
     return path
+
+
+def _tracking(uri: str | None, name: str, path: str) -> list[Any]:
+    """The MLflow callbacks of a new experiment (search/tracking.py); checked before Ray
+    starts."""
+    import os
+
+    from hiersearch.search.tracking import MLFLOW_URI_ENV, mlflow_callbacks
+
+    return mlflow_callbacks(uri or os.environ.get(MLFLOW_URI_ENV), name, path)
 
 
 def _check_resumable(path: str) -> None:
@@ -394,7 +408,13 @@ def _tune_config(
 
 
 def _run_config(
-    space: SpaceFile, base: TrialConfig, data: PreparedData, name: str, storage: str, verbose: int
+    space: SpaceFile,
+    base: TrialConfig,
+    data: PreparedData,
+    name: str,
+    storage: str,
+    verbose: int,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     from ray import tune
 
@@ -416,6 +436,7 @@ def _run_config(
         ),
         progress_reporter=_reporter(space, data),
         verbose=verbose,
+        callbacks=callbacks or None,
     )
 
 
