@@ -7,11 +7,12 @@ error (with a traceback, since it is a bug to report).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
 
 from hiersearch.errors import InputError
 
@@ -33,7 +34,7 @@ def _add_data(sub: Any) -> None:
     data = sub.add_parser("data", help="make or inspect a corpus")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     synth = data_sub.add_parser("synth", help="write a SYNTHETIC corpus on a real hierarchy")
-    synth.add_argument("--hierarchy", choices=("eurovoc", "icd9"), default="eurovoc")
+    synth.add_argument("--hierarchy", choices=("eurovoc", "icd9", "icd10"), default="eurovoc")
     synth.add_argument("--docs", type=int, default=1000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
@@ -46,6 +47,22 @@ def _add_data(sub: Any) -> None:
     stats = data_sub.add_parser("stats", help="documents per split, labels per level")
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
+    _add_mimic_iv(data_sub)
+
+
+def _add_mimic_iv(data_sub: Any) -> None:
+    mimic = data_sub.add_parser(
+        "mimic-iv", help="a corpus dir from MIMIC-IV discharge notes and their ICD codes"
+    )
+    mimic.add_argument(
+        "--discharge", required=True, help="note/discharge.csv[.gz] or the MIMIC-IV-Note dir"
+    )
+    mimic.add_argument(
+        "--diagnoses", required=True, help="hosp/diagnoses_icd.csv[.gz] or the MIMIC-IV dir"
+    )
+    mimic.add_argument("--icd-version", type=int, choices=(9, 10), default=10)
+    mimic.add_argument("--seed", type=int, default=0, help="seed of the split by patient")
+    mimic.add_argument("--out", required=True)
 
 
 def _add_variants_and_space(sub: Any) -> None:
@@ -81,6 +98,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="SQLAlchemy URL of the Optuna study, e.g. postgresql://host/db (default: "
         "HIERSEARCH_STUDY_STORAGE, else a SQLite file in the experiment directory)",
+    )
+    p.add_argument(
+        "--json", action="store_true",
+        help="end with one JSON summary object on stdout (the progress goes to stderr)",
+    )
+    p.add_argument(
+        "--mlflow", default=None, metavar="URI",
+        help="log every trial as an MLflow run (default: HIERSEARCH_MLFLOW_URI); "
+        "pip install 'hiersearch[mlflow]'",
     )
 
 
@@ -172,7 +198,29 @@ def _dispatch(args: argparse.Namespace) -> int:
         "export": _export,
         "predict": _predict,
     }[args.command]
+    if args.command in ("reproduce", "search") and args.json:
+        with _stdout_to_stderr() as stdout:
+            args.summary_out = stdout  # where `_write_summary` writes
+            return handler(args)
     return handler(args)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[TextIO]:
+    """Standard output, Python's and file descriptor 1 (which Ray's log lines and child
+    processes write to as well), goes to standard error; yields the real standard output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    real = open(saved, "w", closefd=False)  # noqa: SIM115 (flushed and closed below)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield real
+    finally:
+        real.close()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -190,6 +238,15 @@ def _data(args: argparse.Namespace) -> int:
         )
         write_corpus(corpus, args.out)
         print(format_stats(corpus.stats()))
+        print(f"wrote {args.out}")
+        return EXIT_OK
+    if args.data_command == "mimic-iv":
+        from hiersearch.data.loaders import load_mimic_iv
+
+        corpus = load_mimic_iv(args.discharge, args.diagnoses, args.icd_version, seed=args.seed)
+        write_corpus(corpus, args.out)
+        print(format_stats(corpus.stats()))
+        print(corpus.report.summary())
         print(f"wrote {args.out}")
         return EXIT_OK
     corpus = load_corpus_dir(args.dir)
@@ -266,20 +323,42 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
         data_dir=args.data,
         model=args.model,
         study_storage=args.study_storage,
+        mlflow=args.mlflow,
         **extra,
     )
 
 
-def _print_export_hint(path: str, metric: str | None) -> None:
-    """The command that exports the best finished trial (by the experiment's metric)."""
+def _best_and_export(path: str, metric: str | None) -> tuple[Any, str | None]:
+    """The best finished trial (by `metric`, else the experiment's) and the command that
+    exports it; (None, None) when no finished trial has a checkpoint."""
     from hiersearch.serve.export import choose_trial
 
     try:
         row = choose_trial(path, None, metric)
     except InputError:  # no finished trial with a checkpoint: nothing to export
+        return None, None
+    trial = row["trial_id"]
+    return row, f"hiersearch export {path} --trial {trial} --out models/{trial}"
+
+
+def _print_export_hint(path: str, metric: str | None) -> None:
+    """The command that exports the best finished trial (by the experiment's metric)."""
+    command = _best_and_export(path, metric)[1]
+    if command is not None:
+        print(f"export the best trial: {command}")
+
+
+def _write_summary(args: argparse.Namespace, path: str) -> None:
+    """With --json: the run's summary object (report/summary.py) on the real stdout."""
+    out = getattr(args, "summary_out", None)
+    if out is None:
         return
-    print(f"export the best trial: hiersearch export {path} --trial {row['trial_id']} "
-          f"--out models/{row['trial_id']}")
+    from hiersearch.report.results import load_experiments
+    from hiersearch.report.summary import run_summary
+
+    best, command = _best_and_export(path, None)
+    summary = run_summary(args.command, path, load_experiments([path]), best, command)
+    out.write(json.dumps(summary, indent=2) + "\n")
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -299,6 +378,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(lb.paper_table_text(lb.paper_table(table, split, levels), split))
     print(f"experiment: {path}")
     _print_export_hint(path, None)
+    _write_summary(args, path)
     return EXIT_OK
 
 
@@ -318,6 +398,7 @@ def _search(args: argparse.Namespace) -> int:
     print(lb.render(lb.top(table, 10), "table"))
     print(f"\nexperiment: {path}")
     _print_export_hint(path, metric if metric in table.columns else None)
+    _write_summary(args, path)
     return EXIT_OK
 
 

@@ -70,6 +70,34 @@ def test_data_synth_then_stats(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert sum(stats["documents"].values()) == 300
 
 
+def test_data_mimic_iv_writes_a_corpus_on_icd10(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hiersearch.data.corpus import load_corpus_dir
+
+    root = Path(__file__).parent / "fixtures" / "mimic_iv"
+    out = tmp_path / "mimic"
+    # seed 2 splits the fixtures' three ICD-10 patients 80/10/10 into three splits
+    assert main(["data", "mimic-iv", "--discharge", str(root), "--diagnoses", str(root),
+                 "--seed", "2", "--out", str(out)]) == 0
+    assert "XX9.99 (1)" in capsys.readouterr().out  # the load report names unknown codes
+    corpus = load_corpus_dir(out)
+    assert corpus.hierarchy.name == "icd10" and not corpus.synthetic
+    assert sum(len(docs) for docs in corpus.splits.values()) == 4
+
+
+def test_leaderboard_of_a_storage_root_filters_and_groups_across_its_experiments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("finished", "asha"):
+        shutil.copytree(FIXTURES / name, tmp_path / "runs" / name)
+    board = _json(capsys, ["leaderboard", str(tmp_path / "runs"), "--where",
+                           "status == 'terminated'", "--group-by", "experiment",
+                           "--format", "json"])
+    trials = {row["experiment"]: row["trials"] for row in board["rows"]}  # type: ignore[index]
+    assert trials == {"asha": 1, "finished": 8}
+
+
 def test_leaderboard_of_a_directory_without_experiment_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -105,6 +133,70 @@ def test_reproduce_prints_the_head_under_each_table_title(
     head = "head: pooling=mean, head_norm=batchnorm, head_hidden=none, freeze_layers=0"
     titles = [i for i, line in enumerate(lines) if line.startswith("R-Precision (%)")]
     assert len(titles) == 2 and all(lines[i + 1] == head for i in titles)
+
+
+def _with_a_checkpoint(tmp_path: Path) -> tuple[Path, str]:
+    """The finished fixture experiment, one of whose trials has a final checkpoint."""
+    from hiersearch.trial.config import TrialConfig
+
+    experiment = Path(shutil.copytree(FIXTURES / "finished", tmp_path / "finished"))
+    checkpoint = next(experiment.glob("*_f18e3_00004_*")) / "checkpoint_000001"
+    checkpoint.mkdir()
+    (checkpoint / "model.pt").write_bytes(b"")
+    (checkpoint / "final_metrics.json").write_text("{}")
+    (checkpoint / "config.json").write_text(TrialConfig(lr=3e-5, assignment="LAST-SIX").dumps())
+    return experiment, "f18e3_00004"
+
+
+@pytest.mark.parametrize(
+    "argv", [["search", "--space", "smoke"], ["reproduce", "--preset", "smoke"]]
+)
+def test_json_run_prints_one_summary_object_on_stdout_and_the_progress_on_stderr(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import os
+
+    import jsonschema
+
+    import hiersearch.cli as cli
+    from hiersearch.report.summary import SUMMARY_JSON_SCHEMA
+
+    experiment, best = _with_a_checkpoint(tmp_path)
+
+    def finished_run(*_: object, **__: object) -> str:  # no Ray: what a run prints, then done
+        print("== Status == (Tune's trial table)")
+        os.write(1, b"(pid=123) a Ray worker's log line on file descriptor 1\n")
+        return str(experiment)
+
+    monkeypatch.setattr(cli, "_prepare_env", lambda: None)
+    monkeypatch.setattr(cli, "_run", finished_run)
+    assert main([*argv, "--json"]) == 0
+    out, err = capfd.readouterr()
+    summary = json.loads(out)  # stdout holds this one object and nothing else
+    jsonschema.validate(summary, SUMMARY_JSON_SCHEMA)
+    for progress in ("== Status ==", "a Ray worker's log line", f"experiment: {experiment}"):
+        assert progress in err
+    assert summary["command"] == argv[0] and summary["experiment"] == str(experiment)
+    assert summary["trials"] == {"total": 9, "by_status": {"errored": 1, "terminated": 8}}
+    assert summary["best"]["trial_id"] == best
+    assert summary["best"]["config"]["lr"] == 3e-5
+    assert summary["best"]["metrics"]["dev/rp_macro"] > 0
+    assert summary["export_command"] == (
+        f"hiersearch export {experiment} --trial {best} --out models/{best}"
+    )
+
+
+def test_json_summary_of_an_experiment_without_a_checkpoint_has_no_best() -> None:
+    import jsonschema
+
+    from hiersearch.report.results import load_experiments
+    from hiersearch.report.summary import SUMMARY_JSON_SCHEMA, run_summary
+
+    path = str(FIXTURES / "killed")
+    summary = run_summary("search", path, load_experiments([path]), None, None)
+    jsonschema.validate(summary, SUMMARY_JSON_SCHEMA)
+    assert summary["best"] is None and summary["trials"]["by_status"] == {"running": 2}
 
 
 @pytest.mark.parametrize(

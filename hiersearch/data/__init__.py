@@ -13,14 +13,23 @@ from hiersearch.data.corpus import (
 )
 from hiersearch.data.encode import EncodedCorpus, Split, encode, load_encoded
 from hiersearch.data.hierarchy import Hierarchy, Node, load_levels_file, load_parent_file
-from hiersearch.data.loaders import load_csv, load_eurlex57k, load_jsonl, load_mimic
+from hiersearch.data.loaders import (
+    load_csv,
+    load_eurlex57k,
+    load_jsonl,
+    load_mimic,
+    load_mimic_iv,
+)
 from hiersearch.data.prepare import DataSpec, PreparedData, encode_corpus, find_corpus
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import (
+    NAMED_HIERARCHIES,
     eurovoc_hierarchy,
     icd9_hierarchy,
+    icd10_hierarchy,
     load_hierarchy,
     normalize_icd9,
+    normalize_icd10,
 )
 
 __all__ = [
@@ -29,6 +38,7 @@ __all__ = [
     "Document",
     "EncodedCorpus",
     "Hierarchy",
+    "NAMED_HIERARCHIES",
     "Node",
     "PreparedData",
     "SPLITS",
@@ -40,6 +50,7 @@ __all__ = [
     "find_corpus",
     "format_stats",
     "icd9_hierarchy",
+    "icd10_hierarchy",
     "load_corpus_dir",
     "load_csv",
     "load_encoded",
@@ -48,8 +59,10 @@ __all__ = [
     "load_jsonl",
     "load_levels_file",
     "load_mimic",
+    "load_mimic_iv",
     "load_parent_file",
     "normalize_icd9",
+    "normalize_icd10",
     "synthesize",
     "write_corpus",
 ]

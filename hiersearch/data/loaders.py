@@ -1,5 +1,6 @@
-"""Loaders of external corpus formats: EURLEX57K, MIMIC-III, generic JSONL and CSV. Each returns a
-`Corpus` through `corpus.finalize`, and names the file and line of malformed input.
+"""Loaders of external corpus formats: EURLEX57K, MIMIC-III, MIMIC-IV, generic JSONL and CSV.
+Each returns a `Corpus` through `corpus.finalize`, and names the file and line of malformed
+input.
 
 Splits. A source without a dev split gets one carved from train: the train documents whose id
 hashes (sha256, seed 0) below 0.1. A single unsplit file is divided 80/10/10 the same way.
@@ -18,7 +19,12 @@ from tqdm import tqdm
 
 from hiersearch.data.corpus import SPLITS, Corpus, RawDoc, finalize, label_list, read_jsonl
 from hiersearch.data.hierarchy import Hierarchy, read_json_file
-from hiersearch.data.vocabularies import normalize_icd9
+from hiersearch.data.vocabularies import (
+    icd9_hierarchy,
+    icd10_hierarchy,
+    normalize_icd9,
+    normalize_icd10,
+)
 from hiersearch.errors import InputError
 
 
@@ -234,6 +240,108 @@ def load_mimic(
         generator={
             "loader": "mimic",
             "source": where,
+            "seed": seed,
+            "split_fractions": list(split_fractions),
+        },
+    )
+
+
+# -- MIMIC-IV ----------------------------------------------------------------------------------
+# The files the MIMIC-IV loader reads: (directory in the PhysioNet release, file stem); each
+# plain or gzipped, as PhysioNet ships them (MIMIC-IV-Note: note/, MIMIC-IV: hosp/).
+MIMIC_IV_DISCHARGE = ("note", "discharge")
+MIMIC_IV_DIAGNOSES = ("hosp", "diagnoses_icd")
+# icd_version -> (the hierarchy its codes are mapped onto, code normalization)
+MIMIC_IV_CODES = {
+    9: (icd9_hierarchy, normalize_icd9),
+    10: (icd10_hierarchy, normalize_icd10),
+}
+
+
+def mimic_iv_file(path: str | Path, which: tuple[str, str]) -> Path:
+    """A MIMIC-IV file: `path` itself if it is a file, else `<dir>/<stem>.csv[.gz]` under
+    `path` (or under `path/<dir>`, the release's layout)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder, stem = which
+    candidates = [
+        base / f"{stem}{suffix}"
+        for base in (path / folder, path)
+        for suffix in (".csv.gz", ".csv")
+    ]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise InputError(
+            f"no {folder}/{stem}.csv or {folder}/{stem}.csv.gz here (nor {stem}.csv[.gz])",
+            where=str(path),
+        )
+    return found
+
+
+def _mimic_iv_notes(path: Path) -> pd.DataFrame:
+    """hadm_id -> subject_id and the admission's discharge notes, joined in note_seq order."""
+    chunks = []
+    reader = _read_csv(path, ["subject_id", "hadm_id", "note_seq", "text"], chunksize=50_000)
+    try:  # chunked: the real discharge.csv is ~1.1 GB
+        for chunk in tqdm(reader, desc=path.name, unit=" chunks", disable=None):
+            chunks.append(chunk[chunk["hadm_id"].str.strip() != ""])
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, EOFError) as err:
+        raise InputError(f"cannot read the CSV file: {err}", where=str(path)) from None
+    notes = pd.concat(chunks) if chunks else pd.DataFrame(columns=["subject_id", "hadm_id",
+                                                                   "note_seq", "text"])
+    seq = pd.to_numeric(notes["note_seq"], errors="coerce")
+    notes = notes.assign(hadm_id=notes["hadm_id"].str.strip(), seq=seq).sort_values(
+        ["hadm_id", "seq"], kind="stable"
+    )
+    return notes.groupby("hadm_id", sort=True).agg(
+        subject_id=("subject_id", "first"), text=("text", "\n\n".join)
+    )
+
+
+def load_mimic_iv(
+    discharge: str | Path,
+    diagnoses: str | Path,
+    icd_version: int = 10,
+    hierarchy: Hierarchy | None = None,
+    seed: int = 0,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> Corpus:
+    """MIMIC-IV: the discharge summaries of MIMIC-IV-Note (`note/discharge.csv[.gz]`) of an
+    admission (hadm_id), joined in note_seq order, labelled with its `hosp/diagnoses_icd.csv[.gz]`
+    codes of one `icd_version` (9 or 10; the codes of the other version are left out), mapped
+    onto that version's hierarchy (ICD-9-CM or ICD-10-CM; `hierarchy` overrides it). The codes
+    are stored without a dot ('I110', '4280'). `discharge` and `diagnoses`: the files, or the
+    release directories holding them. Admissions are split by a hash of subject_id and `seed`,
+    so that a patient's admissions stay in one split."""
+    if icd_version not in MIMIC_IV_CODES:
+        raise InputError(f"must be 9 or 10 (got {icd_version!r})", where="icd_version")
+    build, normalize = MIMIC_IV_CODES[icd_version]
+    notes_path = mimic_iv_file(discharge, MIMIC_IV_DISCHARGE)
+    diag_path = mimic_iv_file(diagnoses, MIMIC_IV_DIAGNOSES)
+    notes = _mimic_iv_notes(notes_path)
+    diag = _read_csv(diag_path, ["hadm_id", "icd_code", "icd_version"])
+    kept = diag["icd_version"].str.strip() == str(icd_version)
+    diag = diag[kept & (diag["icd_code"].str.strip() != "")]
+    diag = diag.assign(
+        hadm_id=diag["hadm_id"].str.strip(), icd_code=diag["icd_code"].map(normalize)
+    )
+    codes = diag.groupby("hadm_id")["icd_code"].agg(list)
+    codes = codes.reindex(notes.index).map(lambda c: c if isinstance(c, list) else [])
+    docs = list(zip(notes.index.tolist(), notes["text"].tolist(), codes.tolist(), strict=True))
+    subject_of = dict(zip(notes.index, notes["subject_id"].str.strip(), strict=True))
+    patients = split_by_hash([(s, "", []) for s in sorted(set(subject_of.values()))], seed,
+                             split_fractions)
+    split_of = {subject[0]: split for split, group in patients.items() for subject in group}
+    where = f"{notes_path} + {diag_path}"
+    return finalize(
+        {split: [d for d in docs if split_of[subject_of[d[0]]] == split] for split in SPLITS},
+        hierarchy if hierarchy is not None else build(),
+        where=where,
+        generator={
+            "loader": "mimic-iv",
+            "source": where,
+            "icd_version": icd_version,
             "seed": seed,
             "split_fractions": list(split_fractions),
         },

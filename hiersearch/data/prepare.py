@@ -20,7 +20,7 @@ class DataSpec:
 
     # A corpus directory ({train,dev,test}.jsonl + hierarchy.json); null = synthesize one.
     corpus: str | None = None
-    # Hierarchy of the synthetic corpus: "eurovoc" or "icd9".
+    # Hierarchy of the synthetic corpus: "eurovoc", "icd9" or "icd10".
     hierarchy: str = "eurovoc"
     # Documents in the synthetic corpus (all splits).
     docs: int = 1000

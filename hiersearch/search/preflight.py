@@ -67,6 +67,12 @@ def check_space(space: SpaceFile) -> None:
             "cannot be searched: it decides how every trial of the experiment runs",
             where=f"{space.path}: search: launcher",
         )
+    if "gpus_per_worker" in space.search:
+        raise InputError(
+            "cannot be searched: it decides how many trials share the GPUs at once; set it in "
+            "the trial section",
+            where=f"{space.path}: search: gpus_per_worker",
+        )
     for key in PER_EXPERIMENT_FIELDS:
         if key in space.search:
             raise InputError(

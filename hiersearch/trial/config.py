@@ -20,6 +20,11 @@ LAUNCHERS = ("auto", "train")
 LOSS_WEIGHTINGS = ("proportional", "uniform")
 
 
+def _fraction_or_whole(value: float) -> bool:
+    """Ray shares a GPU between fractions of it, or gives whole GPUs (never 1.5)."""
+    return 0 < value <= 1 or (value > 1 and float(value).is_integer())
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs; every field can be fixed or searched in a space file."""
@@ -83,8 +88,12 @@ class TrialConfig:
     # then covers worker loss. "train": always a Ray Train TorchTrainer (worker_failures
     # restarts apply). Two or more workers always run under Ray Train (DDP).
     launcher: str = "auto"
-    # One GPU per worker (NCCL) when true; CPU workers with gloo otherwise.
+    # GPU workers (NCCL) when true; CPU workers with gloo otherwise.
     use_gpu: bool = False
+    # GPUs reserved per worker when use_gpu (ignored on CPU): a fraction in (0, 1] lets several
+    # small trials share one GPU (0.25: four), as Ray Tune's fractional GPUs do; a whole number
+    # above 1 gives each worker that many.
+    gpus_per_worker: float = 1.0
     # CPUs reserved per worker (also its torch thread count).
     cpus_per_worker: float = 1.0
     # bf16 autocast; only takes effect on CUDA.
@@ -121,6 +130,11 @@ class TrialConfig:
             (self.num_workers >= 1, "num_workers", "must be >= 1"),
             (self.launcher in LAUNCHERS, "launcher", f"must be one of {', '.join(LAUNCHERS)}"),
             (self.cpus_per_worker >= 0.05, "cpus_per_worker", "must be >= 0.05"),
+            (
+                _fraction_or_whole(self.gpus_per_worker),
+                "gpus_per_worker",
+                "must be in (0, 1] or a whole number >= 1",
+            ),
             (self.max_length >= 8, "max_length", "must be >= 8"),
             (self.util_docs >= 0, "util_docs", "must be >= 0"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
@@ -130,6 +144,10 @@ class TrialConfig:
             if not ok:
                 raise InputError(f"{why} (got {getattr(self, key)!r})", where=key)
         check_head_options(self.pooling, self.head_norm, self.head_hidden, self.freeze_layers)
+
+    def worker_gpus(self) -> float:
+        """GPUs one worker holds: `gpus_per_worker` on GPU, 0 on CPU."""
+        return self.gpus_per_worker if self.use_gpu else 0.0
 
     def replace(self, **changes: Any) -> TrialConfig:
         return dataclasses.replace(self, **changes)

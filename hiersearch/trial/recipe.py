@@ -604,6 +604,7 @@ class TrialRecipe:
     def _close_artifacts(self, final: dict[str, Any]) -> None:
         if self.session.rank == 0 and self.artifacts is not None:
             atomic_write_json(self.artifacts.local / FINAL_METRICS_FILE, _jsonable(final))
+            self.artifacts.write_hparams(self.config.to_json(), final)
             self.artifacts.close()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import socket
 import tempfile
@@ -30,6 +31,9 @@ from hiersearch.files import atomic_write_json
 
 # Trial artifact listing every start of the worker group: rank, pid, node of each worker.
 WORKERS_FILE = "workers.json"
+# TensorBoard tags of a trial's final metrics, the ones its HParams entry names: apart from
+# the per-epoch dev/* scalars, since a trial's final dev metrics are its best epoch's
+HPARAMS_METRIC_PREFIX = "final/"
 
 
 class Session(Protocol):
@@ -89,6 +93,34 @@ class Artifacts:
 
             self._writer = SummaryWriter(log_dir=str(self.local / "tensorboard"))
         return self._writer
+
+    def write_hparams(self, hparams: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """The trial's entry in TensorBoard's HParams tab: `hparams` (None and lists as text)
+        beside the finite numbers among `metrics`, written as scalars under
+        HPARAMS_METRIC_PREFIX, so that TensorBoard compares the trials of an experiment.
+
+        Only the session summaries: TensorBoard takes the first experiment summary it finds
+        for all runs, and one trial's (a diverged trial has no metrics) would hide the
+        others' columns; without one it builds the table from every trial's."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        values = {
+            key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+            for key, value in hparams.items()
+        }
+        finals = {
+            f"{HPARAMS_METRIC_PREFIX}{key}": float(value)
+            for key, value in metrics.items()
+            if "/" in key
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        }
+        _, session_start, session_end = hparams_summaries(values, finals)
+        for summary in (session_start, session_end):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in finals.items():
+            self.writer.add_scalar(tag, value)
 
     def sync(self) -> None:
         if self._writer is not None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -15,7 +16,13 @@ from hiersearch.data.corpus import (
     write_corpus,
 )
 from hiersearch.data.hierarchy import Hierarchy, Node
-from hiersearch.data.loaders import load_csv, load_eurlex57k, load_jsonl, load_mimic
+from hiersearch.data.loaders import (
+    load_csv,
+    load_eurlex57k,
+    load_jsonl,
+    load_mimic,
+    load_mimic_iv,
+)
 from hiersearch.data.vocabularies import icd9_hierarchy
 from hiersearch.errors import InputError
 
@@ -363,6 +370,79 @@ def test_load_mimic_without_the_columns(tmp_path: Path) -> None:
     (tmp_path / "DIAGNOSES_ICD.csv").write_text("HADM_ID,ICD9_CODE\n2,0010\n")
     with pytest.raises(InputError, match=r"NOTEEVENTS\.csv: missing column\(s\) \['CATEGORY'\]"):
         load_mimic(tmp_path / "NOTEEVENTS.csv", tmp_path / "DIAGNOSES_ICD.csv", icd9_hierarchy())
+
+
+MIMIC_IV = Path(__file__).parents[1] / "fixtures" / "mimic_iv"
+# A seed that puts the fixtures' three ICD-10 patients, and their three ICD-9 ones, into three
+# different splits (every split needs a labelled document)
+MIMIC_IV_SEED = 51
+
+
+def _mimic_iv(root: Path = MIMIC_IV, icd_version: int = 10) -> Corpus:
+    return load_mimic_iv(root, root, icd_version=icd_version, seed=MIMIC_IV_SEED,
+                         split_fractions=(1, 1, 1))
+
+
+def _docs(corpus: Corpus) -> dict[str, Document]:
+    return {d.id: d for split in SPLITS for d in corpus.splits[split]}
+
+
+def test_load_mimic_iv_joins_discharge_notes_with_icd10_codes_on_hadm_id() -> None:
+    corpus = _mimic_iv()
+    docs = _docs(corpus)
+    # the three admissions coded in ICD-9, the note without hadm_id and hadm 20000099 (codes,
+    # no note) make no document
+    assert set(docs) == {"20000011", "20000012", "20000021", "20000031"}
+    assert corpus.hierarchy.name == "icd10"
+    assert docs["20000011"].text.startswith("Brief Hospital Course: diuresed, \"dry weight\"")
+    assert docs["20000011"].text.endswith("with heart failure")  # note_seq 11, then 12
+    assert {"I11.0", "I11", "I10-I1A", "9", "I50.30", "I50.3", "I50"} <= set(
+        docs["20000011"].labels
+    )
+    assert {"E11.9", "Z87.891", "4", "21"} <= set(docs["20000021"].labels)
+    assert corpus.report.unknown_labels == {"XX9.99": 1}
+    assert sum(corpus.report.unlabelled_docs.values()) == 3  # the ICD-9 admissions
+    assert corpus.generator is not None and corpus.generator["icd_version"] == 10
+
+
+def test_load_mimic_iv_icd9_keeps_version_9_codes_on_the_icd9_hierarchy() -> None:
+    corpus = _mimic_iv(icd_version=9)
+    docs = _docs(corpus)
+    assert set(docs) == {"20000041", "20000061", "20000071"}
+    assert corpus.hierarchy.name == "icd9"
+    assert {"4280", "428", "25000", "250"} <= set(docs["20000041"].labels)
+    assert not any(label.startswith("I") for d in docs.values() for label in d.labels)
+
+
+def test_load_mimic_iv_keeps_a_patients_admissions_in_one_split() -> None:
+    corpus = _mimic_iv()
+    split_of = {d.id: split for split in SPLITS for d in corpus.splits[split]}
+    assert split_of["20000011"] == split_of["20000012"]
+
+
+def test_load_mimic_iv_reads_gzipped_files_in_the_release_layout(tmp_path: Path) -> None:
+    for folder, stem in (("note", "discharge"), ("hosp", "diagnoses_icd")):
+        (tmp_path / folder).mkdir()
+        data = (MIMIC_IV / folder / f"{stem}.csv").read_bytes()
+        (tmp_path / folder / f"{stem}.csv.gz").write_bytes(gzip.compress(data))
+    assert _mimic_iv(tmp_path).fingerprint() == _mimic_iv().fingerprint()
+
+
+def test_load_mimic_iv_takes_the_files_themselves() -> None:
+    corpus = load_mimic_iv(MIMIC_IV / "note" / "discharge.csv",
+                           MIMIC_IV / "hosp" / "diagnoses_icd.csv", seed=MIMIC_IV_SEED,
+                           split_fractions=(1, 1, 1))
+    assert corpus.fingerprint() == _mimic_iv().fingerprint()
+
+
+def test_load_mimic_iv_names_a_missing_file_or_column(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no note/discharge\.csv or note/discharge\.csv\.gz"):
+        load_mimic_iv(tmp_path, MIMIC_IV)
+    (tmp_path / "discharge.csv").write_text("note_id,subject_id,hadm_id,text\n1,2,3,x\n")
+    with pytest.raises(InputError, match=r"discharge\.csv: missing column\(s\) \['note_seq'\]"):
+        load_mimic_iv(tmp_path, MIMIC_IV)
+    with pytest.raises(InputError, match="icd_version: must be 9 or 10"):
+        load_mimic_iv(MIMIC_IV, MIMIC_IV, icd_version=11)
 
 
 def test_write_and_load_corpus_dir_round_trip(tmp_path: Path) -> None:

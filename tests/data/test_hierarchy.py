@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,10 @@ from hiersearch.data.hierarchy import Hierarchy, Node, load_levels_file, load_pa
 from hiersearch.data.vocabularies import (
     eurovoc_hierarchy,
     icd9_hierarchy,
+    icd10_hierarchy,
     load_hierarchy,
     normalize_icd9,
+    normalize_icd10,
 )
 from hiersearch.errors import InputError
 
@@ -58,6 +61,42 @@ def test_icd9_ids_are_the_stored_codes_with_parents() -> None:
 )
 def test_normalize_icd9_strips_the_dot(raw: str, code: str) -> None:
     assert normalize_icd9(raw) == code
+
+
+def test_icd10_level_sizes_come_from_the_package() -> None:
+    import simple_icd_10_cm as cm
+
+    codes = set(cm.get_all_codes())
+    # a subcategory's level: one below its parent (its ancestors end in block and chapter)
+    by_depth = Counter(len(cm.get_ancestors(c)) + 1 for c in codes if cm.is_subcategory(c))
+    expected = [
+        sum(map(cm.is_chapter, codes)),
+        sum(map(cm.is_block, codes)),
+        sum(map(cm.is_category, codes)),
+        *(by_depth[level] for level in sorted(by_depth)),
+    ]
+    assert sorted(by_depth) == [4, 5, 6, 7]
+    assert expected[0] == 22  # the chapters of ICD-10-CM
+    assert icd10_hierarchy().label_counts() == expected
+
+
+def test_icd10_ids_are_the_dotted_codes_and_one_category_blocks_get_a_range() -> None:
+    h = load_hierarchy("icd10")
+    assert h is icd10_hierarchy() and h.name == "icd10"
+    assert h.node("I11.0").parents == ("I11",) and h.node("I11.0").level == 4
+    assert h.ancestors("I11.0") == {"I11", "I10-I1A", "9"}
+    assert h.node("S06.0X0A").level == 7
+    # the package names block B99 like its only category: the block becomes B99-B99
+    assert h.node("B99").parents == ("B99-B99",) and h.node("B99-B99").level == 2
+    assert h.node("B99-B99").description.startswith("Other infectious diseases")
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [("I110", "I11.0"), ("i11.0", "I11.0"), ("S0600XA ", "S06.00XA"), ("I10", "I10")],
+)
+def test_normalize_icd10_puts_the_dot_after_the_category(raw: str, code: str) -> None:
+    assert normalize_icd10(raw) == code
 
 
 def test_eurovoc_level_sizes_come_from_the_package() -> None:

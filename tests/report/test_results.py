@@ -194,6 +194,37 @@ def test_several_directories_make_one_table() -> None:
     assert df["lr"].notna().all() and df["batch_size"].isna().sum() == 2
 
 
+def _storage_root(tmp_path: Path) -> Path:
+    """A storage root as searches leave it: two experiments and the corpora in `_data`."""
+    root = tmp_path / "runs"
+    for name in ("finished", "killed"):
+        shutil.copytree(FIXTURES / name, root / name)
+    (root / "_data" / "synthetic-eurovoc").mkdir(parents=True)
+    (root / "_data" / "synthetic-eurovoc" / "train.jsonl").write_text("{}\n")
+    return root
+
+
+def test_storage_root_reads_every_experiment_in_it(tmp_path: Path) -> None:
+    root = _storage_root(tmp_path)
+    df = results.load_experiments([str(root)])
+    apart = results.load_experiments([str(root / "finished"), str(root / "killed")])
+    pd.testing.assert_frame_equal(df, apart)
+    assert df["experiment"].value_counts().to_dict() == {"finished": 9, "killed": 2}
+
+
+def test_storage_root_as_a_uri_reads_like_a_path(tmp_path: Path) -> None:
+    root = _storage_root(tmp_path)
+    df = results.load_experiments([root.as_uri()])
+    assert sorted(set(df["experiment"])) == ["finished", "killed"]
+    assert df["checkpoint"].isna().all() and len(df) == 11
+
+
+def test_storage_root_without_experiments_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "_data" / "corpus").mkdir(parents=True)
+    with pytest.raises(InputError, match="nor does any directory in it"):
+        results.load_experiments([str(tmp_path)])
+
+
 def test_empty_directory_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=str(tmp_path)):
         results.load_experiments([str(tmp_path)])

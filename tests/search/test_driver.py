@@ -23,12 +23,20 @@ import yaml
 from hiersearch import metrics as M
 from hiersearch.cli import main
 from hiersearch.data.encode import load_encoded
+from hiersearch.data.prepare import PreparedData
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder
 from hiersearch.report import leaderboard as lb
 from hiersearch.report import results
-from hiersearch.search.driver import in_trial, run_search, trial_count
+from hiersearch.search.driver import (
+    _trainable,
+    in_trial,
+    max_concurrent,
+    run_search,
+    scaling_config,
+    trial_count,
+)
 from hiersearch.search.space import load_space, parse_space, preset_path
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.recipe import evaluate_split, resolve_assignment, split_metrics
@@ -309,3 +317,42 @@ def test_one_worker_trials_train_in_the_tune_trial_unless_told_otherwise() -> No
 def test_launcher_must_be_auto_or_train() -> None:
     with pytest.raises(ValueError, match="launcher"):
         TrialConfig(launcher="tune")
+
+
+def test_fractional_gpus_reach_a_ray_train_trials_workers() -> None:
+    config = TrialConfig(use_gpu=True, gpus_per_worker=0.5, num_workers=2, cpus_per_worker=2)
+    scaling = scaling_config(config)
+    assert scaling.use_gpu and scaling.num_gpus_per_worker == 0.5
+    bundles = scaling.as_placement_group_factory().bundles
+    assert [b.get("GPU") for b in bundles if "GPU" in b] == [0.5, 0.5]  # one per worker
+    assert scaling_config(config.replace(use_gpu=False)).num_gpus_per_worker == 0
+
+
+def test_fractional_gpus_reach_a_one_worker_trials_placement() -> None:
+    space = load_space(preset_path("quick"))  # one worker: the trial is the worker
+    data = PreparedData("corpus", "encoded", [2, 3], 6, synthetic=True)
+    base = space.base_config().replace(use_gpu=True, gpus_per_worker=0.25)
+    assert in_trial(space, base)
+    placement = _trainable(space, base, data)._resources
+    assert placement.required_resources == {"CPU": base.cpus_per_worker, "GPU": 0.25}
+    on_cpu = _trainable(space, base.replace(use_gpu=False), data)._resources
+    assert on_cpu.required_resources.get("GPU", 0) == 0
+
+
+def test_fractional_gpus_let_several_trials_share_one_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    base = TrialConfig(use_gpu=True, cpus_per_worker=1)
+    assert max_concurrent(base, None) == 1
+    assert max_concurrent(base.replace(gpus_per_worker=0.25), None) == 4
+    assert max_concurrent(base.replace(gpus_per_worker=0.25, num_workers=2), None) == 2
+
+
+def test_gpus_per_worker_cannot_be_searched() -> None:
+    quick = load_space(preset_path("quick"))
+    gpus = {"gpus_per_worker": {"type": "categorical", "choices": [0.5, 1]}}
+    with pytest.raises(InputError, match="search: gpus_per_worker: cannot be searched"):
+        run_search(parse_space({**quick.raw, "search": gpus}), storage="unused")

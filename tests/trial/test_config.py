@@ -36,6 +36,23 @@ def test_out_of_range_value_is_refused() -> None:
         TrialConfig(loss_weighting="by-level")
 
 
+@pytest.mark.parametrize("gpus", [0.25, 0.5, 1, 2, 4.0])
+def test_gpus_per_worker_may_be_a_fraction_or_whole_gpus(gpus: float) -> None:
+    config = TrialConfig.from_dict({"use_gpu": True, "gpus_per_worker": gpus})
+    assert config.worker_gpus() == gpus
+
+
+@pytest.mark.parametrize("gpus", [0, -0.5, 1.5, 2.25])
+def test_gpus_per_worker_outside_a_fraction_or_whole_gpus_is_refused(gpus: float) -> None:
+    with pytest.raises(InputError, match=r"gpus_per_worker: must be in \(0, 1\] or a whole"):
+        TrialConfig(gpus_per_worker=gpus)
+
+
+def test_a_cpu_worker_holds_no_gpu_and_a_gpu_worker_one_by_default() -> None:
+    assert TrialConfig(gpus_per_worker=0.5).worker_gpus() == 0
+    assert TrialConfig(use_gpu=True).worker_gpus() == 1
+
+
 def test_config_is_frozen() -> None:
     with pytest.raises(AttributeError):
         TrialConfig().lr = 1.0  # type: ignore[misc]

@@ -78,6 +78,32 @@ def test_fit_reports_every_epoch_then_a_final_report_with_test_and_utilization(
     assert list((artifacts_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_tensorboard_hparams_hold_the_trials_config_beside_its_final_metrics(
+    encoded: str, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    artifacts_dir = tmp_path / "artifacts"
+    config = _config(epochs=1, lr=3e-3, util_docs=0)
+    final = fit(config, encoded, _session(tmp_path), Artifacts(str(artifacts_dir)))
+    events = EventAccumulator(str(artifacts_dir / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent(metadata.PLUGIN_NAME)
+    start = metadata.parse_session_start_info_plugin_data(
+        content[metadata.SESSION_START_INFO_TAG]
+    )
+    assert start.hparams["lr"].number_value == pytest.approx(3e-3)
+    assert start.hparams["assignment"].string_value == "LAST-THREE"
+    assert start.hparams["head_hidden"].string_value == "null"
+    assert metadata.SESSION_END_INFO_TAG in content
+    # no experiment summary: TensorBoard builds the table from every trial's session
+    assert metadata.EXPERIMENT_TAG not in content
+    for split in ("dev", "test"):
+        tag = f"final/{M.rp_macro_key(split)}"
+        assert events.Scalars(tag)[-1].value == pytest.approx(final[M.rp_macro_key(split)])
+
+
 def test_same_seed_gives_the_same_dev_metrics(encoded: str, tmp_path: Path) -> None:
     config = _config(epochs=1, util_docs=0)
     a = fit(config, encoded, _session(tmp_path / "a"))

@@ -1,0 +1,140 @@
+"""The machine-readable summary of a finished `search` or `reproduce` (`--json`): one JSON
+object, its shape fixed by `SUMMARY_JSON_SCHEMA` (schema "hiersearch.summary/1").
+
+    {"schema": "hiersearch.summary/1", "command": "search", "experiment": PATH_OR_URI,
+     "metric": "dev/rp_macro", "mode": "max",
+     "trials": {"total": 7, "by_status": {"terminated": 5, "stopped early": 2}},
+     "best": {"trial_id": ..., "status": "terminated", "variant": ..., "assignment": ...,
+              "checkpoint": PATH_OR_URI, "config": {TrialConfig fields},
+              "metrics": {"dev/rp_macro": 0.61, ...}} or null,
+     "export_command": "hiersearch export PATH --trial ID --out models/ID" or null}
+
+"best" is the trial `hiersearch export --best` picks (the best finished trial with a
+checkpoint by the experiment's metric), null when there is none; its metrics are the finite
+numbers among its leaderboard metric columns, its config the resolved `config.json` of its
+final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from hiersearch import metrics as M
+from hiersearch.report.experiment import open_location, read_meta, read_text
+from hiersearch.report.results import metric_columns
+
+SCHEMA = "hiersearch.summary/1"
+
+_TEXT_OR_NULL = {"type": ["string", "null"]}
+SUMMARY_JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema", "command", "experiment", "metric", "mode", "trials", "best",
+                 "export_command"],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "command": {"enum": ["search", "reproduce"]},
+        "experiment": {"type": "string"},
+        "metric": {"type": "string"},
+        "mode": {"enum": ["max", "min"]},
+        "trials": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["total", "by_status"],
+            "properties": {
+                "total": {"type": "integer", "minimum": 0},
+                "by_status": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+        "best": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["trial_id", "status", "variant", "assignment", "checkpoint",
+                                 "config", "metrics"],
+                    "properties": {
+                        "trial_id": {"type": "string"},
+                        "status": {"type": "string"},
+                        "variant": _TEXT_OR_NULL,
+                        "assignment": _TEXT_OR_NULL,
+                        "checkpoint": {"type": "string"},
+                        "config": {"type": ["object", "null"]},
+                        "metrics": {
+                            "type": "object",
+                            "additionalProperties": {"type": "number"},
+                        },
+                    },
+                },
+            ]
+        },
+        "export_command": _TEXT_OR_NULL,
+    },
+}
+
+
+def run_summary(
+    command: str,
+    experiment: str,
+    table: pd.DataFrame,
+    best: pd.Series | None,
+    export_command: str | None,
+) -> dict[str, Any]:
+    """The summary object of `experiment` (its leaderboard `table`, its `best` row)."""
+    meta = read_meta(experiment) or {}
+    counts = table["status"].value_counts(sort=False)
+    return {
+        "schema": SCHEMA,
+        "command": command,
+        "experiment": experiment,
+        "metric": str(meta.get("metric") or M.DEFAULT_METRIC),
+        "mode": meta.get("mode") if meta.get("mode") in ("max", "min") else M.DEFAULT_MODE,
+        "trials": {
+            "total": len(table),
+            "by_status": {str(status): int(n) for status, n in sorted(counts.items())},
+        },
+        "best": None if best is None else _best(best, metric_columns(table)),
+        "export_command": export_command,
+    }
+
+
+def _best(row: pd.Series, metrics: list[str]) -> dict[str, Any]:
+    checkpoint = str(row["checkpoint"])
+    return {
+        "trial_id": str(row["trial_id"]),
+        "status": str(row["status"]),
+        "variant": _text(row.get("variant")),
+        "assignment": _text(row.get("assignment")),
+        "checkpoint": checkpoint,
+        "config": _checkpoint_config(checkpoint),
+        "metrics": {
+            name: float(row[name])
+            for name in metrics
+            if isinstance(row[name], (int, float)) and math.isfinite(row[name])
+        },
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(
+        value
+    )
+
+
+def _checkpoint_config(checkpoint: str) -> dict[str, Any] | None:
+    """The trial config saved in its final checkpoint; None if it cannot be read."""
+    filesystem, path = open_location(checkpoint)
+    try:
+        config = json.loads(read_text(filesystem, f"{path}/config.json") or "")
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
