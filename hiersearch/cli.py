@@ -427,8 +427,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
     else:
         print(lb.render(table, args.format))
-    if args.importance:
-        for location in args.dirs:
+    if args.importance:  # per experiment: a storage root stands for every one in it
+        for location in [e for d in args.dirs for e in results.experiment_locations(d)]:
             _importance(location, args.study_storage)
     return EXIT_OK
 

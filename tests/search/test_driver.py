@@ -267,7 +267,8 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
     meta = json.loads((experiment / "hiersearch.json").read_text())
     assert (meta["metrics"], meta["modes"]) == (objectives, ["max", "min"])
     assert meta["study"] == {"name": "mo", "url": f"sqlite:///{experiment}/optuna.db"}
-    assert main(["leaderboard", str(experiment), "--importance"]) == 0
+    # a storage root stands for its experiments here too
+    assert main(["leaderboard", str(storage), "--importance"]) == 0
     out = capsys.readouterr().out
     assert f"parameter importances for {objectives[1]}" in out
     for picture in ("importance.png", "history.png", "pareto_front.png"):
