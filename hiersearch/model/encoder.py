@@ -58,9 +58,22 @@ def _from_pretrained(spec: str, what: str, load: Callable[..., Any], **kwargs: A
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
         return load(source, local_files_only=offline, **kwargs)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot load the {what}: {first}", where=f"model {spec!r}") from exc
+    except (OSError, ValueError, TypeError, KeyError, *_config_errors()) as exc:
+        # a missing or unreadable model (OSError), a config.json that is not JSON, holds no
+        # or an unknown model_type (ValueError) or a value of the wrong type (TypeError, or
+        # huggingface_hub's validation error)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = " ".join(lines[:2]) or type(exc).__name__
+        raise InputError(f"cannot load the {what}: {first}", where=f"model {spec!r}") from None
+
+
+def _config_errors() -> tuple[type[Exception], ...]:
+    """huggingface_hub's error for a config value of the wrong type (not a ValueError)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: it raises TypeError or ValueError
+        return ()
+    return (StrictDataclassError,)
 
 
 def load_encoder(spec: str, seed: int = 0) -> Any:
@@ -104,4 +117,10 @@ def encoder_depth(spec: str) -> int:
     if match:
         return int(match[1])
     config = _from_pretrained(spec, "model config", AutoConfig.from_pretrained)
-    return int(config.num_hidden_layers)
+    depth = getattr(config, "num_hidden_layers", None)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InputError(
+            f"config.json: num_hidden_layers must be a positive integer, got {depth!r}",
+            where=f"model {spec!r}",
+        )
+    return depth

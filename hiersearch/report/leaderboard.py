@@ -47,11 +47,24 @@ def filter_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
     try:
         out = df.query(where, engine="python")
     except Exception as exc:  # pandas raises many types (SyntaxError, KeyError, ...)
-        raise InputError(f"{type(exc).__name__}: {exc}", where="--where") from None
+        raise _where_error(exc, where) from None
     if not isinstance(out, pd.DataFrame):
         raise InputError("the expression must select rows (a condition)", where="--where")
     out.attrs.update(df.attrs)
     return out
+
+
+def _where_error(exc: Exception, expression: str) -> InputError:
+    """pandas' error for a `--where` expression, in the user's terms."""
+    hint = "quote a column holding '/' in backticks: `dev/rp_macro` > 0.5"
+    if isinstance(exc, SyntaxError):
+        reason = f"cannot parse {expression!r} ({exc.msg}); {hint}"
+    elif type(exc).__name__ == "UndefinedVariableError":  # pandas' unknown column
+        name = str(exc).split("'")[1] if str(exc).count("'") >= 2 else str(exc)
+        reason = f"no column {name!r} in {expression!r}; {hint}"
+    else:
+        reason = f"cannot evaluate {expression!r}: {str(exc).strip().splitlines()[0]}"
+    return InputError(reason, where="--where")
 
 
 def group_rows(df: pd.DataFrame, by: str) -> pd.DataFrame:

@@ -24,9 +24,11 @@ from hiersearch.errors import InputError
 from hiersearch.report.experiment import read_text, write_meta, write_text
 from hiersearch.search.cluster import connect
 from hiersearch.search.preflight import (
+    check_destination,
     check_space,
     check_trials,
     data_root,
+    plan_data,
     prepare_data,
     resume_settings,
     with_seeds,
@@ -261,6 +263,7 @@ def run_search(
     """Run (or resume) an experiment; returns its directory (path or URI)."""
     if seeds is not None:
         space = with_seeds(space, seeds)
+    check_destination(storage, name or space.name, "--name" if name else f"{space.path}: name")
     name = name or space.name
     path = experiment_path(storage, name)
     if resume:
@@ -269,16 +272,18 @@ def run_search(
     else:
         check_space(space)
         base = space.base_config(model=model)
-    data = prepare_data(space, base, data_dir, data_root(storage))
+    plan = plan_data(space, base, data_dir, data_root(storage))
     if resume:
+        data = prepare_data(space, base, data_dir, data_root(storage), plan)
         connect(address)
         _restore(path, _trainable(space, base, data)).fit()
         return path
-    # Everything a trial resolves from the space is resolved once here, before Ray starts:
-    # bad input fails the command (exit 2), not each trial after minutes.
-    points = fixed_points(space, data.num_layers, data.label_counts)
-    define = define_by_run(space, data.num_layers, data.label_counts)
-    check_trials(space, base, data, points)
+    # Everything a trial resolves from the space is resolved once here, before anything is
+    # written and Ray starts: bad input fails the command (exit 2), not each trial after minutes.
+    points = fixed_points(space, plan.num_layers, plan.label_counts)
+    define = define_by_run(space, plan.num_layers, plan.label_counts)
+    check_trials(space, base, plan, points)
+    data = prepare_data(space, base, data_dir, data_root(storage), plan)
     connect(address)
     trainable = _trainable(space, base, data)
     num_samples = trial_count(space, len(points), trials, fixed_only)

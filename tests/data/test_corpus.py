@@ -259,7 +259,7 @@ def test_load_jsonl_unreadable_file(tmp_path: Path) -> None:
         load_jsonl(tmp_path / "absent.jsonl", small())
     binary = tmp_path / "binary.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(InputError, match=r"binary\.jsonl: cannot read"):
+    with pytest.raises(InputError, match=r"binary\.jsonl:1: invalid UTF-8 \(byte 1 of"):
         load_jsonl(binary, small())
 
 
