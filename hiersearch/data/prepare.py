@@ -176,6 +176,8 @@ def encode_corpus(
         f"in {encoded.seconds:.1f}s: {encoded.path}",
         flush=True,
     )
+    for line in corpus.report.summary().splitlines():  # what the load dropped, every time
+        print(f"[hiersearch] load report: {line}", flush=True)
     return PreparedData(
         corpus_dir=str(Path(corpus_dir).resolve()),
         encoded_path=str(Path(encoded.path).resolve()),
