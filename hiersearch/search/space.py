@@ -252,6 +252,7 @@ def _check_distribution(dist: Any, where: str) -> None:
         choices = dist.get("choices")
         if not isinstance(choices, list) or not choices:
             raise InputError("categorical needs a non-empty list of choices", where=where)
+        optuna_distribution(dist, where)
         return
     try:
         low, high = float(dist["low"]), float(dist["high"])

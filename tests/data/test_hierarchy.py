@@ -300,3 +300,60 @@ def test_restrict_keeps_labels_and_their_ancestors_only() -> None:
     sub = h.restrict(["a1x"])
     assert sub.label_index() == [["a"], ["a1"], ["a1x"]]
     assert sub.ancestors("a1x") == {"a", "a1"}
+
+
+def test_parent_file_with_spaces_instead_of_tabs_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "links.tsv"
+    path.write_text("a\nb a\n")  # would have become two roots named "b a" and "a"
+    with pytest.raises(InputError, match=r"links\.tsv:2: no tab in 'b a'"):
+        load_parent_file(path)
+
+
+def test_parent_file_id_with_a_space_before_the_tab_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "links.tsv"
+    path.write_text("a\nb c\ta\n")
+    with pytest.raises(InputError, match=r"links\.tsv:2: an id holds a space"):
+        load_parent_file(path)
+
+
+def test_parent_file_parent_never_declared_names_the_first_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "links.tsv"
+    path.write_text("root\nb\troot\nc\trooot\nd\trooot\n")  # a typo is not a new root
+    with pytest.raises(InputError, match=r"links\.tsv:3: parent 'rooot' is never declared"):
+        load_parent_file(path)
+
+
+def test_a_level_below_its_nearest_parent_is_required(tmp_path: Path) -> None:
+    nodes = [
+        {"id": "a", "description": "a", "parents": [], "level": 1},
+        {"id": "b", "description": "b", "parents": ["a"], "level": 2},
+        {"id": "c", "description": "c", "parents": ["b"], "level": 1},
+    ]
+    with pytest.raises(InputError, match="label 'c' is at level 1, but its nearest parent 'b'"):
+        Hierarchy.from_json({"nodes": nodes}, "h.json")
+    nodes[2]["level"] = 2  # level with its parent: contradicts it too
+    with pytest.raises(InputError, match=r"h\.json: .*'c' is at level 2.*'b' is at level 2"):
+        Hierarchy.from_json({"nodes": nodes}, "h.json")
+
+
+def test_a_poly_hierarchy_sits_below_its_nearest_parent() -> None:
+    h = Hierarchy(
+        [
+            Node("a", "a", (), 1),
+            Node("b", "b", ("a",), 2),
+            Node("c", "c", ("b",), 3),
+            Node("d", "d", ("c", "a"), 2),  # nearest parent a: level 2, although c is at 3
+        ]
+    )
+    assert h.label_counts() == [1, 2, 1]
+
+
+def test_a_levels_file_whose_parent_links_contradict_it_is_refused(tmp_path: Path) -> None:
+    levels = tmp_path / "levels.json"
+    levels.write_text(json.dumps({"level_1": ["a", "b"], "level_2": ["c"]}))
+    links = tmp_path / "links.tsv"
+    links.write_text("c\na\tc\nb\n")  # a (level 1) under c (level 2)
+    with pytest.raises(InputError, match="label 'a' is at level 1, but its nearest parent 'c'"):
+        load_levels_file(levels, links)
