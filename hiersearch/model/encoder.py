@@ -82,8 +82,7 @@ def load_encoder(spec: str, seed: int = 0) -> Any:
 
     match = _TINY.match(spec)
     if match:
-        layers, hidden = int(match[1]), int(match[2])
-        heads = max(1, hidden // 16)
+        layers, hidden, heads = _tiny_shape(spec, match)
         config = BertConfig(
             vocab_size=30522,
             hidden_size=hidden,
@@ -105,6 +104,20 @@ def load_encoder(spec: str, seed: int = 0) -> Any:
     return encoder
 
 
+def _tiny_shape(spec: str, match: re.Match[str]) -> tuple[int, int, int]:
+    """(layers, hidden, heads) of a "tiny:<layers>x<hidden>" spec; a shape BertConfig would
+    refuse inside a trial is an InputError naming the spec here."""
+    layers, hidden = int(match[1]), int(match[2])
+    heads = max(1, hidden // 16)
+    if layers < 1 or hidden < 1 or hidden % heads:
+        raise InputError(
+            f"expected tiny:<layers>x<hidden> with layers >= 1 and hidden >= 1, a multiple of "
+            f"its {heads} attention heads (hidden // 16)",
+            where=f"model {spec!r}",
+        )
+    return layers, hidden, heads
+
+
 def num_encoder_layers(encoder: Any) -> int:
     return int(encoder.config.num_hidden_layers)
 
@@ -115,7 +128,7 @@ def encoder_depth(spec: str) -> int:
 
     match = _TINY.match(spec)
     if match:
-        return int(match[1])
+        return _tiny_shape(spec, match)[0]
     config = _from_pretrained(spec, "model config", AutoConfig.from_pretrained)
     depth = getattr(config, "num_hidden_layers", None)
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
