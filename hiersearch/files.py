@@ -113,7 +113,10 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise NotADirectoryError(20, "not a directory", str(probe))
-    fd, tmp = tempfile.mkstemp(prefix=".hiersearch-probe-", dir=probe)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".hiersearch-probe-", dir=probe)
+    except OSError as exc:  # named by the directory, not by the probe's random name
+        raise type(exc)(exc.errno, exc.strerror, str(probe)) from None
     os.close(fd)
     os.unlink(tmp)
 

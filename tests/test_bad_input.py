@@ -757,3 +757,31 @@ def test_a_tiny_model_bert_would_refuse_in_a_trial_is_refused_before_ray(
     line = _refused([*_search(tmp_path), "--model", model, "--storage", str(tmp_path / "r")],
                     capsys)
     assert f"model '{model}': expected tiny:<layers>x<hidden>" in line and no_ray == []
+
+
+def _finished() -> str:
+    return str(Path(__file__).parent / "fixtures" / "leaderboard" / "finished")
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "export", "predict"])
+def test_out_below_a_file_is_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    out = str(tmp_path / "afile" / "result")
+    argv = {
+        "leaderboard": ["leaderboard", _finished(), "--format", "csv", "--out", out],
+        "export": ["export", _finished(), "--out", out],
+        "predict": ["predict", str(tmp_path / "model"), "--input", "-", "--out", out],
+    }[command]
+    line = _refused(argv, capsys)
+    assert "--out" in line and f"not a directory ({tmp_path / 'afile'})" in line
+
+
+def test_leaderboard_out_not_writable_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = _unwritable(tmp_path)
+    line = _refused(["leaderboard", _finished(), "--format", "csv", "--out",
+                     str(locked / "t.csv")], capsys)
+    assert line == f"hiersearch: error: --out: cannot write: Permission denied ({locked})"

@@ -19,7 +19,7 @@ import pandas as pd
 
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_write_text
+from hiersearch.files import atomic_write_text, check_writable_dir
 from hiersearch.report.results import (
     HEAD_OPTION_COLUMNS,
     STATUS_TERMINATED,
@@ -317,4 +317,9 @@ def export(df: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None = Non
             raise InputError(
                 "cannot tell the format from the suffix; give --format", where=os.fspath(path)
             )
-    atomic_write_text(path, render(df, fmt))
+    text = render(df, fmt)
+    try:
+        check_writable_dir(os.path.dirname(os.path.abspath(os.fspath(path))))
+        atomic_write_text(path, text)
+    except OSError as exc:  # a file in the way, a directory that cannot be written
+        raise InputError.from_os_error(exc, "--out") from None
