@@ -105,17 +105,16 @@ def load_encoder(spec: str, seed: int = 0) -> Any:
 
 
 def _tiny_shape(spec: str, match: re.Match[str]) -> tuple[int, int, int]:
-    """(layers, hidden, heads) of a "tiny:<layers>x<hidden>" spec; a shape BertConfig would
-    refuse inside a trial is an InputError naming the spec here."""
+    """(layers, hidden, heads) of a "tiny:<layers>x<hidden>" spec; no layer or no width is an
+    InputError naming the spec. (A width that is not a multiple of its hidden // 16 heads is
+    left to fail in the trial: the fault tests use it as a model that crashes there.)"""
     layers, hidden = int(match[1]), int(match[2])
-    heads = max(1, hidden // 16)
-    if layers < 1 or hidden < 1 or hidden % heads:
+    if layers < 1 or hidden < 1:
         raise InputError(
-            f"expected tiny:<layers>x<hidden> with layers >= 1 and hidden >= 1, a multiple of "
-            f"its {heads} attention heads (hidden // 16)",
+            "expected tiny:<layers>x<hidden> with layers >= 1 and hidden >= 1",
             where=f"model {spec!r}",
         )
-    return layers, hidden, heads
+    return layers, hidden, max(1, hidden // 16)
 
 
 def num_encoder_layers(encoder: Any) -> int:
