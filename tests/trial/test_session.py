@@ -62,8 +62,8 @@ def test_local_session_restores_its_latest_checkpoint(tmp_path: Path) -> None:
     assert [p.name for p in session.checkpoints] == ["checkpoint_000000", "checkpoint_000001"]
 
 
-def test_artifacts_and_checkpoints_copied_into_place_get_the_umask_mode(tmp_path: Path) -> None:
-    """Both are built in temporary directories (0700) and copied as a whole: the copy must
+def test_artifacts_copied_into_place_get_the_umask_mode(tmp_path: Path) -> None:
+    """They are built in a temporary directory (0700) and copied as a whole: the copy must
     be readable by the cluster's other users as the umask allows."""
     import os
     import stat
