@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
@@ -178,13 +179,34 @@ def _add_serve(sub: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with _plain_warnings():
+            return _dispatch(args)
     except InputError as exc:
         print(f"hiersearch: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("hiersearch: interrupted (resume with --resume)", file=sys.stderr)
+        print(f"hiersearch: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What to run after a Ctrl-C: only `reproduce` and `search` can resume."""
+    if args.command in ("reproduce", "search"):
+        return " (run the same command with --resume to continue)"
+    return " (run the command again: no file is left half-written)"
+
+
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """Warnings as one line each, "hiersearch: warning: ...", without Python's
+    `file:line: Category` prefix and the source line it prints after the message."""
+
+    def show(message: Any, *_: Any, **__: Any) -> None:
+        print(f"hiersearch: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():  # restores the default on the way out
+        warnings.showwarning = show
+        yield
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -227,15 +249,11 @@ def _data(args: argparse.Namespace) -> int:
     from hiersearch.data.corpus import format_stats, load_corpus_dir, write_corpus
 
     if args.data_command == "synth":
-        from hiersearch.data.synth import SynthConfig, synthesize
+        from hiersearch.data.synth import synthesize
         from hiersearch.data.vocabularies import load_hierarchy
 
-        if args.docs < 10:
-            raise InputError("must be >= 10", where="--docs")
-        corpus = synthesize(
-            load_hierarchy(args.hierarchy),
-            SynthConfig(docs=args.docs, seed=args.seed, max_leaves=args.max_leaves),
-        )
+        config = _synth_config(args)
+        corpus = synthesize(load_hierarchy(args.hierarchy), config)
         write_corpus(corpus, args.out)
         print(format_stats(corpus.stats()))
         print(f"wrote {args.out}")
@@ -251,8 +269,30 @@ def _data(args: argparse.Namespace) -> int:
         return EXIT_OK
     corpus = load_corpus_dir(args.dir)
     stats = corpus.stats()
-    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    if args.json:
+        print(json.dumps({**stats, "load_report": corpus.report.to_json()}, indent=2))
+    else:
+        print(format_stats(stats))
+        print(f"\nload report: {corpus.report.summary()}")
     return EXIT_OK
+
+
+def _synth_config(args: argparse.Namespace) -> Any:
+    """`data synth`'s settings checked, and its --out, before anything is generated."""
+    from pathlib import Path
+
+    from hiersearch.data.corpus import check_replaceable
+    from hiersearch.data.synth import SynthConfig
+
+    if args.docs < 10:
+        raise InputError("must be >= 10", where="--docs")
+    config = SynthConfig(docs=args.docs, seed=args.seed, max_leaves=args.max_leaves)
+    try:
+        config.validate()
+    except InputError as exc:  # it names the field: name the option instead
+        raise InputError(exc.message, where=f"--{(exc.where or '').replace('_', '-')}") from None
+    check_replaceable(Path(args.out))
+    return config
 
 
 def _label_counts(text: str | None, levels: int) -> list[int] | None:

@@ -18,3 +18,11 @@ class InputError(ValueError):
         self.message = message  # without `where`: for a caller that re-words or re-places it
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, where: str, action: str = "cannot write") -> InputError:
+        """An `OSError` met on a path the user gave (`where`: the option or file), in one line:
+        "--storage: cannot write: Permission denied (runs/x)"."""
+        reason = exc.strerror or type(exc).__name__
+        named = f" ({exc.filename})" if exc.filename and str(exc.filename) != where else ""
+        return cls(f"{action}: {reason}{named}", where=where)

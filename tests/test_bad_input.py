@@ -407,3 +407,381 @@ def test_the_installed_command_prints_one_line_without_traceback(tmp_path: Path)
         "(column 1)"
     ]
     assert done.stdout == ""
+
+
+# --- issue 16: data safety and input refused before anything is written -----------------------
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A directory nobody may create files in: read-only for a user; for root (which ignores
+    modes) sysfs, where even root cannot create a file."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        return locked
+    if not Path("/sys/fs").is_dir():
+        pytest.skip("running as root without sysfs: no directory root cannot write")
+    return Path("/sys/fs")
+
+
+def _search(tmp_path: Path, *extra: str, space: Path | None = None) -> list[str]:
+    return ["search", "--space", str(space or _space(tmp_path)), "--data",
+            str(_corpus(tmp_path / "c")), *extra]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): p.read_text() for p in files}
+
+
+def test_synth_over_its_own_corpus_keeps_every_other_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "corpus"
+    synth = ["data", "synth", "--docs", "12", "--max-leaves", "5", "--out", str(out)]
+    assert main(synth) == 0
+    (out / "notes.md").write_text("my notes\n")
+    cache = out / ".hiersearch-cache" / "encoded-x"
+    cache.mkdir(parents=True)
+    (cache / "meta.json").write_text("{}")
+    assert main([*synth[:-2], "--seed", "3", "--out", str(out)]) == 0
+    assert (out / "notes.md").read_text() == "my notes\n"
+    assert (cache / "meta.json").read_text() == "{}"
+    assert json.loads((out / "corpus.json").read_text())["generator"]["config"]["seed"] == 3
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_synth_refuses_a_directory_holding_a_corpus_hiersearch_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a user's own corpus with a corpus.json of its own: its train.jsonl is not hiersearch's
+    corpus = _corpus(tmp_path / "mine")
+    (corpus / "corpus.json").write_text('{"synthetic": false}\n')
+    before = _tree(corpus)
+    line = _refused(["data", "synth", "--docs", "12", "--out", str(corpus)], capsys)
+    assert str(corpus) in line and "not a corpus directory written by hiersearch" in line
+    assert _tree(corpus) == before
+
+
+def test_synth_out_under_a_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    line = _refused(["data", "synth", "--docs", "12", "--out", str(tmp_path / "afile" / "c")],
+                    capsys)
+    assert "not a directory" in line and str(tmp_path / "afile") in line
+
+
+def test_synth_out_not_writable_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = _unwritable(tmp_path)
+    line = _refused(["data", "synth", "--docs", "12", "--out", str(locked / "c")], capsys)
+    assert str(locked / "c") in line and "cannot write" in line
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--seed", "-1"], "--seed: must be >= 0"),
+        (["--max-leaves", "0"], "--max-leaves: must be >= 1"),
+    ],
+)
+def test_synth_options_are_named_as_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], named: str
+) -> None:
+    line = _refused(["data", "synth", "--docs", "12", *options, "--out", str(tmp_path / "c")],
+                    capsys)
+    assert named in line and not (tmp_path / "c").exists()
+
+
+def test_synth_interrupted_does_not_suggest_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hiersearch.data.synth
+
+    def interrupted(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hiersearch.data.synth, "synthesize", interrupted)
+    assert main(["data", "synth", "--docs", "12", "--out", str(tmp_path / "c")]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" not in err
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [("../escape", "'../escape'"), ("a/b", "'a/b'"), ("..", "'..'"), (".", "'.'")],
+)
+def test_experiment_names_outside_the_storage_are_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_ray: list[str | None],
+    name: str,
+    shown: str,
+) -> None:
+    storage = tmp_path / "runs"
+    line = _refused([*_search(tmp_path), "--storage", str(storage), "--name", name], capsys)
+    assert line.startswith("hiersearch: error: --name:") and shown in line
+    assert no_ray == [] and not storage.exists() and not (tmp_path / "escape").exists()
+
+
+def test_a_space_name_with_a_slash_names_the_space_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    space = _space(tmp_path)
+    space.write_text(space.read_text().replace("name: tiny", "name: ../../tiny"))
+    line = _refused([*_search(tmp_path, space=space), "--storage", str(tmp_path / "r")], capsys)
+    assert f"{space}: name" in line and no_ray == []
+
+
+def test_storage_that_is_a_file_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    storage = tmp_path / "runs.txt"
+    storage.write_text("a file\n")
+    line = _refused([*_search(tmp_path), "--storage", str(storage)], capsys)
+    assert line.startswith("hiersearch: error: --storage:") and "not a directory" in line
+    assert storage.read_text() == "a file\n" and no_ray == []
+
+
+def test_storage_not_writable_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    line = _refused([*_search(tmp_path), "--storage", str(_unwritable(tmp_path) / "r")], capsys)
+    assert line.startswith("hiersearch: error: --storage: cannot write") and no_ray == []
+
+
+def test_experiment_path_that_is_a_file_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    (storage / "tiny").write_text("not an experiment\n")
+    line = _refused([*_search(tmp_path), "--storage", str(storage), "--name", "tiny"], capsys)
+    assert "--storage" in line and "not a directory" in line and no_ray == []
+
+
+def test_unwritable_data_root_for_a_synthetic_corpus_is_refused_before_ray(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_ray: list[str | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HIERSEARCH_DATA", str(_unwritable(tmp_path) / "data"))
+    space = _space(tmp_path, data={"docs": 12, "max_leaves": 5})
+    line = _refused(["search", "--space", str(space), "--storage", str(tmp_path / "r")], capsys)
+    assert line.startswith("hiersearch: error: HIERSEARCH_DATA: cannot write") and no_ray == []
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "named"),
+    [
+        ("search", {"batch_size": {"type": "int", "low": 2, "high": 8, "step": 0}},
+         "search: batch_size: Optuna refuses this distribution: `step > 0` must hold"),
+        ("search", {"batch_size": {"type": "int", "low": 2, "high": 8, "step": -2}},
+         "search: batch_size: Optuna refuses"),
+        ("search", {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3, "step": 1e-5}},
+         "search: lr: Optuna refuses this distribution: The parameter `step`"),
+        ("search", {"batch_size": {"type": "int", "low": 2, "high": 9, "step": 4}},
+         "search: batch_size: Optuna refuses this distribution: The distribution"),
+        ("search", {"batch_size": {"type": "int", "low": 2.5, "high": 8}},
+         "search: batch_size: low: expected an integer, got 2.5"),
+        ("tune", {"sampler_seed": -1}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
+        ("tune", {"sampler_seed": 2**32}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
+        ("tune", {"max_concurrent": 0}, "tune: max_concurrent: must be >= 1"),
+        ("data", {"docs": 2}, "data: docs: must be at least 3"),
+        ("data", {"seed": -1}, "data: seed: must be >= 0"),
+        ("data", {"hierarchy": "no-such.tsv"}, "data: hierarchy: 'no-such.tsv' is neither"),
+    ],
+)
+def test_space_values_that_would_fail_after_ray_are_refused_naming_file_and_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_ray: list[str | None],
+    section: str,
+    values: dict[str, Any],
+    named: str,
+) -> None:
+    space = _space(tmp_path, **{section: values})
+    line = _refused(["search", "--space", str(space), "--storage", str(tmp_path / "r")], capsys)
+    assert f"{space}: {named}" in line
+    assert no_ray == [] and not (tmp_path / "r").exists()
+
+
+def _model_dir(tmp_path: Path, config: str) -> Path:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(config)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ("{}", "model_type"),
+        ('{"model_type": "bert", "num_hidden_layers": "six"}', "num_hidden_layers"),
+        ('{"model_type": "bert", "num_hidden_layers": 0}', "num_hidden_layers must be"),
+        ('{"model_type": "no-such-architecture"}', "no-such-architecture"),
+        ('{"model_type": ', "not a valid JSON"),
+    ],
+)
+def test_a_broken_model_config_is_an_input_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_ray: list[str | None],
+    config: str,
+    said: str,
+) -> None:
+    model = _model_dir(tmp_path, config)
+    line = _refused([*_search(tmp_path), "--model", str(model), "--storage",
+                     str(tmp_path / "r")], capsys)
+    assert f"model '{model}'" in line and said in line
+    assert no_ray == [] and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("model", ["missing", "tiny:1x16", "no-tokenizer"])
+def test_a_refused_model_leaves_no_synthetic_corpus_or_cache_behind(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_ray: list[str | None],
+    monkeypatch: pytest.MonkeyPatch,
+    model: str,
+) -> None:
+    monkeypatch.delenv("HIERSEARCH_DATA")  # synthetic corpora go under the storage
+    spec = {"missing": str(tmp_path / "absent"), "tiny:1x16": "tiny:1x16"}.get(model)
+    if spec is None:  # a model directory with a config but no tokenizer files
+        spec = str(_model_dir(tmp_path, '{"model_type": "bert", "num_hidden_layers": 4}'))
+    space = _space(tmp_path, data={"docs": 12, "max_leaves": 5})
+    storage = tmp_path / "runs"
+    _refused(["search", "--space", str(space), "--model", spec, "--storage", str(storage)],
+             capsys)
+    assert no_ray == [] and not storage.exists()
+
+
+def test_data_stats_reports_dropped_labels_and_documents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    with (corpus / "train.jsonl").open("a") as handle:
+        handle.write(json.dumps({"id": "t9", "text": "x", "labels": ["zz1", "zz2"]}) + "\n")
+        handle.write(json.dumps({"id": "t10", "text": "y", "labels": ["a", "zz1"]}) + "\n")
+    assert main(["data", "stats", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "3 occurrences of 2 labels not in the hierarchy" in out and "zz1 (2)" in out
+    assert "dropped 1 documents" in out and "e.g. t9" in out
+    assert main(["data", "stats", str(corpus), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["load_report"]
+    assert report["unknown_labels"] == {"zz1": 2, "zz2": 1}
+    assert report["dropped_examples"] == {"train": ["t9"]}
+
+
+def test_data_stats_says_when_nothing_was_dropped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["data", "stats", str(_corpus(tmp_path / "c"))]) == 0
+    assert "load report: all labels known; no document dropped" in capsys.readouterr().out
+
+
+def test_search_prints_the_load_report_of_its_corpus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    with (corpus / "dev.jsonl").open("a") as handle:
+        handle.write(json.dumps({"id": "d9", "text": "x", "labels": ["zz1"]}) + "\n")
+    with pytest.raises(AssertionError, match="Ray would start"):
+        main(["search", "--space", str(_space(tmp_path)), "--data", str(corpus),
+              "--storage", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "load report: dropped 1 occurrences of 1 labels" in out and "zz1 (1)" in out
+    assert "load report: dropped 1 documents left without a known label (dev 1); e.g. d9" in out
+
+
+def test_invalid_utf8_in_a_corpus_names_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    with (corpus / "dev.jsonl").open("ab") as handle:
+        handle.write(b'{"id": "d3", "text": "caf\xe9", "labels": ["a"]}\n')
+    line = _refused(["data", "stats", str(corpus)], capsys)
+    assert f"{corpus / 'dev.jsonl'}:3: invalid UTF-8 (byte 26 of the line)" in line
+
+
+def test_invalid_utf8_in_a_hierarchy_file_names_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = _corpus(tmp_path / "c")
+    text = json.dumps(HIERARCHY, indent=1).encode().replace(b"alpha one", b"alpha \xff")
+    (corpus / "hierarchy.json").write_bytes(text)
+    line = _refused(["data", "stats", str(corpus)], capsys)
+    line_no = text[: text.index(b"\xff")].count(b"\n") + 1
+    assert f"{corpus / 'hierarchy.json'}:{line_no}: invalid UTF-8" in line
+
+
+@pytest.mark.parametrize(
+    ("where", "said"),
+    [
+        ("dev_rp >", "--where: cannot parse 'dev_rp >'"),
+        ("nosuch > 1", "--where: no column 'nosuch'"),
+        ("dev/rp_macro > 0.5", "quote a column holding '/' in backticks"),
+    ],
+)
+def test_leaderboard_where_errors_are_worded_for_the_user(
+    capsys: pytest.CaptureFixture[str], where: str, said: str
+) -> None:
+    experiment = Path(__file__).parent / "fixtures" / "leaderboard" / "finished"
+    line = _refused(["leaderboard", str(experiment), "--where", where], capsys)
+    assert said in line and "Error:" not in line
+
+
+def test_leaderboard_warnings_are_one_line_without_source(tmp_path: Path) -> None:
+    import shutil
+
+    experiment = tmp_path / "finished"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "leaderboard" / "finished", experiment)
+    (experiment / "hiersearch.json").write_text('{"metric": "dev/rp_')
+    done = subprocess.run(
+        [sys.executable, "-m", "hiersearch.cli", "leaderboard", str(experiment), "--top", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hiersearch: warning: {experiment}")
+
+
+@pytest.mark.parametrize("model", ["tiny:0x16", "tiny:4x0"])
+def test_a_tiny_model_bert_would_refuse_in_a_trial_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None], model: str
+) -> None:
+    line = _refused([*_search(tmp_path), "--model", model, "--storage", str(tmp_path / "r")],
+                    capsys)
+    assert f"model '{model}': expected tiny:<layers>x<hidden>" in line and no_ray == []
+
+
+def _finished() -> str:
+    return str(Path(__file__).parent / "fixtures" / "leaderboard" / "finished")
+
+
+@pytest.mark.parametrize("command", ["leaderboard", "export", "predict"])
+def test_out_below_a_file_is_refused_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    (tmp_path / "afile").write_text("x")
+    out = str(tmp_path / "afile" / "result")
+    argv = {
+        "leaderboard": ["leaderboard", _finished(), "--format", "csv", "--out", out],
+        "export": ["export", _finished(), "--out", out],
+        "predict": ["predict", str(tmp_path / "model"), "--input", "-", "--out", out],
+    }[command]
+    line = _refused(argv, capsys)
+    assert "--out" in line and f"not a directory ({tmp_path / 'afile'})" in line
+
+
+def test_leaderboard_out_not_writable_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = _unwritable(tmp_path)
+    line = _refused(["leaderboard", _finished(), "--format", "csv", "--out",
+                     str(locked / "t.csv")], capsys)
+    assert line == f"hiersearch: error: --out: cannot write: Permission denied ({locked})"

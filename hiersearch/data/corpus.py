@@ -8,10 +8,11 @@ The loaders of external formats (EURLEX57K, MIMIC-III, JSONL, CSV) live in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,15 @@ from tqdm import tqdm
 
 from hiersearch.data.hierarchy import Hierarchy, read_json_file
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_directory, atomic_open, atomic_write_json
+from hiersearch.files import StagedFiles, check_writable_dir
 
 SPLITS = ("train", "dev", "test")
+# The files of the corpus directory layout, all that `write_corpus` ever writes or replaces.
+# corpus.json is its manifest and is written last: it names the others with their sha256.
+MANIFEST = "corpus.json"
+CORPUS_FILES = (*(f"{s}.jsonl" for s in SPLITS), "hierarchy.json", MANIFEST)
+# Dropped documents named as examples in a load report (per split).
+REPORT_EXAMPLES = 3
 RawDoc = tuple[str, str, Iterable[str]]  # (id, text, labels) before finalize
 
 
@@ -41,6 +48,16 @@ class LoadReport:
     # label id -> occurrences of labels that exist only outside a truncated hierarchy's range;
     # they were replaced by their kept ancestors (empty unless the hierarchy was truncated)
     out_of_range_labels: dict[str, int] = field(default_factory=dict)
+    # split -> the ids of the first few documents dropped there (for the user to look up)
+    dropped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unknown_labels": self.unknown_labels,
+            "unlabelled_docs": self.unlabelled_docs,
+            "out_of_range_labels": self.out_of_range_labels,
+            "dropped_examples": self.dropped_examples,
+        }
 
     def summary(self) -> str:
         def top(counts: dict[str, int]) -> str:
@@ -62,9 +79,11 @@ class LoadReport:
             )
         if any(self.unlabelled_docs.values()):
             per = ", ".join(f"{s} {n}" for s, n in self.unlabelled_docs.items() if n)
+            ids = [i for split in SPLITS for i in self.dropped_examples.get(split, [])]
+            examples = f"; e.g. {', '.join(ids[:5])}" if ids else ""
             lines.append(
                 f"dropped {sum(self.unlabelled_docs.values())} documents left without "
-                f"a known label ({per})"
+                f"a known label ({per}){examples}"
             )
         return "\n".join(lines) or "all labels known; no document dropped"
 
@@ -108,6 +127,12 @@ class Corpus:
             dict(Counter(old.unknown_labels) + Counter(new.unknown_labels)),
             {s: old.unlabelled_docs.get(s, 0) + new.unlabelled_docs.get(s, 0) for s in SPLITS},
             dict(Counter(old.out_of_range_labels) + Counter(new.out_of_range_labels)),
+            {
+                s: (old.dropped_examples.get(s, []) + new.dropped_examples.get(s, []))[
+                    :REPORT_EXAMPLES
+                ]
+                for s in SPLITS
+            },
         )
         return Corpus(again.splits, again.hierarchy, self.synthetic, report, self.generator)
 
@@ -153,6 +178,7 @@ def finalize(
     closures: dict[str, frozenset[str] | None] = {}
     splits: dict[str, tuple[Document, ...]] = {}
     unlabelled: dict[str, int] = {}
+    dropped: dict[str, list[str]] = {}
     seen: dict[str, str] = {}
     for split in SPLITS:
         docs = []
@@ -179,6 +205,8 @@ def finalize(
             seen[doc_id] = split
             if labels:
                 docs.append(Document(doc_id, text, tuple(sorted(labels))))
+            elif len(dropped.setdefault(split, [])) < REPORT_EXAMPLES:
+                dropped[split].append(str(doc_id))
         unlabelled[split] = len(raw_splits.get(split, ())) - len(docs)
         splits[split] = tuple(docs)
     if not seen:
@@ -193,7 +221,7 @@ def finalize(
     for split, docs in splits.items():
         if not docs:
             raise InputError(f"the {split} split has no labelled documents", where=where)
-    report = LoadReport(dict(unknown), unlabelled, dict(outside))
+    report = LoadReport(dict(unknown), unlabelled, dict(outside), dropped)
     return Corpus(splits, hierarchy, synthetic, report, generator)
 
 
@@ -206,14 +234,39 @@ def label_list(value: Any, field_name: str, where: str) -> list[str]:
 
 def read_jsonl(path: Path, text_field: str, labels_field: str, id_field: str) -> list[RawDoc]:
     docs: list[RawDoc] = []
+    for lineno, obj in _jsonl_objects(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(obj.get(text_field), str):
+            raise InputError(f"missing text field {text_field!r} (or not a string)", where=where)
+        if labels_field not in obj:
+            raise InputError(f"missing labels field {labels_field!r}", where=where)
+        doc_id = obj.get(id_field)
+        docs.append(
+            (
+                f"{path.stem}:{lineno}" if doc_id is None else str(doc_id),
+                obj[text_field],
+                label_list(obj[labels_field], labels_field, where),
+            )
+        )
+    return docs
+
+
+def _jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of every non-blank line; bad UTF-8 or JSON names the line."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(
+        with path.open("rb") as handle:  # bytes: a decoding error then names its line
+            for lineno, raw in enumerate(
                 tqdm(handle, desc=path.name, unit=" docs", disable=None), 1
             ):
+                where = f"{path}:{lineno}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise InputError(
+                        f"invalid UTF-8 (byte {err.start + 1} of the line)", where=where
+                    ) from None
                 if not line.strip():
                     continue
-                where = f"{path}:{lineno}"
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as err:
@@ -222,23 +275,9 @@ def read_jsonl(path: Path, text_field: str, labels_field: str, id_field: str) ->
                     ) from None
                 if not isinstance(obj, dict):
                     raise InputError("expected a JSON object", where=where)
-                if not isinstance(obj.get(text_field), str):
-                    raise InputError(
-                        f"missing text field {text_field!r} (or not a string)", where=where
-                    )
-                if labels_field not in obj:
-                    raise InputError(f"missing labels field {labels_field!r}", where=where)
-                doc_id = obj.get(id_field)
-                docs.append(
-                    (
-                        f"{path.stem}:{lineno}" if doc_id is None else str(doc_id),
-                        obj[text_field],
-                        label_list(obj[labels_field], labels_field, where),
-                    )
-                )
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read the file: {err}", where=str(path)) from None
-    return docs
+                yield lineno, obj
+    except OSError as err:
+        raise InputError.from_os_error(err, str(path), "cannot read the file") from None
 
 
 # -- the corpus directory layout ----------------------------------------------------------------
@@ -277,41 +316,75 @@ def load_corpus_dir(directory: str | Path) -> Corpus:
 
 
 def write_corpus(corpus: Corpus, directory: str | Path) -> None:
-    """Write the corpus directory layout atomically. An existing directory is replaced only if
-    it is a corpus directory (has corpus.json) or empty: a typo must not wipe unrelated files."""
+    """Write the corpus directory layout. Only the layout's own files are replaced, together
+    (`StagedFiles`: a failure leaves the previous corpus whole), and only in a new or empty
+    directory or one whose manifest hiersearch wrote: anything else in it (notes, the encoding
+    cache) stays, and a directory that is not hiersearch's is refused."""
     directory = Path(directory)
-    if directory.exists() and (
-        not directory.is_dir()
-        or (any(directory.iterdir()) and not (directory / "corpus.json").exists())
-    ):
-        raise InputError(
-            "exists and is not a corpus directory; refusing to replace it", where=str(directory)
-        )
-    with atomic_directory(directory) as tmp:
-        for split in SPLITS:
-            with atomic_open(tmp / f"{split}.jsonl") as handle:
-                for doc in corpus.splits[split]:
-                    handle.write(
-                        json.dumps(
-                            {"id": doc.id, "text": doc.text, "labels": list(doc.labels)},
-                            ensure_ascii=False,
-                        )
-                    )
-                    handle.write("\n")
-        atomic_write_json(tmp / "hierarchy.json", corpus.hierarchy.to_json())
-        atomic_write_json(
-            tmp / "corpus.json",
-            {
+    check_replaceable(directory)
+    try:
+        with StagedFiles(directory) as staged:
+            for split in SPLITS:
+                with staged.open(f"{split}.jsonl") as handle:
+                    for doc in corpus.splits[split]:
+                        record = {"id": doc.id, "text": doc.text, "labels": list(doc.labels)}
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            staged.write_text("hierarchy.json", _json_text(corpus.hierarchy.to_json()))
+            manifest = {
                 "synthetic": corpus.synthetic,
                 "generator": corpus.generator,
                 "stats": corpus.stats(),
-                "load_report": {
-                    "unknown_labels": corpus.report.unknown_labels,
-                    "unlabelled_docs": corpus.report.unlabelled_docs,
-                    "out_of_range_labels": corpus.report.out_of_range_labels,
-                },
-            },
+                "load_report": corpus.report.to_json(),
+                # what hiersearch wrote here: the files it may replace, and their content
+                "files": {name: staged.sha256(name) for name in CORPUS_FILES[:-1]},
+            }
+            staged.write_text(MANIFEST, _json_text(manifest))  # last: the set is complete
+    except OSError as err:
+        raise InputError.from_os_error(err, str(directory)) from None
+
+
+def check_replaceable(directory: Path) -> None:
+    """Whether `write_corpus` may write into `directory`: absent, empty, or a corpus that
+    hiersearch wrote (its corpus.json has a manifest); anything else is an InputError, as
+    is a path that cannot hold a directory. Nothing is written."""
+    try:
+        check_writable_dir(directory)
+    except OSError as err:
+        raise InputError.from_os_error(err, str(directory)) from None
+    if not directory.exists() or not any(directory.iterdir()):
+        return
+    meta: Any = None
+    with contextlib.suppress(OSError, ValueError):
+        meta = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    # "load_report": the manifest of a corpus written before manifests named their files
+    if not isinstance(meta, dict) or not ({"files", "load_report"} & meta.keys()):
+        raise InputError(
+            "exists and is not a corpus directory written by hiersearch; refusing to write "
+            "into it (choose a new or empty directory)",
+            where=str(directory),
         )
+
+
+def manifest_matches(directory: str | Path) -> bool:
+    """Whether a corpus directory's files are the ones its manifest names (a write that was
+    interrupted between its renames leaves a mix)."""
+    directory = Path(directory)
+    try:
+        files = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))["files"]
+        for name, expected in files.items():
+            digest = hashlib.sha256()
+            with (directory / name).open("rb") as handle:
+                for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != expected:
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
 
 
 def format_stats(stats: dict[str, Any]) -> str:

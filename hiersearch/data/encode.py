@@ -96,6 +96,17 @@ def cache_key(corpus: Corpus, tokenizer_path: str, max_length: int) -> str:
     return digest.hexdigest()[:24]
 
 
+def encoded_path(
+    corpus: Corpus, tokenizer_path: str, max_length: int, cache_dir: str | os.PathLike[str]
+) -> Path:
+    """Where `encode` keeps (and finds again) this encoding."""
+    return Path(cache_dir) / f"encoded-{cache_key(corpus, tokenizer_path, max_length)}"
+
+
+def is_encoded(path: Path) -> bool:
+    return (path / "meta.json").is_file()  # written last: the directory is complete
+
+
 def encode(
     corpus: Corpus,
     tokenizer_path: str,
@@ -105,8 +116,8 @@ def encode(
     """Return the encoded corpus from the cache, tokenizing (once) on a miss."""
     start = time.perf_counter()
     key = cache_key(corpus, tokenizer_path, max_length)
-    path = Path(cache_dir) / f"encoded-{key}"
-    if (path / "meta.json").is_file():
+    path = encoded_path(corpus, tokenizer_path, max_length, cache_dir)
+    if is_encoded(path):
         return load_encoded(path, cache_hit=True, start=start)
     from transformers import AutoTokenizer
 

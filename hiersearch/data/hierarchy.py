@@ -58,6 +58,22 @@ def _topological_order(parents: Mapping[str, Sequence[str]], name: str) -> list[
     return order
 
 
+def _check_levels(nodes: Mapping[str, Node], where: str) -> None:
+    """A label sits one level below its nearest parent (the rule every builder derives levels
+    by): a level that contradicts the parents' is an error, not a silent second opinion."""
+    for node in nodes.values():
+        if not node.parents:
+            continue
+        nearest = min(node.parents, key=lambda p: nodes[p].level)
+        if node.level != nodes[nearest].level + 1:
+            raise InputError(
+                f"label {node.id!r} is at level {node.level}, but its nearest parent "
+                f"{nearest!r} is at level {nodes[nearest].level} (a label sits one level "
+                "below its nearest parent)",
+                where=where,
+            )
+
+
 class Hierarchy:
     """An immutable label hierarchy (a DAG of levels 1..depth).
 
@@ -93,6 +109,7 @@ class Hierarchy:
                         f"label {node.id!r} names unknown parent {parent!r}", where=where
                     )
         self._order = _topological_order({k: n.parents for k, n in self._nodes.items()}, name)
+        _check_levels(self._nodes, where)
         levels: dict[int, list[str]] = {}
         for node in self._nodes.values():
             levels.setdefault(node.level, []).append(node.id)
@@ -287,15 +304,28 @@ def read_json_file(path: str | Path) -> Any:
     """Parse a JSON file; a missing/unreadable file or bad JSON is an InputError naming the file
     (and the line for bad JSON)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"cannot read the file: {err}", where=str(path)) from None
+    text = read_text_file(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise InputError(
             f"invalid JSON: {err.msg} (column {err.colno})", where=f"{path}:{err.lineno}"
+        ) from None
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file; unreadable or not UTF-8 is an InputError naming the file and line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InputError.from_os_error(err, str(path), "cannot read the file") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise InputError(
+            f"invalid UTF-8 (byte {column} of the line)", where=f"{path}:{line}"
         ) from None
 
 
@@ -338,26 +368,47 @@ def _read_parent_links(path: Path) -> dict[str, tuple[str | None, tuple[str, ...
                 )
             links[str(key)] = (entry["label"], [str(p) for p in ps])
     else:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"cannot read the file: {err}", where=str(path)) from None
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = [f.strip() for f in line.split("\t")]
-            if not fields[0]:
-                raise InputError("empty child id", where=f"{path}:{lineno}")
-            child, parent = fields[0], (fields[1] if len(fields) > 1 else "")
-            desc, ps = links.get(child, (None, []))
-            if len(fields) > 2 and fields[2]:
-                desc = fields[2]
-            if parent and parent not in ps:
-                ps.append(parent)
-            links[child] = (desc, ps)
-            if parent and parent not in links:
-                links[parent] = (None, [])
+        links = _read_tsv_links(path)
     return {k: (d, tuple(ps)) for k, (d, ps) in links.items()}
+
+
+def _read_tsv_links(path: Path) -> dict[str, tuple[str | None, list[str]]]:
+    """child<TAB>parent[<TAB>description] lines; every parent must be declared by a line of
+    its own (a line without a parent declares a root), so that a typo in a parent id is an
+    error naming its line rather than a new root."""
+    links: dict[str, tuple[str | None, list[str]]] = {}
+    named_at: dict[str, int] = {}  # parent id -> the first line naming it
+    for lineno, line in enumerate(read_text_file(path).splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = [f.strip() for f in line.split("\t")]
+        where = f"{path}:{lineno}"
+        if not fields[0]:
+            raise InputError("empty child id", where=where)
+        if len(fields) == 1 and len(fields[0].split()) > 1:
+            raise InputError(
+                f"no tab in {line.strip()!r}: fields are tab-separated (child<TAB>parent"
+                "[<TAB>description]); an id holds no space",
+                where=where,
+            )
+        if len(fields[0].split()) > 1 or (len(fields) > 1 and len(fields[1].split()) > 1):
+            raise InputError("an id holds a space: are the fields tab-separated?", where=where)
+        child, parent = fields[0], (fields[1] if len(fields) > 1 else "")
+        desc, ps = links.get(child, (None, []))
+        if len(fields) > 2 and fields[2]:
+            desc = fields[2]
+        if parent and parent not in ps:
+            ps.append(parent)
+            named_at.setdefault(parent, lineno)
+        links[child] = (desc, ps)
+    for parent, lineno in named_at.items():
+        if parent not in links:
+            raise InputError(
+                f"parent {parent!r} is never declared (a root is declared by a line with its "
+                "id and no parent)",
+                where=f"{path}:{lineno}",
+            )
+    return links
 
 
 def load_parent_file(path: str | Path) -> Hierarchy:

@@ -7,11 +7,27 @@ of this one, and the search-space file above both).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hiersearch.data.corpus import Corpus, load_corpus_dir, write_corpus
+from hiersearch.data.corpus import (
+    Corpus,
+    load_corpus_dir,
+    load_corpus_header,
+    manifest_matches,
+    write_corpus,
+)
 from hiersearch.data.encode import encode
+from hiersearch.data.hierarchy import Hierarchy
+from hiersearch.errors import InputError
+
+if TYPE_CHECKING:  # synth (numpy) loads when a corpus is synthesized
+    from hiersearch.data.synth import SynthConfig
+
+# The hierarchies a synthetic corpus names without a file (vocabularies.load_hierarchy).
+NAMED_HIERARCHIES = ("eurovoc", "icd9")
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,21 @@ class DataSpec:
     # Restrict the synthetic label universe to the most frequent leaves (None = all leaves).
     max_leaves: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.corpus:  # the synthetic settings are not used
+            return
+        self.synth_config().validate()  # errors name the field: a space file adds its place
+        if self.hierarchy not in NAMED_HIERARCHIES and not Path(self.hierarchy).is_file():
+            raise InputError(
+                f"{self.hierarchy!r} is neither 'eurovoc', 'icd9' nor an existing file",
+                where="hierarchy",
+            )
+
+    def synth_config(self) -> SynthConfig:
+        from hiersearch.data.synth import SynthConfig
+
+        return SynthConfig(docs=self.docs, seed=self.seed, max_leaves=self.max_leaves)
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -41,39 +72,88 @@ class PreparedData:
     synthetic: bool
 
 
-def synthetic_dir(spec: DataSpec, data_root: str) -> str:
-    """Where the synthetic corpus of `spec` is written (and found again by later
-    experiments)."""
+def synthetic_dir(spec: DataSpec, data_root: str, key: str) -> str:
+    """Where the synthetic corpus of `spec` is written and found again by later experiments:
+    named for people, keyed by content (`key`, see `synth.corpus_key`), so that a corrected
+    hierarchy file or another setting never finds the old corpus."""
+    source = spec.hierarchy if spec.hierarchy in NAMED_HIERARCHIES else Path(spec.hierarchy).stem
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
     leaves = f"-top{spec.max_leaves}" if spec.max_leaves else ""
-    name = f"synthetic-{spec.hierarchy}-{spec.docs}docs-seed{spec.seed}{leaves}"
+    name = f"synthetic-{label}-{spec.docs}docs-seed{spec.seed}{leaves}-{key}"
     return str(Path(data_root) / name)
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    """An experiment's corpus, settled in memory before anything is written: the checks read
+    its levels, and only then is a new synthetic corpus written (`write_planned`)."""
+
+    corpus: Corpus  # cut to the experiment's levels
+    corpus_dir: str
+    to_write: Corpus | None = None  # a synthetic corpus not yet on disk (whole, not cut)
+
+    @property
+    def label_counts(self) -> list[int]:
+        return self.corpus.hierarchy.label_counts()
+
+
+def plan_corpus(
+    spec: DataSpec, data_root: str, levels: tuple[int, int] | None = None
+) -> CorpusPlan:
+    """The corpus `spec` names, or its synthetic corpus under `data_root` (found there when
+    its content key and files match, else synthesized in memory), cut to `levels`."""
+    to_write = None
+    if spec.corpus:
+        corpus, corpus_dir = load_corpus_dir(spec.corpus), spec.corpus
+    else:
+        from hiersearch.data.synth import corpus_key
+        from hiersearch.data.vocabularies import load_hierarchy
+
+        hierarchy, config = load_hierarchy(spec.hierarchy), spec.synth_config()
+        key = corpus_key(hierarchy, config)
+        corpus_dir = synthetic_dir(spec, data_root, key)
+        if _written_with(corpus_dir, key):
+            corpus = load_corpus_dir(corpus_dir)
+        else:
+            corpus = to_write = _synthesize(hierarchy, config)
+    if levels is not None:
+        corpus = corpus.truncate(*levels)
+    return CorpusPlan(corpus, corpus_dir, to_write)
+
+
+def write_planned(plan: CorpusPlan) -> None:
+    """Write the plan's new synthetic corpus, if it has one."""
+    if plan.to_write is not None:
+        write_corpus(plan.to_write, plan.corpus_dir)
 
 
 def find_corpus(
     spec: DataSpec, data_root: str, levels: tuple[int, int] | None = None
 ) -> tuple[Corpus, str]:
-    """The corpus `spec` names, or its synthetic corpus under `data_root` (synthesized and
-    written the first time), cut to `levels`; with the directory it was read from."""
-    if spec.corpus:
-        corpus, corpus_dir = load_corpus_dir(spec.corpus), spec.corpus
-    else:
-        corpus_dir = synthetic_dir(spec, data_root)
-        if (Path(corpus_dir) / "hierarchy.json").is_file():
-            corpus = load_corpus_dir(corpus_dir)
-        else:
-            corpus = _synthesize(spec)
-            write_corpus(corpus, corpus_dir)
-    if levels is not None:
-        corpus = corpus.truncate(*levels)
-    return corpus, corpus_dir
+    """`plan_corpus`, written: the corpus and the directory it is read from."""
+    plan = plan_corpus(spec, data_root, levels)
+    write_planned(plan)
+    return plan.corpus, plan.corpus_dir
 
 
-def _synthesize(spec: DataSpec) -> Corpus:
-    from hiersearch.data.synth import SynthConfig, synthesize
-    from hiersearch.data.vocabularies import load_hierarchy
+def _written_with(corpus_dir: str, key: str) -> bool:
+    """Whether `corpus_dir` holds, whole, the synthetic corpus of `key`."""
+    try:
+        _, meta = load_corpus_header(corpus_dir)
+    except InputError:
+        return False
+    generator = meta.get("generator")
+    return (
+        isinstance(generator, dict)
+        and generator.get("key") == key
+        and manifest_matches(corpus_dir)
+    )
 
-    config = SynthConfig(docs=spec.docs, seed=spec.seed, max_leaves=spec.max_leaves)
-    return synthesize(load_hierarchy(spec.hierarchy), config)
+
+def _synthesize(hierarchy: Hierarchy, config: SynthConfig) -> Corpus:
+    from hiersearch.data.synth import synthesize
+
+    return synthesize(hierarchy, config)
 
 
 def encode_corpus(
@@ -96,6 +176,8 @@ def encode_corpus(
         f"in {encoded.seconds:.1f}s: {encoded.path}",
         flush=True,
     )
+    for line in corpus.report.summary().splitlines():  # what the load dropped, every time
+        print(f"[hiersearch] load report: {line}", flush=True)
     return PreparedData(
         corpus_dir=str(Path(corpus_dir).resolve()),
         encoded_path=str(Path(encoded.path).resolve()),

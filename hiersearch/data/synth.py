@@ -15,6 +15,8 @@ Label ids never appear in the text.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
@@ -187,6 +189,7 @@ class SynthConfig:
                 raise InputError(f"{what}, got {getattr(self, name)!r}", where=name)
 
         check(self.docs >= 3, "docs", "must be at least 3 (one document per split)")
+        check(self.seed >= 0, "seed", "must be >= 0")
         check(
             len(self.split_fractions) == 3 and all(f > 0 for f in self.split_fractions),
             "split_fractions",
@@ -380,14 +383,27 @@ def _assign_splits(
     }
 
 
+def _settings(config: SynthConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def corpus_key(hierarchy: Hierarchy, config: SynthConfig) -> str:
+    """What a synthetic corpus is a function of, hashed: the hierarchy's content (not the name
+    or path of its file) and every setting. A corpus found on disk is reused only under it."""
+    canonical = json.dumps(
+        {"hierarchy": hierarchy.fingerprint(), "config": _settings(config)}, sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
 def _generator_record(hierarchy: Hierarchy, config: SynthConfig, leaves: int) -> dict[str, Any]:
     """What the corpus records about how it was made (corpus.json)."""
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
     return {
         "name": "hiersearch.synth",  # a stable generator id, not the module path
-        "config": settings,
+        "config": _settings(config),
         "hierarchy": hierarchy.name,
         "hierarchy_fingerprint": hierarchy.fingerprint(),
+        "key": corpus_key(hierarchy, config),
         "leaves": leaves,
     }
 

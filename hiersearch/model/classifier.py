@@ -20,6 +20,7 @@ one in use are dropped (they could not influence any head).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -180,10 +181,19 @@ class LayerwiseClassifier(nn.Module):
             _layer_modules(encoder)[layer - 1].register_forward_hook(self._capture_hook(layer))
 
     def _capture_hook(self, layer: int) -> Any:
+        # A weak reference: the hook sits on a layer the classifier owns, and a strong one
+        # would make classifier -> encoder -> layer -> hook -> classifier a reference cycle,
+        # which only the cyclic collector frees. A process that runs trial after trial
+        # (Tune's reuse_actors) would then hold a model per trial until a full collection.
+        owner = weakref.ref(self)
+
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            classifier = owner()
+            if classifier is None:  # the layer outlived its classifier
+                return
             hidden = output[0] if isinstance(output, tuple) else output
             # [CLS] only unless pooling needs every token: keeps the paper's head as it was
-            self._captured[layer] = hidden[:, 0] if self.pooling == "cls" else hidden
+            classifier._captured[layer] = hidden[:, 0] if classifier.pooling == "cls" else hidden
 
         return hook
 

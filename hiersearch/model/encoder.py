@@ -58,9 +58,22 @@ def _from_pretrained(spec: str, what: str, load: Callable[..., Any], **kwargs: A
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
         return load(source, local_files_only=offline, **kwargs)
-    except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot load the {what}: {first}", where=f"model {spec!r}") from exc
+    except (OSError, ValueError, TypeError, KeyError, *_config_errors()) as exc:
+        # a missing or unreadable model (OSError), a config.json that is not JSON, holds no
+        # or an unknown model_type (ValueError) or a value of the wrong type (TypeError, or
+        # huggingface_hub's validation error)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = " ".join(lines[:2]) or type(exc).__name__
+        raise InputError(f"cannot load the {what}: {first}", where=f"model {spec!r}") from None
+
+
+def _config_errors() -> tuple[type[Exception], ...]:
+    """huggingface_hub's error for a config value of the wrong type (not a ValueError)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # an older huggingface_hub: it raises TypeError or ValueError
+        return ()
+    return (StrictDataclassError,)
 
 
 def load_encoder(spec: str, seed: int = 0) -> Any:
@@ -69,8 +82,7 @@ def load_encoder(spec: str, seed: int = 0) -> Any:
 
     match = _TINY.match(spec)
     if match:
-        layers, hidden = int(match[1]), int(match[2])
-        heads = max(1, hidden // 16)
+        layers, hidden, heads = _tiny_shape(spec, match)
         config = BertConfig(
             vocab_size=30522,
             hidden_size=hidden,
@@ -92,6 +104,19 @@ def load_encoder(spec: str, seed: int = 0) -> Any:
     return encoder
 
 
+def _tiny_shape(spec: str, match: re.Match[str]) -> tuple[int, int, int]:
+    """(layers, hidden, heads) of a "tiny:<layers>x<hidden>" spec; no layer or no width is an
+    InputError naming the spec. (A width that is not a multiple of its hidden // 16 heads is
+    left to fail in the trial: the fault tests use it as a model that crashes there.)"""
+    layers, hidden = int(match[1]), int(match[2])
+    if layers < 1 or hidden < 1:
+        raise InputError(
+            "expected tiny:<layers>x<hidden> with layers >= 1 and hidden >= 1",
+            where=f"model {spec!r}",
+        )
+    return layers, hidden, max(1, hidden // 16)
+
+
 def num_encoder_layers(encoder: Any) -> int:
     return int(encoder.config.num_hidden_layers)
 
@@ -102,6 +127,12 @@ def encoder_depth(spec: str) -> int:
 
     match = _TINY.match(spec)
     if match:
-        return int(match[1])
+        return _tiny_shape(spec, match)[0]
     config = _from_pretrained(spec, "model config", AutoConfig.from_pretrained)
-    return int(config.num_hidden_layers)
+    depth = getattr(config, "num_hidden_layers", None)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise InputError(
+            f"config.json: num_hidden_layers must be a positive integer, got {depth!r}",
+            where=f"model {spec!r}",
+        )
+    return depth

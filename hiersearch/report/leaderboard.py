@@ -20,7 +20,7 @@ import pandas as pd
 
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_write_text
+from hiersearch.files import atomic_write_text, check_writable_dir
 from hiersearch.report.results import (
     HEAD_OPTION_COLUMNS,
     STATUS_TERMINATED,
@@ -48,11 +48,24 @@ def filter_rows(df: pd.DataFrame, where: str) -> pd.DataFrame:
     try:
         out = df.query(where, engine="python")
     except Exception as exc:  # pandas raises many types (SyntaxError, KeyError, ...)
-        raise InputError(f"{type(exc).__name__}: {exc}", where="--where") from None
+        raise _where_error(exc, where) from None
     if not isinstance(out, pd.DataFrame):
         raise InputError("the expression must select rows (a condition)", where="--where")
     out.attrs.update(df.attrs)
     return out
+
+
+def _where_error(exc: Exception, expression: str) -> InputError:
+    """pandas' error for a `--where` expression, in the user's terms."""
+    hint = "quote a column holding '/' in backticks: `dev/rp_macro` > 0.5"
+    if isinstance(exc, SyntaxError):
+        reason = f"cannot parse {expression!r} ({exc.msg}); {hint}"
+    elif type(exc).__name__ == "UndefinedVariableError":  # pandas' unknown column
+        name = str(exc).split("'")[1] if str(exc).count("'") >= 2 else str(exc)
+        reason = f"no column {name!r} in {expression!r}; {hint}"
+    else:
+        reason = f"cannot evaluate {expression!r}: {str(exc).strip().splitlines()[0]}"
+    return InputError(reason, where="--where")
 
 
 def group_rows(df: pd.DataFrame, by: str) -> pd.DataFrame:
@@ -350,4 +363,9 @@ def export(df: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None = Non
             raise InputError(
                 "cannot tell the format from the suffix; give --format", where=os.fspath(path)
             )
-    atomic_write_text(path, render(df, fmt))
+    text = render(df, fmt)
+    try:
+        check_writable_dir(os.path.dirname(os.path.abspath(os.fspath(path))))
+        atomic_write_text(path, text)
+    except OSError as exc:  # a file in the way, a directory that cannot be written
+        raise InputError.from_os_error(exc, "--out") from None

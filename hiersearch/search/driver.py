@@ -27,9 +27,11 @@ from hiersearch.report.experiment import read_text, write_meta, write_text
 from hiersearch.report.study import StudyStorage, open_storage
 from hiersearch.search.cluster import connect
 from hiersearch.search.preflight import (
+    check_destination,
     check_space,
     check_trials,
     data_root,
+    plan_data,
     prepare_data,
     resume_settings,
     with_seeds,
@@ -284,6 +286,7 @@ def run_search(
     resumed experiment keeps the tracking it was started with."""
     if seeds is not None:
         space = with_seeds(space, seeds)
+    check_destination(storage, name or space.name, "--name" if name else f"{space.path}: name")
     name = name or space.name
     path = experiment_path(storage, name)
     callbacks = [] if resume else _tracking(mlflow, name, path)
@@ -293,20 +296,23 @@ def run_search(
     else:
         check_space(space)
         base = space.base_config(model=model)
-    data = prepare_data(space, base, data_dir, data_root(storage))
+    plan = plan_data(space, base, data_dir, data_root(storage))
     if resume:
+        data = prepare_data(space, base, data_dir, data_root(storage), plan)
         connect(address)
         _restore(path, _trainable(space, base, data)).fit()
         return path
-    # Everything a trial resolves from the space is resolved once here, before Ray starts:
-    # bad input fails the command (exit 2), not each trial after minutes.
-    points = fixed_points(space, data.num_layers, data.label_counts)
-    define = define_by_run(space, data.num_layers, data.label_counts)
-    check_trials(space, base, data, points)
+    # Everything a trial resolves from the space is resolved once here, before anything is
+    # written and Ray starts: bad input fails the command (exit 2), not each trial after minutes.
+    points = fixed_points(space, plan.num_layers, plan.label_counts)
+    define = define_by_run(space, plan.num_layers, plan.label_counts)
+    check_trials(space, base, plan, points)
+    # the study storage before the corpus: a bad --study-storage leaves nothing written
     study = open_storage(path, name, study_storage, space.tune.modes)
     if study.url is None:
         print(f"note: the Optuna study of {path} is kept in memory (no SQLite file in a "
               "bucket): pass --study-storage URL to keep it", file=sys.stderr)
+    data = prepare_data(space, base, data_dir, data_root(storage), plan)
     connect(address)
     trainable = _trainable(space, base, data)
     num_samples = trial_count(space, len(points), trials, fixed_only)

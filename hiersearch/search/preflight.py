@@ -7,12 +7,20 @@ experiment keeps, and the corpus every trial shares.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hiersearch.data.prepare import PreparedData, encode_corpus, find_corpus
+from hiersearch.data.encode import encoded_path, is_encoded, tokenizer_fingerprint
+from hiersearch.data.prepare import (
+    CorpusPlan,
+    PreparedData,
+    encode_corpus,
+    plan_corpus,
+    write_planned,
+)
 from hiersearch.errors import InputError
+from hiersearch.files import check_writable_dir
 from hiersearch.model.encoder import encoder_depth, tokenizer_path
 from hiersearch.report.experiment import meta_location, read_meta
 from hiersearch.search.space import SpaceFile, assignment_of, parse_space, trial_config
@@ -23,27 +31,92 @@ from hiersearch.trial.config import TrialConfig
 PER_EXPERIMENT_FIELDS = ("corpus", "levels", "max_length", "cache_dir")
 
 
-def prepare_data(
-    space: SpaceFile, base: TrialConfig, data_dir: str | None, data_root: str
-) -> PreparedData:
-    """Find or synthesize the experiment's corpus (`--data`, else the space's, else the base
-    config's; a synthetic one under `data_root`), then encode it once for every trial."""
-    corpus, corpus_dir = find_corpus(
-        replace(space.data, corpus=data_dir or space.data.corpus or base.corpus or None),
-        data_root,
-        base.levels,
-    )
+@dataclass(frozen=True)
+class DataPlan:
+    """An experiment's data, settled and checked but not yet written: the corpus (in memory
+    when it is a new synthetic one), the model's depth and its tokenizer."""
+
+    corpus: CorpusPlan
+    num_layers: int
+    tokenizer: str
+
+    @property
+    def label_counts(self) -> list[int]:
+        return self.corpus.label_counts
+
+
+def plan_data(space: SpaceFile, base: TrialConfig, data_dir: str | None, root: str) -> DataPlan:
+    """Find or synthesize (in memory) the experiment's corpus (`--data`, else the space's,
+    else the base config's; a synthetic one under `root`), and check the model and every
+    place the data will be written. Nothing is written."""
+    spec = replace(space.data, corpus=data_dir or space.data.corpus or base.corpus or None)
+    corpus = plan_corpus(spec, root, base.levels)
     # The model's config before its tokenizer: a missing model is then an InputError naming
     # it (the tokenizer loader would raise a bare OSError for a hub name when offline).
     num_layers = encoder_depth(base.model)
+    tokenizer = tokenizer_path(base.model)
+    tokenizer_fingerprint(tokenizer)  # a model directory without tokenizer files
+    where = _corpus_where(space, base, data_dir)
+    if corpus.to_write is not None:
+        _check_writable(corpus.corpus_dir, where)
+    cache = base.cache_dir or str(Path(corpus.corpus_dir) / ".hiersearch-cache")
+    if not is_encoded(encoded_path(corpus.corpus, tokenizer, base.max_length, cache)):
+        _check_writable(cache, f"{space.path}: trial: cache_dir" if base.cache_dir else where)
+    return DataPlan(corpus, num_layers, tokenizer)
+
+
+def _corpus_where(space: SpaceFile, base: TrialConfig, data_dir: str | None) -> str:
+    """Where the user named the experiment's corpus, or the place of a synthetic one."""
+    if data_dir:
+        return "--data"
+    if space.data.corpus:
+        return f"{space.path}: data: corpus"
+    if base.corpus:
+        return f"{space.path}: trial: corpus"
+    return "HIERSEARCH_DATA" if os.environ.get("HIERSEARCH_DATA") else "--storage"
+
+
+def prepare_data(
+    space: SpaceFile,
+    base: TrialConfig,
+    data_dir: str | None,
+    root: str,
+    plan: DataPlan | None = None,
+) -> PreparedData:
+    """The experiment's data written: a new synthetic corpus, then its encoding, once for
+    every trial (`plan`: what `plan_data` settled, else settled here)."""
+    plan = plan or plan_data(space, base, data_dir, root)
+    write_planned(plan.corpus)
     return encode_corpus(
-        corpus,
-        corpus_dir,
-        tokenizer=tokenizer_path(base.model),
-        num_layers=num_layers,
+        plan.corpus.corpus,
+        plan.corpus.corpus_dir,
+        tokenizer=plan.tokenizer,
+        num_layers=plan.num_layers,
         max_length=base.max_length,
         cache_dir=base.cache_dir,
     )
+
+
+def _check_writable(path: str, where: str) -> None:
+    try:
+        check_writable_dir(path)
+    except OSError as exc:
+        raise InputError.from_os_error(exc, where) from None
+
+
+def check_destination(storage: str, name: str, name_where: str) -> None:
+    """The experiment lands in `storage`/`name`: a name is one directory name (no "/", no
+    "..": the experiment would land outside the storage), and a local storage must be a
+    directory (or creatable as one) that can be written. Nothing is written."""
+    bad = not name or name in (".", "..") or "\0" in name
+    if bad or any(sep in name for sep in ("/", "\\", os.sep)):
+        raise InputError(
+            f"{name!r} is not a directory name: the experiment lands in <storage>/<name> "
+            "(no '/', no '..')",
+            where=name_where,
+        )
+    if "://" not in storage:  # a bucket is checked by its first write
+        _check_writable(str(Path(storage).expanduser() / name), "--storage")
 
 
 def data_root(storage: str) -> str:
@@ -83,7 +156,10 @@ def check_space(space: SpaceFile) -> None:
 
 
 def check_trials(
-    space: SpaceFile, base: TrialConfig, data: PreparedData, points: list[dict[str, Any]]
+    space: SpaceFile,
+    base: TrialConfig,
+    data: PreparedData | DataPlan,
+    points: list[dict[str, Any]],
 ) -> None:
     """Resolve every fixed trial as its driver will, and every searched backbone, against the
     model depth and the corpus levels: an InputError here costs no Ray start."""

@@ -153,6 +153,9 @@ class TuneSpec:
             (self.max_failures >= 0, "max_failures", ">= 0"),
             (self.worker_failures >= 0, "worker_failures", ">= 0"),
             (self.population_size >= 2, "population_size", ">= 2"),
+            (self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent", ">= 1"),
+            # numpy's and so Optuna's seeds are 32-bit unsigned
+            (0 <= self.sampler_seed < 2**32, "sampler_seed", "in 0 .. 2**32 - 1"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -314,6 +317,7 @@ def _check_distribution(dist: Any, where: str) -> None:
         choices = dist.get("choices")
         if not isinstance(choices, list) or not choices:
             raise InputError("categorical needs a non-empty list of choices", where=where)
+        optuna_distribution(dist, where)
         return
     try:
         low, high = float(dist["low"]), float(dist["high"])
@@ -321,6 +325,44 @@ def _check_distribution(dist: Any, where: str) -> None:
         raise InputError("needs numeric low and high", where=where) from exc
     if not low < high or (kind == "loguniform" and low <= 0):
         raise InputError(f"bad range [{low}, {high}]", where=where)
+    optuna_distribution(dist, where)
+
+
+def optuna_distribution(dist: dict[str, Any], where: str) -> Any:
+    """The Optuna distribution `_suggest` asks for, built once while the file is checked:
+    what Optuna refuses (step 0, a step with a log scale, a range the step does not divide,
+    a choice it cannot store) is an error naming the key here, not in a trial after Ray
+    has started. Optuna's warnings (it would silently shrink a range) count as errors."""
+    import warnings
+
+    from optuna import distributions as od
+
+    kind = dist["type"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if kind == "categorical":
+                return od.CategoricalDistribution(list(dist["choices"]))
+            if kind == "int":
+                low, high, step = (_whole(dist, k, where) for k in ("low", "high", "step"))
+                return od.IntDistribution(low, high, step=step)
+            step = dist.get("step")
+            if step is not None and not isinstance(step, (int, float)) or isinstance(step, bool):
+                raise InputError(f"step: expected a number, got {step!r}", where=where)
+            return od.FloatDistribution(
+                float(dist["low"]), float(dist["high"]), log=kind == "loguniform", step=step
+            )
+    except (ValueError, Warning) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"Optuna refuses this distribution: {first}", where=where) from None
+
+
+def _whole(dist: dict[str, Any], key: str, where: str) -> int:
+    """An int distribution's low, high or step (default 1) as an int; 2.5 is an error."""
+    value = dist.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise InputError(f"{key}: expected an integer, got {value!r}", where=where)
+    return int(value)
 
 
 def _distribution_values(dist: dict[str, Any]) -> list[Any]:

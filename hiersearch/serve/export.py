@@ -33,7 +33,12 @@ from hiersearch import metrics as M
 from hiersearch.data.corpus import load_corpus_header
 from hiersearch.data.hierarchy import Hierarchy, read_json_file
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_directory, atomic_write_json, atomic_write_text
+from hiersearch.files import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable_dir,
+)
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import tokenizer_path
 from hiersearch.report.experiment import open_location, read_meta
@@ -60,6 +65,10 @@ def export_trial(
     target = Path(out).expanduser()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise InputError("exists and is not an empty directory", where=f"--out {out}")
+    try:  # before the checkpoint is read: a place that cannot be written fails at once
+        check_writable_dir(target)
+    except OSError as exc:
+        raise InputError.from_os_error(exc, f"--out {out}") from None
     row = choose_trial(experiment, trial, best)
     with _local_checkpoint(str(row["checkpoint"])) as checkpoint:
         config = _read_config(checkpoint)

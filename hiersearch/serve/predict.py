@@ -319,6 +319,13 @@ def run_predict(
     selection = check_options(top_k, threshold, batch_size, device)
     if out is not None and Path(out).is_dir():
         raise InputError("is a directory; expected a file to write", where="--out")
+    if out is not None:  # before the model loads: a place that cannot be written fails at once
+        from hiersearch.files import check_writable_dir
+
+        try:
+            check_writable_dir(Path(out).expanduser().parent)
+        except OSError as exc:
+            raise InputError.from_os_error(exc, "--out") from None
     docs = open_documents(input)
     from tqdm import tqdm
 

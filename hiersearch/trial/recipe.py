@@ -37,7 +37,7 @@ from transformers import get_linear_schedule_with_warmup
 from hiersearch import metrics as M
 from hiersearch.data.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_write_json, atomic_write_text
+from hiersearch.files import atomic_write_json, atomic_write_text, dir_mode
 from hiersearch.model.assignment import LayerAssignment, named_variant, named_variants
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder, num_encoder_layers
@@ -538,6 +538,7 @@ class TrialRecipe:
     def _checkpoint(self, files: Callable[[], dict[str, Any]]) -> Iterator[Path | None]:
         """A checkpoint directory written by rank 0 (None on the other ranks), for a report."""
         with tempfile.TemporaryDirectory(prefix="hiersearch-ckpt-") as tmp:
+            os.chmod(tmp, dir_mode())  # a checkpoint copied as a whole keeps its mode
             if self.session.rank != 0:
                 yield None
                 return

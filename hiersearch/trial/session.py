@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from hiersearch.files import atomic_write_json
+from hiersearch.files import atomic_write_json, dir_mode
 
 # Trial artifact listing every start of the worker group: rank, pid, node of each worker.
 WORKERS_FILE = "workers.json"
@@ -84,6 +84,7 @@ class Artifacts:
         self.target = target
         self.filesystem = filesystem
         self.local = Path(tempfile.mkdtemp(prefix="hiersearch-artifacts-"))
+        self.local.chmod(dir_mode())  # copied with the artifacts: not mkdtemp's 0700
         self._writer: Any = None
 
     @property

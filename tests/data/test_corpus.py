@@ -13,6 +13,7 @@ from hiersearch.data.corpus import (
     finalize,
     format_stats,
     load_corpus_dir,
+    manifest_matches,
     write_corpus,
 )
 from hiersearch.data.hierarchy import Hierarchy, Node
@@ -266,7 +267,7 @@ def test_load_jsonl_unreadable_file(tmp_path: Path) -> None:
         load_jsonl(tmp_path / "absent.jsonl", small())
     binary = tmp_path / "binary.jsonl"
     binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(InputError, match=r"binary\.jsonl: cannot read"):
+    with pytest.raises(InputError, match=r"binary\.jsonl:1: invalid UTF-8 \(byte 1 of"):
         load_jsonl(binary, small())
 
 
@@ -483,3 +484,67 @@ def test_load_corpus_dir_without_meta_is_real_and_needs_hierarchy(tmp_path: Path
     (tmp_path / "c" / "hierarchy.json").unlink()
     with pytest.raises(InputError, match=r"hierarchy\.json: cannot read"):
         load_corpus_dir(tmp_path / "c")
+
+
+def test_write_corpus_replaces_only_the_files_it_wrote(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    write_corpus(finalize(three_splits(), small(), synthetic=True), out)
+    (out / "README.md").write_text("how I made it")
+    (out / ".hiersearch-cache").mkdir()
+    (out / ".hiersearch-cache" / "keep").write_text("cache")
+    smaller = finalize({**three_splits(), "train": [("t9", "vote", ["x1"])]}, small())
+    write_corpus(smaller, out)
+    assert (out / "README.md").read_text() == "how I made it"
+    assert (out / ".hiersearch-cache" / "keep").read_text() == "cache"
+    assert [d.id for d in load_corpus_dir(out).splits["train"]] == ["t9"]
+
+
+def test_write_corpus_refuses_a_corpus_json_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "corpus.json").write_text('{"synthetic": false}')
+    (tmp_path / "c" / "train.jsonl").write_text("my data\n")
+    with pytest.raises(InputError, match="not a corpus directory written by hiersearch"):
+        write_corpus(finalize(three_splits(), small()), tmp_path / "c")
+    assert (tmp_path / "c" / "train.jsonl").read_text() == "my data\n"
+
+
+def test_write_corpus_accepts_a_corpus_written_before_manifests(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    write_corpus(finalize(three_splits(), small()), out)
+    meta = json.loads((out / "corpus.json").read_text())
+    del meta["files"]  # what an earlier hiersearch wrote: a load report, no file list
+    (out / "corpus.json").write_text(json.dumps(meta))
+    write_corpus(finalize(three_splits(), small()), out)
+    assert "files" in json.loads((out / "corpus.json").read_text())
+
+
+def test_the_manifest_tells_a_torn_corpus_from_a_whole_one(tmp_path: Path) -> None:
+    out = tmp_path / "c"
+    write_corpus(finalize(three_splits(), small()), out)
+    assert manifest_matches(out)
+    (out / "dev.jsonl").write_text("")  # a rename that never happened
+    assert not manifest_matches(out)
+    assert not manifest_matches(tmp_path / "absent")
+
+
+def test_written_corpus_files_honour_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        write_corpus(finalize(three_splits(), small()), tmp_path / "c")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "c").iterdir()}
+    assert set(modes.values()) == {0o644}
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o755
+
+
+def test_the_load_report_names_dropped_documents(tmp_path: Path) -> None:
+    raw = three_splits(dev=[("d7", "x", ["zz"]), ("d8", "y", ["qq"])])
+    report = finalize(raw, small()).report
+    assert report.dropped_examples == {"dev": ["d7", "d8"]}
+    assert "e.g. d7, d8" in report.summary()
+    cut = finalize(raw, small()).truncate(1, 2).report  # the examples survive truncation
+    assert cut.dropped_examples["dev"] == ["d7", "d8"]

@@ -192,7 +192,7 @@ def test_duplicate_ids_and_level_gaps_are_input_errors() -> None:
     with pytest.raises(InputError, match="twice"):
         Hierarchy([Node("a", "a", (), 1), Node("a", "b", (), 1)])
     with pytest.raises(InputError, match="no labels"):
-        Hierarchy([Node("a", "a", (), 1), Node("b", "b", ("a",), 3)])
+        Hierarchy([Node("a", "a", (), 1), Node("b", "b", (), 3)])
 
 
 def test_json_round_trip_keeps_the_fingerprint() -> None:
@@ -232,7 +232,7 @@ def test_parent_file_json_levels_are_shortest_path_to_a_root(tmp_path: Path) -> 
 
 def test_parent_file_tsv_child_tab_parent(tmp_path: Path) -> None:
     path = tmp_path / "links.tsv"
-    path.write_text("# child\tparent\nb\ta\nc\tb\tthe c label\nd\t\n")
+    path.write_text("# child\tparent\na\nb\ta\nc\tb\tthe c label\nd\t\n")
     h = load_parent_file(path)
     assert h.label_index() == [["a", "d"], ["b"], ["c"]]
     assert h.node("c").description == "the c label" and h.node("a").description == "a"
@@ -240,7 +240,7 @@ def test_parent_file_tsv_child_tab_parent(tmp_path: Path) -> None:
 
 def test_parent_file_cycle_names_the_nodes(tmp_path: Path) -> None:
     path = tmp_path / "links.tsv"
-    path.write_text("b\ta\nc\td\nd\tc\n")
+    path.write_text("a\nb\ta\nc\td\nd\tc\n")
     with pytest.raises(InputError, match=r"links\.tsv.*cycle.*(c -> d -> c|d -> c -> d)"):
         load_parent_file(path)
 
@@ -309,7 +309,7 @@ def test_load_hierarchy_detects_each_format(tmp_path: Path) -> None:
     links.write_text(json.dumps({"a": {"label": "A", "parents": []}}))
     assert load_hierarchy(str(links)).node("a").description == "A"
     tsv = tmp_path / "links.txt"
-    tsv.write_text("b\ta\n")
+    tsv.write_text("a\nb\ta\n")
     assert load_hierarchy(str(tsv)).depth == 2
     assert load_hierarchy("eurovoc") is eurovoc_hierarchy()
 
@@ -339,3 +339,60 @@ def test_restrict_keeps_labels_and_their_ancestors_only() -> None:
     sub = h.restrict(["a1x"])
     assert sub.label_index() == [["a"], ["a1"], ["a1x"]]
     assert sub.ancestors("a1x") == {"a", "a1"}
+
+
+def test_parent_file_with_spaces_instead_of_tabs_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "links.tsv"
+    path.write_text("a\nb a\n")  # would have become two roots named "b a" and "a"
+    with pytest.raises(InputError, match=r"links\.tsv:2: no tab in 'b a'"):
+        load_parent_file(path)
+
+
+def test_parent_file_id_with_a_space_before_the_tab_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "links.tsv"
+    path.write_text("a\nb c\ta\n")
+    with pytest.raises(InputError, match=r"links\.tsv:2: an id holds a space"):
+        load_parent_file(path)
+
+
+def test_parent_file_parent_never_declared_names_the_first_line_naming_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "links.tsv"
+    path.write_text("root\nb\troot\nc\trooot\nd\trooot\n")  # a typo is not a new root
+    with pytest.raises(InputError, match=r"links\.tsv:3: parent 'rooot' is never declared"):
+        load_parent_file(path)
+
+
+def test_a_level_below_its_nearest_parent_is_required(tmp_path: Path) -> None:
+    nodes = [
+        {"id": "a", "description": "a", "parents": [], "level": 1},
+        {"id": "b", "description": "b", "parents": ["a"], "level": 2},
+        {"id": "c", "description": "c", "parents": ["b"], "level": 1},
+    ]
+    with pytest.raises(InputError, match="label 'c' is at level 1, but its nearest parent 'b'"):
+        Hierarchy.from_json({"nodes": nodes}, "h.json")
+    nodes[2]["level"] = 2  # level with its parent: contradicts it too
+    with pytest.raises(InputError, match=r"h\.json: .*'c' is at level 2.*'b' is at level 2"):
+        Hierarchy.from_json({"nodes": nodes}, "h.json")
+
+
+def test_a_poly_hierarchy_sits_below_its_nearest_parent() -> None:
+    h = Hierarchy(
+        [
+            Node("a", "a", (), 1),
+            Node("b", "b", ("a",), 2),
+            Node("c", "c", ("b",), 3),
+            Node("d", "d", ("c", "a"), 2),  # nearest parent a: level 2, although c is at 3
+        ]
+    )
+    assert h.label_counts() == [1, 2, 1]
+
+
+def test_a_levels_file_whose_parent_links_contradict_it_is_refused(tmp_path: Path) -> None:
+    levels = tmp_path / "levels.json"
+    levels.write_text(json.dumps({"level_1": ["a", "b"], "level_2": ["c"]}))
+    links = tmp_path / "links.tsv"
+    links.write_text("c\na\tc\nb\n")  # a (level 1) under c (level 2)
+    with pytest.raises(InputError, match="label 'a' is at level 1, but its nearest parent 'c'"):
+        load_levels_file(levels, links)

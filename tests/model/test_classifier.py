@@ -258,3 +258,30 @@ def test_a_head_option_out_of_range_is_an_input_error_naming_it(
     variant = named_variants(12, 6, COUNTS)["FLAT"]
     with pytest.raises(InputError, match=rf"^{option}: "):
         LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, **{option: value})
+
+
+def test_a_classifier_is_freed_without_the_cyclic_collector() -> None:
+    """Its capture hooks sit on layers it owns: a hook holding the classifier strongly would
+    keep classifier, encoder and weights alive until a full collection (trial after trial in
+    one process under Tune's reuse_actors)."""
+    import gc
+    import weakref
+
+    model = LayerwiseClassifier(
+        load_encoder("tiny:12x32"), named_variants(12, 6, COUNTS)["HYBRID"], COUNTS
+    )
+    model(*_batch())
+    alive, encoder = weakref.ref(model), weakref.ref(model.encoder)
+    gc.disable()
+    try:
+        del model
+        assert alive() is None and encoder() is None
+    finally:
+        gc.enable()
+
+
+def test_a_layer_that_outlives_its_classifier_runs_without_it() -> None:
+    encoder = load_encoder("tiny:12x32")
+    LayerwiseClassifier(encoder, named_variants(12, 6, COUNTS)["LAST-SIX"], COUNTS)
+    out = encoder(*_batch(), return_dict=True)  # the hooks find no classifier and do nothing
+    assert out.last_hidden_state.shape[0] == 3

@@ -348,3 +348,35 @@ def test_a_variants_entry_may_be_an_assignment_string() -> None:
 def test_the_pareto_preset_trades_quality_against_layers_run() -> None:
     tune = load_space("pareto").tune
     assert tune.metrics == ("dev/rp_macro", "cost/encoder_layers") and tune.scheduler == "none"
+
+
+def test_every_distribution_is_built_as_optuna_will_suggest_it() -> None:
+    """A distribution that passes the file's checks reaches `suggest_*` in a trial: every one
+    of them is built once while the file is read, so Optuna's refusals surface there."""
+    from hiersearch.search.space import optuna_distribution
+
+    built = optuna_distribution({"type": "int", "low": 8, "high": 32, "step": 8}, "k")
+    assert built == optuna.distributions.IntDistribution(8, 32, step=8)
+    built = optuna_distribution({"type": "uniform", "low": 0.0, "high": 0.3, "step": 0.1}, "k")
+    assert isinstance(built, optuna.distributions.FloatDistribution) and built.step == 0.1
+
+
+@pytest.mark.parametrize(
+    ("dist", "said"),
+    [
+        ({"type": "uniform", "low": 0.0, "high": 0.3, "step": 0}, "`step > 0` must hold"),
+        ({"type": "uniform", "low": 0.0, "high": 0.3, "step": "0.1"}, "step: expected a number"),
+        ({"type": "int", "low": 1, "high": 4, "step": 1.5}, "step: expected an integer"),
+        ({"type": "int", "low": 1, "high": 2, "step": 5}, "not divisible by `step`"),
+        ({"type": "categorical", "choices": [[16, 32]]}, "Choices for a categorical"),
+    ],
+)
+def test_distributions_optuna_refuses_are_input_errors_naming_the_key(
+    dist: dict[str, object], said: str
+) -> None:
+    raw = {"trial": {"model": "tiny:4x16"}, "search": {"head_hidden": dist}}
+    if dist["type"] == "uniform":
+        raw["search"] = {"dropout": dist}
+    with pytest.raises(InputError, match="space.yaml: search: ") as caught:
+        parse_space(raw, "space.yaml")
+    assert said in str(caught.value)

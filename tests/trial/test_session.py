@@ -60,3 +60,21 @@ def test_local_session_restores_its_latest_checkpoint(tmp_path: Path) -> None:
     restored = session.restore()
     assert restored is not None and (restored / "model.pt").read_text() == "2"
     assert [p.name for p in session.checkpoints] == ["checkpoint_000000", "checkpoint_000001"]
+
+
+def test_artifacts_copied_into_place_get_the_umask_mode(tmp_path: Path) -> None:
+    """They are built in a temporary directory (0700) and copied as a whole: the copy must
+    be readable by the cluster's other users as the umask allows."""
+    import os
+    import stat
+
+    from hiersearch.trial.session import Artifacts
+
+    old = os.umask(0o022)
+    try:
+        artifacts = Artifacts(str(tmp_path / "artifacts"))
+        (artifacts.local / "note.txt").write_text("x")
+        artifacts.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "artifacts").stat().st_mode) == 0o755
