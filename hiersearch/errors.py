@@ -23,6 +23,6 @@ class InputError(ValueError):
     def from_os_error(cls, exc: OSError, where: str, action: str = "cannot write") -> InputError:
         """An `OSError` met on a path the user gave (`where`: the option or file), in one line:
         "--storage: cannot write: Permission denied (runs/x)"."""
-        reason = exc.strerror or type(exc).__name__
+        reason = exc.strerror or str(exc) or type(exc).__name__
         named = f" ({exc.filename})" if exc.filename and str(exc.filename) != where else ""
         return cls(f"{action}: {reason}{named}", where=where)

@@ -300,7 +300,7 @@ def test_failed_write_leaves_the_previous_file_intact(
     path = tmp_path / "board.json"
     path.write_text("previous\n")
     monkeypatch.setattr("os.replace", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match="^--out: cannot write: disk full"):
         lb.export(finished, path, "json")
     assert path.read_text() == "previous\n"
     assert [p.name for p in tmp_path.iterdir()] == ["board.json"]
