@@ -377,10 +377,10 @@ def _searcher(
 ) -> Any:
     """OptunaSearch over the define-by-run space, its fixed points enqueued first, its study
     kept in the experiment's study storage (None: in memory)."""
-    from ray.tune.search.optuna import OptunaSearch
+    from hiersearch.search.searcher import PersistentOptunaSearch
 
     tune = space.tune
-    return OptunaSearch(
+    return PersistentOptunaSearch(
         space=define,
         metric=list(tune.metrics) if tune.multi_objective else tune.metric,
         mode=list(tune.modes) if tune.multi_objective else tune.mode,
