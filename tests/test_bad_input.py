@@ -264,6 +264,22 @@ def test_variants_for_more_levels_than_layers_is_refused(
             {"max_length": {"type": "categorical", "choices": [16, 32]}},
             "search: max_length: cannot be searched",
         ),
+        ("search", {"batch_size": {"type": "int", "low": 2, "high": 8, "step": 0}},
+         "search: batch_size: Optuna refuses this distribution: `step > 0` must hold"),
+        ("search", {"batch_size": {"type": "int", "low": 2, "high": 8, "step": -2}},
+         "search: batch_size: Optuna refuses"),
+        ("search", {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3, "step": 1e-5}},
+         "search: lr: Optuna refuses this distribution: The parameter `step`"),
+        ("search", {"batch_size": {"type": "int", "low": 2, "high": 9, "step": 4}},
+         "search: batch_size: Optuna refuses this distribution: The distribution"),
+        ("search", {"batch_size": {"type": "int", "low": 2.5, "high": 8}},
+         "search: batch_size: low: expected an integer, got 2.5"),
+        ("tune", {"sampler_seed": -1}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
+        ("tune", {"sampler_seed": 2**32}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
+        ("tune", {"max_concurrent": 0}, "tune: max_concurrent: must be >= 1"),
+        ("data", {"docs": 2}, "data: docs: must be at least 3"),
+        ("data", {"seed": -1}, "data: seed: must be >= 0"),
+        ("data", {"hierarchy": "no-such.tsv"}, "data: hierarchy: 'no-such.tsv' is neither"),
     ],
 )
 def test_space_file_key_errors_name_file_and_key(
@@ -573,41 +589,6 @@ def test_unwritable_data_root_for_a_synthetic_corpus_is_refused_before_ray(
     space = _space(tmp_path, data={"docs": 12, "max_leaves": 5})
     line = _refused(["search", "--space", str(space), "--storage", str(tmp_path / "r")], capsys)
     assert line.startswith("hiersearch: error: HIERSEARCH_DATA: cannot write") and no_ray == []
-
-
-@pytest.mark.parametrize(
-    ("section", "values", "named"),
-    [
-        ("search", {"batch_size": {"type": "int", "low": 2, "high": 8, "step": 0}},
-         "search: batch_size: Optuna refuses this distribution: `step > 0` must hold"),
-        ("search", {"batch_size": {"type": "int", "low": 2, "high": 8, "step": -2}},
-         "search: batch_size: Optuna refuses"),
-        ("search", {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3, "step": 1e-5}},
-         "search: lr: Optuna refuses this distribution: The parameter `step`"),
-        ("search", {"batch_size": {"type": "int", "low": 2, "high": 9, "step": 4}},
-         "search: batch_size: Optuna refuses this distribution: The distribution"),
-        ("search", {"batch_size": {"type": "int", "low": 2.5, "high": 8}},
-         "search: batch_size: low: expected an integer, got 2.5"),
-        ("tune", {"sampler_seed": -1}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
-        ("tune", {"sampler_seed": 2**32}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
-        ("tune", {"max_concurrent": 0}, "tune: max_concurrent: must be >= 1"),
-        ("data", {"docs": 2}, "data: docs: must be at least 3"),
-        ("data", {"seed": -1}, "data: seed: must be >= 0"),
-        ("data", {"hierarchy": "no-such.tsv"}, "data: hierarchy: 'no-such.tsv' is neither"),
-    ],
-)
-def test_space_values_that_would_fail_after_ray_are_refused_naming_file_and_key(
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    no_ray: list[str | None],
-    section: str,
-    values: dict[str, Any],
-    named: str,
-) -> None:
-    space = _space(tmp_path, **{section: values})
-    line = _refused(["search", "--space", str(space), "--storage", str(tmp_path / "r")], capsys)
-    assert f"{space}: {named}" in line
-    assert no_ray == [] and not (tmp_path / "r").exists()
 
 
 def _model_dir(tmp_path: Path, config: str) -> Path:

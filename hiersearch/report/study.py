@@ -119,10 +119,32 @@ def load_study(experiment: str, meta: dict[str, Any], given: str | None = None) 
             f"the study storage {url} needs its password: pass the URL with --study-storage",
             where=experiment,
         )
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        # optuna would create an empty database here, inside a directory it does not own
+        raise InputError(
+            f"has no Optuna study: {missing} does not exist (an experiment from before "
+            "hiersearch kept studies, or a search that never started)",
+            where=experiment if not given else "--study-storage",
+        )
     try:
         return optuna.load_study(study_name=name, storage=url)
     except Exception as exc:  # KeyError for a missing study, sqlalchemy errors for the rest
         raise InputError(f"cannot load Optuna study {name!r}: {exc}", where=url) from None
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL when it does not exist; None for other databases."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: optuna.load_study says what is wrong with it
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
 
 
 def _complete(study: Any) -> list[Any]:

@@ -341,17 +341,19 @@ def test_restrict_keeps_labels_and_their_ancestors_only() -> None:
     assert sub.ancestors("a1x") == {"a", "a1"}
 
 
-def test_parent_file_with_spaces_instead_of_tabs_names_the_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("a\nb a\n", "no tab in 'b a'"),  # would have become two roots named "b a" and "a"
+        ("a\nb c\ta\n", "an id holds a space"),
+    ],
+)
+def test_parent_file_line_with_a_misplaced_space_is_named(
+    tmp_path: Path, text: str, said: str
+) -> None:
     path = tmp_path / "links.tsv"
-    path.write_text("a\nb a\n")  # would have become two roots named "b a" and "a"
-    with pytest.raises(InputError, match=r"links\.tsv:2: no tab in 'b a'"):
-        load_parent_file(path)
-
-
-def test_parent_file_id_with_a_space_before_the_tab_names_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "links.tsv"
-    path.write_text("a\nb c\ta\n")
-    with pytest.raises(InputError, match=r"links\.tsv:2: an id holds a space"):
+    path.write_text(text)
+    with pytest.raises(InputError, match=rf"links\.tsv:2: {said}"):
         load_parent_file(path)
 
 

@@ -86,8 +86,16 @@ def test_the_recorded_url_hides_a_password_and_loading_then_asks_for_it(tmp_path
 
 def test_load_study_of_an_experiment_names_a_missing_study(tmp_path: Path) -> None:
     (tmp_path / "exp").mkdir()
+    optuna.create_study(study_name="other", storage=default_url(str(tmp_path / "exp")))
     with pytest.raises(InputError, match="cannot load Optuna study 'exp'"):
         load_study(str(tmp_path / "exp"), {"name": "exp"})
+
+
+def test_load_study_of_an_experiment_without_a_database_creates_none(tmp_path: Path) -> None:
+    (tmp_path / "exp").mkdir()
+    with pytest.raises(InputError, match=r"has no Optuna study: .*optuna.db does not exist"):
+        load_study(str(tmp_path / "exp"), {"name": "exp"})
+    assert list((tmp_path / "exp").iterdir()) == []
 
 
 def test_importances_leave_out_the_seed_and_rank_the_parameter_that_matters(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -260,18 +261,19 @@ def test_non_string_text_names_the_line(model: FakeModel, tmp_path: Path) -> Non
         run(write_jsonl(tmp_path / "d.jsonl", [{"text": 5}]))
 
 
-def test_invalid_utf8_names_the_line(model: FakeModel, tmp_path: Path) -> None:
-    src = tmp_path / "d.jsonl"
-    src.write_bytes(b'{"text": "a"}\n{"text": "b"}\n{"text": "\xff\xfe"}\n')
-    with pytest.raises(InputError, match=r"d\.jsonl:3: invalid UTF-8"):
-        run(src)
-
-
-def test_invalid_utf8_in_csv_names_the_line(model: FakeModel, tmp_path: Path) -> None:
-    src = tmp_path / "d.csv"
-    src.write_bytes(b"text\nok\n\xff bad\n")
-    with pytest.raises(InputError, match=r"d\.csv:3: invalid UTF-8"):
-        run(src)
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("d.jsonl", b'{"text": "a"}\n{"text": "b"}\n{"text": "\xff\xfe"}\n'),
+        ("d.csv", b"text\nok\n\xff bad\n"),
+    ],
+)
+def test_invalid_utf8_names_the_line(
+    model: FakeModel, tmp_path: Path, name: str, data: bytes
+) -> None:
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InputError, match=rf"{re.escape(name)}:3: invalid UTF-8"):
+        run(tmp_path / name)
 
 
 def test_csv_without_text_column_names_the_header(model: FakeModel, tmp_path: Path) -> None:
