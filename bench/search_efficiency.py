@@ -11,8 +11,7 @@ for either arm).
   trials of the main job's 3 epochs (the paper's rates {2, 3, 5}e-5 are BERT-base's; MiniLM
   with its own head rate trains at 1e-4 and collapses from ~2e-4);
 - search: `layerwise.yaml`'s search, assignment and tune sections over the same corpus and trial
-  settings, with that preset's epochs (6: ASHA's last rung). It runs until its training seconds
-  reach the grid's (a Tune stopper); then it is read at two budgets.
+  settings, with that preset's epochs (6: ASHA's last rung).
 
 Compute = epochs trained (one pass over the same 630 training documents), summed over every
 epoch any trial finished; the training-loop seconds (`train/epoch_s`) are recorded beside them.
@@ -37,13 +36,16 @@ the best dev loss, mean +- std over the seeds. Targets:
   two standard deviations over seeds.
 
     python bench/search_efficiency.py [--quick] [--json OUT] [--keep DIR] [--grid-from DIR]
+        [--search-from DIR]
 
 `--grid-from DIR` takes the grid from a finished grid experiment of the same setup (e.g. an
-earlier run's `--keep DIR/grid`) instead of running it again.
+earlier run's `--keep DIR/grid`) instead of running it again; `--search-from DIR` does the
+same for the search (an earlier run's `--keep DIR/search`), so that with both only the
+re-training runs.
 
-On 2 cores: the grid ~25 minutes, the search as long, the re-training ~15. `--quick` (a random-
-init tiny:4x32, 90 docs, 1 epoch, a 2-trial grid, a 1-seed re-train) is a smoke run of the
-script only: its figures say nothing about the targets.
+On an idle 2-core machine: the grid ~45 minutes, the search as long, the re-training ~18.
+`--quick` (a random-init tiny:4x32, 90 docs, 1 epoch, a 2-trial grid, a 1-seed re-train) is a
+smoke run of the script only: its figures say nothing about the targets.
 """
 
 from __future__ import annotations
@@ -299,14 +301,19 @@ def _run(raw: dict[str, Any], storage: Path, stop: Any = None) -> Path:
     return Path(path)
 
 
-def _check_grid(path: Path, setup: Setup) -> Path:
-    """A finished grid experiment of this setup, or SystemExit saying why not."""
+def _check_kept(path: Path, wanted: dict[str, Any], flag: str) -> list[dict[str, Any]]:
+    """The trials of a kept experiment run with the space `wanted`, or SystemExit naming
+    `flag` and the section that differs."""
     meta = json.loads((path / "hiersearch.json").read_text())
-    wanted = grid_space(setup)
     for section in ("data", "trial", "search", "assignment"):
         if meta["space"].get(section) != wanted[section]:
-            raise SystemExit(f"--grid-from {path}: another grid ({section} differs)")
-    trials = read_trials(path)
+            raise SystemExit(f"{flag} {path}: another experiment ({section} differs)")
+    return read_trials(path)
+
+
+def _check_grid(path: Path, setup: Setup) -> Path:
+    """A finished grid experiment of this setup, or SystemExit saying why not."""
+    trials = _check_kept(path, grid_space(setup), "--grid-from")
     unfinished = [t["trial"] for t in trials if not any(r.get(FINAL) == 1 for r in t["reports"])]
     size = len(setup.grid_lrs) * len(setup.grid_dropouts) * len(setup.grid_variants or "12345")
     if len(trials) != size or unfinished:
@@ -314,7 +321,19 @@ def _check_grid(path: Path, setup: Setup) -> Path:
     return path
 
 
-def run(setup: Setup, storage: Path, grid_from: Path | None = None) -> dict[str, Any]:
+def _check_search(path: Path, setup: Setup, budget_epochs: int) -> Path:
+    """A search experiment of this setup that trained the grid's epochs, or SystemExit."""
+    trials = _check_kept(path, search_space(setup), "--search-from")
+    trained = len(epoch_reports(trials))
+    if trained < budget_epochs:
+        raise SystemExit(f"--search-from {path}: {trained} epochs trained, the grid's "
+                         f"{budget_epochs} are needed")
+    return path
+
+
+def run(
+    setup: Setup, storage: Path, grid_from: Path | None = None, search_from: Path | None = None
+) -> dict[str, Any]:
     import ray
 
     ray_init(num_cpus=2)
@@ -324,8 +343,11 @@ def run(setup: Setup, storage: Path, grid_from: Path | None = None) -> dict[str,
         grid_trials = read_trials(grid_dir)
         grid = arm_summary(grid_trials)
         grid_choice = describe(choice_at(epoch_reports(grid_trials), float("inf")), grid_trials)
-        budget = compute_budget(grid["epochs"])
-        search_trials = read_trials(_run(search_space(setup), storage, budget))
+        if search_from:
+            search_dir = _check_search(search_from, setup, grid["epochs"])
+        else:
+            search_dir = _run(search_space(setup), storage, compute_budget(grid["epochs"]))
+        search_trials = read_trials(search_dir)
         search = arm_summary(search_trials)
         epochs = epoch_reports(search_trials)
         choices = {}
@@ -345,6 +367,7 @@ def run(setup: Setup, storage: Path, grid_from: Path | None = None) -> dict[str,
         out.update(
             grid={**grid, "choice": grid_choice, "from": str(grid_from) if grid_from else None},
             search={**search, "choices": choices,
+                    "from": str(search_from) if search_from else None,
                     "compute_ratio_epochs": search["epochs"] / grid["epochs"],
                     "compute_ratio_training_s": search["training_s"] / grid["training_s"]},
         )
@@ -364,12 +387,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the experiments in this directory (default: a temp dir)")
     parser.add_argument("--grid-from", default=None,
                         help="a finished grid experiment of the same setup: not run again")
+    parser.add_argument("--search-from", default=None,
+                        help="a search experiment of the same setup that trained the grid's "
+                        "epochs: not run again (with --grid-from, only the re-training runs)")
     args = parser.parse_args(argv)
     setup_env()
     setup = QUICK if args.quick else FULL
     storage = Path(args.keep or tempfile.mkdtemp(prefix="hiersearch-bench-search-"))
     try:
-        result = run(setup, storage, Path(args.grid_from) if args.grid_from else None)
+        result = run(
+            setup,
+            storage,
+            Path(args.grid_from) if args.grid_from else None,
+            Path(args.search_from) if args.search_from else None,
+        )
     finally:
         if not args.keep:
             shutil.rmtree(storage, ignore_errors=True)

@@ -323,6 +323,24 @@ def test_the_choice_at_a_budget_is_the_best_of_the_epochs_ended_within_it(
     assert search_efficiency.describe(epochs[2], trials)["config"]["lr"] == 2.0
 
 
+def test_a_kept_search_is_reused_only_when_its_space_matches_and_it_trained_the_budget(
+    tmp_path: Path,
+) -> None:
+    setup = search_efficiency.FULL
+    kept = _experiment(tmp_path / "search", {"a": [(1, 0.2), (4, 0.6)], "b": [(2, 0.3)]})
+    space = search_efficiency.search_space(setup)
+    (kept / "hiersearch.json").write_text(json.dumps({"space": space}))
+    assert search_efficiency._check_search(kept, setup, 3) == kept
+    with pytest.raises(SystemExit, match="--search-from .*: 3 epochs trained, the grid's 4"):
+        search_efficiency._check_search(kept, setup, 4)
+    other = {**space, "trial": {**space["trial"], "epochs": 3}}
+    (kept / "hiersearch.json").write_text(json.dumps({"space": other}))
+    with pytest.raises(SystemExit, match=r"another experiment \(trial differs\)"):
+        search_efficiency._check_search(kept, setup, 3)
+    with pytest.raises(SystemExit, match="--grid-from"):  # a search is no grid
+        search_efficiency._check_grid(kept, setup)
+
+
 def test_retraining_a_choice_fixes_its_config_and_uses_seeds_no_arm_ran() -> None:
     config = {**TrialConfig(assignment="L1:2|L2:4|L3:5", lr=7e-5, epochs=6).to_json(),
               "corpus": "/somewhere/else", "seed": 0}
