@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -300,6 +301,7 @@ def run_search(
     if resume:
         data = prepare_data(space, base, data_dir, data_root(storage), plan)
         connect(address)
+        _quiet_forced_snapshots()
         _restore(path, _trainable(space, base, data)).fit()
         return path
     # Everything a trial resolves from the space is resolved once here, before anything is
@@ -321,6 +323,7 @@ def run_search(
     _write_meta(path, space, data, base, study)
     from ray import tune
 
+    _quiet_forced_snapshots()
     tuner = tune.Tuner(
         trainable,
         tune_config=_tune_config(space, base, searcher, scheduler, num_samples),
@@ -330,11 +333,20 @@ def run_search(
     return path
 
 
+# Tune snapshots the experiment every `num_to_keep` (trial.keep_checkpoints) checkpoints of a
+# trial, so that a resume finds the checkpoints it kept; with the presets' 1 that is every
+# epoch, and Tune then warns at every epoch that snapshots come often. They are meant to.
+_SNAPSHOT_WARNING_ENV = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+
+
+def _quiet_forced_snapshots() -> None:
+    """Turn Tune's warning about frequent experiment snapshots off, unless the user set it."""
+    os.environ.setdefault(_SNAPSHOT_WARNING_ENV, "0")
+
+
 def _tracking(uri: str | None, name: str, path: str) -> list[Any]:
     """The MLflow callbacks of a new experiment (search/tracking.py); checked before Ray
     starts."""
-    import os
-
     from hiersearch.search.tracking import MLFLOW_URI_ENV, mlflow_callbacks
 
     return mlflow_callbacks(uri or os.environ.get(MLFLOW_URI_ENV), name, path)
@@ -504,6 +516,8 @@ def _reporter(space: SpaceFile, data: PreparedData) -> Any:
     params = [*space.search, SEED_PARAM]
     if space.assignment.space == "variants":
         params.insert(0, VARIANT_PARAM)
+    else:  # the sampled blocks are many parameters; the trial reports them as one string
+        columns = {M.TRIAL_ASSIGNMENT: "assignment", **columns}
     return CLIReporter(
         metric_columns=columns,
         parameter_columns=params,

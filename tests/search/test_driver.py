@@ -30,6 +30,9 @@ from hiersearch.model.encoder import load_encoder
 from hiersearch.report import leaderboard as lb
 from hiersearch.report import results
 from hiersearch.search.driver import (
+    _SNAPSHOT_WARNING_ENV,
+    _quiet_forced_snapshots,
+    _reporter,
     _trainable,
     in_trial,
     max_concurrent,
@@ -299,6 +302,32 @@ def test_trials_caps_a_grid_and_sizes_a_sampled_search() -> None:
     assert trial_count(sampled, 5, None, fixed_only=False) == sampled.tune.num_samples
     assert trial_count(sampled, 5, 40, fixed_only=False) == 40
     assert trial_count(sampled, 5, None, fixed_only=True) == 5
+
+
+def _prepared(label_counts: list[int]) -> PreparedData:
+    return PreparedData("corpus", "encoded", label_counts, 6, True)
+
+
+def test_the_progress_table_names_each_trials_assignment() -> None:
+    monotone = _reporter(load_space("layerwise"), _prepared([21, 94, 200]))
+    assert monotone._metric_columns[M.TRIAL_ASSIGNMENT] == "assignment"
+    assert "variant" not in monotone._parameter_columns
+    assert [monotone._metric_columns[M.rp_level_key("dev", n)] for n in (1, 2, 3)] == [
+        "RP L1", "RP L2", "RP L3"]
+    variants = _reporter(load_space("quick"), _prepared([21, 94, 200]))
+    assert variants._parameter_columns[0] == "variant"  # known before the first report
+    assert M.TRIAL_ASSIGNMENT not in variants._metric_columns
+
+
+def test_tunes_snapshot_warning_is_off_unless_the_user_set_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(_SNAPSHOT_WARNING_ENV, raising=False)
+    _quiet_forced_snapshots()
+    assert os.environ[_SNAPSHOT_WARNING_ENV] == "0"
+    monkeypatch.setenv(_SNAPSHOT_WARNING_ENV, "7")
+    _quiet_forced_snapshots()
+    assert os.environ[_SNAPSHOT_WARNING_ENV] == "7"
 
 
 def test_one_worker_trials_train_in_the_tune_trial_unless_told_otherwise() -> None:

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from hiersearch.errors import InputError
-from hiersearch.model.assignment import named_variants
+from hiersearch.model.assignment import LayerAssignment, named_variants
 from hiersearch.report.results import HEAD_OPTION_COLUMNS
 from hiersearch.search.space import (
     PRESETS,
@@ -346,8 +346,17 @@ def test_a_variants_entry_may_be_an_assignment_string() -> None:
 
 
 def test_the_pareto_preset_trades_quality_against_layers_run() -> None:
-    tune = load_space("pareto").tune
+    space = load_space("pareto")
+    tune = space.tune
     assert tune.metrics == ("dev/rp_macro", "cost/encoder_layers") and tune.scheduler == "none"
+    # its enqueued trials run 3, 4, 5 and 6 layers: the front has more than one cost to show
+    named = named_variants(6, 3, COUNTS_3)
+    tops = []
+    for point in fixed_points(space, 6, COUNTS_3):
+        spec = assignment_of(point, 6, COUNTS_3, space)
+        assignment = named.get(spec) or LayerAssignment.from_string(spec)
+        tops.append(max(assignment.layers_used(6)))
+    assert tops == [3, 4, 5, 6, 6]
 
 
 def test_every_distribution_is_built_as_optuna_will_suggest_it() -> None:
