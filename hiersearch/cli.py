@@ -133,9 +133,14 @@ def _add_leaderboard(sub: Any) -> None:
     board.add_argument("--group-by", default=None)
     board.add_argument("--top", type=int, default=None)
     board.add_argument("--where", default=None)
-    board.add_argument("--columns", default=None, help="comma-separated columns to show")
     board.add_argument(
-        "--format", default="table", choices=("table", "markdown", "csv", "json", "latex")
+        "--columns", default=None,
+        help="comma-separated columns to show, or 'all' (default: the summary columns in "
+        "table, markdown and latex; every column in csv and json)",
+    )
+    board.add_argument(
+        "--format", default=None, choices=("table", "markdown", "csv", "json", "latex"),
+        help="default: from --out's suffix, else table",
     )
     board.add_argument("--out", default=None, help="write to this file (atomically)")
     board.add_argument(
@@ -456,17 +461,13 @@ def _leaderboard(args: argparse.Namespace) -> int:
     table = lb.sort_rows(table, args.sort, None)
     if args.top is not None:
         table = lb.top(table, args.top)
-    if args.columns:
-        wanted = [c.strip() for c in args.columns.split(",") if c.strip()]
-        missing = [c for c in wanted if c not in table.columns]
-        if missing:
-            raise InputError(f"unknown column(s) {', '.join(missing)}", where="--columns")
-        table = table[wanted]
+    fmt = args.format or (lb.format_of(args.out) if args.out else "table")
+    table = lb.select_columns(table, args.columns, fmt)
     if args.out:
-        lb.export(table, args.out, args.format)
+        lb.export(table, args.out, fmt)
         print(f"wrote {args.out}")
     else:
-        print(lb.render(table, args.format))
+        print(lb.render(table, fmt))
     if args.importance:  # per experiment: a storage root stands for every one in it
         for location in [e for d in args.dirs for e in results.experiment_locations(d)]:
             _importance(location, args.study_storage)

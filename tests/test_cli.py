@@ -98,6 +98,18 @@ def test_leaderboard_of_a_storage_root_filters_and_groups_across_its_experiments
     assert trials == {"asha": 1, "finished": 8}
 
 
+def test_leaderboard_out_takes_its_format_from_the_suffix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "board.csv"
+    assert main(["leaderboard", str(FIXTURES / "finished"), "--out", str(out)]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["experiment", "trial_id", "status"] and "dev/loss" in header
+    assert main(["leaderboard", str(FIXTURES / "finished")]) == 0
+    table = capsys.readouterr().out
+    assert "dev/rp_macro" in table and "dev/loss" not in table  # the summary columns
+
+
 def test_leaderboard_of_a_directory_without_experiment_exits_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

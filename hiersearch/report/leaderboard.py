@@ -154,6 +154,60 @@ def keep_pareto(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+ALL_COLUMNS = "all"
+# Formats people read: a trial's every metric (R-Precision and nDCG at 1-10 per level, train
+# and timing figures) makes a table hundreds of columns wide; csv and json keep all of them.
+HUMAN_FORMATS = ("table", "markdown", "latex")
+_SUMMARY_IDS = ("experiment", "trial_id", "status", "error", "variant", "assignment", "epochs")
+
+
+def summary_columns(df: pd.DataFrame) -> list[str]:
+    """The columns a leaderboard is read by: who the trial is, its searched and head
+    parameters, dev R-Precision per level, micro and macro, test macro, the searched metrics
+    and costs, and the Pareto mark; a grouped table keeps the mean and std of those metrics."""
+    levels = []
+    while M.rp_level_key("dev", len(levels) + 1) in df.columns:
+        levels.append(M.rp_level_key("dev", len(levels) + 1))
+    searched = [metric for metric, _ in df.attrs.get("objectives") or []]
+    metrics = [
+        *levels,
+        M.rp_micro_key("dev"),
+        M.rp_macro_key("dev"),
+        M.rp_macro_key("test"),
+        df.attrs.get("metric", M.DEFAULT_METRIC),
+        *searched,
+        *(c for c in df.columns if str(c).startswith("cost/") and not str(c).endswith(" std")),
+    ]
+    metrics = [m for m in dict.fromkeys(metrics) if m in df.columns]
+    if "trials" in df.columns and "status" not in df.columns:  # group_rows' shape
+        by = list(df.columns[:2])  # the grouping column, trials
+        return [*by, *(c for m in metrics for c in (m, f"{m} std") if c in df.columns)]
+    ids = [c for c in _SUMMARY_IDS if c in df.columns]
+    if "error" in ids and df["error"].isna().all():
+        ids.remove("error")
+    params = [c for c in param_columns(df) if not str(c).startswith("assign/")]
+    params = [c for c in params if c not in (PARETO_COLUMN, "param/variant")]
+    tail = [PARETO_COLUMN] if PARETO_COLUMN in df.columns else []
+    return [*ids, *params, *metrics, *tail]
+
+
+def select_columns(df: pd.DataFrame, columns: str | None, fmt: str) -> pd.DataFrame:
+    """`--columns`: a comma-separated list, `all`, or by default the summary columns in a
+    format people read and every column in csv and json."""
+    if columns == ALL_COLUMNS or (columns is None and fmt not in HUMAN_FORMATS):
+        return df
+    if columns is None:
+        wanted = summary_columns(df)
+    else:
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        missing = [c for c in wanted if c not in df.columns]
+        if missing:
+            raise InputError(f"unknown column(s) {', '.join(missing)}", where="--columns")
+    out = df[wanted]
+    out.attrs.update(df.attrs)
+    return out
+
+
 def top(df: pd.DataFrame, k: int) -> pd.DataFrame:
     if k < 1:
         raise InputError(f"must be >= 1, not {k}", where="--top")
@@ -353,17 +407,21 @@ def paper_table_text(paper: pd.DataFrame, split: str) -> str:
 _SUFFIXES = {".txt": "table", ".md": "markdown", ".csv": "csv", ".json": "json", ".tex": "latex"}
 
 
+def format_of(path: str | os.PathLike[str]) -> str:
+    """The format a file's suffix names (.txt .md .csv .json .tex)."""
+    fmt = _SUFFIXES.get(os.path.splitext(os.fspath(path))[1].lower())
+    if fmt is None:
+        raise InputError(
+            "cannot tell the format from the suffix; give --format", where=os.fspath(path)
+        )
+    return fmt
+
+
 def export(df: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None = None) -> None:
     """Render first, then write atomically: a failure leaves any previous file untouched.
 
     `fmt` None picks the format from the suffix (.txt .md .csv .json .tex)."""
-    if fmt is None:
-        fmt = _SUFFIXES.get(os.path.splitext(os.fspath(path))[1].lower())
-        if fmt is None:
-            raise InputError(
-                "cannot tell the format from the suffix; give --format", where=os.fspath(path)
-            )
-    text = render(df, fmt)
+    text = render(df, fmt or format_of(path))
     try:
         check_writable_dir(os.path.dirname(os.path.abspath(os.fspath(path))))
         atomic_write_text(path, text)

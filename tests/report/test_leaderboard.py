@@ -257,6 +257,40 @@ def test_json_has_the_stable_schema_with_nan_as_null(finished: pd.DataFrame) -> 
     assert lb.render(finished, "json") == lb.to_json(finished)
 
 
+def test_people_read_the_summary_columns_and_machines_get_every_column(
+    finished: pd.DataFrame,
+) -> None:
+    shown = lb.select_columns(finished, None, "table")
+    assert list(shown.columns[:6]) == [
+        "experiment", "trial_id", "status", "error", "variant", "assignment"]
+    assert [c for c in shown.columns if c.startswith(("dev/", "test/"))] == [
+        "dev/rp_L1", "dev/rp_L2", "dev/rp_L3", "dev/rp_micro", "dev/rp_macro", "test/rp_macro"]
+    assert "batch_size" in shown.columns and "dev/loss" not in shown.columns
+    assert "node_id" not in shown.columns and "checkpoint" not in shown.columns
+    for fmt in ("csv", "json"):
+        assert lb.select_columns(finished, None, fmt).equals(finished)
+    assert lb.select_columns(finished, "all", "table").equals(finished)
+    picked = lb.select_columns(finished, "trial_id, dev/loss", "markdown")
+    assert list(picked.columns) == ["trial_id", "dev/loss"]
+    with pytest.raises(InputError, match="--columns"):
+        lb.select_columns(finished, "trial_id,dev/lost", "table")
+
+
+def test_the_summary_of_a_grouped_multi_objective_table_keeps_its_costs(
+    finished: pd.DataFrame,
+) -> None:
+    table = finished.assign(**{"cost/encoder_layers": 6.0})
+    table.attrs.update(finished.attrs, objectives=[("dev/rp_macro", "max"),
+                                                   ("cost/encoder_layers", "min")])
+    marked = lb.mark_pareto(table)
+    assert lb.summary_columns(marked)[-2:] == ["cost/encoder_layers", "pareto"]
+    assert "error" not in lb.summary_columns(marked[marked["error"].isna()])
+    grouped = lb.group_rows(marked, "variant")
+    assert lb.summary_columns(grouped)[:4] == ["variant", "trials", "dev/rp_L1", "dev/rp_L1 std"]
+    assert lb.summary_columns(grouped)[-2:] == [
+        "cost/encoder_layers", "cost/encoder_layers std"]
+
+
 def test_unknown_format_is_an_input_error(finished: pd.DataFrame) -> None:
     with pytest.raises(InputError, match="--format"):
         lb.render(finished, "xlsx")
