@@ -477,7 +477,12 @@ def _leaderboard(args: argparse.Namespace) -> int:
 def _importance(location: str, study_storage: str | None) -> None:
     """Parameter importances per searched metric, and the study's pictures beside it."""
     from hiersearch.report.experiment import read_meta
-    from hiersearch.report.study import importances, load_study, write_pictures
+    from hiersearch.report.study import (
+        group_importances,
+        importances,
+        load_study,
+        write_pictures,
+    )
 
     meta = read_meta(location) or {}
     study = load_study(location, meta, study_storage)
@@ -486,10 +491,19 @@ def _importance(location: str, study_storage: str | None) -> None:
         print(f"\nparameter importances for {metric} ({location}):")
         for param, value in importances(study, index).items():
             print(f"  {param:<24} {value:.3f}")
+        for count, found in group_importances(study, index):
+            print(f"  within the {count} trials that also have {_other_params(found)}:")
+            for param, value in found.items():
+                print(f"    {param:<22} {value:.3f}")
     if "://" in location and not location.startswith("file://"):
         return  # pictures are written next to a local experiment only
     for path in write_pictures(study, location.removeprefix("file://"), metrics):
         print(f"wrote {path}")
+
+
+def _other_params(found: dict[str, float]) -> str:
+    names = sorted(p for p in found if "/" in p) or sorted(found)
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _export(args: argparse.Namespace) -> int:

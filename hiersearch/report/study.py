@@ -21,6 +21,7 @@ __all__ = [
     "STUDY_FILE",
     "StudyStorage",
     "default_url",
+    "group_importances",
     "importances",
     "load_study",
     "open_storage",
@@ -153,42 +154,101 @@ def _complete(study: Any) -> list[Any]:
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
-def _objective(study: Any, index: int, lower_is_better: bool = False) -> Any:
-    """The `index`-th objective of a trial; negated for a maximized objective when the caller
-    needs lower to be better (Optuna's default importance evaluator, PED-ANOVA, scores what
-    leads to *low* target values)."""
-    import optuna
-
-    sign = -1.0 if lower_is_better and study.directions[index] == (
-        optuna.study.StudyDirection.MAXIMIZE
-    ) else 1.0
-    return lambda t: sign * t.values[index]
+def _objective(index: int) -> Any:
+    return lambda t: t.values[index]
 
 
 def importances(study: Any, index: int = 0) -> dict[str, float]:
-    """Parameter importances (Optuna's default evaluator) for reaching a good value of the
-    study's `index`-th objective, the seed left out. A parameter only some trials have (one
-    assignment's blocks) is left out: the importances cover the parameters every completed
-    trial shares and that vary across them."""
-    import warnings
-
-    import optuna
-
+    """Parameter importances for the study's `index`-th objective (fANOVA, see `_evaluate`),
+    the seed left out. A parameter only some trials have (one assignment's blocks) is left out:
+    these importances cover the parameters every completed trial shares and that vary across
+    them; `group_importances` covers the others."""
     complete = _complete(study)
     if len(complete) < 2:
         raise InputError(
             f"importances need at least 2 completed trials (the study has {len(complete)})",
             where="--importance",
         )
-    shared = set.intersection(*(set(t.params) for t in complete)) - {SEED_PARAM}
-    varied = sorted(p for p in shared if len({repr(t.params[p]) for t in complete}) > 1)
+    varied = _varied(complete, set.intersection(*(set(t.params) for t in complete)))
     if not varied:
         raise InputError("no parameter varies across the completed trials", where="--importance")
-    with warnings.catch_warnings():  # the evaluator's notes on few trials per value
-        warnings.simplefilter("ignore", UserWarning)
-        return optuna.importance.get_param_importances(
-            study, params=varied, target=_objective(study, index, lower_is_better=True)
+    return _evaluate(study, complete, varied, index)
+
+
+def group_importances(study: Any, index: int = 0) -> list[tuple[int, dict[str, float]]]:
+    """The importances within each group of completed trials that share parameters the
+    others lack (e.g. the block-assignment trials of a monotone space, whose block bounds
+    decide the encoder layers run), over all their varied parameters: (trials, importances)
+    per group of at least 3 trials."""
+    complete = _complete(study)
+    if not complete:
+        return []
+    shared = set.intersection(*(set(t.params) for t in complete))
+    groups: dict[frozenset[str], list[Any]] = {}
+    for t in complete:
+        if set(t.params) - shared:
+            groups.setdefault(frozenset(t.params), []).append(t)
+    found = []
+    for names, trials in sorted(groups.items(), key=lambda g: sorted(g[0])):
+        varied = _varied(trials, set(names))
+        if len(trials) >= 3 and set(varied) - shared:
+            found.append((len(trials), _evaluate(study, trials, varied, index)))
+    return found
+
+
+def _varied(trials: list[Any], names: set[str]) -> list[str]:
+    return sorted(
+        p for p in names - {SEED_PARAM} if len({repr(t.params[p]) for t in trials}) > 1
+    )
+
+
+def _evaluate(study: Any, trials: list[Any], params: list[str], index: int) -> dict[str, float]:
+    """Optuna's fANOVA evaluator (seeded) over `trials`, copied into a study of their own with
+    each parameter's distribution widened to the range they all span.
+
+    Why a copy: a block bound's range depends on the block below it (define-by-run), and
+    Optuna's evaluators leave out a parameter whose distribution differs between trials, so
+    the assignment never showed. Why fANOVA, not Optuna's default PED-ANOVA: PED-ANOVA compares
+    the best 10% of the trials with the rest, one to four trials in a search of tens, and it
+    ranked a head learning rate held fixed in most trials above the block bound that alone
+    decides `cost/encoder_layers`; fANOVA's random forest fits every trial."""
+    import optuna
+
+    dists = {p: _widened([t.distributions[p] for t in trials]) for p in params}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per copy made
+    try:
+        copy = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials([
+        optuna.trial.create_trial(
+            params={p: t.params[p] for p in params}, distributions=dists, values=t.values
         )
+        for t in trials
+    ])
+    found = optuna.importance.get_param_importances(
+        copy,
+        evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        target=_objective(index),
+    )
+    return {name: float(value) for name, value in found.items()}
+
+
+def _widened(dists: list[Any]) -> Any:
+    """One distribution holding every value of `dists` (a parameter's, across trials)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    first = dists[0]
+    if all(d == first for d in dists):
+        return first
+    if isinstance(first, CategoricalDistribution):
+        return CategoricalDistribution(list(dict.fromkeys(c for d in dists for c in d.choices)))
+    low, high = min(d.low for d in dists), max(d.high for d in dists)
+    log = all(d.log for d in dists)
+    if isinstance(first, FloatDistribution):
+        return FloatDistribution(low, high, log=log)
+    return type(first)(low, high, log=log)  # IntDistribution, step 1: every integer fits
 
 
 def write_pictures(study: Any, directory: str, metrics: Sequence[str]) -> list[str]:
@@ -207,10 +267,10 @@ def write_pictures(study: Any, directory: str, metrics: Sequence[str]) -> list[s
     os.makedirs(directory, exist_ok=True)
     found = importances(study)
     plots = [
-        # the bars of the importances computed above (their target's sign handled there)
+        # the bars of the importances computed above (fANOVA over a widened copy, see there)
         (IMPORTANCE_PNG, lambda: _importance_bars(found, metrics[0])),
         (HISTORY_PNG, lambda: vis.plot_optimization_history(
-            study, target=_objective(study, 0), target_name=metrics[0])),
+            study, target=_objective(0), target_name=metrics[0])),
     ]
     if len(metrics) > 1:
         plots.append((PARETO_PNG, lambda: vis.plot_pareto_front(

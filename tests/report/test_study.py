@@ -21,6 +21,7 @@ from hiersearch.errors import InputError
 from hiersearch.report.study import (
     STUDY_FILE,
     default_url,
+    group_importances,
     importances,
     load_study,
     open_storage,
@@ -108,6 +109,33 @@ def test_importances_leave_out_the_seed_and_rank_the_parameter_that_matters(
     found = importances(study)
     assert set(found) == {"lr", "dropout"}
     assert found["lr"] > found["dropout"]
+
+
+def test_within_the_block_trials_the_block_bounds_decide_the_layers_run() -> None:
+    """A monotone assignment space drawn as the search draws it: a block's range depends on
+    the block below, so its bounds' distributions differ between trials; the cost is the top
+    layer in use, decided by the last block's end alone."""
+    from hiersearch.search.assignments import suggest_assignment
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        assignment = suggest_assignment(trial, 6, 3)
+        trial.suggest_float("head_lr", 1e-2, 1e-1, log=True)
+        top = max(assignment.layers_used(6))
+        return 0.5, float(top)
+
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1)
+    )
+    study.optimize(objective, n_trials=80)
+    ends = {repr(t.distributions["assign/L3_end"]) for t in study.trials
+            if "assign/L3_end" in t.params}
+    assert len(ends) > 1  # what made Optuna's evaluators leave the bounds out
+    assert "assign/L3_end" not in importances(study, 1)  # only the block trials have it
+    (count, found), = group_importances(study, 1)
+    assert count == sum("assign/L3_end" in t.params for t in study.trials)
+    # the bounds are correlated (each block starts above the last): they share the importance
+    assert sum(v for k, v in found.items() if k.startswith("assign/L")) > 0.9
+    assert found["head_lr"] < 0.05 and found["assign/L3_end"] > 0.2
 
 
 def test_importances_need_two_completed_trials() -> None:
