@@ -80,7 +80,7 @@ def group_rows(df: pd.DataFrame, by: str) -> pd.DataFrame:
         columns[metric] = stats[(metric, "mean")].to_numpy()
         columns[f"{metric} std"] = stats[(metric, "std")].to_numpy()  # NaN for one trial
     out = pd.DataFrame(columns)
-    out.attrs.update(df.attrs)
+    out.attrs.update(df.attrs, grouped_by=by)
     return out
 
 
@@ -179,8 +179,8 @@ def summary_columns(df: pd.DataFrame) -> list[str]:
         *(c for c in df.columns if str(c).startswith("cost/") and not str(c).endswith(" std")),
     ]
     metrics = [m for m in dict.fromkeys(metrics) if m in df.columns]
-    if "trials" in df.columns and "status" not in df.columns:  # group_rows' shape
-        by = list(df.columns[:2])  # the grouping column, trials
+    if df.attrs.get("grouped_by") in df.columns:  # group_rows' shape
+        by = [df.attrs["grouped_by"], "trials"]
         return [*by, *(c for m in metrics for c in (m, f"{m} std") if c in df.columns)]
     ids = [c for c in _SUMMARY_IDS if c in df.columns]
     if "error" in ids and df["error"].isna().all():

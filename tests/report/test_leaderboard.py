@@ -289,6 +289,8 @@ def test_the_summary_of_a_grouped_multi_objective_table_keeps_its_costs(
     assert lb.summary_columns(grouped)[:4] == ["variant", "trials", "dev/rp_L1", "dev/rp_L1 std"]
     assert lb.summary_columns(grouped)[-2:] == [
         "cost/encoder_layers", "cost/encoder_layers std"]
+    by_status = lb.group_rows(marked, "status")
+    assert lb.summary_columns(by_status)[:3] == ["status", "trials", "dev/rp_L1"]
 
 
 def test_unknown_format_is_an_input_error(finished: pd.DataFrame) -> None:
