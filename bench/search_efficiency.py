@@ -67,10 +67,12 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, machine, ray_init, setup_env  # noqa: E402
 
-METRIC = "dev/rp_macro"
-TEST_METRIC = "test/rp_macro"
-EPOCH_S = "train/epoch_s"
-FINAL = "trial/final"
+from hiersearch import metrics as M  # noqa: E402 (the keys only: no Ray, no torch)
+
+METRIC = M.rp_macro_key("dev")
+TEST_METRIC = M.rp_macro_key("test")
+EPOCH_S = M.EPOCH_SECONDS
+FINAL = M.TRIAL_FINAL
 BUDGETS = (0.35, 1.0)
 RETRAIN_SEEDS = 100  # the first of the re-training seeds: no arm runs seeds this high
 

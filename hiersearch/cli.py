@@ -373,36 +373,33 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
     )
 
 
-def _best_and_export(path: str, metric: str | None) -> tuple[Any, str | None]:
-    """The best finished trial (by `metric`, else the experiment's) and the command that
-    exports it; (None, None) when no finished trial has a checkpoint."""
+def _print_export_hint(
+    path: str, metric: str | None, table: Any = None
+) -> tuple[Any, str | None]:
+    """Print the command that exports the best finished trial (by `metric`, else the
+    experiment's); return that trial's row and the command, (None, None) when no finished
+    trial has a checkpoint. `table`: the experiment's leaderboard table, if already read."""
     from hiersearch.serve.export import choose_trial
 
     try:
-        row = choose_trial(path, None, metric)
+        row = choose_trial(path, None, metric, table)
     except InputError:  # no finished trial with a checkpoint: nothing to export
         return None, None
-    trial = row["trial_id"]
-    return row, f"hiersearch export {path} --trial {trial} --out models/{trial}"
+    command = f"hiersearch export {path} --trial {row['trial_id']} --out models/{row['trial_id']}"
+    print(f"export the best trial: {command}")
+    return row, command
 
 
-def _print_export_hint(path: str, metric: str | None) -> None:
-    """The command that exports the best finished trial (by the experiment's metric)."""
-    command = _best_and_export(path, metric)[1]
-    if command is not None:
-        print(f"export the best trial: {command}")
-
-
-def _write_summary(args: argparse.Namespace, path: str) -> None:
+def _write_summary(
+    args: argparse.Namespace, path: str, table: Any, best: Any, command: str | None
+) -> None:
     """With --json: the run's summary object (report/summary.py) on the real stdout."""
     out = getattr(args, "summary_out", None)
     if out is None:
         return
-    from hiersearch.report.results import load_experiments
     from hiersearch.report.summary import run_summary
 
-    best, command = _best_and_export(path, None)
-    summary = run_summary(args.command, path, load_experiments([path]), best, command)
+    summary = run_summary(args.command, path, table, best, command)
     out.write(json.dumps(summary, indent=2) + "\n")
 
 
@@ -422,8 +419,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     for split in ("dev", "test"):
         print(lb.paper_table_text(lb.paper_table(table, split, levels), split))
     print(f"experiment: {path}")
-    _print_export_hint(path, None)
-    _write_summary(args, path)
+    _write_summary(args, path, table, *_print_export_hint(path, None, table))
     return EXIT_OK
 
 
@@ -442,8 +438,8 @@ def _search(args: argparse.Namespace) -> int:
     table = lb.sort_rows(table, metric if metric in table.columns else None, space.tune.modes[0])
     print(lb.render(lb.top(table, 10), "table"))
     print(f"\nexperiment: {path}")
-    _print_export_hint(path, metric if metric in table.columns else None)
-    _write_summary(args, path)
+    best = _print_export_hint(path, metric if metric in table.columns else None, table)
+    _write_summary(args, path, table, *best)
     return EXIT_OK
 
 
@@ -487,9 +483,10 @@ def _importance(location: str, study_storage: str | None) -> None:
     meta = read_meta(location) or {}
     study = load_study(location, meta, study_storage)
     metrics = meta.get("metrics") or [meta.get("metric") or "objective"]
+    found = [importances(study, index) for index in range(len(metrics))]
     for index, metric in enumerate(metrics):
         print(f"\nparameter importances for {metric} ({location}):")
-        for param, value in importances(study, index).items():
+        for param, value in found[index].items():
             print(f"  {param:<24} {value:.3f}")
         for count, found in group_importances(study, index):
             print(f"  within the {count} trials that also have {_other_params(found)}:")
@@ -497,7 +494,7 @@ def _importance(location: str, study_storage: str | None) -> None:
                 print(f"    {param:<22} {value:.3f}")
     if "://" in location and not location.startswith("file://"):
         return  # pictures are written next to a local experiment only
-    for path in write_pictures(study, location.removeprefix("file://"), metrics):
+    for path in write_pictures(study, location.removeprefix("file://"), metrics, found[0]):
         print(f"wrote {path}")
 
 

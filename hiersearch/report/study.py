@@ -251,10 +251,12 @@ def _widened(dists: list[Any]) -> Any:
     return type(first)(low, high, log=log)  # IntDistribution, step 1: every integer fits
 
 
-def write_pictures(study: Any, directory: str, metrics: Sequence[str]) -> list[str]:
+def write_pictures(
+    study: Any, directory: str, metrics: Sequence[str], found: dict[str, float] | None = None
+) -> list[str]:
     """PNGs of the importances and the optimization history of the first metric, and of the
     Pareto front when the study has several, also as TensorBoard images (`tensorboard-study/`);
-    returns the PNGs' paths."""
+    returns the PNGs' paths. `found`: the first metric's `importances`, if already computed."""
     import warnings
 
     import matplotlib
@@ -265,10 +267,10 @@ def write_pictures(study: Any, directory: str, metrics: Sequence[str]) -> list[s
     from optuna.visualization import matplotlib as vis
 
     os.makedirs(directory, exist_ok=True)
-    found = importances(study)
+    bars = importances(study) if found is None else found
     plots = [
         # the bars of the importances computed above (fANOVA over a widened copy, see there)
-        (IMPORTANCE_PNG, lambda: _importance_bars(found, metrics[0])),
+        (IMPORTANCE_PNG, lambda: _importance_bars(bars, metrics[0])),
         (HISTORY_PNG, lambda: vis.plot_optimization_history(
             study, target=_objective(0), target_name=metrics[0])),
     ]

@@ -298,10 +298,10 @@ def run_search(
         check_space(space)
         base = space.base_config(model=model)
     plan = plan_data(space, base, data_dir, data_root(storage))
+    _quiet_forced_snapshots()
     if resume:
         data = prepare_data(space, base, data_dir, data_root(storage), plan)
         connect(address)
-        _quiet_forced_snapshots()
         _restore(path, _trainable(space, base, data)).fit()
         return path
     # Everything a trial resolves from the space is resolved once here, before anything is
@@ -323,7 +323,6 @@ def run_search(
     _write_meta(path, space, data, base, study)
     from ray import tune
 
-    _quiet_forced_snapshots()
     tuner = tune.Tuner(
         trainable,
         tune_config=_tune_config(space, base, searcher, scheduler, num_samples),

@@ -82,10 +82,14 @@ def export_trial(
     return target
 
 
-def choose_trial(experiment: str, trial: str | None, best: str | None) -> pd.Series:
+def choose_trial(
+    experiment: str, trial: str | None, best: str | None, table: pd.DataFrame | None = None
+) -> pd.Series:
     """The leaderboard row of the trial to export: by id, or the best finished trial with a
-    checkpoint by `best` (default: the experiment's metric and mode)."""
-    table = load_experiments([experiment])
+    checkpoint by `best` (default: the experiment's metric and mode). `table`: the
+    experiment's leaderboard table when the caller has already read it."""
+    if table is None:
+        table = load_experiments([experiment])
     if trial is not None:
         rows = table[table["trial_id"].astype(str) == trial]
         if rows.empty:
