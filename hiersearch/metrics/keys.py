@@ -21,6 +21,7 @@ __all__ = [
     "LEARNING_RATE",
     "METRIC_NAMESPACES",
     "PEAK_MEMORY_MB",
+    "PEAK_RESERVED_MB",
     "SAMPLES_PER_SECOND",
     "TRAIN_STEP",
     "TRIAL_ASSIGNMENT",
@@ -59,7 +60,12 @@ SAMPLES_PER_SECOND = "train/samples_per_s"
 LEARNING_RATE = "train/lr"
 TRAIN_STEP = "train/step"
 EPOCH_SECONDS = "train/epoch_s"
+# The trial's peak memory (MiB): on a GPU what its tensors held at most
+# (`max_memory_allocated`), on the CPU the process's peak resident set.
 PEAK_MEMORY_MB = "train/peak_mem_mb"
+# On a GPU, the most the caching allocator held for them (`max_memory_reserved`): what
+# another trial sharing the GPU (fractional GPUs) could not use. CPU: the resident set again.
+PEAK_RESERVED_MB = "train/peak_reserved_mb"
 
 # reported with the metrics but describing the trial, not measuring it ("trial/" prefix)
 TRIAL_BEST_EPOCH = "trial/best_epoch"
@@ -156,10 +162,12 @@ _METRIC_RE = re.compile(
     r"|rp_skipped_docs(_L\d+)?|eval_s)$"
     r"|^util/((entropy|head_kl)_layer\d+|(cls_angle|layer_kl|entropy|head_kl)_mean)$"
 )
-_TRAIN_KEYS = {SAMPLES_PER_SECOND, LEARNING_RATE, TRAIN_STEP, EPOCH_SECONDS, PEAK_MEMORY_MB}
+_TRAIN_KEYS = {
+    SAMPLES_PER_SECOND, LEARNING_RATE, TRAIN_STEP, EPOCH_SECONDS, PEAK_MEMORY_MB, PEAK_RESERVED_MB
+}
 _COST_KEYS = {COST_ENCODER_LAYERS, COST_FORWARD_MS}
 _LOWER_IS_BETTER = re.compile(
-    r"/(loss|rp_skipped_docs(_L\d+)?|eval_s|epoch_s|peak_mem_mb)$|^cost/"
+    r"/(loss|rp_skipped_docs(_L\d+)?|eval_s|epoch_s|peak_mem_mb|peak_reserved_mb)$|^cost/"
 )
 
 

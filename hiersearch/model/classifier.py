@@ -203,15 +203,28 @@ class LayerwiseClassifier(nn.Module):
         self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         captured = self._captured
         self._captured = {}
-        pooled = {
+        pooled = self.pool(captured, attention_mask)
+        outputs = [self.head_logits(index, pooled) for index in range(len(self.heads))]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+    def pool(
+        self, captured: dict[int, torch.Tensor], attention_mask: torch.Tensor
+    ) -> dict[int, torch.Tensor]:
+        """Each captured layer's hidden states -> the vector its heads read."""
+        return {
             layer: h if self.pooling == "cls" else _pool(h, attention_mask, self.pooling)
             for layer, h in captured.items()
         }
-        outputs = []
-        for head, norm, group in zip(self.heads, self.norms, self.head_layers, strict=True):
-            features = norm(torch.cat([pooled[layer] for layer in group], dim=-1))
-            outputs.append(head(self.dropout(features)))
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+    def head_logits(self, index: int, pooled: dict[int, torch.Tensor]) -> torch.Tensor:
+        """Head `index` on its layers' pooled vectors: float32 logits, computed in float32
+        outside any autocast. Under bf16 the encoder's features keep ~3 significant digits;
+        logits rounded as coarsely would tie among thousands of labels and change the ranking
+        R-Precision reads, and the heads are a sliver of the compute."""
+        features = [pooled[layer] for layer in self.head_layers[index]]
+        with torch.autocast(features[0].device.type, enabled=False):
+            features = self.norms[index](torch.cat([f.float() for f in features], dim=-1))
+            return self.heads[index](self.dropout(features))
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """sum_n w_n * mean BCE over the labels of level n, over the whole batch."""

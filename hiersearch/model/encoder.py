@@ -77,7 +77,8 @@ def _config_errors() -> tuple[type[Exception], ...]:
 
 
 def load_encoder(spec: str, seed: int = 0) -> Any:
-    """Load the backbone (`transformers.PreTrainedModel`) with SDPA attention, no pooler."""
+    """Load the backbone (`transformers.PreTrainedModel`) with SDPA attention, no pooler,
+    float32 weights."""
     from transformers import AutoModel, BertConfig, BertModel
 
     match = _TINY.match(spec)
@@ -96,8 +97,11 @@ def load_encoder(spec: str, seed: int = 0) -> Any:
             encoder = BertModel(config, add_pooling_layer=False)
         encoder.set_attn_implementation("sdpa")
         return encoder
+    # float32 whatever the checkpoint's dtype: transformers 5 loads `dtype="auto"`, and a
+    # half-precision checkpoint would then train in half precision with no float32 master
+    # weights (updates below its resolution vanish); autocast gives the speed instead.
     encoder = _from_pretrained(
-        spec, "model", AutoModel.from_pretrained, attn_implementation="sdpa"
+        spec, "model", AutoModel.from_pretrained, attn_implementation="sdpa", dtype=torch.float32
     )
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None  # unused: would leave DDP with parameters that get no gradient

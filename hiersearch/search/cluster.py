@@ -69,6 +69,12 @@ def started_here() -> str | None:
     return find_bootstrap_address(None) or None
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster `connect` joins: `address`, else RAY_ADDRESS, else the one `ray start`
+    started on this machine; None when it would start a local Ray (trials run here)."""
+    return address or os.environ.get("RAY_ADDRESS") or started_here()
+
+
 def connect(address: str | None) -> None:
     """Join the cluster at `address` / RAY_ADDRESS, or the one `ray start` started on this
     machine, or else start a local Ray. On a real cluster every node runs one Ray instance,
@@ -77,7 +83,7 @@ def connect(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or started_here()
+    address = cluster_address(address)
     if address:
         ray.init(address=address, log_to_driver=True)
     else:

@@ -26,9 +26,10 @@ from hiersearch.data.prepare import PreparedData
 from hiersearch.errors import InputError
 from hiersearch.report.experiment import read_text, write_meta, write_text
 from hiersearch.report.study import StudyStorage, open_storage
-from hiersearch.search.cluster import connect
+from hiersearch.search.cluster import cluster_address, connect
 from hiersearch.search.preflight import (
     check_destination,
+    check_gpus,
     check_space,
     check_trials,
     data_root,
@@ -64,6 +65,7 @@ __all__ = [
     "trial_count",
     "trial_driver",
     "trial_in_process",
+    "worker_resources",
 ]
 
 DRIVER_CPUS = 0.01  # the trial driver only waits on its TorchTrainer
@@ -202,7 +204,21 @@ def scaling_config(config: TrialConfig) -> Any:
         num_workers=config.num_workers,
         use_gpu=config.use_gpu,
         resources_per_worker=resources,
+        # every worker of the trial on one GPU type (a sliver of the node's type resource)
+        accelerator_type=config.accelerator_type if config.use_gpu else None,
     )
+
+
+def worker_resources(config: TrialConfig) -> dict[str, float]:
+    """What a one-worker trial that trains in its Tune trial holds (`tune.with_resources`):
+    the worker's CPUs, its share of a GPU and, as Ray Train's `ScalingConfig` asks for it, a
+    sliver of its GPU type's resource."""
+    from ray._common.utils import RESOURCE_CONSTRAINT_PREFIX
+
+    resources = {"cpu": config.cpus_per_worker, "gpu": config.worker_gpus()}
+    if config.use_gpu and config.accelerator_type:
+        resources[f"{RESOURCE_CONSTRAINT_PREFIX}{config.accelerator_type}"] = 0.001
+    return resources
 
 
 def _trial_storage() -> tuple[Any, str]:
@@ -297,6 +313,7 @@ def run_search(
     else:
         check_space(space)
         base = space.base_config(model=model)
+    check_gpus(space, base, local=cluster_address(address) is None)
     plan = plan_data(space, base, data_dir, data_root(storage))
     _quiet_forced_snapshots()
     if resume:
@@ -365,7 +382,7 @@ def _trainable(space: SpaceFile, base: TrialConfig, data: PreparedData) -> Any:
     direct = in_trial(space, base)
     resources: dict[str, float] = {"cpu": DRIVER_CPUS}
     if direct:  # the trial is the worker
-        resources = {"cpu": base.cpus_per_worker, "gpu": base.worker_gpus()}
+        resources = worker_resources(base)
     return tune.with_resources(
         tune.with_parameters(
             trial_in_process if direct else trial_driver, base=base, data=data, space=space

@@ -7,6 +7,7 @@ experiment keeps, and the corpus every trial shares.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,37 @@ def check_space(space: SpaceFile) -> None:
                 "the trial section (or run one experiment per value)",
                 where=f"{space.path}: search: {key}",
             )
+
+
+def check_gpus(space: SpaceFile, base: TrialConfig, *, local: bool) -> None:
+    """GPU trials need a torch that can use a GPU where they run. The driver sees its own
+    torch only: a CPU build is refused when the trials would run on this machine (a local
+    Ray), and so is a machine with no GPU; on a cluster the nodes may differ from this one
+    (a CPU head node of a GPU cluster is usual), so a CPU build here is a note, and a
+    worker without CUDA fails its trial at once (`trial/session.py`, `check_cuda`)."""
+    import torch
+
+    searched = space.search.get("use_gpu") or {}
+    if not base.use_gpu and True not in (searched.get("choices") or []):
+        return
+    where = f"{space.path}: {'trial' if base.use_gpu else 'search'}: use_gpu"
+    cpu_build = torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+    if cpu_build and local:
+        raise InputError(
+            f"torch {torch.__version__} is a CPU build: install a CUDA build of torch before "
+            "hiersearch (README: Running on GPUs), or set use_gpu: false",
+            where=where,
+        )
+    if local and torch.cuda.device_count() == 0:
+        raise InputError(
+            "this machine has no GPU (torch sees none) and no cluster is named (--address, "
+            "RAY_ADDRESS): the trials would wait for a GPU forever; set use_gpu: false",
+            where=where,
+        )
+    if cpu_build:
+        print(f"note: {where}: this driver's torch {torch.__version__} is a CPU build; the "
+              "cluster's GPU nodes need a CUDA build (a trial on a node without one fails "
+              "at once)", file=sys.stderr)
 
 
 def check_trials(

@@ -29,6 +29,7 @@ from hiersearch.serve.export import (
     read_json_object,
 )
 from hiersearch.trial.config import TrialConfig
+from hiersearch.trial.precision import Precision
 from hiersearch.trial.recipe import resolve_assignment
 
 
@@ -58,13 +59,13 @@ def _load_encoder(directory: Path) -> Any:
     if not (path / "config.json").is_file():
         raise InputError(f"not an exported model (no {ENCODER_DIR}/config.json)",
                          where=str(directory))
+    # float32 weights whatever the checkpoint holds (see model/encoder.py); the trial's
+    # precision applies as autocast on a GPU, as in training
+    options = {"attn_implementation": "sdpa", "local_files_only": True, "dtype": torch.float32}
     try:  # no pooler: the export has none (BERT-likes take the option, others ignore it)
-        encoder = AutoModel.from_pretrained(
-            path, attn_implementation="sdpa", local_files_only=True, add_pooling_layer=False
-        )
+        encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **options)
     except TypeError:
-        encoder = AutoModel.from_pretrained(path, attn_implementation="sdpa",
-                                            local_files_only=True)
+        encoder = AutoModel.from_pretrained(path, **options)
     except OSError as exc:
         raise InputError(f"cannot load the encoder: {exc}", where=str(path)) from None
     if getattr(encoder, "pooler", None) is not None:
@@ -102,6 +103,12 @@ class ExportedModel:
     tokenizer: Any = field(repr=False)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def precision(self) -> Precision:
+        """The trial's precision on this device: on a GPU its encoder runs under the autocast
+        it was trained with; on the CPU in float32."""
+        return Precision.of(self.config.precision, self.device)
 
     @property
     def num_levels(self) -> int:
@@ -180,28 +187,17 @@ class ExportedModel:
     ) -> torch.Tensor:
         """Logits [batch, labels of the requested levels, in level order], computing encoder
         layers 1..layers_needed(levels) only."""
-        from hiersearch.model.classifier import _pool
-
         chosen = self._check_levels(levels)
         core = self.core
         core._captured = {}
-        with self._first_layers(self.layers_needed(chosen)):
+        with self._first_layers(self.layers_needed(chosen)), self.precision.autocast():
             core.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         captured, core._captured = core._captured, {}
-        pooled = {
-            layer: h if core.pooling == "cls" else _pool(h, attention_mask, core.pooling)
-            for layer, h in captured.items()
-        }
+        pooled = core.pool(captured, attention_mask)
         if core.assignment.flat:  # one head over all labels: slice the levels out
-            logits = self._head(0, pooled)
+            logits = core.head_logits(0, pooled)
             return torch.cat([logits[:, core.level_slices[n - 1]] for n in chosen], dim=-1)
-        return torch.cat([self._head(n - 1, pooled) for n in chosen], dim=-1)
-
-    def _head(self, index: int, pooled: dict[int, torch.Tensor]) -> torch.Tensor:
-        core = self.core
-        group = core.head_layers[index]
-        features = core.norms[index](torch.cat([pooled[layer] for layer in group], dim=-1))
-        return core.heads[index](core.dropout(features))
+        return torch.cat([core.head_logits(n - 1, pooled) for n in chosen], dim=-1)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and mask as training encoded them (truncated to max_length), padded to

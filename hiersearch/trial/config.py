@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import check_head_options
 from hiersearch.model.encoder import PACKAGED_MINILM
-from hiersearch.typed import from_mapping
+from hiersearch.typed import as_mapping, from_mapping
 
 LAUNCHERS = ("auto", "train")
 LOSS_WEIGHTINGS = ("proportional", "uniform")
-
-
-def _fraction_or_whole(value: float) -> bool:
-    """Ray shares a GPU between fractions of it, or gives whole GPUs (never 1.5)."""
-    return 0 < value <= 1 or (value > 1 and float(value).is_integer())
+# How a trial computes on a GPU (trial/precision.py says what each one does).
+PRECISIONS = ("bf16", "fp16", "tf32", "fp32")
+# DDP's gradient all-reduce: float32 as computed, or compressed to bf16 on the wire.
+GRAD_COMPRESSIONS = ("none", "bf16")
+# The key `precision` replaced; still read (a boolean), with a note saying what to write.
+DEPRECATED_BF16 = "bf16"
 
 
 @dataclass(frozen=True)
@@ -90,14 +92,29 @@ class TrialConfig:
     launcher: str = "auto"
     # GPU workers (NCCL) when true; CPU workers with gloo otherwise.
     use_gpu: bool = False
-    # GPUs reserved per worker when use_gpu (ignored on CPU): a fraction in (0, 1] lets several
-    # small trials share one GPU (0.25: four), as Ray Tune's fractional GPUs do; a whole number
-    # above 1 gives each worker that many.
+    # The share of a GPU each worker holds when use_gpu (ignored on CPU), in (0, 1]: 0.25 lets
+    # four one-worker trials share one GPU, as Ray Tune's fractional GPUs do. A worker trains
+    # on one GPU, so a DDP trial (num_workers >= 2) needs 1: NCCL refuses two ranks on one GPU;
+    # more GPUs for a trial are more workers.
     gpus_per_worker: float = 1.0
+    # The GPU type every worker of a trial runs on, as Ray names it (e.g. "A100", "A10G",
+    # "H100"; Ray's accelerator_type resource); null: any GPU. A DDP trial whose workers mix
+    # types runs at the pace of the slowest and measures no single type.
+    accelerator_type: str | None = None
     # CPUs reserved per worker (also its torch thread count).
     cpus_per_worker: float = 1.0
-    # bf16 autocast; only takes effect on CUDA.
-    bf16: bool = True
+    # How the trial computes on a GPU: "bf16" (the encoder under bfloat16 autocast, TF32
+    # matmuls elsewhere: Ampere and newer), "fp16" (float16 autocast with loss scaling: V100,
+    # T4), "tf32" (float32 with TF32 matmuls) or "fp32" (no reduced precision). The heads and
+    # their logits stay float32 in every mode; weights are float32 masters. CPU runs fp32.
+    precision: str = "bf16"
+    # DDP's gradient all-reduce: "none" (float32) or "bf16" (torch's bf16 compression hook:
+    # half the bytes between nodes, for multi-node trials on a slow network).
+    grad_compression: str = "none"
+    # Optimizer steps between checks that every rank's training loss stayed finite (one
+    # all-reduce and one host sync each; the GPU queue runs free in between): a divergence
+    # costs at most this many steps before every rank stops together. Epoch ends always check.
+    divergence_check_steps: int = 50
     # Dev documents used for the utilization metrics at the end of the trial.
     util_docs: int = 64
     # Batch size for evaluation (no gradients, so it can be larger).
@@ -131,10 +148,29 @@ class TrialConfig:
             (self.launcher in LAUNCHERS, "launcher", f"must be one of {', '.join(LAUNCHERS)}"),
             (self.cpus_per_worker >= 0.05, "cpus_per_worker", "must be >= 0.05"),
             (
-                _fraction_or_whole(self.gpus_per_worker),
+                0 < self.gpus_per_worker <= 1,
                 "gpus_per_worker",
-                "must be in (0, 1] or a whole number >= 1",
+                "must be in (0, 1]: a worker trains on one GPU; for more GPUs per trial raise "
+                "num_workers (DDP)",
             ),
+            (
+                not self.use_gpu or self.num_workers == 1 or self.gpus_per_worker == 1,
+                "gpus_per_worker",
+                f"must be 1 with num_workers: {self.num_workers} and use_gpu: DDP ranks cannot "
+                "share a GPU (NCCL: Duplicate GPU detected); fractions suit one-worker trials",
+            ),
+            (
+                self.accelerator_type is None or bool(self.accelerator_type.strip()),
+                "accelerator_type",
+                "must be a GPU type such as A100, or null",
+            ),
+            (self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}"),
+            (
+                self.grad_compression in GRAD_COMPRESSIONS,
+                "grad_compression",
+                f"must be one of {', '.join(GRAD_COMPRESSIONS)}",
+            ),
+            (self.divergence_check_steps >= 1, "divergence_check_steps", "must be >= 1"),
             (self.max_length >= 8, "max_length", "must be >= 8"),
             (self.util_docs >= 0, "util_docs", "must be >= 0"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
@@ -164,5 +200,29 @@ class TrialConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> TrialConfig:
         """Build from plain values (YAML, JSON, a Tune config), checking keys, types and
-        ranges; errors name `where` and the key."""
-        return from_mapping(cls, values, where)
+        ranges; errors name `where` and the key. The deprecated `bf16: true|false` (configs
+        and checkpoints written before `precision`) reads as `precision: bf16|fp32`."""
+        return from_mapping(cls, _precision_alias(as_mapping(values, where), where), where)
+
+
+def _precision_alias(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` with a deprecated `bf16` key turned into the `precision` it meant."""
+    if DEPRECATED_BF16 not in values:
+        return values
+    values = dict(values)
+    flag = values.pop(DEPRECATED_BF16)
+    if not isinstance(flag, bool):
+        raise InputError(f"expected bool, got {flag!r}", where=f"{where}: {DEPRECATED_BF16}")
+    meant = "bf16" if flag else "fp32"
+    if values.setdefault("precision", meant) != meant:
+        raise InputError(
+            f"bf16: {str(flag).lower()} contradicts precision: {values['precision']}; "
+            "bf16 is deprecated, keep precision only",
+            where=f"{where}: {DEPRECATED_BF16}",
+        )
+    warnings.warn(
+        f"{where}: bf16 is deprecated and reads as precision: {meant}; write that instead",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return values

@@ -21,6 +21,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import socket
 import sys
 import tempfile
@@ -43,12 +44,14 @@ from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder, num_encoder_layers
 from hiersearch.model.utilization import heatmap_figure, measure_utilization, save_heatmap
 from hiersearch.trial.config import TrialConfig
+from hiersearch.trial.precision import Precision
 from hiersearch.trial.session import (
     Artifacts,
     RaySession,
     Session,
     TuneSession,
     all_ranks_true,
+    broadcast_buffers_from_rank0,
     broadcast_from_rank0,
     gather_to_rank0,
 )
@@ -147,6 +150,38 @@ class _EpochTraining:
     finite: bool = True
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    peak_reserved_mb: float = 0.0
+
+
+class _LossTally:
+    """The training loss summed where it is computed, and whether anything went non-finite.
+
+    Nothing here reads a tensor on the host: `float(loss)` or `if torch.isfinite(loss)` after
+    every micro-batch would make the CPU wait for the GPU queue to drain each time. The host
+    looks only at the divergence checks (`agree_finite`) and at the epoch's end (`mean`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.bad = torch.zeros((), dtype=torch.int32, device=device)
+        self.count = 0
+        # a failure the host saw itself (Adam's step size overflowing float32)
+        self.host_ok = True
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss
+        self.count += 1
+        self.expect_finite(loss)
+
+    def expect_finite(self, value: torch.Tensor) -> None:
+        self.bad += (~torch.isfinite(value)).int()
+
+    def finite(self) -> torch.Tensor:
+        """On the device: whether every loss and checked value so far was finite."""
+        ok = self.bad == 0
+        return ok if self.host_ok else torch.zeros_like(ok)
+
+    def mean(self) -> float:
+        return float(self.loss_sum) / max(1, self.count)
 
 
 def _unwrap(model: torch.nn.Module) -> LayerwiseClassifier:
@@ -282,10 +317,13 @@ class TrialRecipe:
         if isinstance(encoded, str):
             encoded = load_encoded(encoded)
         seed_everything(self.config.seed)
-        if self.session.device.type == "cpu":
+        device = self.session.device
+        if device.type == "cpu":
             torch.set_num_threads(max(1, int(self.config.cpus_per_worker)))
-        if self.session.device.type == "cuda":  # train/peak_mem_mb is this trial's peak
-            torch.cuda.reset_peak_memory_stats(self.session.device)
+        _fresh_device_memory(device)
+        self.precision = Precision.of(self.config.precision, device)
+        self.precision.apply_matmul_settings()
+        self.scaler = self.precision.grad_scaler()
         self.num_labels = encoded.num_labels
         self.core = self._setup_model(encoded.label_counts)
         self.train_split, self.dev, self.test = (
@@ -297,7 +335,7 @@ class TrialRecipe:
             )
         self.model: torch.nn.Module = self.core
         if self.session.world_size > 1:
-            self.model = _wrap_ddp(self.core, self.session)
+            self.model = _wrap_ddp(self.core, self.session, self.config.grad_compression)
         self._setup_optimizer()
 
     def _setup_model(self, label_counts: list[int]) -> LayerwiseClassifier:
@@ -325,6 +363,9 @@ class TrialRecipe:
             ],
             lr=config.lr,
             weight_decay=config.weight_decay,
+            # one kernel for all parameters on a GPU, and with fp16's GradScaler a skipped
+            # step decided on the device, with no host sync
+            fused=self.session.device.type == "cuda",
         )
         per_rank = math.ceil(len(self.train_split) / self.session.world_size)
         micro_batches = math.ceil(per_rank / config.batch_size)
@@ -337,9 +378,8 @@ class TrialRecipe:
         )
 
     def autocast(self) -> Any:
-        if self.config.bf16 and self.session.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The context the model's forward runs in: the trial's precision (on a GPU)."""
+        return self.precision.autocast()
 
     # ---------------------------------------------------------------------------- restore
 
@@ -367,13 +407,16 @@ class TrialRecipe:
     def _load_checkpoint(self, directory: Path) -> None:
         device = self.session.device
         self.core.load_state_dict(torch.load(directory / "model.pt", map_location=device))
-        saved = torch.load(directory / "train_state.pt", weights_only=False)
+        # On the CPU: the random states must be CPU tensors, and `load_state_dict` moves the
+        # optimizer's state onto each parameter's device (this rank's GPU, whichever GPU
+        # saved it), with no second copy on the saving rank's GPU.
+        saved = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         self.state = _State(**saved["state"])
-        random.setstate(saved["rng"]["python"])
-        np.random.set_state(saved["rng"]["numpy"])
-        torch.set_rng_state(saved["rng"]["torch"])
+        set_rng_state(saved["rng"], device)
         best_file = directory / "best_model.pt"
         if best_file.exists():  # the best epoch is an earlier one
             self.best_weights = torch.load(best_file, map_location="cpu")
@@ -406,51 +449,74 @@ class TrialRecipe:
         batches = list(_batches(shard, config.batch_size))
         batches = batches[: self.steps_per_epoch * config.grad_accum]
         out = _EpochTraining(batches=len(batches))
+        tally = _LossTally(session.device)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
+        steps = 0
         for i, batch_index in enumerate(batches):
             sync = (i + 1) % config.grad_accum == 0 or i + 1 == len(batches)
-            loss = self._forward_backward(batch_index, sync)
-            if loss is None or (sync and not self._optimizer_step()):
-                out.finite = False
+            self._forward_backward(batch_index, sync, tally)
+            if not sync:
+                continue
+            self._optimizer_step(tally)
+            steps += 1
+            # Every rank takes the same steps (`_shard`), so every rank checks at the same
+            # step and they stop together: a rank that left the loop alone would leave the
+            # others waiting in the next gradient all-reduce until NCCL's watchdog fires.
+            check = steps % config.divergence_check_steps == 0 and i + 1 < len(batches)
+            if check and not all_ranks_true(session, tally.finite()):
                 break
-            out.loss_sum += loss
-            out.loss_count += 1
         # The last step of an epoch can leave the weights non-finite while every loss so far
-        # was finite (dev scores would then be NaN): check the weights once per epoch.
-        out.finite = all_ranks_true(session, out.finite and _parameters_finite(self.core))
+        # was finite (dev scores would then be NaN): the weights are checked at every end.
+        out.finite = all_ranks_true(session, tally.finite() & _parameters_finite(self.core))
+        out.loss_sum, out.loss_count = tally.mean() * tally.count, tally.count
         out.seconds = time.perf_counter() - started
-        out.peak_memory_mb = _peak_memory_mb(session.device)
+        out.peak_memory_mb, out.peak_reserved_mb = _peak_memory_mb(session.device)
         return out
 
-    def _forward_backward(self, batch_index: np.ndarray, sync: bool) -> float | None:
-        """One micro-batch's loss, its gradients accumulated; None when the loss is not finite."""
+    def _forward_backward(self, batch_index: np.ndarray, sync: bool, tally: _LossTally) -> None:
+        """One micro-batch's loss, its gradients accumulated. A non-finite loss still goes
+        through backward: under DDP every rank must join every gradient all-reduce (the step
+        is then wasted and the next divergence check stops all ranks)."""
         batch = split_to_device(
             self.train_split.batch(batch_index, self.num_labels), self.session.device
         )
         with _no_sync(self.model, not sync), self.autocast():
             logits = self.model(batch["input_ids"], batch["attention_mask"])
             loss = self.core.loss(logits, batch["labels"])
-        if not torch.isfinite(loss.detach()):
-            return None
-        (loss / self.config.grad_accum).backward()
-        return float(loss.detach())
+        tally.add(loss.detach())
+        loss = loss / self.config.grad_accum
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def _optimizer_step(self) -> bool:
+    def _optimizer_step(self, tally: _LossTally) -> None:
+        """Clip, step, schedule. Under fp16 the GradScaler skips a step whose gradients
+        overflowed and lowers its scale (that is no divergence); otherwise a non-finite
+        gradient norm counts as one."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        if not _optimizer_step(self.optimizer):
-            return False
+            norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.config.max_grad_norm
+            )
+            if self.scaler is None:
+                tally.expect_finite(norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif not _optimizer_step(self.optimizer):
+            tally.host_ok = False
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.global_step += 1
-        return True
 
     # --------------------------------------------------------------------------- evaluate
 
     def evaluate(self, trained: _EpochTraining) -> dict[str, Any] | None:
         """This epoch's dev and training metrics on every rank; None when the dev scores are
         not finite (finite weights whose activations overflow)."""
+        # Each rank updated its own running statistics (a batchnorm head) with its own last
+        # batch: every rank scores dev with rank 0's, the ones its checkpoint keeps.
+        broadcast_buffers_from_rank0(self.session, self.core)
         dev, seconds = self._evaluate_split(self.dev)
         report: dict[str, Any] = {}
         if dev is not None and np.isnan(dev[0]).any():
@@ -482,6 +548,7 @@ class TrialRecipe:
             M.TRAIN_STEP: self.state.global_step,
             M.EPOCH_SECONDS: trained.seconds,
             M.PEAK_MEMORY_MB: trained.peak_memory_mb,
+            M.PEAK_RESERVED_MB: trained.peak_reserved_mb,
         }
 
     def end_epoch(self, epoch: int, report: dict[str, Any]) -> None:
@@ -494,8 +561,7 @@ class TrialRecipe:
                 if isinstance(value, (int, float)) and "/" in key:
                     self.artifacts.writer.add_scalar(key, value, epoch + 1)
             self.artifacts.sync()
-        with self._checkpoint(self._epoch_files) as checkpoint_dir:
-            self.session.report(report, checkpoint_dir)
+        self._report(report, self._epoch_files)
 
     def _track_best(self, epoch: int, report: dict[str, Any]) -> None:
         state = self.state
@@ -524,26 +590,30 @@ class TrialRecipe:
         files["train_state.pt"] = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "state": self.state.__dict__,
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
+            "rng": rng_state(self.session.device),
         }
         files["config.json"] = self.config.dumps()
         return files
 
-    @contextlib.contextmanager
-    def _checkpoint(self, files: Callable[[], dict[str, Any]]) -> Iterator[Path | None]:
-        """A checkpoint directory written by rank 0 (None on the other ranks), for a report."""
-        with tempfile.TemporaryDirectory(prefix="hiersearch-ckpt-") as tmp:
-            os.chmod(tmp, dir_mode())  # a checkpoint copied as a whole keeps its mode
-            if self.session.rank != 0:
-                yield None
-                return
-            _save_checkpoint(Path(tmp), files())
-            yield Path(tmp)
+    def _report(
+        self, metrics: dict[str, Any], files: Callable[[], dict[str, Any]] | None
+    ) -> None:
+        """Report `metrics` with a checkpoint of `files`, written by rank 0 (the other ranks
+        report none) into a new directory that the session owns from then on: it deletes the
+        directory once the checkpoint is persisted, which a Ray Train worker does in the
+        background while training goes on."""
+        checkpoint_dir = None
+        if files is not None and self.session.rank == 0:
+            checkpoint_dir = Path(tempfile.mkdtemp(prefix="hiersearch-ckpt-"))
+            os.chmod(checkpoint_dir, dir_mode())  # a checkpoint copied as a whole keeps it
+            try:
+                _save_checkpoint(checkpoint_dir, files())
+            except BaseException:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+                raise
+        self.session.report(metrics, checkpoint_dir)
 
     # ----------------------------------------------------------------------------- finish
 
@@ -568,9 +638,8 @@ class TrialRecipe:
             "config.json": self.config.dumps(),
             FINAL_METRICS_FILE: _jsonable(final),
         }
-        with self._checkpoint(lambda: files) as checkpoint_dir:
-            self._close_artifacts(final)
-            self.session.report(final, checkpoint_dir)
+        self._close_artifacts(final)
+        self._report(final, lambda: files)
         return final
 
     def _test_metrics(self) -> dict[str, Any]:
@@ -588,7 +657,10 @@ class TrialRecipe:
                 )
             )
         if self.session.rank == 0 and self.config.util_docs > 0:
-            util = _utilization(self.core, self.dev, self.config, self.session, self.artifacts)
+            with self.autocast():  # what the trial's model computes, in its precision
+                util = _utilization(
+                    self.core, self.dev, self.config, self.session, self.artifacts
+                )
             out.update(util)
         return out
 
@@ -657,11 +729,25 @@ def split_to_device(
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _wrap_ddp(model: torch.nn.Module, session: Session) -> torch.nn.Module:
+def _wrap_ddp(model: torch.nn.Module, session: Session, compression: str) -> torch.nn.Module:
+    """DDP with gradients that are views into its all-reduce buckets (no second copy of
+    every gradient, no copy in and out of the buckets each step), compressed to bf16 on the
+    wire when asked (half the bytes between nodes).
+
+    A `head_norm: batchnorm` head stays a per-rank BatchNorm, not SyncBatchNorm: it
+    standardizes by the statistics of each rank's batch of `batch_size` documents, as the
+    one-worker trial it is compared with does, without an all-gather per head in every
+    forward; the running statistics a rank evaluates with are rank 0's
+    (`broadcast_buffers_from_rank0` before every evaluation)."""
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [session.device.index] if session.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+    if compression == "bf16":
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        ddp.register_comm_hook(state=None, hook=default_hooks.bf16_compress_hook)
+    return ddp
 
 
 def _no_sync(model: torch.nn.Module, skip: bool) -> Any:
@@ -685,17 +771,52 @@ def _optimizer_step(optimizer: torch.optim.Optimizer) -> bool:
     return True
 
 
-def _parameters_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+def _parameters_finite(model: torch.nn.Module) -> torch.Tensor:
+    """On the parameters' device: whether every parameter is finite (one tensor, one read)."""
+    return torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: allocated on the GPU, else the process's peak resident set (which
-    an earlier trial in the same process counts too)."""
+def _fresh_device_memory(device: torch.device) -> None:
+    """A trial starting in a process that ran another one (Tune's reuse_actors): the cached
+    blocks of the last trial go back to the GPU, which trials sharing it (fractional GPUs)
+    can then use, and the peak statistics start from this trial."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory_mb(device: torch.device) -> tuple[float, float]:
+    """(allocated, reserved) peak memory so far, MiB: on the GPU what tensors held and what
+    the caching allocator held for them; on the CPU the process's peak resident set, twice
+    (an earlier trial in the same process counts in it too)."""
+    if device.type == "cuda":
+        allocated = torch.cuda.max_memory_allocated(device) / 2**20
+        return allocated, torch.cuda.max_memory_reserved(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else KiB
+    peak_mb = peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else KiB
+    return peak_mb, peak_mb
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random state a trial draws from: Python's, NumPy's, torch's CPU generator and,
+    on a GPU, the device's (dropout there draws from it)."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restore `rng_state`; a checkpoint written on the CPU leaves the GPU's as it is."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
@@ -712,7 +833,9 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """`train_loop_per_worker` for `TorchTrainer`: builds the session and runs `fit`."""
-    return _run(loop_config, RaySession(tuple(loop_config.get("required_metrics") or ())))
+    config = TrialConfig.from_dict(loop_config["trial"])
+    required = tuple(loop_config.get("required_metrics") or ())
+    return _run(loop_config, RaySession(required, use_gpu=config.use_gpu))
 
 
 def tune_worker(loop_config: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,10 @@ class Session(Protocol):
     world_size: int
     device: torch.device
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Report `metrics`, with the checkpoint in `checkpoint_dir` if given: the session
+        owns that directory from then on and deletes it once the checkpoint is persisted."""
+        ...
 
     def restore(self) -> Path | None: ...
 
@@ -64,10 +67,11 @@ class LocalSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None:
-            taken = sum(1 for _ in self.checkpoint_root.iterdir())
-            target = self.checkpoint_root / f"checkpoint_{taken:06d}"
-            shutil.copytree(checkpoint_dir, target)
-            self.checkpoints.append(target)
+            with _owned(checkpoint_dir):
+                taken = sum(1 for _ in self.checkpoint_root.iterdir())
+                target = self.checkpoint_root / f"checkpoint_{taken:06d}"
+                shutil.copytree(checkpoint_dir, target)
+                self.checkpoints.append(target)
 
     def restore(self) -> Path | None:
         return self.checkpoints[-1] if self.checkpoints else None
@@ -196,21 +200,59 @@ def broadcast_from_rank0(session: Session, payload: Any) -> Any:
     return box[0]
 
 
-def all_ranks_true(session: Session, flag: bool) -> bool:
-    """Whether `flag` is true on all ranks (the answer on every rank)."""
+def all_ranks_true(session: Session, flag: bool | torch.Tensor) -> bool:
+    """Whether `flag` (a bool, or a one-element tensor on the session's device) is true on
+    all ranks: the answer on every rank, read on the host once."""
+    value = torch.as_tensor(flag, device=session.device).reshape(1).int()
+    if session.world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def broadcast_buffers_from_rank0(session: Session, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (running statistics) on every rank, in place."""
     if session.world_size == 1:
-        return flag
+        return
     import torch.distributed as dist
 
-    value = torch.tensor([1 if flag else 0], device=session.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+class NoGpuError(RuntimeError):
+    """A trial asked for a GPU (`use_gpu: true`) where torch has none to give it."""
+
+
+def check_cuda(use_gpu: bool, device: torch.device) -> None:
+    """Refuse to train on the CPU a trial that holds a GPU (a CPU build of torch on this
+    node, or a GPU that Ray assigned but torch cannot see): it would run many times slower
+    while the GPU idles, with nothing saying so."""
+    if not use_gpu or device.type == "cuda":
+        return
+    build = "a CPU build" if torch.version.cuda is None else "a CUDA build that sees no GPU"
+    raise NoGpuError(
+        f"use_gpu: true, but torch {torch.__version__} on {socket.gethostname()} is {build}: "
+        "install a CUDA build of torch on every node (README: Running on GPUs) or set "
+        "use_gpu: false"
+    )
+
+
+@contextlib.contextmanager
+def _owned(directory: Path) -> Any:
+    """A checkpoint directory handed to a session that persists it synchronously: deleted
+    once that is done, or failed."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class RaySession:
     """The Ray Train worker's view: rank, world size, device, report and restore."""
 
-    def __init__(self, required_metrics: tuple[str, ...] = ()) -> None:
+    def __init__(self, required_metrics: tuple[str, ...] = (), use_gpu: bool = False) -> None:
         import ray.train
         import ray.train.torch
 
@@ -219,6 +261,7 @@ class RaySession:
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        check_cuda(use_gpu, self.device)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         # Ray Tune fails the whole experiment on a result without its metric (and OptunaSearch
@@ -227,12 +270,19 @@ class RaySession:
         self._send({**metrics, **missing}, checkpoint_dir)
 
     def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Upload the checkpoint in the background (Train V2's ASYNC mode: BERT-base's
+        weights, best weights and optimizer state are ~1.5 GB an epoch, and every rank would
+        wait at the next collective while rank 0 uploads); Ray deletes the directory once it
+        is uploaded, keeps the reports in order and flushes the uploads before the run ends."""
         import ray.train
+        from ray.train import CheckpointUploadMode
 
         checkpoint = (
             ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         )
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(
+            metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC
+        )
 
     def _latest(self) -> Any:
         import ray.train
@@ -260,14 +310,18 @@ class TuneSession(RaySession):
         # Tune has already narrowed CUDA_VISIBLE_DEVICES to the trial's GPU.
         cuda = use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if cuda else torch.device("cpu")
+        check_cuda(use_gpu, self.device)
 
     def _send(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        """Tune persists a trial's checkpoint before `report` returns (no background upload
+        for a function trainable): the directory is deleted then."""
         from ray import tune
 
-        checkpoint = None
-        if checkpoint_dir is not None:
-            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir))
-        tune.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir is None:
+            tune.report(metrics)
+            return
+        with _owned(checkpoint_dir):
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     def _latest(self) -> Any:
         from ray import tune

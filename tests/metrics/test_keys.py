@@ -76,6 +76,7 @@ def test_every_named_metric_of_a_table_split_is_a_metric_column() -> None:
         keys.loss_key("train"),
         keys.SAMPLES_PER_SECOND,
         keys.PEAK_MEMORY_MB,
+        keys.PEAK_RESERVED_MB,
         keys.util_entropy_key(3),
         keys.UTIL_LAYER_KL_MEAN,
     ]
@@ -84,6 +85,7 @@ def test_every_named_metric_of_a_table_split_is_a_metric_column() -> None:
 
 def test_times_are_minimized() -> None:
     assert keys.mode_of(keys.EPOCH_SECONDS) == "min"
+    assert keys.mode_of(keys.PEAK_RESERVED_MB) == keys.mode_of(keys.PEAK_MEMORY_MB) == "min"
     assert keys.mode_of(keys.eval_seconds_key("dev")) == "min"
     assert keys.mode_of(keys.skipped_key("dev", 2)) == "min"
 

@@ -29,7 +29,8 @@ from hiersearch.trial.recipe import (
 from hiersearch.trial.session import Artifacts, LocalSession
 
 # What a rerun cannot repeat: wall-clock timings and the process's memory.
-TIMINGS = {M.SAMPLES_PER_SECOND, M.EPOCH_SECONDS, M.PEAK_MEMORY_MB, M.eval_seconds_key("dev"),
+TIMINGS = {M.SAMPLES_PER_SECOND, M.EPOCH_SECONDS, M.PEAK_MEMORY_MB, M.PEAK_RESERVED_MB,
+           M.eval_seconds_key("dev"),
            M.eval_seconds_key("test"), M.COST_FORWARD_MS}
 
 

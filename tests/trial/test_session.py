@@ -8,9 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import torch
 
-from hiersearch.trial.session import LocalSession, TuneSession
+from hiersearch.trial.session import LocalSession, NoGpuError, RaySession, TuneSession, check_cuda
 
 
 class _Recording(TuneSession):
@@ -26,12 +27,58 @@ class _Recording(TuneSession):
         return None if self.latest is None else SimpleNamespace(to_directory=lambda: self.latest)
 
 
-def test_tune_session_is_rank_zero_of_one_on_the_trials_device() -> None:
-    session = TuneSession(use_gpu=True)
-    assert (session.rank, session.world_size) == (0, 1)
-    expected = "cuda" if torch.cuda.is_available() else "cpu"  # no GPU: train on the CPU
-    assert session.device.type == expected
-    assert TuneSession(use_gpu=False).device.type == "cpu"
+def test_tune_session_is_rank_zero_of_one_on_the_trials_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = TuneSession(use_gpu=False)
+    assert (session.rank, session.world_size, session.device.type) == (0, 1, "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert TuneSession(use_gpu=True).device == torch.device("cuda", 0)
+
+
+def test_a_gpu_trial_without_cuda_fails_at_once_instead_of_training_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(NoGpuError, match=r"use_gpu: true, but torch .* on .* is a"):
+        TuneSession(use_gpu=True)
+    # a Ray Train worker whose device Ray gave as the CPU: the same refusal
+    with pytest.raises(NoGpuError, match="install a CUDA build of torch on every node"):
+        check_cuda(True, torch.device("cpu"))
+    check_cuda(True, torch.device("cuda", 1))
+    check_cuda(False, torch.device("cpu"))
+
+
+def test_a_tune_trial_deletes_its_checkpoint_directory_once_tune_persisted_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray import tune
+
+    persisted: list[list[str]] = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: persisted.append(
+        sorted(p.name for p in Path(checkpoint.path).iterdir())))
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model.pt").write_text("w")
+    TuneSession().report({"epoch": 1}, checkpoint)
+    assert persisted == [["model.pt"]] and not checkpoint.exists()
+
+
+def test_a_ray_train_worker_uploads_its_checkpoints_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray.train
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray.train, "report", lambda metrics, **kwargs: calls.append(kwargs))
+    session = RaySession.__new__(RaySession)  # its context needs a Ray Train run
+    session.required_metrics = ()
+    session.report({"epoch": 1}, tmp_path)
+    (kwargs,) = calls
+    assert kwargs["checkpoint_upload_mode"] == ray.train.CheckpointUploadMode.ASYNC
+    # Ray deletes the directory after the upload (ASYNC's default): it must not do it first
+    assert kwargs.get("delete_local_checkpoint_after_upload") in (None, True)
+    assert Path(kwargs["checkpoint"].path) == tmp_path and tmp_path.exists()
 
 
 def test_a_report_without_the_search_metric_carries_nan(tmp_path: Path) -> None:
@@ -60,6 +107,7 @@ def test_local_session_restores_its_latest_checkpoint(tmp_path: Path) -> None:
     restored = session.restore()
     assert restored is not None and (restored / "model.pt").read_text() == "2"
     assert [p.name for p in session.checkpoints] == ["checkpoint_000000", "checkpoint_000001"]
+    assert not (tmp_path / "epoch1").exists()  # the session owned it: gone once copied
 
 
 def test_artifacts_copied_into_place_get_the_umask_mode(tmp_path: Path) -> None:
