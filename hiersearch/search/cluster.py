@@ -8,15 +8,26 @@ instance on its host, which fails when the dashboard is off or another Ray insta
 same machine ("Found multiple active Ray instances"); the placement group then stays reserved and
 the next trial waits for resources forever. A local Ray started here therefore always runs its
 dashboard on a known loopback port and names it to every process (`RAY_API_SERVER_ADDRESS`).
+
+An autoscaling cluster starts small (cluster.yaml's GPU workers have `min_workers: 0`): what it
+could grow to is read from its autoscaler's config (`largest_cluster`), so that the search runs
+as many trials at once as the largest cluster would hold, not as many as the head node holds.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+# `ray up` leaves the cluster launcher config here on the head node, where its autoscaler reads
+# it (`ray start --autoscaling-config`, cluster.yaml's head_start_ray_commands).
+LAUNCHER_CONFIG = "~/ray_bootstrap_config.yaml"
+HEAD_RESOURCE = "node:__internal_head__"  # what every Ray head node has, and only it
+SCALED = ("CPU", "GPU")  # the resources a trial asks for
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,3 +99,84 @@ def connect(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         start_local()
+
+
+def largest_cluster() -> dict[str, float] | None:
+    """The most CPUs and GPUs the joined cluster could have: its head node plus every worker
+    node its autoscaler may add. None when no autoscaler config is found (a fixed cluster, a
+    local Ray, a driver on another machine than the head node).
+
+    Ray reads an autoscaler's limits from the GCS (`get_max_resources_from_cluster_config`,
+    which Ray Train checks a worker group against), but Ray 2.60's own autoscalers (v1, and
+    v2 that `ray up` starts) never report them there: on the head node of a `ray up` cluster,
+    where `ray submit` and `ray job submit` run the search, they are read from the launcher
+    config that the autoscaler reads."""
+    import ray
+
+    if ray.util.client.ray.is_connected():  # Ray Client: the cluster's GCS is not reachable
+        return None
+    head = _head_node()
+    workers = _reported_workers_limit()
+    if workers is None and head is not None and _runs_on(head):
+        workers = launcher_workers_limit(Path(LAUNCHER_CONFIG).expanduser())
+    if workers is None:
+        return None
+    # Reported limits leave the head out (it is never scaled); it runs trials all the same.
+    own = head["Resources"] if head else {}
+    return {key: float(own.get(key, 0)) + float(workers.get(key, 0)) for key in SCALED}
+
+
+def _head_node() -> dict[str, Any] | None:
+    import ray
+
+    return next(
+        (n for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})),
+        None,
+    )
+
+
+def _runs_on(node: dict[str, Any]) -> bool:
+    """Whether this driver runs on `node` (so that its files are the node's)."""
+    import ray
+
+    return bool(node.get("NodeID") == ray.get_runtime_context().get_node_id())
+
+
+def _reported_workers_limit() -> dict[str, float] | None:
+    """The worker nodes' resources at most, as an autoscaler reported them to the GCS."""
+    # Private in Ray 2.60 (Ray Train and Ray Data read it so): ray is pinned (pyproject.toml).
+    from ray._private.state import state
+
+    return state.get_max_resources_from_cluster_config()
+
+
+def launcher_workers_limit(path: Path) -> dict[str, float] | None:
+    """The CPUs and GPUs that the worker nodes of a cluster launcher config (a `ray up` YAML)
+    could add at most; None if there is no such file. Read by the autoscaler's own reader
+    (defaults filled in, validated), so that a config the autoscaler runs reads the same here."""
+    if not path.is_file():
+        return None
+    from ray.autoscaler.v2.instance_manager.config import FileConfigReader
+
+    config = FileConfigReader(str(path)).get_cached_autoscaling_config()
+    head = config.get_head_node_type()
+    # The reader counts the head node among its type's nodes: it is not a worker to add.
+    types = [
+        (node_type.resources, node_type.max_worker_nodes - (1 if name == head else 0))
+        for name, node_type in (config.get_node_type_configs() or {}).items()
+    ]
+    return most_resources(types, config.get_max_num_worker_nodes())
+
+
+def most_resources(
+    node_types: Iterable[tuple[Mapping[str, float], int]], max_nodes: int | None
+) -> dict[str, float]:
+    """The most CPUs and GPUs that nodes of these types (resources, most nodes of the type) add
+    together when at most `max_nodes` nodes run in all (None: no such cap): for each resource,
+    the nodes richest in it."""
+    nodes = [resources for resources, count in node_types for _ in range(max(count, 0))]
+    most = {}
+    for key in SCALED:
+        amounts = sorted((float(node.get(key, 0)) for node in nodes), reverse=True)
+        most[key] = sum(amounts[:max_nodes])
+    return most

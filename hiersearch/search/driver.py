@@ -254,17 +254,107 @@ def trial_count(space: SpaceFile, fixed: int, trials: int | None, fixed_only: bo
     return trials or space.tune.num_samples
 
 
-def max_concurrent(base: TrialConfig, cap: int | None) -> int:
-    """How many trials fit the cluster at once, given the per-trial scaling."""
+def max_concurrent(base: TrialConfig, cap: int | None, trials: int | None = None) -> int:
+    """How many trials run at once: as many as the cluster holds at its largest (an
+    autoscaling cluster: what its autoscaler may add), at most `cap` (`tune.max_concurrent`)
+    and the run's `trials`. Said on stderr, with why: users read it when a cluster looks idle.
+
+    Tune keeps as many trials pending as `max_concurrent_trials` lets run (Ray 2.60's default
+    TUNE_MAX_PENDING_TRIALS_PG with a searcher; one without the limit), each asking for its
+    resources, so that an autoscaler sees every trial's demand at once and launches their
+    nodes together."""
     import ray
 
-    resources = ray.cluster_resources()
-    fits = math.floor(resources.get("CPU", 1) / (base.num_workers * base.cpus_per_worker) + 1e-9)
-    if base.use_gpu:
-        gpus = base.num_workers * base.worker_gpus()
+    from hiersearch.search.cluster import largest_cluster
+
+    now = ray.cluster_resources()
+    largest = largest_cluster()
+    most = now if largest is None else {k: max(now.get(k, 0), v) for k, v in largest.items()}
+    fits = trials_that_fit(base, most)
+    limits = [n for n in (cap, trials) if n]
+    count = min([max(1, fits), *limits])
+    reason = _concurrency_reason(base, now, largest, fits, cap, count)
+    print(f"trials at once: {count} ({reason})", file=sys.stderr)
+    if fits == 0:
+        print(_never_fits_note(base, now, largest), file=sys.stderr)
+    return count
+
+
+def trials_that_fit(base: TrialConfig, resources: dict[str, float]) -> int:
+    """How many trials of this scaling these CPUs and GPUs hold together (0: not one).
+
+    A trial holds num_workers * cpus_per_worker CPUs, whether it trains in its Tune trial or
+    drives Ray Train workers (their share makes room for its driver, `scaling_config`)."""
+    cpus, gpus = _trial_resources(base)
+    fits = math.floor(resources.get("CPU", 1) / cpus + 1e-9)
+    if gpus:
         fits = min(fits, math.floor(resources.get("GPU", 0) / gpus + 1e-9))
-    fits = max(1, fits)
-    return min(fits, cap) if cap else fits
+    return fits
+
+
+def _trial_resources(base: TrialConfig) -> tuple[float, float]:
+    """(CPUs, GPUs) one trial holds."""
+    return base.num_workers * base.cpus_per_worker, base.num_workers * base.worker_gpus()
+
+
+def _amounts(resources: dict[str, float], gpus: bool) -> str:
+    """'8 CPUs and 1 GPU' (the GPUs only when trials use them)."""
+
+    def amount(key: str) -> str:
+        value = resources.get(key, 0)
+        if _unlimited(value):
+            return f"unlimited {key}s"
+        return f"{value:g} {key}" + ("" if value == 1 else "s")
+
+    return f"{amount('CPU')} and {amount('GPU')}" if gpus else amount("CPU")
+
+
+def _unlimited(value: float) -> bool:
+    """How Ray reads the resources of a node type without a most number of nodes."""
+    return value >= sys.maxsize
+
+
+def _concurrency_reason(
+    base: TrialConfig,
+    now: dict[str, float],
+    largest: dict[str, float] | None,
+    fits: int,
+    cap: int | None,
+    count: int,
+) -> str:
+    """Why `count` trials run at once, e.g. '24 fit the 232 CPUs and 24 GPUs its autoscaler may
+    grow the cluster to, 4 CPUs and 1 GPU each; it has 8 CPUs and 0 GPUs now'."""
+    cpus, gpus = _trial_resources(base)
+    each = _amounts({"CPU": cpus, "GPU": gpus}, base.use_gpu)
+    if largest is None:
+        why = f"{fits} fit the cluster's {_amounts(now, base.use_gpu)}, {each} each"
+    else:
+        used = ["CPU", "GPU"] if base.use_gpu else ["CPU"]
+        fit = "any number" if all(_unlimited(largest[k]) for k in used) else fits
+        why = (f"{fit} fit the {_amounts(largest, base.use_gpu)} its autoscaler may grow the "
+               f"cluster to, {each} each; it has {_amounts(now, base.use_gpu)} now")
+    if count < max(1, fits):
+        why = ("tune.max_concurrent" if cap == count else "the run's trials") + "; " + why
+    return why
+
+
+def _never_fits_note(
+    base: TrialConfig, now: dict[str, float], largest: dict[str, float] | None
+) -> str:
+    """Why the search will seem to hang. It is not refused: a node added by hand would run
+    its trials, and a cluster without an autoscaler config found may well have one."""
+    cpus, gpus = _trial_resources(base)
+    each = _amounts({"CPU": cpus, "GPU": gpus}, base.use_gpu)
+    if largest is None:
+        cluster = (f"the cluster's {_amounts(now, base.use_gpu)}, and no autoscaler config was "
+                   "found (a fixed cluster, a local Ray, or a driver off the head node)")
+    else:
+        cluster = f"the {_amounts(largest, base.use_gpu)} its autoscaler may grow the cluster to"
+    return (
+        f"note: not one trial ({each}) fits {cluster}: the trials will wait for resources that "
+        "never come unless a node is added. Check use_gpu, num_workers, cpus_per_worker and "
+        "gpus_per_worker in the space's trial: section against `ray status`."
+    )
 
 
 def storage_uri(storage: str) -> str:
@@ -476,7 +566,7 @@ def _tune_config(
         metric=space.tune.metrics[0],
         mode=space.tune.modes[0],
         num_samples=num_samples,
-        max_concurrent_trials=max_concurrent(base, space.tune.max_concurrent),
+        max_concurrent_trials=max_concurrent(base, space.tune.max_concurrent, num_samples),
         # A trial that trains in its own process leaves torch, transformers and the
         # compiled metric kernels imported: the next trial starts warm in it.
         reuse_actors=in_trial(space, base),
