@@ -766,3 +766,46 @@ def test_leaderboard_out_not_writable_is_refused(
     line = _refused(["leaderboard", _finished(), "--format", "csv", "--out",
                      str(locked / "t.csv")], capsys)
     assert line == f"hiersearch: error: --out: cannot write: Permission denied ({locked})"
+
+
+# --- issue 22: GPU settings a GPU would refuse, refused before Ray starts ----------------------
+
+
+def test_ddp_workers_sharing_a_gpu_are_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    space = _space(tmp_path, trial={"use_gpu": True, "num_workers": 2, "gpus_per_worker": 0.5})
+    line = _refused([*_search(tmp_path, space=space), "--storage", str(tmp_path / "r")], capsys)
+    assert "trial: gpus_per_worker: must be 1 with num_workers: 2 and use_gpu" in line
+    assert no_ray == [] and not (tmp_path / "r").exists()
+
+
+def test_gpu_trials_on_a_cpu_build_of_torch_are_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", None)  # CI's torch is one; say so regardless
+    space = _space(tmp_path, trial={"use_gpu": True})
+    line = _refused([*_search(tmp_path, space=space), "--storage", str(tmp_path / "r")], capsys)
+    assert f"{space}: trial: use_gpu: torch {torch.__version__} is a CPU build" in line
+    assert no_ray == [] and not (tmp_path / "r").exists()
+
+
+def test_gpu_trials_on_a_machine_without_a_gpu_are_refused_when_they_would_run_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")  # a CUDA build...
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # ...on a machine with no GPU
+    space = _space(tmp_path, trial={"use_gpu": True})
+    argv = [*_search(tmp_path, space=space), "--storage", str(tmp_path / "r")]
+    line = _refused(argv, capsys)
+    assert "trial: use_gpu: this machine has no GPU" in line and no_ray == []
+    # joining a cluster: its GPU nodes may have what this head node lacks, so Ray starts
+    with pytest.raises(AssertionError, match="Ray would start"):
+        main([*argv, "--address", "10.0.0.1:6379"])
+    assert no_ray == ["10.0.0.1:6379"]

@@ -108,8 +108,8 @@ class TrialConfig:
     # T4), "tf32" (float32 with TF32 matmuls) or "fp32" (no reduced precision). The heads and
     # their logits stay float32 in every mode; weights are float32 masters. CPU runs fp32.
     precision: str = "bf16"
-    # DDP's gradient all-reduce: "none" (float32) or "bf16" (torch's bf16 compression hook:
-    # half the bytes between nodes, for multi-node trials on a slow network).
+    # DDP's gradient all-reduce: "none" (float32) or "bf16" (torch's bf16 compression hook,
+    # NCCL only: half the bytes between nodes, for multi-node trials on a slow network).
     grad_compression: str = "none"
     # Optimizer steps between checks that every rank's training loss stayed finite (one
     # all-reduce and one host sync each; the GPU queue runs free in between): a divergence
@@ -169,6 +169,11 @@ class TrialConfig:
                 self.grad_compression in GRAD_COMPRESSIONS,
                 "grad_compression",
                 f"must be one of {', '.join(GRAD_COMPRESSIONS)}",
+            ),
+            (
+                self.use_gpu or self.grad_compression == "none",
+                "grad_compression",
+                "bf16 compresses NCCL's all-reduce: it needs use_gpu: true",
             ),
             (self.divergence_check_steps >= 1, "divergence_check_steps", "must be >= 1"),
             (self.max_length >= 8, "max_length", "must be >= 8"),

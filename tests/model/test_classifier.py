@@ -285,3 +285,29 @@ def test_a_layer_that_outlives_its_classifier_runs_without_it() -> None:
     LayerwiseClassifier(encoder, named_variants(12, 6, COUNTS)["LAST-SIX"], COUNTS)
     out = encoder(*_batch(), return_dict=True)  # the hooks find no classifier and do nothing
     assert out.last_hidden_state.shape[0] == 3
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_heads_and_logits_stay_float32_under_bf16_autocast(pooling: str) -> None:
+    """The encoder may run in bf16; the heads read its features in float32 and give float32
+    logits (bf16 logits keep ~3 digits: thousands of labels would tie in the ranking)."""
+    variant = named_variants(12, 6, COUNTS)["LAST-SIX"]
+    model = LayerwiseClassifier(load_encoder("tiny:12x32"), variant, COUNTS, dropout=0.0,
+                                pooling=pooling).eval()
+    ids, mask = _batch()
+    seen: list[torch.dtype] = []
+    for head in model.heads:
+        head.register_forward_hook(lambda m, i, o: seen.extend([i[0].dtype, o.dtype]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(ids, mask)
+    assert logits.dtype == torch.float32 and set(seen) == {torch.float32}
+
+
+def test_a_half_precision_checkpoint_loads_as_float32_weights(tmp_path) -> None:
+    """transformers 5 loads a checkpoint in its own dtype ("auto"): an fp16 backbone would
+    train in fp16 with no float32 master weights."""
+    half = load_encoder("tiny:2x32").half()
+    half.save_pretrained(tmp_path / "half")
+    assert next(iter(half.parameters())).dtype == torch.float16
+    loaded = load_encoder(str(tmp_path / "half"))
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}

@@ -158,10 +158,12 @@ def test_trials_that_can_never_run_are_noted_not_refused(
 
 
 def test_a_trial_holds_its_workers_cpus_and_gpus() -> None:
-    ddp = TrialConfig(use_gpu=True, num_workers=2, cpus_per_worker=2, gpus_per_worker=0.5)
-    assert trials_that_fit(ddp, {"CPU": 16.0, "GPU": 2.0}) == 2
+    ddp = TrialConfig(use_gpu=True, num_workers=2, cpus_per_worker=2)
+    assert trials_that_fit(ddp, {"CPU": 16.0, "GPU": 4.0}) == 2
     assert trials_that_fit(ddp, {"CPU": 7.9, "GPU": 8.0}) == 1
     assert trials_that_fit(ddp, {"CPU": 16.0}) == 0
+    quarter = TrialConfig(use_gpu=True, cpus_per_worker=2, gpus_per_worker=0.25)
+    assert trials_that_fit(quarter, {"CPU": 16.0, "GPU": 1.0}) == 4
 
 
 # --- where the cluster's largest size is read ---------------------------------------------

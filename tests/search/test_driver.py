@@ -349,13 +349,16 @@ def test_launcher_must_be_auto_or_train() -> None:
         TrialConfig(launcher="tune")
 
 
-def test_fractional_gpus_reach_a_ray_train_trials_workers() -> None:
-    config = TrialConfig(use_gpu=True, gpus_per_worker=0.5, num_workers=2, cpus_per_worker=2)
+def test_fractional_gpus_reach_a_ray_train_trials_worker() -> None:
+    # one worker under Ray Train (launcher: train); DDP workers hold whole GPUs
+    config = TrialConfig(use_gpu=True, gpus_per_worker=0.5, launcher="train", cpus_per_worker=2)
     scaling = scaling_config(config)
     assert scaling.use_gpu and scaling.num_gpus_per_worker == 0.5
     bundles = scaling.as_placement_group_factory().bundles
-    assert [b.get("GPU") for b in bundles if "GPU" in b] == [0.5, 0.5]  # one per worker
+    assert [b.get("GPU") for b in bundles if "GPU" in b] == [0.5]
     assert scaling_config(config.replace(use_gpu=False)).num_gpus_per_worker == 0
+    ddp = scaling_config(config.replace(gpus_per_worker=1, num_workers=2))
+    assert [b.get("GPU") for b in ddp.as_placement_group_factory().bundles if "GPU" in b] == [1, 1]
 
 
 def test_fractional_gpus_reach_a_one_worker_trials_placement() -> None:
@@ -378,7 +381,7 @@ def test_fractional_gpus_let_several_trials_share_one_gpu(
     base = TrialConfig(use_gpu=True, cpus_per_worker=1)
     assert max_concurrent(base, None) == 1
     assert max_concurrent(base.replace(gpus_per_worker=0.25), None) == 4
-    assert max_concurrent(base.replace(gpus_per_worker=0.25, num_workers=2), None) == 2
+    assert max_concurrent(base.replace(gpus_per_worker=0.25, cpus_per_worker=8), None) == 2
 
 
 def test_gpus_per_worker_cannot_be_searched() -> None:

@@ -170,3 +170,28 @@ def test_a_damaged_model_directory_is_named(models: dict, tmp_path: Path) -> Non
     (broken / "model.json").write_text("{not json")
     with pytest.raises(InputError, match="model.json"):
         ExportedModel.load(broken)
+
+
+def test_predict_on_a_gpu_runs_the_encoder_in_the_trials_precision(
+    models: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU the encoder runs under the autocast it was trained with, its heads in float32;
+    on the CPU in float32. Here CPU autocast stands in for the GPU's: the scores stay within
+    bf16's rounding of the float32 ones and come back float32."""
+    from hiersearch.trial.precision import Precision
+
+    directory, _ = models["layerwise"]
+    model = ExportedModel.load(directory)
+    assert model.config.precision == "bf16" and model.precision.autocast_dtype is None
+    on_gpu = ExportedModel(**{**model.__dict__, "device": torch.device("cuda", 0)})
+    assert on_gpu.precision.autocast_dtype == torch.bfloat16
+    exact = np.concatenate(model.scores(TEXTS), axis=1)
+    seen: list[bool] = []
+    model.core.encoder.register_forward_hook(
+        lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    monkeypatch.setattr(Precision, "of", classmethod(lambda cls, name, device: cls(
+        name, device, active=True)))
+    rounded = model.scores(TEXTS)
+    assert seen == [True] and {s.dtype for s in rounded} == {np.dtype("float32")}
+    np.testing.assert_allclose(np.concatenate(rounded, axis=1), exact, atol=0.05)
+    assert not np.array_equal(np.concatenate(rounded, axis=1), exact)  # bf16 did run

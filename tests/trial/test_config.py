@@ -112,7 +112,10 @@ def test_a_checkpoint_config_written_before_precision_still_loads() -> None:
 
 def test_gpu_options_are_checked() -> None:
     with pytest.raises(InputError, match="grad_compression: must be one of none, bf16"):
-        TrialConfig(grad_compression="fp8")
+        TrialConfig(use_gpu=True, grad_compression="fp8")
+    with pytest.raises(InputError, match="grad_compression: bf16 .* needs use_gpu: true"):
+        TrialConfig(grad_compression="bf16")  # gloo has no bf16 all-reduce hook
+    assert TrialConfig(use_gpu=True, num_workers=2, grad_compression="bf16").use_gpu
     with pytest.raises(InputError, match="divergence_check_steps: must be >= 1"):
         TrialConfig(divergence_check_steps=0)
     with pytest.raises(InputError, match="accelerator_type: must be a GPU type"):
