@@ -34,7 +34,7 @@ from hiersearch.data.prepare import DataSpec  # the data section: it drives the 
 from hiersearch.errors import InputError
 from hiersearch.model.assignment import LayerAssignment, named_variants, variant_names
 from hiersearch.search.assignments import SpaceOptions, assignment_params, suggest_assignment
-from hiersearch.trial.config import TrialConfig
+from hiersearch.trial.config import TrialConfig, resolve_aliases
 from hiersearch.typed import as_mapping, check_keys, from_mapping
 
 PRESETS = ("smoke", "quick", "paper", "layerwise", "pareto")
@@ -266,7 +266,9 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
     """Check a space file's mapping (`where` names it in errors) and build its spec."""
     check_keys(raw, SECTIONS, where)
     data = from_mapping(DataSpec, raw.get("data") or {}, f"{where}: data")
-    trial = as_mapping(raw.get("trial") or {}, f"{where}: trial")
+    # deprecated keys resolved once here (one warning), not in every config built from it
+    trial = resolve_aliases(as_mapping(raw.get("trial") or {}, f"{where}: trial"),
+                            f"{where}: trial")
     TrialConfig.from_dict(trial, where=f"{where}: trial")  # check keys and types now
     search = as_mapping(raw.get("search") or {}, f"{where}: search")
     _check_search(search, trial, f"{where}: search")

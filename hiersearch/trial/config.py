@@ -207,11 +207,12 @@ class TrialConfig:
         """Build from plain values (YAML, JSON, a Tune config), checking keys, types and
         ranges; errors name `where` and the key. The deprecated `bf16: true|false` (configs
         and checkpoints written before `precision`) reads as `precision: bf16|fp32`."""
-        return from_mapping(cls, _precision_alias(as_mapping(values, where), where), where)
+        return from_mapping(cls, resolve_aliases(as_mapping(values, where), where), where)
 
 
-def _precision_alias(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """`values` with a deprecated `bf16` key turned into the `precision` it meant."""
+def resolve_aliases(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` with a deprecated `bf16` key turned into the `precision` it meant (and a
+    warning naming `where`); anything else is left to `from_dict` to check."""
     if DEPRECATED_BF16 not in values:
         return values
     values = dict(values)

@@ -389,3 +389,18 @@ def test_distributions_optuna_refuses_are_input_errors_naming_the_key(
     with pytest.raises(InputError, match="space.yaml: search: ") as caught:
         parse_space(raw, "space.yaml")
     assert said in str(caught.value)
+
+
+def test_a_space_file_with_the_deprecated_bf16_flag_warns_once_and_runs_in_fp32() -> None:
+    import warnings
+
+    raw = {"name": "old", "trial": {"bf16": False, "model": "tiny:12x32"},
+           "search": {"lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3}}}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        space = parse_space(raw, "old.yaml")
+        base = space.base_config()
+    notes = [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
+    assert notes == ["old.yaml: trial: bf16 is deprecated and reads as precision: fp32; "
+                     "write that instead"]
+    assert base.precision == "fp32"
