@@ -145,8 +145,7 @@ class _EpochTraining:
     """One epoch's training on this rank."""
 
     batches: int
-    loss_sum: float = 0.0
-    loss_count: int = 0
+    loss: float = math.nan  # the mean training loss of its micro-batches
     finite: bool = True
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
@@ -158,7 +157,8 @@ class _LossTally:
 
     Nothing here reads a tensor on the host: `float(loss)` or `if torch.isfinite(loss)` after
     every micro-batch would make the CPU wait for the GPU queue to drain each time. The host
-    looks only at the divergence checks (`agree_finite`) and at the epoch's end (`mean`)."""
+    reads `finite()` at the divergence checks (through `all_ranks_true`) and `mean()` at the
+    epoch's end only."""
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device)
@@ -469,7 +469,7 @@ class TrialRecipe:
         # The last step of an epoch can leave the weights non-finite while every loss so far
         # was finite (dev scores would then be NaN): the weights are checked at every end.
         out.finite = all_ranks_true(session, tally.finite() & _parameters_finite(self.core))
-        out.loss_sum, out.loss_count = tally.mean() * tally.count, tally.count
+        out.loss = tally.mean()
         out.seconds = time.perf_counter() - started
         out.peak_memory_mb, out.peak_reserved_mb = _peak_memory_mb(session.device)
         return out
@@ -542,7 +542,7 @@ class TrialRecipe:
     def _training_metrics(self, trained: _EpochTraining) -> dict[str, Any]:
         samples = trained.batches * self.config.batch_size * self.session.world_size
         return {
-            M.loss_key("train"): trained.loss_sum / max(1, trained.loss_count),
+            M.loss_key("train"): trained.loss,
             M.SAMPLES_PER_SECOND: samples / max(trained.seconds, 1e-9),
             M.LEARNING_RATE: self.scheduler.get_last_lr()[0],
             M.TRAIN_STEP: self.state.global_step,
