@@ -7,6 +7,7 @@ from __future__ import annotations
 from hiersearch.metrics.f1 import (
     f1_at_thresholds,
     f1_of_label_sets,
+    f1_thresholds,
     label_sets,
     tune_threshold,
     tune_thresholds,
@@ -95,6 +96,7 @@ __all__ = [
     "f1_micro_key",
     "f1_of_label_sets",
     "f1_threshold_key",
+    "f1_thresholds",
     "is_metric_column",
     "is_metric_key",
     "is_timing_key",

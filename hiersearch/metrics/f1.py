@@ -35,7 +35,9 @@ the prior: every score, sorted).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +46,7 @@ from hiersearch.metrics.keys import f1_macro_key, f1_micro_key, f1_threshold_key
 __all__ = [
     "f1_at_thresholds",
     "f1_of_label_sets",
+    "f1_thresholds",
     "label_sets",
     "tune_threshold",
     "tune_thresholds",
@@ -195,3 +198,14 @@ def tuned_f1(
     for level, threshold in enumerate(thresholds, start=1):
         out[f1_threshold_key(split, level)] = threshold
     return out
+
+
+def f1_thresholds(metrics: Mapping[str, Any], levels: int, split: str = "dev") -> list | None:
+    """The levels' thresholds a report carries (`tuned_f1`), or None if any is missing or not
+    a finite number (a report of a version without F1, or a diverged epoch)."""
+    values = [metrics.get(f1_threshold_key(split, n)) for n in range(1, levels + 1)]
+    ok = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values
+    )
+    return [float(v) for v in values] if ok else None

@@ -695,11 +695,7 @@ class TrialRecipe:
     def dev_thresholds(self) -> list[float] | None:
         """Each level's F1 threshold tuned on dev at the best epoch (its report carries them);
         None for a best epoch reported by a version without F1 (a resumed older trial)."""
-        keys = [M.f1_threshold_key("dev", n) for n in range(1, len(self.core.level_slices) + 1)]
-        values = [self.state.best_metrics.get(key) for key in keys]
-        if any(v is None or not math.isfinite(v) for v in values):
-            return None
-        return [float(v) for v in values]
+        return M.f1_thresholds(self.state.best_metrics, len(self.core.level_slices))
 
     def diverged(self, epoch: int) -> dict[str, Any]:
         """The final report of a trial whose loss or weights went non-finite: no metrics and no
