@@ -29,8 +29,8 @@ cells. At EURLEX57K scale (5,000 dev documents x 4,000+ labels) sorting every sc
 seconds; only the top of them matters: F1(c) <= 2 G / (PP(c) + G), so once a candidate reaches
 F1 = f, no threshold predicting more than G (2 / f - 1) cells can beat it. The search sorts the
 top 8 G scores (`np.partition`, one pass), then, until the bound proves its best candidate
-optimal, at least 4 times more: as many as that candidate's bound asks for (a model still near
-the prior: every score, sorted).
+optimal, at least 4 times more: as many as that candidate's bound asks for; a top of more than
+1/8 of the scores (a model still near the prior) sorts every score at once.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ __all__ = [
 # more each time the bound cannot prove the best candidate optimal (see the docstring).
 FIRST_TOP = 8
 GROWTH = 4
+# A top slice of more than 1 / PARTIAL of a level's scores is not worth a partition first:
+# every score is sorted instead (measured at EURLEX57K scale, BENCHMARKS.md section 9).
+PARTIAL = 8
 
 
 def _flat(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,7 +115,8 @@ def tune_threshold(y_true: np.ndarray, y_score: np.ndarray) -> float:
         return _above_all(flat)
     k = min(n, FIRST_TOP * g)
     while True:
-        complete = k >= n
+        # a top of over 1/PARTIAL of the scores costs about a full sort after the partition
+        complete = k * PARTIAL >= n
         top = np.sort(flat) if complete else np.sort(np.partition(flat, n - k)[n - k :])
         found = _best_candidate(top, gold_sorted, complete)
         # a threshold outside `top` predicts >= k cells: F1 <= 2 G / (k + G); integers, exact
