@@ -10,11 +10,17 @@
 2. `utilization.measure_utilization` on 64 docs x 12 layers of a random-init BERT-base-sized
    encoder (hidden 768, 12 heads), sequences of up to 128 tokens (`--util-seq`), split into the
    encoder's forward pass (eager attention, attention maps and hidden states out) and the rest.
+3. F1 at thresholds tuned on dev (`f1.tuned_f1`: each level's exact threshold search, then
+   micro- and macro-F1 per level and overall) on a EURLEX57K-sized dev set, 5,000 docs x the
+   same 7,341 labels, probabilities = sigmoid of the scores above: as they are (a model at the
+   label prior: the search must sort nearly every score) and with gold scores + 3 (a trained
+   model: the top slice proves the threshold at once); against sorting every score of every
+   level (`np.sort`, what a plain exact search would do before anything else), side by side.
 
 Targets: R-Precision per level + micro <= 1 s on 2 cores and >= 40x the reference;
-utilization <= 10 s.
+utilization <= 10 s. F1 (no target set): the tuning's CPU time against sorting every score.
 
-    python bench/metrics_speed.py [--quick] [--json OUT]
+    python bench/metrics_speed.py [--quick] [--sections rp,util,f1] [--json OUT]
 """
 
 from __future__ import annotations
@@ -158,6 +164,53 @@ def bench_rprecision(docs: int, ref_rows: int, reps: int) -> dict[str, Any]:
     }
 
 
+F1_DEV_DOCS = 5_000  # EURLEX57K's dev set
+
+
+def f1_level_data(docs: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """EURLEX57K-shaped gold per level and two sets of float32 probabilities: a model at the
+    label prior (sigmoid of random scores) and a trained one (gold scores + 3)."""
+    golds, scores = make_level_data(docs)
+
+    def sigmoid(x: np.ndarray) -> np.ndarray:
+        return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+    prior = [sigmoid(s) for s in scores]
+    trained = [sigmoid(s + 3 * g) for g, s in zip(golds, scores, strict=True)]
+    return golds, prior, trained
+
+
+def bench_f1(docs: int, reps: int) -> dict[str, Any]:
+    from hiersearch import metrics as M
+
+    golds, prior, trained = f1_level_data(docs)
+    times = alternate(
+        {
+            "tune_prior": lambda: M.tune_thresholds(golds, prior),
+            "tune_trained": lambda: M.tune_thresholds(golds, trained),
+            # what an epoch's dev report adds: the thresholds and every F1 at them
+            "tuned_f1_trained": lambda: M.tuned_f1(golds, trained, "dev"),
+            "sort_every_score": lambda: [np.sort(s, axis=None) for s in trained],
+        },
+        reps,
+    )
+    sort, sort_cpu = times.median_wall("sort_every_score"), times.median_cpu("sort_every_score")
+    out: dict[str, Any] = {
+        "docs": docs,
+        "label_counts": list(EUROVOC_LEVELS),
+        "timings": times.to_json(),
+        "sort_every_score_s": sort,
+        "sort_every_score_cpu_s": sort_cpu,
+    }
+    for name in ("tune_prior", "tune_trained", "tuned_f1_trained"):
+        out[f"{name}_s"] = times.median_wall(name)
+        out[f"{name}_cpu_s"] = times.median_cpu(name)
+        out[f"{name}_over_sort_cpu"] = times.median_cpu(name) / sort_cpu
+    out["dev_f1_micro_prior"] = M.tuned_f1(golds, prior, "dev")["dev/f1_micro"]
+    out["dev_f1_micro_trained"] = M.tuned_f1(golds, trained, "dev")["dev/f1_micro"]
+    return out
+
+
 def util_inputs(docs: int, seq: int, seed: int = 0) -> tuple[Any, Any]:
     """Random token ids and a padding mask with lengths seq/2..seq (a realistic batch)."""
     import torch
@@ -256,15 +309,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--util-docs", type=int, default=None)
     parser.add_argument("--util-seq", type=int, default=128)
     parser.add_argument("--skip-util", action="store_true")
+    parser.add_argument("--sections", default="rp,util,f1", help="which of rp, util, f1")
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     setup_env()
+    sections = set(args.sections.split(","))
     docs = args.docs or (FULL_DOCS // 10 if args.quick else FULL_DOCS)
     reps = args.reps or (1 if args.quick else 3)
     ref_rows = args.ref_rows or (300 if args.quick else 2000)
     out: dict[str, Any] = {"machine": machine(), "quick": args.quick}
-    out["r_precision"] = bench_rprecision(docs, min(ref_rows, docs), reps)
-    if not args.skip_util:
+    if "rp" in sections:
+        out["r_precision"] = bench_rprecision(docs, min(ref_rows, docs), reps)
+    if "f1" in sections:
+        out["f1"] = bench_f1(F1_DEV_DOCS // 10 if args.quick else F1_DEV_DOCS, reps)
+    if "util" in sections and not args.skip_util:
         util_docs = args.util_docs or (4 if args.quick else 64)
         out["utilization"] = bench_utilization(util_docs, args.util_seq, 12, reps)
     out["machine"]["load_average_end"] = machine()["load_average_1_5_15"]

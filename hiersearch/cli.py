@@ -174,8 +174,19 @@ def _add_serve(sub: Any) -> None:
     predict.add_argument("--input", required=True, help="JSONL or CSV with a text field, or -")
     predict.add_argument("--out", default=None, help="JSON Lines file (default: stdout)")
     limit = predict.add_mutually_exclusive_group()
-    limit.add_argument("--top-k", default=None, help="the K best labels per level (default 5)")
-    limit.add_argument("--threshold", default=None, help="labels scoring >= T, in (0, 1)")
+    limit.add_argument(
+        "--top-k", default=None,
+        help="a ranking: the K best labels per level (default: label sets at the thresholds "
+        "tuned on dev)",
+    )
+    limit.add_argument(
+        "--threshold", default=None, help="label sets of the labels scoring >= T, in (0, 1)"
+    )
+    predict.add_argument(
+        "--consistency", default=None, metavar="drop|add|none",
+        help="label sets: drop a label none of whose parents is predicted (default), add its "
+        "best parent, or keep the thresholded sets as they are",
+    )
     predict.add_argument("--levels", default=None, metavar="A-B", help="only levels A..B")
     predict.add_argument("--batch-size", default="32")
     predict.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -504,11 +515,16 @@ def _other_params(found: dict[str, float]) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hiersearch.serve.export import export_trial
+    from hiersearch.serve.export import MODEL_FILE, export_trial
 
     out = export_trial(args.experiment, args.out, trial=args.trial, best=args.best)
     print(f"wrote {out}")
-    print(f"predict: hiersearch predict {out} --input docs.jsonl --out predictions.jsonl")
+    tuned = json.loads((out / MODEL_FILE).read_text(encoding="utf-8")).get("thresholds")
+    if tuned is None:
+        print("note: the trial has no F1 thresholds tuned on dev (trained before hiersearch "
+              "tuned them): predict needs --top-k K or --threshold T", file=sys.stderr)
+    limit = "" if tuned is not None else " --top-k 5"
+    print(f"predict: hiersearch predict {out} --input docs.jsonl --out predictions.jsonl{limit}")
     return EXIT_OK
 
 
@@ -556,6 +572,7 @@ def _predict(args: argparse.Namespace) -> int:
     return run_predict(
         model_dir=args.model_dir, input=args.input, out=args.out, top_k=top_k,
         threshold=threshold, levels=levels, batch_size=batch_size, device=args.device,
+        consistency=args.consistency,
     )
 
 

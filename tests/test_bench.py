@@ -20,6 +20,7 @@ sys.path.insert(0, str(BENCH))
 import _common  # noqa: E402
 import _timing  # noqa: E402
 import encode_cache  # noqa: E402
+import f1_consistency  # noqa: E402
 import gpu_bundle  # noqa: E402
 import gpu_check  # noqa: E402
 import gpu_throughput  # noqa: E402
@@ -775,3 +776,34 @@ def test_cleanup_matches_only_processes_naming_the_checks_directory(tmp_path: Pa
     assert gpu_check.our_processes("/tmp/gck.abc123/", proc) == [101]
     with pytest.raises(SystemExit, match="refusing"):
         gpu_check.cleanup("/tmp")
+
+
+def test_f1_consistency_gold_and_rule_figures_on_a_toy_hierarchy() -> None:
+    from hiersearch.data.hierarchy import Hierarchy, Node
+    from hiersearch.serve.consistency import LabelRule, ParentIndex
+
+    index = [["A", "B"], ["a", "b"]]
+    hierarchy = Hierarchy([Node("A", "", (), 1), Node("B", "", (), 1),
+                           Node("a", "", ("A",), 2), Node("b", "", ("B",), 2)])
+    golds = f1_consistency.gold_levels([["A", "a", "elsewhere"], ["B"]], index)
+    assert [g.tolist() for g in golds] == [[[True, False], [False, True]],
+                                           [[True, False], [False, False]]]
+    scores = [np.array([[0.2, 0.1], [0.9, 0.1]]), np.array([[0.8, 0.1], [0.1, 0.1]])]
+    parents = ParentIndex.build(hierarchy, index, [1, 2])
+    # document 0: a is predicted without A; document 1: A without gold
+    drop = f1_consistency.rule_figures(golds, scores, LabelRule((0.5, 0.5), "drop", parents),
+                                       "dev")
+    add = f1_consistency.rule_figures(golds, scores, LabelRule((0.5, 0.5), "add", parents),
+                                      "dev")
+    assert drop["dropped_per_doc"] == 0.5 and drop["added_per_doc"] == 0.0
+    assert drop["dropped_gold_share"] == 1.0 and drop["raw_precision"] == 0.5
+    assert add["added_per_doc"] == 0.5 and add["added_gold_share"] == 1.0
+    assert add[M.f1_micro_key("dev")] > drop[M.f1_micro_key("dev")]
+
+
+def test_metrics_f1_data_has_a_prior_and_a_trained_model() -> None:
+    golds, prior, trained = metrics_speed.f1_level_data(30)
+    assert [g.shape for g in golds] == [p.shape for p in prior] == [t.shape for t in trained]
+    assert all(p.min() >= 0 and p.max() <= 1 and p.dtype == np.float32 for p in prior)
+    assert M.tuned_f1(golds, trained, "dev")["dev/f1_micro"] > M.tuned_f1(
+        golds, prior, "dev")["dev/f1_micro"]

@@ -256,9 +256,11 @@ def test_predict_passes_checked_options_to_run_predict(monkeypatch: pytest.Monke
     fake.run_predict = lambda **kwargs: seen.update(kwargs) or 0  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "hiersearch.serve.predict", fake)
     argv = ["predict", "m", "--input", "docs.csv", "--out", "p.jsonl", "--threshold", "0.25",
-            "--levels", "1-2", "--batch-size", "8", "--device", "cuda"]
+            "--levels", "1-2", "--batch-size", "8", "--device", "cuda", "--consistency", "add"]
     assert main(argv) == 0
     assert seen == {"model_dir": "m", "input": "docs.csv", "out": "p.jsonl", "top_k": None,
-                    "threshold": 0.25, "levels": (1, 2), "batch_size": 8, "device": "cuda"}
+                    "threshold": 0.25, "levels": (1, 2), "batch_size": 8, "device": "cuda",
+                    "consistency": "add"}
     assert main(["predict", "m", "--input", "-", "--levels", "2"]) == 0
     assert seen["levels"] == (2, 2) and seen["top_k"] is None and seen["batch_size"] == 32
+    assert seen["consistency"] is None  # the default rule is predict's to choose

@@ -1,9 +1,18 @@
 """Metrics: R-Precision (per level, micro, macro), RP@k and nDCG@k (`ranking`), their compiled
-kernel (`goldrank`, numba: imported on the first metric computed), and the one place metric
-keys are named (`keys`)."""
+kernel (`goldrank`, numba: imported on the first metric computed), micro- and macro-F1 of label
+sets at thresholds tuned on dev (`f1`), and the one place metric keys are named (`keys`)."""
 
 from __future__ import annotations
 
+from hiersearch.metrics.f1 import (
+    f1_at_thresholds,
+    f1_of_label_sets,
+    f1_thresholds,
+    label_sets,
+    tune_threshold,
+    tune_thresholds,
+    tuned_f1,
+)
 from hiersearch.metrics.keys import (
     COST_ENCODER_LAYERS,
     COST_FORWARD_MS,
@@ -29,6 +38,9 @@ from hiersearch.metrics.keys import (
     UTIL_HEAD_KL_MEAN,
     UTIL_LAYER_KL_MEAN,
     eval_seconds_key,
+    f1_macro_key,
+    f1_micro_key,
+    f1_threshold_key,
     is_metric_column,
     is_metric_key,
     is_timing_key,
@@ -79,9 +91,16 @@ __all__ = [
     "UTIL_LAYER_KL_MEAN",
     "evaluate",
     "eval_seconds_key",
+    "f1_at_thresholds",
+    "f1_macro_key",
+    "f1_micro_key",
+    "f1_of_label_sets",
+    "f1_threshold_key",
+    "f1_thresholds",
     "is_metric_column",
     "is_metric_key",
     "is_timing_key",
+    "label_sets",
     "loss_key",
     "mode_of",
     "ndcg_at_k",
@@ -96,6 +115,9 @@ __all__ = [
     "rp_macro_key",
     "rp_micro_key",
     "skipped_key",
+    "tune_threshold",
+    "tune_thresholds",
+    "tuned_f1",
     "util_entropy_key",
     "util_head_kl_key",
 ]

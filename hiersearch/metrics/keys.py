@@ -1,9 +1,11 @@
 """The one place metric keys are named: what trials report, searches optimize and tables show.
 
-A metric key is `<namespace>/<name>`: a split ("dev", "test", "train") for the ranking metrics
-and losses, "train/" for the training loop's rates and times, "util/" for the utilization
-metrics, "cost/" for what the trial's model costs at inference (the encoder layers it runs,
-its forward time per document). Keys under "trial/" describe a trial rather than measure it
+A metric key is `<namespace>/<name>`: a split ("dev", "test", "train") for the ranking metrics,
+the F1 of label sets and losses, "train/" for the training loop's rates and times, "util/" for
+the utilization metrics, "cost/" for what the trial's model costs at inference (the encoder
+layers it runs, its forward time per document). A split's `f1_threshold_L{n}` (the level's
+tuned threshold) is reported with the metrics and shown as a column, but is no metric a search
+may optimize. Keys under "trial/" describe a trial rather than measure it
 and are not metrics.
 """
 
@@ -36,6 +38,9 @@ __all__ = [
     "UTIL_HEAD_KL_MEAN",
     "UTIL_LAYER_KL_MEAN",
     "eval_seconds_key",
+    "f1_macro_key",
+    "f1_micro_key",
+    "f1_threshold_key",
     "is_metric_column",
     "is_metric_key",
     "is_timing_key",
@@ -136,6 +141,22 @@ def ndcg_at_k_key(split: str, k: int, level: int | None = None) -> str:
     return f"{_split(split)}/ndcg@{positive(k, 'k')}{_level_suffix(level)}"
 
 
+def f1_micro_key(split: str, level: int | None = None) -> str:
+    """Micro-F1 at the tuned thresholds: of one level, or of all levels (`metrics/f1.py`)."""
+    return f"{_split(split)}/f1_micro{_level_suffix(level)}"
+
+
+def f1_macro_key(split: str, level: int | None = None) -> str:
+    """Macro-F1 at the tuned thresholds: over one level's labels, or over all labels."""
+    return f"{_split(split)}/f1_macro{_level_suffix(level)}"
+
+
+def f1_threshold_key(split: str, level: int) -> str:
+    """A level's F1 threshold tuned on `split` (dev): what the trial's label sets and the
+    exported model's `predict` use. Reported, not a metric a search may optimize."""
+    return f"{_split(split)}/f1_threshold{_level_suffix(positive(level, 'level'))}"
+
+
 def loss_key(split: str) -> str:
     return f"{_split(split)}/loss"
 
@@ -159,6 +180,7 @@ def util_head_kl_key(layer: int) -> str:
 
 _METRIC_RE = re.compile(
     r"^[A-Za-z][A-Za-z0-9_-]*/(rp_L\d+|rp_micro|rp_macro|(rp|ndcg)@\d+(_L\d+)?|loss"
+    r"|f1_(micro|macro)(_L\d+)?"
     r"|rp_skipped_docs(_L\d+)?|eval_s)$"
     r"|^util/((entropy|head_kl)_layer\d+|(cls_angle|layer_kl|entropy|head_kl)_mean)$"
 )

@@ -163,8 +163,9 @@ _SUMMARY_IDS = ("experiment", "trial_id", "status", "error", "variant", "assignm
 
 def summary_columns(df: pd.DataFrame) -> list[str]:
     """The columns a leaderboard is read by: who the trial is, its searched and head
-    parameters, dev R-Precision per level, micro and macro, test macro, the searched metrics
-    and costs, and the Pareto mark; a grouped table keeps the mean and std of those metrics."""
+    parameters, dev R-Precision per level, micro and macro, test macro, dev and test micro- and
+    macro-F1 (at the thresholds tuned on dev), the searched metrics and costs, and the Pareto
+    mark; a grouped table keeps the mean and std of those metrics."""
     levels = []
     while M.rp_level_key("dev", len(levels) + 1) in df.columns:
         levels.append(M.rp_level_key("dev", len(levels) + 1))
@@ -174,6 +175,7 @@ def summary_columns(df: pd.DataFrame) -> list[str]:
         M.rp_micro_key("dev"),
         M.rp_macro_key("dev"),
         M.rp_macro_key("test"),
+        *(key(split) for split in ("dev", "test") for key in (M.f1_micro_key, M.f1_macro_key)),
         df.attrs.get("metric", M.DEFAULT_METRIC),
         *searched,
         *(c for c in df.columns if str(c).startswith("cost/") and not str(c).endswith(" std")),

@@ -1,6 +1,6 @@
 """Serve: use a trial. Export it as a self-contained model directory (`export`), load it and
 score documents with early exit by level (`model`), label documents as JSON Lines
-(`predict`)."""
+(`predict`) with label sets that respect the hierarchy (`consistency`)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,10 @@ or the experiment directory:
     heads.pt       the classifier's state dict without the encoder's keys (heads, norms with
                    their running statistics)
     model.json     format, assignment, head options, label counts, max_length, the trial's
-                   config and final metrics, experiment and trial id
+                   config and final metrics, experiment and trial id, and `thresholds`: each
+                   level's F1 threshold tuned on dev at the best epoch (a label is predicted
+                   iff its probability >= it), null for a trial trained before thresholds
+                   were tuned
     labels.json    per level: label ids in the training column order and their descriptions
     hierarchy.json the hierarchy the trial trained on (cut to its levels)
     README.md      a short model card
@@ -231,6 +234,8 @@ def _model_json(
         },
         "config": config.to_json(),
         "metrics": final,
+        # what `hiersearch predict` thresholds each level at by default
+        "thresholds": M.f1_thresholds(final, len(core.label_counts)),
     }
 
 
@@ -248,6 +253,8 @@ def model_card(model: dict[str, Any]) -> str:
              ("micro", "rp_micro"), ("macro", "rp_macro")]
     rows = [f"| {name} | {_number(metrics.get(f'dev/{key}'))} | "
             f"{_number(metrics.get(f'test/{key}'))} |" for name, key in names]
+    thresholds = model.get("thresholds")
+    predict = "hiersearch predict . --input docs.jsonl --out predictions.jsonl"
     return "\n".join([
         f"# hiersearch model: trial {model['trial_id']} of {model['experiment']}",
         "",
@@ -265,10 +272,33 @@ def model_card(model: dict[str, Any]) -> str:
         "|---|---|---|",
         *rows,
         "",
+        *_f1_card(metrics, levels, thresholds),
         "Label documents (JSON Lines or CSV with a `text` field, or `-` for standard input):",
         "",
         "```",
-        "hiersearch predict . --input docs.jsonl --out predictions.jsonl --top-k 5",
+        predict if thresholds else f"{predict} --top-k 5",
         "```",
         "",
     ])
+
+
+def _f1_card(metrics: dict[str, Any], levels: int, thresholds: list | None) -> list[str]:
+    """The model card's F1 table, or why it has none."""
+    if not thresholds:
+        return ["No F1 thresholds (the trial was trained before hiersearch tuned them): "
+                "`predict` needs `--top-k K` or `--threshold T`.", ""]
+    rows = []
+    for n in [*range(1, levels + 1), None]:
+        cells = [_number(metrics.get(key(split, n))) for split in ("dev", "test")
+                 for key in (M.f1_micro_key, M.f1_macro_key)]
+        name, threshold = ("all", "") if n is None else (f"L{n}", f"{thresholds[n - 1]:.4g}")
+        rows.append(f"| {name} | {threshold} | {' | '.join(cells)} |")
+    return [
+        "F1 of the label sets `predict` outputs by default, each level at its threshold tuned "
+        "on dev (before the hierarchy rule):",
+        "",
+        "| level | threshold | dev micro | dev macro | test micro | test macro |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]

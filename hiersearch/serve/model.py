@@ -7,6 +7,7 @@ does not depend on the layers above it, so the scores equal those of the full fo
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from hiersearch.data.hierarchy import Hierarchy
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.serve.export import (
     ENCODER_DIR,
     ENCODER_PREFIX,
     HEADS_FILE,
+    HIERARCHY_FILE,
     LABELS_FILE,
     MODEL_FILE,
     MODEL_FORMAT,
@@ -50,6 +53,21 @@ def _labels(raw: dict[str, Any], path: Path, counts: list[int]) -> tuple[list, l
     if [len(x) for x in ids] != counts or [len(x) for x in descriptions] != counts:
         raise InputError(f"label counts differ from {MODEL_FILE}'s {counts}", where=str(path))
     return ids, descriptions
+
+
+def _thresholds(info: dict[str, Any], path: Path, levels: int) -> list[float] | None:
+    """model.json's per-level F1 thresholds; None in an export without them (older ones)."""
+    values = info.get("thresholds")
+    if values is None:
+        return None
+    ok = isinstance(values, list) and len(values) == levels and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values
+    )
+    if not ok:
+        raise InputError(f"thresholds must be {levels} numbers, one per level (got {values!r})",
+                         where=str(path))
+    return [float(v) for v in values]
 
 
 def _load_encoder(directory: Path) -> Any:
@@ -103,6 +121,8 @@ class ExportedModel:
     tokenizer: Any = field(repr=False)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+    # per level, the F1 threshold tuned on dev; None: an export of a trial without them
+    thresholds: list[float] | None = None
 
     @property
     def precision(self) -> Precision:
@@ -143,8 +163,15 @@ class ExportedModel:
         torch_device = torch.device(device)
         core.to(torch_device).eval()
         tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+        thresholds = _thresholds(info, directory / MODEL_FILE, len(counts))
         return cls(directory, config, labels, descriptions, int(info["max_length"]), core,
-                   tokenizer, torch_device, info)
+                   tokenizer, torch_device, info, thresholds)
+
+    def hierarchy(self) -> Hierarchy:
+        """The hierarchy the model was trained on (`hierarchy.json`, cut to its levels): the
+        labels' parents for the consistency rule. Read when asked for."""
+        path = self.directory / HIERARCHY_FILE
+        return Hierarchy.from_json(_read_json(path, self.directory), where=str(path))
 
     @property
     def num_layers(self) -> int:

@@ -21,8 +21,14 @@ Output: one JSON object per input document, in input order (schema version 1):
 - `levels`: the requested levels (`--levels A-B`, 1-based, default all), ascending.
 - `labels`: sorted by score, highest first (ties: the model's column order); `score` is the
   sigmoid probability at full float32 precision, so that metrics can be recomputed from it.
-  With `--top-k K` (default 5 when neither option is given) the K best of each level; with
-  `--threshold T` those with score >= T (possibly none); with both, at most K of those.
+- By default a label set: each level's labels scoring >= the level's threshold tuned on dev
+  (the export's `thresholds`; an export without them needs `--top-k` or `--threshold`), made
+  consistent with the hierarchy (`--consistency drop|add|none`, default drop: no label without
+  one of its parents; `consistency.py`). A label the `add` rule brought in has
+  `"added": true` (its score is below its level's threshold); no other label has the field.
+- `--threshold T`: the same label set with one threshold T for every level.
+- `--top-k K`: a ranking, as before label sets: the K best of each level, whatever their
+  parents (with `--threshold T` too, at most K of those scoring >= T).
 
 Documents are scored `batch_size` at a time and written as they are done, so memory does not
 grow with the input. `--out FILE` is written atomically: a failure mid-way (bad line 10 000)
@@ -42,9 +48,16 @@ from typing import IO, Any, Protocol, TextIO
 
 import numpy as np
 
+from hiersearch.data.hierarchy import Hierarchy
 from hiersearch.errors import InputError
+from hiersearch.serve.consistency import (
+    CONSISTENCY_MODES,
+    DEFAULT_CONSISTENCY,
+    NONE,
+    LabelRule,
+    ParentIndex,
+)
 
-DEFAULT_TOP_K = 5
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 CSV_SUFFIXES = (".csv",)
 STDIN = "-"
@@ -58,9 +71,13 @@ class ScoringModel(Protocol):
 
     label_index: list[list[str]]
     descriptions: list[list[str]]
+    thresholds: list[float] | None  # per level, tuned on dev; None in older exports
+    directory: Path
 
     @property
     def num_levels(self) -> int: ...
+
+    def hierarchy(self) -> Hierarchy: ...
 
     def scores(
         self, texts: Sequence[str], levels: Sequence[int] | None = None, batch_size: int = 32
@@ -69,29 +86,94 @@ class ScoringModel(Protocol):
 
 @dataclass(frozen=True)
 class Selection:
-    """How many labels of a level to keep: the top `top_k`, those scoring >= `threshold`."""
+    """What to keep of a level: with `top_k` a ranking (the top `top_k`, among those scoring
+    >= `threshold` if given); without it a label set (scores >= `threshold`, or the model's
+    tuned thresholds when that is None too) made consistent by `consistency`."""
 
     top_k: int | None
     threshold: float | None
+    # the hierarchy rule of a label set (`consistency.py`); a ranking ignores it
+    consistency: str = DEFAULT_CONSISTENCY
+
+    @property
+    def label_set(self) -> bool:
+        return self.top_k is None
 
 
 # -- options ----------------------------------------------------------------------------------
 def check_options(
-    top_k: int | None, threshold: float | None, batch_size: int, device: str
+    top_k: int | None,
+    threshold: float | None,
+    batch_size: int,
+    device: str,
+    consistency: str | None = None,
 ) -> Selection:
-    """The options that need no model, checked before anything heavy is loaded."""
+    """The options that need no model, checked before anything heavy is loaded.
+    `consistency` None: the default rule (label sets only)."""
     if top_k is not None and top_k < 1:
         raise InputError(f"must be >= 1, got {top_k}", where="--top-k")
     if threshold is not None and not 0.0 < threshold < 1.0:
         raise InputError(
             f"must be between 0 and 1 (exclusive), got {threshold}", where="--threshold"
         )
+    if consistency is not None and consistency not in CONSISTENCY_MODES:
+        raise InputError(
+            f"expected one of {', '.join(CONSISTENCY_MODES)}, got {consistency!r}",
+            where="--consistency",
+        )
+    if consistency is not None and top_k is not None:
+        raise InputError(
+            "applies to label sets; --top-k asks for a ranking (drop --top-k for label sets)",
+            where="--consistency",
+        )
     if batch_size < 1:
         raise InputError(f"must be >= 1, got {batch_size}", where="--batch-size")
     check_device(device)
-    if top_k is None and threshold is None:
-        top_k = DEFAULT_TOP_K
-    return Selection(top_k, threshold)
+    return Selection(top_k, threshold, consistency or DEFAULT_CONSISTENCY)
+
+
+_NO_THRESHOLDS = (
+    "has no F1 thresholds tuned on dev (its trial was trained before hiersearch tuned them): "
+    "give --top-k K or --threshold T"
+)
+
+
+def check_tuned(model_dir: str, selection: Selection) -> None:
+    """A label set at the model's own thresholds needs an export that has them: checked in
+    its model.json before the weights load (a missing or broken file is left to the load)."""
+    if not selection.label_set or selection.threshold is not None:
+        return
+    from hiersearch.serve.export import MODEL_FILE
+
+    path = Path(model_dir) / MODEL_FILE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(info, dict) and info.get("thresholds") is None:
+        raise InputError(_NO_THRESHOLDS, where=str(path))
+
+
+def label_rule(model: ScoringModel, levels: Sequence[int], selection: Selection) -> LabelRule:
+    """A label set's thresholds and hierarchy rule for the requested levels, from the model:
+    InputError naming its model.json when it has no tuned thresholds, or its hierarchy.json
+    when that does not hold its labels."""
+    if selection.threshold is not None:
+        thresholds = tuple(selection.threshold for _ in levels)
+    elif model.thresholds is None:
+        raise InputError(_NO_THRESHOLDS, where=str(Path(model.directory) / "model.json"))
+    else:
+        thresholds = tuple(model.thresholds[n - 1] for n in levels)
+    parents = None
+    if selection.consistency != NONE:
+        try:
+            parents = ParentIndex.build(model.hierarchy(), model.label_index, levels)
+        except KeyError as err:
+            raise InputError(
+                f"does not hold the model's label {err.args[0]!r}",
+                where=str(Path(model.directory) / "hierarchy.json"),
+            ) from None
+    return LabelRule(thresholds, selection.consistency, parents)
 
 
 def check_device(device: str) -> None:
@@ -235,32 +317,38 @@ def select(scores: np.ndarray, selection: Selection) -> np.ndarray:
     return order
 
 
+def _by_score(scores: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """`columns`, highest score first (stable on ties: the model's column order)."""
+    return columns[np.argsort(-scores[columns], kind="stable")]
+
+
 def records(
     model: ScoringModel,
     ids: Sequence[str],
     level_scores: Sequence[np.ndarray],
     levels: Sequence[int],
     selection: Selection,
+    rule: LabelRule | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """The output objects of one batch (the schema in the module docstring)."""
+    """The output objects of one batch (the schema in the module docstring): a ranking by
+    `selection`, or with `rule` the label sets it gives."""
+    sets, added = rule.apply(level_scores) if rule is not None else (None, None)
     for row, doc_id in enumerate(ids):
         out_levels = []
-        for level, scores in zip(levels, level_scores, strict=True):
+        for i, (level, scores) in enumerate(zip(levels, level_scores, strict=True)):
             index, descriptions = model.label_index[level - 1], model.descriptions[level - 1]
-            kept = select(scores[row], selection)
-            out_levels.append(
-                {
-                    "level": level,
-                    "labels": [
-                        {
-                            "id": index[c],
-                            "score": float(scores[row, c]),
-                            "description": descriptions[c],
-                        }
-                        for c in kept
-                    ],
-                }
-            )
+            if sets is None:
+                kept = select(scores[row], selection)
+            else:
+                kept = _by_score(scores[row], np.flatnonzero(sets[i][row]))
+            labels = []
+            for c in kept:
+                label = {"id": index[c], "score": float(scores[row, c]),
+                         "description": descriptions[c]}
+                if added is not None and added[i][row, c]:
+                    label["added"] = True
+                labels.append(label)
+            out_levels.append({"level": level, "labels": labels})
         yield {"id": doc_id, "levels": out_levels}
 
 
@@ -272,13 +360,15 @@ def predict_stream(
     selection: Selection,
     batch_size: int,
     progress: Any = None,
+    rule: LabelRule | None = None,
 ) -> int:
-    """Score `docs` batch by batch and write their JSON lines to `out`; the document count."""
+    """Score `docs` batch by batch and write their JSON lines to `out`; the document count.
+    `rule`: label sets (`label_rule`), else the ranking `selection` asks for."""
     count = 0
     for batch in batches(docs, batch_size):
         ids, texts = [d[0] for d in batch], [d[1] for d in batch]
         level_scores = model.scores(texts, levels=levels, batch_size=batch_size)
-        for record in records(model, ids, level_scores, levels, selection):
+        for record in records(model, ids, level_scores, levels, selection, rule):
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         count += len(batch)
         if progress is not None:
@@ -314,9 +404,10 @@ def run_predict(
     levels: tuple[int, int] | None,
     batch_size: int,
     device: str,
+    consistency: str | None = None,
 ) -> int:
     """`hiersearch predict`; the exit code. Bad input raises InputError (exit 2 in the CLI)."""
-    selection = check_options(top_k, threshold, batch_size, device)
+    selection = check_options(top_k, threshold, batch_size, device, consistency)
     if out is not None and Path(out).is_dir():
         raise InputError("is a directory; expected a file to write", where="--out")
     if out is not None:  # before the model loads: a place that cannot be written fails at once
@@ -327,10 +418,12 @@ def run_predict(
         except OSError as exc:
             raise InputError.from_os_error(exc, "--out") from None
     docs = open_documents(input)
+    check_tuned(model_dir, selection)
     from tqdm import tqdm
 
     model = load_model(model_dir, device)
     wanted = check_levels(levels, model.num_levels)
+    rule = label_rule(model, wanted, selection) if selection.label_set else None
     # a bar only on a terminal: redirected stderr (CI logs, pipes) stays one line per error
     with (
         tqdm(
@@ -338,17 +431,20 @@ def run_predict(
         ) as progress,
         _output(out) as handle,
     ):
-        count = predict_stream(model, docs, handle, wanted, selection, batch_size, progress)
+        count = predict_stream(
+            model, docs, handle, wanted, selection, batch_size, progress, rule
+        )
     if out is not None:
         print(f"{count} documents -> {out}", file=sys.stderr)
     return 0
 
 
 __all__ = [
-    "DEFAULT_TOP_K",
     "Selection",
     "check_levels",
     "check_options",
+    "check_tuned",
+    "label_rule",
     "open_documents",
     "predict_stream",
     "records",

@@ -3,9 +3,11 @@
 `TrialRecipe` is the loop in phases, as torchtune's recipes are: `setup` (data, model,
 optimizer, schedule), `restore` (from the session's latest checkpoint), `train_epoch`,
 `evaluate` (dev, every rank scoring a disjoint slice; rank 0 gathers the scores, computes the
-metrics over the whole dev set and broadcasts them), then `finish` (the best weights by dev loss
-evaluated on test, utilization measured on a fixed dev sample, a final report) or `diverged`
-(a non-finite loss or weights: a final report with the reason only). `fit` runs them in order.
+metrics over the whole dev set, the F1 of label sets at thresholds tuned on it among them, and
+broadcasts them), then `finish` (the best weights by dev loss evaluated on test, its F1 at
+that epoch's dev thresholds, utilization measured on a fixed dev sample, a final report) or
+`diverged` (a non-finite loss or weights: a final report with the reason only). `fit` runs them
+in order.
 
 The recipe talks to the outside world only through a `Session` (rank, world size, report,
 restore; `session.py`), so the same code runs under Ray Train (`RaySession`, DDP with gloo on
@@ -271,14 +273,38 @@ def _in_document_order(
     )
 
 
+# `split_metrics`' thresholds: each level's best on this split (dev), reported with its F1
+TUNE = "tune"
+
+
+def probabilities(logits: np.ndarray, level_slices: list[slice]) -> list[np.ndarray]:
+    """Per level, the sigmoid probabilities of its logits as `hiersearch predict` computes
+    them (float32, torch's sigmoid on the level's own contiguous tensor): thresholds tuned
+    here compare with the same numbers there."""
+    return [
+        torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits[:, s], np.float32))).numpy()
+        for s in level_slices
+    ]
+
+
 def split_metrics(
-    result: tuple[np.ndarray, np.ndarray, np.ndarray], level_slices: list[slice], split: str
+    result: tuple[np.ndarray, np.ndarray, np.ndarray],
+    level_slices: list[slice],
+    split: str,
+    thresholds: list[float] | str | None = TUNE,
 ) -> dict[str, float]:
+    """Ranking metrics and loss of a scored split, and the F1 of its label sets: at each
+    level's threshold tuned on this split (`TUNE`: dev, the thresholds reported too), at the
+    given `thresholds` (test: dev's), or none (`None`: no thresholds known)."""
     scores, gold, per_doc_loss = result
-    out = M.evaluate(
-        [gold[:, s] for s in level_slices], [scores[:, s] for s in level_slices], split
-    )
+    golds = [gold[:, s] for s in level_slices]
+    out = M.evaluate(golds, [scores[:, s] for s in level_slices], split)
     out[M.loss_key(split)] = float(per_doc_loss.mean()) if len(per_doc_loss) else float("nan")
+    if thresholds == TUNE:
+        out.update(M.tuned_f1(golds, probabilities(scores, level_slices), split))
+    elif thresholds is not None:
+        probs = probabilities(scores, level_slices)
+        out.update(M.f1_at_thresholds(golds, probs, list(thresholds), split))
     return out
 
 
@@ -643,11 +669,13 @@ class TrialRecipe:
         return final
 
     def _test_metrics(self) -> dict[str, Any]:
-        """Test metrics and utilization, on rank 0 ({} on the others)."""
+        """Test metrics (F1 at the best epoch's dev thresholds) and utilization, on rank 0 ({}
+        on the others)."""
         test, seconds = self._evaluate_split(self.test)
         out: dict[str, Any] = {}
         if test is not None and len(self.test) > 0:
-            out.update(split_metrics(test, self.core.level_slices, "test"))
+            thresholds = self.dev_thresholds()
+            out.update(split_metrics(test, self.core.level_slices, "test", thresholds))
             out[M.eval_seconds_key("test")] = seconds
         if self.session.rank == 0:
             out.update(
@@ -663,6 +691,11 @@ class TrialRecipe:
                 )
             out.update(util)
         return out
+
+    def dev_thresholds(self) -> list[float] | None:
+        """Each level's F1 threshold tuned on dev at the best epoch (its report carries them);
+        None for a best epoch reported by a version without F1 (a resumed older trial)."""
+        return M.f1_thresholds(self.state.best_metrics, len(self.core.level_slices))
 
     def diverged(self, epoch: int) -> dict[str, Any]:
         """The final report of a trial whose loss or weights went non-finite: no metrics and no

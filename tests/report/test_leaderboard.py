@@ -276,6 +276,14 @@ def test_people_read_the_summary_columns_and_machines_get_every_column(
         lb.select_columns(finished, "trial_id,dev/lost", "table")
 
 
+def test_the_summary_shows_dev_and_test_f1_after_r_precision(finished: pd.DataFrame) -> None:
+    f1 = ["dev/f1_micro", "dev/f1_macro", "test/f1_micro", "test/f1_macro"]
+    table = finished.assign(**{key: 0.5 for key in [*f1, "dev/f1_micro_L1"]})
+    table.attrs.update(finished.attrs)
+    shown = [c for c in lb.summary_columns(table) if c.startswith(("dev/", "test/"))]
+    assert shown[-5:] == ["test/rp_macro", *f1]  # per-level F1: in csv and json only
+
+
 def test_the_summary_of_a_grouped_multi_objective_table_keeps_its_costs(
     finished: pd.DataFrame,
 ) -> None:

@@ -305,6 +305,14 @@ def test_a_metric_list_is_a_multi_objective_search_with_each_metrics_own_directi
     assert (single.metric, single.mode, single.multi_objective) == ("dev/loss", "min", False)
 
 
+def test_a_search_may_optimize_the_f1_of_label_sets_but_not_their_thresholds() -> None:
+    tune = _tune(metric="dev/f1_micro").tune
+    assert (tune.metric, tune.mode) == ("dev/f1_micro", "max")
+    assert _tune(metric=["dev/f1_macro_L2", "cost/encoder_layers"]).tune.modes == ("max", "min")
+    with pytest.raises(InputError, match="unknown metric 'dev/f1_threshold_L1'"):
+        _tune(metric="dev/f1_threshold_L1")
+
+
 @pytest.mark.parametrize(
     ("tune", "message"),
     [

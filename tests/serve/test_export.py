@@ -142,6 +142,55 @@ def test_exported_dev_scores_reproduce_the_leaderboards_dev_r_precision(
         assert recomputed[key] == row[key], key
 
 
+def test_export_carries_the_trials_dev_thresholds_and_they_reproduce_its_dev_f1(
+    trained: Trained, exported: Path
+) -> None:
+    """The thresholds `predict` uses by default are the trial's, and the exported model's dev
+    scores at them give the leaderboard's dev F1."""
+    from hiersearch.data.encode import Split
+
+    row = load_experiments([str(trained.experiment)]).set_index("trial_id").loc[FINISHED]
+    model = ExportedModel.load(exported)
+    tuned = [trained.final[M.f1_threshold_key("dev", n)] for n in (1, 2, 3)]
+    assert model.thresholds == tuned
+    assert json.loads((exported / "model.json").read_text())["thresholds"] == tuned
+    dev = load_corpus_dir(trained.corpus_dir).splits["dev"]
+    scores = model.scores([d.text for d in dev], batch_size=16)
+    split = Split.from_table(trained.encoded.splits["dev"])
+    gold = multi_hot(split.label_ids, trained.encoded.num_labels).numpy()
+    golds = [gold[:, s] for s in trained.encoded.level_slices]
+    recomputed = M.f1_at_thresholds(golds, scores, tuned, "dev")
+    assert recomputed and all(recomputed[key] == row[key] for key in recomputed), recomputed
+    card = (exported / "README.md").read_text()
+    assert "| level | threshold | dev micro | dev macro | test micro | test macro |" in card
+    assert "--top-k" not in card  # label sets by default
+
+
+def test_predict_by_default_gives_label_sets_where_every_label_has_a_parent(
+    trained: Trained, exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = load_corpus_dir(trained.corpus_dir).splits["dev"]
+    docs = tmp_path / "dev.jsonl"
+    docs.write_text("".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in dev))
+    assert main(["predict", str(exported), "--input", str(docs), "--out",
+                 str(tmp_path / "p.jsonl")]) == 0
+    hierarchy = ExportedModel.load(exported).hierarchy()
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == len(dev) and any(lv["labels"] for r in rows for lv in r["levels"][1:])
+    for row in rows:
+        chosen = {lab["id"] for lv in row["levels"] for lab in lv["labels"]}
+        for label in chosen:
+            parents = hierarchy.node(label).parents
+            assert not parents or set(parents) & chosen, (row["id"], label)
+    # an export of an older trial (no thresholds) says what to give instead
+    info = json.loads((exported / "model.json").read_text())
+    old = tmp_path / "old"
+    shutil.copytree(exported, old)
+    (old / "model.json").write_text(json.dumps({**info, "thresholds": None}))
+    err = _error(capsys, ["predict", str(old), "--input", str(docs)])
+    assert "model.json: has no F1 thresholds" in err and "--top-k" in err
+
+
 def test_exported_model_equals_the_checkpoints_model(trained: Trained, exported: Path) -> None:
     model = ExportedModel.load(exported)
     core = build_classifier(trained.config, trained.encoded.label_counts).eval()

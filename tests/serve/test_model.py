@@ -159,6 +159,25 @@ def test_scores_of_a_single_level_and_no_documents(models: dict) -> None:
         model.scores(TEXTS, levels=[4])
 
 
+def test_an_export_without_thresholds_loads_and_its_card_asks_for_top_k(models: dict) -> None:
+    path, _ = models["layerwise"]  # exported with no final metrics: as from an older trial
+    model = ExportedModel.load(path)
+    assert model.thresholds is None
+    assert json.loads((path / "model.json").read_text())["thresholds"] is None
+    assert "--top-k 5" in (path / "README.md").read_text()
+    assert model.hierarchy().label_index() == model.label_index  # the parents predict needs
+
+
+def test_bad_thresholds_in_model_json_are_named(models: dict, tmp_path: Path) -> None:
+    path, _ = models["flat"]
+    copy = tmp_path / "m"
+    shutil.copytree(path, copy)
+    info = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**info, "thresholds": [0.5]}))
+    with pytest.raises(InputError, match=r"model\.json: thresholds must be 3 numbers"):
+        ExportedModel.load(copy)
+
+
 def test_a_damaged_model_directory_is_named(models: dict, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(models["layerwise"][0], broken)

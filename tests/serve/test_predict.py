@@ -13,10 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hiersearch.data.hierarchy import Hierarchy, Node
 from hiersearch.errors import InputError
 from hiersearch.serve import predict as P
 
 LEVEL_SIZES = (3, 4, 6)
+THRESHOLDS = [0.5, 0.4, 0.3]  # the fake export's tuned thresholds, per level
+
+
+def _parents(level: int, column: int) -> tuple[str, ...]:
+    """L2-c's parent is L1-(c mod 3); L3-c's is L2-(c mod 4), and L3-5 also has L2-0."""
+    if level == 1:
+        return ()
+    above = f"L{level - 1}-{column % LEVEL_SIZES[level - 2]}"
+    return (above, "L2-0") if (level, column) == (3, 5) else (above,)
 
 
 class FakeModel:
@@ -28,10 +38,19 @@ class FakeModel:
         self.max_length = 16
         self.calls: list[tuple[int, list[int]]] = []
         self.fail_after = fail_after
+        self.thresholds: list[float] | None = list(THRESHOLDS)
+        self.directory = Path("fake-model")
 
     @property
     def num_levels(self) -> int:
         return len(LEVEL_SIZES)
+
+    def hierarchy(self) -> Hierarchy:
+        return Hierarchy(
+            Node(label, "", _parents(n, c), n)
+            for n, index in enumerate(self.label_index, start=1)
+            for c, label in enumerate(index)
+        )
 
     def scores(
         self, texts: Sequence[str], levels: Sequence[int] | None = None, batch_size: int = 32
@@ -58,7 +77,8 @@ def model(monkeypatch: pytest.MonkeyPatch) -> FakeModel:
 
 
 def run(source: str | Path, out: Path | None = None, **options: object) -> int:
-    args = {"top_k": None, "threshold": None, "levels": None, "batch_size": 2, "device": "cpu"}
+    args = {"top_k": None, "threshold": None, "levels": None, "batch_size": 2, "device": "cpu",
+            "consistency": None}
     args.update(options)
     return P.run_predict(
         "model",
@@ -154,10 +174,73 @@ def test_labels_sorted_by_score_with_full_precision(model: FakeModel, tmp_path: 
         assert [by_id[i] for i in index] == [float(s) for s in expected]
 
 
-def test_default_is_top_five(model: FakeModel, tmp_path: Path) -> None:
-    run(write_jsonl(tmp_path / "d.jsonl", DOCS[:1]), tmp_path / "p.jsonl")
-    (row,) = read_out(tmp_path / "p.jsonl")
-    assert [len(lv["labels"]) for lv in row["levels"]] == [3, 4, 5]
+def _raw_sets(text: str) -> dict[int, set[str]]:
+    """The thresholded label sets of a document, before the hierarchy rule."""
+    return {
+        n: {f"L{n}-{c}" for c in np.flatnonzero(fake_scores(text, n) >= THRESHOLDS[n - 1])}
+        for n in (1, 2, 3)
+    }
+
+
+def _sets(row: dict) -> dict[int, set[str]]:
+    return {lv["level"]: {lab["id"] for lab in lv["labels"]} for lv in row["levels"]}
+
+
+def _has_a_parent(label: str, sets: dict[int, set[str]]) -> bool:
+    level, column = (int(x) for x in label[1:].split("-"))
+    return level == 1 or any(p in sets[level - 1] for p in _parents(level, column))
+
+
+MANY = [{"id": str(i), "text": f"document {i}"} for i in range(40)]
+
+
+def test_default_is_the_tuned_label_sets_with_children_of_missing_parents_dropped(
+    model: FakeModel, tmp_path: Path
+) -> None:
+    run(write_jsonl(tmp_path / "d.jsonl", MANY), tmp_path / "p.jsonl")
+    orphans = deepest = 0
+    for row, doc in zip(read_out(tmp_path / "p.jsonl"), MANY, strict=True):
+        got, raw = _sets(row), _raw_sets(doc["text"])
+        assert all(got[n] <= raw[n] for n in got)  # only labels at or above their threshold
+        assert all(_has_a_parent(label, got) for labels in got.values() for label in labels)
+        orphans += sum(len(raw[n] - got[n]) for n in raw)
+        deepest += len(got[3])
+        assert not any("added" in lab for lv in row["levels"] for lab in lv["labels"])
+    assert orphans and deepest  # the rule dropped some labels, and kept some at level 3
+
+
+def test_consistency_add_brings_missing_parents_marked_added(
+    model: FakeModel, tmp_path: Path
+) -> None:
+    run(write_jsonl(tmp_path / "d.jsonl", MANY), tmp_path / "p.jsonl", consistency="add")
+    added = 0
+    for row, doc in zip(read_out(tmp_path / "p.jsonl"), MANY, strict=True):
+        got, raw = _sets(row), _raw_sets(doc["text"])
+        assert all(raw[n] <= got[n] for n in got)  # nothing thresholded is lost
+        assert all(_has_a_parent(label, got) for labels in got.values() for label in labels)
+        for level in row["levels"]:
+            for lab in level["labels"]:
+                below = lab["score"] < THRESHOLDS[level["level"] - 1]
+                assert lab.get("added", False) == below
+                added += below
+    assert added
+
+
+def test_consistency_none_keeps_the_thresholded_sets(model: FakeModel, tmp_path: Path) -> None:
+    run(write_jsonl(tmp_path / "d.jsonl", MANY), tmp_path / "p.jsonl", consistency="none")
+    for row, doc in zip(read_out(tmp_path / "p.jsonl"), MANY, strict=True):
+        assert _sets(row) == _raw_sets(doc["text"])
+
+
+def test_a_model_without_tuned_thresholds_needs_top_k_or_threshold(
+    model: FakeModel, tmp_path: Path
+) -> None:
+    model.thresholds = None
+    src = write_jsonl(tmp_path / "d.jsonl", DOCS)
+    with pytest.raises(InputError, match=r"model\.json: has no F1 thresholds.*--top-k"):
+        run(src, tmp_path / "p.jsonl")
+    assert not (tmp_path / "p.jsonl").exists()
+    assert run(src, tmp_path / "p.jsonl", top_k=2) == 0
 
 
 def test_top_k_keeps_the_k_best(model: FakeModel, tmp_path: Path) -> None:
@@ -169,8 +252,17 @@ def test_top_k_keeps_the_k_best(model: FakeModel, tmp_path: Path) -> None:
     )
 
 
+def test_top_k_ranks_labels_whatever_their_parents(model: FakeModel, tmp_path: Path) -> None:
+    run(write_jsonl(tmp_path / "d.jsonl", MANY), tmp_path / "p.jsonl", top_k=3)
+    rows = read_out(tmp_path / "p.jsonl")
+    assert all([len(lv["labels"]) for lv in row["levels"]] == [3, 3, 3] for row in rows)
+    assert not all(_has_a_parent(lab["id"], _sets(row)) for row in rows
+                   for lv in row["levels"] for lab in lv["labels"])
+
+
 def test_threshold_keeps_every_label_at_or_above_it(model: FakeModel, tmp_path: Path) -> None:
-    run(write_jsonl(tmp_path / "d.jsonl", DOCS), tmp_path / "p.jsonl", threshold=0.5)
+    run(write_jsonl(tmp_path / "d.jsonl", DOCS), tmp_path / "p.jsonl", threshold=0.5,
+        consistency="none")
     for row, doc in zip(read_out(tmp_path / "p.jsonl"), DOCS, strict=True):
         for level in row["levels"]:
             expected = int((fake_scores(doc["text"], level["level"]) >= 0.5).sum())
@@ -185,6 +277,25 @@ def test_select_with_both_options_keeps_at_most_k_above_threshold() -> None:
 
 
 # -- levels and streaming ---------------------------------------------------------------------
+def test_one_threshold_for_every_level_is_made_consistent_too(
+    model: FakeModel, tmp_path: Path
+) -> None:
+    run(write_jsonl(tmp_path / "d.jsonl", MANY), tmp_path / "p.jsonl", threshold=0.2)
+    for row in read_out(tmp_path / "p.jsonl"):
+        got = _sets(row)
+        assert all(lab["score"] >= 0.2 for lv in row["levels"] for lab in lv["labels"])
+        assert all(_has_a_parent(label, got) for labels in got.values() for label in labels)
+
+
+def test_the_rule_starts_at_the_first_level_asked_for(model: FakeModel, tmp_path: Path) -> None:
+    run(write_jsonl(tmp_path / "d.jsonl", MANY), tmp_path / "p.jsonl", levels=(2, 3))
+    for row, doc in zip(read_out(tmp_path / "p.jsonl"), MANY, strict=True):
+        got, raw = _sets(row), _raw_sets(doc["text"])
+        assert got[2] == raw[2]  # level 1 is not asked for: level 2 has no parents here
+        assert got[3] == {label for label in raw[3]
+                          if set(_parents(3, int(label.split("-")[1]))) & got[2]}
+
+
 def test_level_range_scores_only_those_levels(model: FakeModel, tmp_path: Path) -> None:
     run(write_jsonl(tmp_path / "d.jsonl", DOCS), tmp_path / "p.jsonl", levels=(1, 2))
     assert all(levels == [1, 2] for _, levels in model.calls)
@@ -311,6 +422,8 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"threshold": 1.0}, "--threshold"),
         ({"batch_size": 0}, "--batch-size"),
         ({"device": "tpu"}, "--device"),
+        ({"consistency": "keep"}, "--consistency"),
+        ({"consistency": "drop", "top_k": 3}, "--consistency"),
     ],
 )
 def test_bad_option_is_named_before_loading(

@@ -303,6 +303,47 @@ def test_test_metrics_come_from_the_best_epochs_weights_when_a_later_epoch_is_wo
     assert all(torch.equal(last[k], epoch1[k]) for k in epoch1)
 
 
+def _f1_keys(split: str, levels: int = 3) -> list[str]:
+    named = (M.f1_micro_key, M.f1_macro_key)
+    per_level = [key(split, n) for n in range(1, levels + 1) for key in named]
+    return [*per_level, M.f1_micro_key(split), M.f1_macro_key(split)]
+
+
+def test_every_dev_report_carries_f1_at_thresholds_tuned_on_dev(
+    encoded: str, tmp_path: Path
+) -> None:
+    session = _session(tmp_path)
+    fit(_config(epochs=1, util_docs=0, max_steps_per_epoch=2), encoded, session)
+    report = session.reports[0]
+    assert all(0.0 <= report[k] <= 1.0 for k in _f1_keys("dev")), report
+    thresholds = [report[M.f1_threshold_key("dev", n)] for n in (1, 2, 3)]
+    assert all(0.0 < t <= 1.0 for t in thresholds)
+
+
+def test_final_f1_is_the_best_epochs_on_dev_and_at_its_dev_thresholds_on_test(
+    encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    _script_dev_losses(monkeypatch, [0.5, 0.9])  # epoch 1 best, epoch 2 worse
+    config = _config(epochs=2, patience=5, util_docs=0, max_steps_per_epoch=2)
+    session = _session(tmp_path)
+    final = fit(config, encoded, session)
+    epoch1, epoch2 = session.reports[:2]
+    keys = [M.f1_threshold_key("dev", n) for n in (1, 2, 3)]
+    assert [epoch1[k] for k in keys] != [epoch2[k] for k in keys]  # else the test proves nothing
+    assert all(final[k] == epoch1[k] for k in [*keys, *_f1_keys("dev")])
+    # test F1 recomputed from the final checkpoint's weights at epoch 1's thresholds
+    again = TrialRecipe(config, _session(tmp_path / "again"))
+    again.setup(encoded)
+    again.core.load_state_dict(_weights(session.checkpoints[-1]))
+    scored = recipe.evaluate_split(again.core, again.test, again.num_labels, again.session, 16,
+                                   contextlib.nullcontext)
+    expected = recipe.split_metrics(scored, again.core.level_slices, "test",
+                                    [epoch1[k] for k in keys])
+    assert all(final[k] == expected[k] for k in _f1_keys("test")), final
+
+
 def test_the_final_report_carries_the_models_inference_cost(encoded: str, tmp_path: Path) -> None:
     # the top head reads layer 7 of 12: the model runs 7 layers, as an exported one would
     config = _config(assignment="L1:3|L2:5|L3:7", epochs=1, util_docs=0)
