@@ -24,6 +24,7 @@ import gpu_throughput  # noqa: E402
 import layer_probe  # noqa: E402
 import layerwise_step  # noqa: E402
 import metrics_speed  # noqa: E402
+import pareto_pruning  # noqa: E402
 import predict_throughput  # noqa: E402
 import ray_overhead  # noqa: E402
 import search_efficiency  # noqa: E402
@@ -393,3 +394,25 @@ def test_predict_throughput_quick_times_every_candidate(tmp_path: Path) -> None:
 def test_predict_throughput_ratio_is_paired_per_repetition() -> None:
     times = {"hf_forward": [1.0, 4.0, 2.0], "scores_all": [2.0, 4.0, 1.0]}
     assert predict_throughput.paired_ratio(times, "hf_forward", "scores_all") == 1.0
+
+
+def test_the_pruned_arm_is_the_pareto_preset_with_mo_asha_and_nothing_else() -> None:
+    unpruned = parse_space(pareto_pruning.arm_space("unpruned"))
+    pruned = parse_space(pareto_pruning.arm_space("mo-asha"))
+    preset = load_space("pareto")
+    assert (unpruned.data, unpruned.trial, unpruned.search, unpruned.tune) == (
+        preset.data, preset.trial, preset.search, preset.tune)
+    assert (pruned.data, pruned.trial, pruned.search, pruned.assignment) == (
+        preset.data, preset.trial, preset.search, preset.assignment)
+    assert (pruned.tune.scheduler, pruned.tune.reduction_factor) == ("asha", 2)
+    assert pruned.tune.multi_objective and pruned.tune.num_samples == preset.tune.num_samples
+
+
+def test_hypervolume_sums_the_strips_a_front_dominates_up_to_the_reference() -> None:
+    # minimized: (-RP, layers); reference (0, 7)
+    front = np.array([[-0.69, 6.0], [-0.65, 3.0]])
+    assert pareto_pruning.hypervolume(front, (0.0, 7.0)) == pytest.approx(
+        0.69 * 1 + 0.65 * 3)
+    dominated = np.vstack([front, [[-0.60, 4.0]]])  # adds nothing
+    assert pareto_pruning.hypervolume(dominated, (0.0, 7.0)) == pytest.approx(0.69 + 1.95)
+    assert pareto_pruning.hypervolume(np.array([[0.1, 8.0]]), (0.0, 7.0)) == 0.0
