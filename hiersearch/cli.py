@@ -226,10 +226,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         "predict": _predict,
     }[args.command]
     if args.command in ("reproduce", "search") and args.json:
-        with _stdout_to_stderr() as stdout:
+        # the Ray the run starts is left inside the redirection: its last lines go to stderr
+        with _stdout_to_stderr() as stdout, _ray_left_as_found():
             args.summary_out = stdout  # where `_write_summary` writes
             return handler(args)
+    if args.command in ("reproduce", "search"):
+        with _ray_left_as_found():
+            return handler(args)
     return handler(args)
+
+
+@contextlib.contextmanager
+def _ray_left_as_found() -> Iterator[None]:
+    """A Ray the command connects to (or starts) is left when the command ends, not by
+    `ray.init`'s exit hook after it: until then Ray's driver threads print what the raylet
+    and the workers log (e.g. "(raylet) WARNING: 10 PYTHON worker processes have been
+    started..."), and at shutdown the repeats of a line it held back, on whatever stdout is
+    then. A Ray that was up before (a test's, a notebook's) stays up."""
+    from hiersearch.search.cluster import connected, disconnect
+
+    before = connected()
+    try:
+        yield
+    finally:
+        if not before and connected():
+            disconnect()
 
 
 @contextlib.contextmanager

@@ -199,6 +199,54 @@ def test_json_run_prints_one_summary_object_on_stdout_and_the_progress_on_stderr
     )
 
 
+# A search whose Ray logs a raylet warning twice as its last trial ends: Ray prints the first
+# at once and holds the repeat back (its log deduplication) until it shuts down.
+_RAYLET_WARNING = "WARNING: 10 PYTHON worker processes have been started (hiersearch test)"
+_WARNING_RUN = f"""
+import sys, time
+import ray
+from ray._private.utils import publish_error_to_driver
+import hiersearch.search.driver as driver
+from hiersearch.cli import main
+
+run_search = driver.run_search
+
+def warned(*args, **kwargs):
+    path = run_search(*args, **kwargs)
+    gcs = ray._private.worker.global_worker.gcs_client
+    for _ in range(2):
+        publish_error_to_driver("hiersearch_test", {_RAYLET_WARNING!r}, gcs)
+    time.sleep(2)  # both reach the driver before the command goes on
+    return path
+
+driver.run_search = warned
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_json_search_stdout_holds_only_the_summary_whatever_ray_logs(tmp_path: Path) -> None:
+    import yaml
+
+    from hiersearch.search.space import parse_space, preset_path
+
+    raw = yaml.safe_load(preset_path("smoke").read_text())
+    raw["trial"].update(num_workers=1, cpus_per_worker=1, epochs=1, util_docs=0)
+    raw["assignment"] = {"space": "variants", "variants": ["FLAT"]}
+    parse_space(raw)
+    space = tmp_path / "one.yaml"
+    space.write_text("# Launch: hiersearch search --space one.yaml\n" + yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, "-c", _WARNING_RUN, "search", "--space", str(space),
+         "--storage", str(tmp_path / "runs"), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _RAYLET_WARNING in proc.stderr  # Ray did log it, and on stderr
+    summary = json.loads(proc.stdout)
+    assert summary["trials"]["by_status"] == {"terminated": 1}
+
+
 def test_json_summary_of_an_experiment_without_a_checkpoint_has_no_best() -> None:
     import jsonschema
 
