@@ -338,23 +338,26 @@ def _label_counts(text: str | None, levels: int) -> list[int] | None:
 
 
 def _variants(args: argparse.Namespace) -> int:
-    from hiersearch.model.assignment import named_variants
+    from hiersearch.model.assignment import check_layer_count, named_variants
 
+    check_layer_count(args.layers, "--layers")
     counts = _label_counts(args.label_counts, args.levels)
     variants = named_variants(args.layers, args.levels, counts)
-    if args.json:
+    if args.json:  # every layer listed, as before: the JSON's shape stays
         out = {name: a.to_json() for name, a in variants.items()}
         print(json.dumps(out, indent=2))
         return EXIT_OK
     width = max(len(name) for name in variants)
     for name, assignment in variants.items():
-        print(f"{name:<{width}}  {assignment.to_string()}")
+        print(f"{name:<{width}}  {assignment.to_short_string()}")
     return EXIT_OK
 
 
 def _space(args: argparse.Namespace) -> int:
+    from hiersearch.model.assignment import check_layer_count
     from hiersearch.search.assignments import SpaceOptions, space_summary
 
+    check_layer_count(args.layers, "--layers")
     options = SpaceOptions()
     if args.space:
         from hiersearch.search.space import load_space

@@ -45,6 +45,20 @@ def test_variants_table_prints_assignment_strings(capsys: pytest.CaptureFixture[
     assert "L1:7|L2:8|L3:9|L4:10|L5:11|L6:12" in capsys.readouterr().out
 
 
+def test_variants_table_prints_blocks_as_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["variants", "--layers", "24", "--levels", "6"]) == 0
+    assert "L1:1-4|L2:5-8|L3:9-12|L4:13-16|L5:17-20|L6:21-24" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["variants", "space"])
+def test_more_layers_than_any_encoder_has_exit_2_naming_the_option_and_the_limit(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--layers", "100000000", "--levels", "6"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("hiersearch: error: --layers: ") and "1,000" in err
+
+
 def test_space_json_reports_the_exact_size(capsys: pytest.CaptureFixture[str]) -> None:
     out = _json(capsys, ["space", "--layers", "12", "--levels", "6", "--json"])
     assert out["size"] == 18565  # C(18, 12) ordered non-overlapping blocks, plus FLAT
