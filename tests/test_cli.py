@@ -112,6 +112,30 @@ def test_leaderboard_of_a_storage_root_filters_and_groups_across_its_experiments
     assert trials == {"asha": 1, "finished": 8}
 
 
+def test_importance_of_a_storage_root_without_a_study_creates_no_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("finished", "asha"):  # experiments from before studies were kept
+        shutil.copytree(FIXTURES / name, tmp_path / "runs" / name)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["leaderboard", str(tmp_path / "runs"), "--importance"]) == 2
+    assert "has no Optuna study" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_importance_with_a_missing_sqlite_study_storage_creates_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = shutil.copytree(FIXTURES / "finished", tmp_path / "finished")
+    missing = tmp_path / "elsewhere" / "optuna.db"
+    for url in (f"sqlite:///{missing}", f"sqlite:///{missing.parent.parent / 'optuna.db'}"):
+        assert main(["leaderboard", str(experiment), "--importance", "--study-storage", url]) == 2
+        err = capsys.readouterr().err
+        assert "--study-storage: has no Optuna study" in err and "does not exist" in err
+    assert not missing.parent.exists() and not (tmp_path / "optuna.db").exists()
+    assert not list(Path(experiment).glob("*.db"))
+
+
 def test_leaderboard_out_takes_its_format_from_the_suffix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
