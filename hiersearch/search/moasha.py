@@ -117,7 +117,6 @@ class MOASHAScheduler(FIFOScheduler):
 def _number(value: Any) -> float:
     """A metric value as a float; NaN for a missing or non-numeric one."""
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         return math.nan
-    return number

@@ -65,7 +65,8 @@ def ahead_of(points: np.ndarray, index: int) -> int:
 
 @dataclass
 class Rungs:
-    """Every rung's recorded metric vectors, and the decision for a trial reaching one."""
+    """Every rung's recorded metric vectors, and the decision for a trial reaching one.
+    Mutable: it is the scheduler's state, saved and restored with it."""
 
     # the rungs' milestones, lowest first (`rung_levels`)
     levels: Sequence[float]
