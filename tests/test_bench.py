@@ -396,16 +396,18 @@ def test_predict_throughput_ratio_is_paired_per_repetition() -> None:
     assert predict_throughput.paired_ratio(times, "hf_forward", "scores_all") == 1.0
 
 
-def test_the_pruned_arm_is_the_pareto_preset_with_mo_asha_and_nothing_else() -> None:
+def test_the_arms_are_the_pareto_preset_with_mo_asha_and_without() -> None:
+    import dataclasses
+
     unpruned = parse_space(pareto_pruning.arm_space("unpruned"))
     pruned = parse_space(pareto_pruning.arm_space("mo-asha"))
     preset = load_space("pareto")
-    assert (unpruned.data, unpruned.trial, unpruned.search, unpruned.tune) == (
-        preset.data, preset.trial, preset.search, preset.tune)
-    assert (pruned.data, pruned.trial, pruned.search, pruned.assignment) == (
-        preset.data, preset.trial, preset.search, preset.assignment)
-    assert (pruned.tune.scheduler, pruned.tune.reduction_factor) == ("asha", 2)
-    assert pruned.tune.multi_objective and pruned.tune.num_samples == preset.tune.num_samples
+    for arm in (unpruned, pruned):
+        assert (arm.data, arm.trial, arm.search, arm.assignment) == (
+            preset.data, preset.trial, preset.search, preset.assignment)
+    assert pruned.tune == preset.tune and preset.tune.scheduler == "asha"
+    assert unpruned.tune.scheduler == "none"
+    assert dataclasses.replace(unpruned.tune, scheduler="asha") == preset.tune
 
 
 def test_hypervolume_sums_the_strips_a_front_dominates_up_to_the_reference() -> None:

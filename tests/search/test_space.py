@@ -356,7 +356,7 @@ def test_a_variants_entry_may_be_an_assignment_string() -> None:
 def test_the_pareto_preset_trades_quality_against_layers_run() -> None:
     space = load_space("pareto")
     tune = space.tune
-    assert tune.metrics == ("dev/rp_macro", "cost/encoder_layers") and tune.scheduler == "none"
+    assert tune.metrics == ("dev/rp_macro", "cost/encoder_layers") and tune.scheduler == "asha"
     # its enqueued trials run 3, 4, 5 and 6 layers: the front has more than one cost to show
     named = named_variants(6, 3, COUNTS_3)
     tops = []
