@@ -237,10 +237,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         "predict": _predict,
     }[args.command]
     if args.command in ("reproduce", "search") and args.json:
-        with _stdout_to_stderr() as stdout:
+        # the Ray the run starts is left inside the redirection: its last lines go to stderr
+        with _stdout_to_stderr() as stdout, _ray_left_as_found():
             args.summary_out = stdout  # where `_write_summary` writes
             return handler(args)
+    if args.command in ("reproduce", "search"):
+        with _ray_left_as_found():
+            return handler(args)
     return handler(args)
+
+
+@contextlib.contextmanager
+def _ray_left_as_found() -> Iterator[None]:
+    """A Ray the command connects to (or starts) is left when the command ends, not by
+    `ray.init`'s exit hook after it: until then Ray's driver threads print what the raylet
+    and the workers log (e.g. "(raylet) WARNING: 10 PYTHON worker processes have been
+    started..."), and at shutdown the repeats of a line it held back, on whatever stdout is
+    then. A Ray that was up before (a test's, a notebook's) stays up."""
+    from hiersearch.search.cluster import connected, disconnect
+
+    before = connected()
+    try:
+        yield
+    finally:
+        if not before and connected():
+            disconnect()
 
 
 @contextlib.contextmanager
@@ -328,23 +349,26 @@ def _label_counts(text: str | None, levels: int) -> list[int] | None:
 
 
 def _variants(args: argparse.Namespace) -> int:
-    from hiersearch.model.assignment import named_variants
+    from hiersearch.model.assignment import check_layer_count, named_variants
 
+    check_layer_count(args.layers, "--layers")
     counts = _label_counts(args.label_counts, args.levels)
     variants = named_variants(args.layers, args.levels, counts)
-    if args.json:
+    if args.json:  # every layer listed, as before: the JSON's shape stays
         out = {name: a.to_json() for name, a in variants.items()}
         print(json.dumps(out, indent=2))
         return EXIT_OK
     width = max(len(name) for name in variants)
     for name, assignment in variants.items():
-        print(f"{name:<{width}}  {assignment.to_string()}")
+        print(f"{name:<{width}}  {assignment.to_short_string()}")
     return EXIT_OK
 
 
 def _space(args: argparse.Namespace) -> int:
+    from hiersearch.model.assignment import check_layer_count
     from hiersearch.search.assignments import SpaceOptions, space_summary
 
+    check_layer_count(args.layers, "--layers")
     options = SpaceOptions()
     if args.space:
         from hiersearch.search.space import load_space

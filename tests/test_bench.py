@@ -27,6 +27,7 @@ import gpu_throughput  # noqa: E402
 import layer_probe  # noqa: E402
 import layerwise_step  # noqa: E402
 import metrics_speed  # noqa: E402
+import pareto_pruning  # noqa: E402
 import predict_throughput  # noqa: E402
 import ray_overhead  # noqa: E402
 import search_efficiency  # noqa: E402
@@ -807,3 +808,27 @@ def test_metrics_f1_data_has_a_prior_and_a_trained_model() -> None:
     assert all(p.min() >= 0 and p.max() <= 1 and p.dtype == np.float32 for p in prior)
     assert M.tuned_f1(golds, trained, "dev")["dev/f1_micro"] > M.tuned_f1(
         golds, prior, "dev")["dev/f1_micro"]
+
+
+def test_the_arms_are_the_pareto_preset_with_mo_asha_and_without() -> None:
+    import dataclasses
+
+    unpruned = parse_space(pareto_pruning.arm_space("unpruned"))
+    pruned = parse_space(pareto_pruning.arm_space("mo-asha"))
+    preset = load_space("pareto")
+    for arm in (unpruned, pruned):
+        assert (arm.data, arm.trial, arm.search, arm.assignment) == (
+            preset.data, preset.trial, preset.search, preset.assignment)
+    assert pruned.tune == preset.tune and preset.tune.scheduler == "asha"
+    assert unpruned.tune.scheduler == "none"
+    assert dataclasses.replace(unpruned.tune, scheduler="asha") == preset.tune
+
+
+def test_hypervolume_sums_the_strips_a_front_dominates_up_to_the_reference() -> None:
+    # minimized: (-RP, layers); reference (0, 7)
+    front = np.array([[-0.69, 6.0], [-0.65, 3.0]])
+    assert pareto_pruning.hypervolume(front, (0.0, 7.0)) == pytest.approx(
+        0.69 * 1 + 0.65 * 3)
+    dominated = np.vstack([front, [[-0.60, 4.0]]])  # adds nothing
+    assert pareto_pruning.hypervolume(dominated, (0.0, 7.0)) == pytest.approx(0.69 + 1.95)
+    assert pareto_pruning.hypervolume(np.array([[0.1, 8.0]]), (0.0, 7.0)) == 0.0

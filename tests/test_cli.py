@@ -45,6 +45,20 @@ def test_variants_table_prints_assignment_strings(capsys: pytest.CaptureFixture[
     assert "L1:7|L2:8|L3:9|L4:10|L5:11|L6:12" in capsys.readouterr().out
 
 
+def test_variants_table_prints_blocks_as_ranges(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["variants", "--layers", "24", "--levels", "6"]) == 0
+    assert "L1:1-4|L2:5-8|L3:9-12|L4:13-16|L5:17-20|L6:21-24" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["variants", "space"])
+def test_more_layers_than_any_encoder_has_exit_2_naming_the_option_and_the_limit(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([command, "--layers", "100000000", "--levels", "6"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("hiersearch: error: --layers: ") and "1,000" in err
+
+
 def test_space_json_reports_the_exact_size(capsys: pytest.CaptureFixture[str]) -> None:
     out = _json(capsys, ["space", "--layers", "12", "--levels", "6", "--json"])
     assert out["size"] == 18565  # C(18, 12) ordered non-overlapping blocks, plus FLAT
@@ -96,6 +110,30 @@ def test_leaderboard_of_a_storage_root_filters_and_groups_across_its_experiments
                            "--format", "json"])
     trials = {row["experiment"]: row["trials"] for row in board["rows"]}  # type: ignore[index]
     assert trials == {"asha": 1, "finished": 8}
+
+
+def test_importance_of_a_storage_root_without_a_study_creates_no_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("finished", "asha"):  # experiments from before studies were kept
+        shutil.copytree(FIXTURES / name, tmp_path / "runs" / name)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["leaderboard", str(tmp_path / "runs"), "--importance"]) == 2
+    assert "has no Optuna study" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_importance_with_a_missing_sqlite_study_storage_creates_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = shutil.copytree(FIXTURES / "finished", tmp_path / "finished")
+    missing = tmp_path / "elsewhere" / "optuna.db"
+    for url in (f"sqlite:///{missing}", f"sqlite:///{missing.parent.parent / 'optuna.db'}"):
+        assert main(["leaderboard", str(experiment), "--importance", "--study-storage", url]) == 2
+        err = capsys.readouterr().err
+        assert "--study-storage: has no Optuna study" in err and "does not exist" in err
+    assert not missing.parent.exists() and not (tmp_path / "optuna.db").exists()
+    assert not list(Path(experiment).glob("*.db"))
 
 
 def test_leaderboard_out_takes_its_format_from_the_suffix(
@@ -197,6 +235,54 @@ def test_json_run_prints_one_summary_object_on_stdout_and_the_progress_on_stderr
     assert summary["export_command"] == (
         f"hiersearch export {experiment} --trial {best} --out models/{best}"
     )
+
+
+# A search whose Ray logs a raylet warning twice as its last trial ends: Ray prints the first
+# at once and holds the repeat back (its log deduplication) until it shuts down.
+_RAYLET_WARNING = "WARNING: 10 PYTHON worker processes have been started (hiersearch test)"
+_WARNING_RUN = f"""
+import sys, time
+import ray
+from ray._private.utils import publish_error_to_driver
+import hiersearch.search.driver as driver
+from hiersearch.cli import main
+
+run_search = driver.run_search
+
+def warned(*args, **kwargs):
+    path = run_search(*args, **kwargs)
+    gcs = ray._private.worker.global_worker.gcs_client
+    for _ in range(2):
+        publish_error_to_driver("hiersearch_test", {_RAYLET_WARNING!r}, gcs)
+    time.sleep(2)  # both reach the driver before the command goes on
+    return path
+
+driver.run_search = warned
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_json_search_stdout_holds_only_the_summary_whatever_ray_logs(tmp_path: Path) -> None:
+    import yaml
+
+    from hiersearch.search.space import parse_space, preset_path
+
+    raw = yaml.safe_load(preset_path("smoke").read_text())
+    raw["trial"].update(num_workers=1, cpus_per_worker=1, epochs=1, util_docs=0)
+    raw["assignment"] = {"space": "variants", "variants": ["FLAT"]}
+    parse_space(raw)
+    space = tmp_path / "one.yaml"
+    space.write_text("# Launch: hiersearch search --space one.yaml\n" + yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, "-c", _WARNING_RUN, "search", "--space", str(space),
+         "--storage", str(tmp_path / "runs"), "--json"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _RAYLET_WARNING in proc.stderr  # Ray did log it, and on stderr
+    summary = json.loads(proc.stdout)
+    assert summary["trials"]["by_status"] == {"terminated": 1}
 
 
 def test_json_summary_of_an_experiment_without_a_checkpoint_has_no_best() -> None:

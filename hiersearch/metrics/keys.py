@@ -41,6 +41,7 @@ __all__ = [
     "f1_macro_key",
     "f1_micro_key",
     "f1_threshold_key",
+    "in_epoch_reports",
     "is_metric_column",
     "is_metric_key",
     "is_timing_key",
@@ -83,7 +84,7 @@ TRIAL_FINAL = "trial/final"
 
 # The encoder layers the trial's model runs: layers above the highest one a head reads are
 # dropped (as in an exported model), so a LAST-SIX model of a 12-layer encoder runs 12, an
-# assignment that stops at layer 4 runs 4.
+# assignment that stops at layer 4 runs 4. Known from the start: every report carries it.
 COST_ENCODER_LAYERS = "cost/encoder_layers"
 # Milliseconds per document of the trial's final model, forward pass only, measured on dev
 # documents at the end of the trial (wall time: it depends on the machine and its load).
@@ -216,6 +217,13 @@ _TIMING = re.compile(r"/(eval_s|epoch_s|samples_per_s|forward_ms_per_doc)$")
 def is_timing_key(key: str) -> bool:
     """Whether `key` measures wall time: it differs between runs of the same seeded trial."""
     return bool(_TIMING.search(key))
+
+
+def in_epoch_reports(key: str) -> bool:
+    """Whether a trial's every epoch report carries `key` (what a scheduler can stop trials
+    on): dev and training metrics and the encoder layers. Test, utilization and the forward
+    time are measured once, in the trial's final report."""
+    return key.startswith(("dev/", "train/")) or key == COST_ENCODER_LAYERS
 
 
 def mode_of(key: str) -> str:

@@ -34,10 +34,28 @@ from typing import Any
 
 from hiersearch.errors import InputError
 
+# The deepest encoder known: DeepNet's 1,000-layer Transformer (Wang et al. 2022, "DeepNet:
+# Scaling Transformers to 1,000 Layers"); BERT-large has 24 layers, the deepest LLMs ~130. A
+# larger count names no encoder, and the layer lists built for it (IN-PAIRS lists every layer,
+# a range "1-N" every layer of it) would only fill memory: it is refused.
+MAX_LAYERS = 1000
+
 _NUMBER_WORDS = (
     "ZERO", "ONE", "TWO", "THREE", "FOUR", "FIVE", "SIX",
     "SEVEN", "EIGHT", "NINE", "TEN", "ELEVEN", "TWELVE",
 )  # fmt: skip
+
+
+def check_layer_count(num_layers: int, where: str) -> None:
+    """InputError naming `where` unless 1 <= num_layers <= MAX_LAYERS."""
+    if num_layers < 1:
+        raise InputError(f"the encoder needs at least one layer, got {num_layers}", where=where)
+    if num_layers > MAX_LAYERS:
+        raise InputError(
+            f"{num_layers} layers: at most {MAX_LAYERS:,}, the depth of the deepest encoder "
+            "known (DeepNet, Wang et al. 2022)",
+            where=where,
+        )
 
 
 def as_int(value: Any, what: str, where: str | None) -> int:
@@ -110,6 +128,7 @@ class LayerAssignment:
         return tuple(sorted({layer for group in self.groups for layer in group}))
 
     def to_string(self) -> str:
+        """"FLAT" or "L1:7|L2:8+9|..": every layer listed (the form tables and JSON keep)."""
         if self.flat:
             return "FLAT"
         return "|".join(
@@ -117,9 +136,20 @@ class LayerAssignment:
             for level, group in enumerate(self.groups, start=1)
         )
 
+    def to_short_string(self) -> str:
+        """`to_string` with each run of 3 or more consecutive layers as a range, "L1:1-4|L2:5+6"
+        (for people: a deep encoder's blocks stay short); `from_string` reads it too."""
+        if self.flat:
+            return "FLAT"
+        return "|".join(
+            f"L{level}:" + "+".join(_runs(group))
+            for level, group in enumerate(self.groups, start=1)
+        )
+
     @classmethod
     def from_string(cls, s: str) -> LayerAssignment:
-        """Parse "FLAT" or "L1:7|L2:8+9|..": levels in order, layers joined with '+'."""
+        """Parse "FLAT" or "L1:7|L2:8+9|L3:10-12": levels in order, layers joined with '+', a
+        range a-b standing for a, a+1, .., b."""
         text = s.strip()
         if text.upper() == "FLAT":
             return cls.make_flat(name=None)
@@ -129,17 +159,11 @@ class LayerAssignment:
         for level, raw in enumerate(text.split("|"), start=1):
             token = raw.strip()
             head, sep, body = token.partition(":")
-            expected = f"expected L{level}:<layer>[+<layer>..]"
             if not sep or head.strip().upper() != f"L{level}":
-                raise InputError(f"bad level token {token!r} ({expected})", where="assignment")
-            layers = []
-            for part in body.split("+"):
-                part = part.strip()
-                if not part.isdigit():
-                    raise InputError(
-                        f"bad layer {part!r} in token {token!r} ({expected})", where="assignment"
-                    )
-                layers.append(int(part))
+                raise InputError(
+                    f"bad level token {token!r} ({_expected(level)})", where="assignment"
+                )
+            layers = [layer for part in body.split("+") for layer in _layers(part, token, level)]
             groups.append(tuple(layers))
         return cls(groups=tuple(groups))
 
@@ -173,6 +197,37 @@ class LayerAssignment:
             parsed = cls.from_string(str(obj["string"]))
             return cls(groups=parsed.groups, flat=parsed.flat, name=name)
         raise InputError("expected keys 'groups'/'flat' or 'string'", where="assignment")
+
+
+def _expected(level: int) -> str:
+    return f"expected L{level}:<layer>[+<layer>..], a range as <first>-<last>"
+
+
+def _layers(part: str, token: str, level: int) -> range:
+    """The layers of one '+'-separated part of a level's token: "7" or "1-4"."""
+    first, dash, last = part.strip().partition("-")
+    bad = f"bad layer {part.strip()!r} in token {token!r} ({_expected(level)})"
+    if not first.strip().isdigit() or (dash and not last.strip().isdigit()):
+        raise InputError(bad, where="assignment")
+    low, high = int(first), int(last) if dash else int(first)
+    if low > high:
+        raise InputError(f"{bad}: a range runs upwards", where="assignment")
+    if dash and high > MAX_LAYERS:
+        raise InputError(f"{bad}: no encoder has layer {high}", where="assignment")
+    return range(low, high + 1)
+
+
+def _runs(group: Sequence[int]) -> list[str]:
+    """A group's layers in order, each run of 3+ consecutive ones as "first-last"."""
+    parts: list[str] = []
+    start = 0
+    for end in range(1, len(group) + 1):
+        if end < len(group) and group[end] == group[end - 1] + 1:
+            continue
+        run = group[start:end]
+        parts += [f"{run[0]}-{run[-1]}"] if len(run) >= 3 else [str(layer) for layer in run]
+        start = end
+    return parts
 
 
 # ----------------------------------------------------------------------------- named variants
@@ -251,8 +306,7 @@ def named_variant(
     canonical = name.strip().upper()
     if canonical not in names:
         raise InputError(f"unknown variant {name!r}; valid: {', '.join(names)}", where="variant")
-    if num_layers < 1:
-        raise InputError(f"the encoder needs at least one layer, got {num_layers}", where="layers")
+    check_layer_count(num_layers, "layers")
     counts = _check_label_counts(label_counts, num_levels)
     if canonical == "FLAT":
         return LayerAssignment.make_flat()

@@ -21,6 +21,7 @@ import pandas as pd
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_text, check_writable_dir
+from hiersearch.metrics.pareto import minimized, nondominated_ranks
 from hiersearch.report.results import (
     HEAD_OPTION_COLUMNS,
     STATUS_TERMINATED,
@@ -119,15 +120,11 @@ def pareto_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.
     for metric, _ in objectives:
         _require_column(df, metric, "--pareto")
     values = df[[m for m, _ in objectives]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    signs = np.array([-1.0 if mode == "max" else 1.0 for _, mode in objectives])
-    points = values * signs  # every objective minimized
-    known = ~np.isnan(points).any(axis=1)
-    ahead = points[None, :, :]  # [candidate row, other row, metric]
-    here = points[:, None, :]
-    dominated = (
-        (ahead <= here).all(axis=2) & (ahead < here).any(axis=2) & known[None, :]
-    ).any(axis=1)
-    return pd.Series(known & ~dominated, index=df.index, name=PARETO_COLUMN)
+    known = ~np.isnan(values).any(axis=1)
+    front = np.zeros(len(df), dtype=bool)
+    points = minimized(values[known], [mode for _, mode in objectives])
+    front[known] = nondominated_ranks(points) == 0
+    return pd.Series(front, index=df.index, name=PARETO_COLUMN)
 
 
 def mark_pareto(df: pd.DataFrame) -> pd.DataFrame:

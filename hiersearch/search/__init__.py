@@ -1,6 +1,7 @@
 """Search: space files -> checked spec -> Optuna define-by-run; the space of layer-to-level
 assignments; what is settled before Ray starts (checks, the shared corpus); the Ray Tune
-driver; the cluster connection."""
+driver and its MO-ASHA scheduler (imported by the driver: it imports Ray); the cluster
+connection."""
 
 from __future__ import annotations
 

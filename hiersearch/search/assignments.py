@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hiersearch.errors import InputError
-from hiersearch.model.assignment import LayerAssignment, as_int, named_variant, variant_names
+from hiersearch.model.assignment import (
+    LayerAssignment,
+    as_int,
+    check_layer_count,
+    named_variant,
+    variant_names,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -146,6 +152,7 @@ def in_space(
 def _check_dims(num_layers: int, num_levels: int) -> None:
     if num_layers < 1:
         raise InputError(f"must be >= 1, got {num_layers}", where="layers")
+    check_layer_count(num_layers, "layers")  # the size takes O(levels x layers^2)
     if num_levels < 1:
         raise InputError(f"must be >= 1, got {num_levels}", where="levels")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,21 @@ def connect(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         start_local()
+
+
+def connected() -> bool:
+    """Whether this process is connected to a Ray cluster (Ray is not imported to find out)."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def disconnect() -> None:
+    """Leave the cluster (stopping a local Ray this process started). Ray's driver threads
+    print the raylet's warnings and the workers' log lines until then, and lines that Ray
+    holds back to count repeats are printed by it: whatever stdout is at that moment."""
+    import ray
+
+    ray.shutdown()
 
 
 def largest_cluster() -> dict[str, float] | None:

@@ -1,5 +1,6 @@
-"""The Ray Tune driver: a search-space file -> OptunaSearch (+ ASHA) -> Tuner of trials, each
-trial a Ray Train `TorchTrainer` run (DDP workers) reporting back through `TuneReportCallback`.
+"""The Ray Tune driver: a search-space file -> OptunaSearch (+ ASHA, or MO-ASHA for several
+metrics) -> Tuner of trials, each trial a Ray Train `TorchTrainer` run (DDP workers) reporting
+back through `TuneReportCallback`.
 
 Train V2 inside Tune: the Tune trial is a thin driver function holding ~0 CPU, so that
 concurrent drivers never starve the workers of CPUs; it builds a `TorchTrainer` named after the
@@ -538,20 +539,27 @@ def sampler(tune: TuneSpec) -> Any:
 
 
 def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
-    """ASHA when the space asks for it, else None (every trial runs to its end)."""
+    """ASHA when the space asks for it (MO-ASHA for several metrics), else None (every trial
+    runs to its end)."""
     from ray.tune.schedulers import ASHAScheduler
 
-    if space.tune.scheduler != "asha":
+    from hiersearch.search.moasha import MOASHAScheduler
+
+    tune = space.tune
+    if tune.scheduler != "asha":
         return None
-    return ASHAScheduler(
-        time_attr="training_iteration",
+    settings = {
+        "time_attr": "training_iteration",
         # Reports are the epochs, then a final one (test + utilization). At max_t ASHA
         # *stops* a trial; at epochs + 1 that would kill every completing trial during
         # its Train teardown, so max_t lies one past the last report.
-        max_t=base.epochs + 2,
-        grace_period=space.tune.grace_period,
-        reduction_factor=space.tune.reduction_factor,
-    )
+        "max_t": base.epochs + 2,
+        "grace_period": tune.grace_period,
+        "reduction_factor": tune.reduction_factor,
+    }
+    if tune.multi_objective:
+        return MOASHAScheduler(tune.metrics, tune.modes, **settings)
+    return ASHAScheduler(**settings)
 
 
 def _tune_config(

@@ -116,7 +116,8 @@ class TuneSpec:
     # "max" or "min" per metric; null: each metric's own direction (max for R-Precision, min
     # for losses, times and costs).
     mode: str | tuple[str, ...] | None = None
-    # "asha" for early stopping of weak trials (one metric only), or "none".
+    # "asha" for early stopping of weak trials, or "none". Several metrics: MO-ASHA, which
+    # ranks a rung's trials by Pareto front, then crowding distance (search/moasha.py).
     scheduler: str = "none"
     # ASHA: epochs every trial gets before it can be stopped.
     grace_period: int = 1
@@ -161,10 +162,12 @@ class TuneSpec:
             if not ok:
                 raise InputError(f"must be {expected}, got {getattr(self, key)!r}", where=key)
         metrics, modes = _objectives(self.metric, self.mode)
-        if len(metrics) > 1 and self.scheduler != "none":
+        late = [key for key in metrics if not M.in_epoch_reports(key)]
+        if self.scheduler != "none" and late:
             raise InputError(
-                f"{self.scheduler} stops trials on one metric; a search over several "
-                f"({', '.join(metrics)}) runs every trial to its end: set scheduler: none",
+                f"{self.scheduler} stops trials at epochs, whose reports lack "
+                f"{', '.join(late)} (measured once, in a trial's final report): optimize "
+                "dev or training metrics, or set scheduler: none",
                 where="scheduler",
             )
         # One metric stays a string, several a tuple (dataclasses.replace keeps them all);

@@ -255,9 +255,15 @@ def forward_cost(
         elapsed = time.perf_counter() - started
     core.train(was_training)
     return {
-        M.COST_ENCODER_LAYERS: float(max(core.used_layers)),
+        M.COST_ENCODER_LAYERS: encoder_layers(core),
         M.COST_FORWARD_MS: 1000.0 * elapsed / len(index) if len(index) else float("nan"),
     }
+
+
+def encoder_layers(core: LayerwiseClassifier) -> float:
+    """The encoder layers the model runs (`cost/encoder_layers`): up to the highest one a
+    head reads."""
+    return float(max(core.used_layers))
 
 
 def _in_document_order(
@@ -581,6 +587,8 @@ class TrialRecipe:
         """Early-stopping bookkeeping, then the epoch's report with its checkpoint."""
         self._track_best(epoch, report)
         report.update(self.identity)
+        # known from the start, so that a scheduler can stop trials on it (MO-ASHA)
+        report[M.COST_ENCODER_LAYERS] = encoder_layers(self.core)
         report.update({M.EPOCH: epoch + 1, M.TRIAL_FINAL: 0})
         if self.session.rank == 0 and self.artifacts is not None:
             for key, value in report.items():

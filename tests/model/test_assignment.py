@@ -112,6 +112,35 @@ def test_from_string_names_the_bad_token() -> None:
         LayerAssignment.from_string("L1:7+x")
 
 
+def test_short_strings_print_runs_of_three_or_more_layers_as_ranges() -> None:
+    assert named_variant("IN-PAIRS", 24, 6).to_short_string().startswith("L1:1-4|L2:5-8|")
+    assert named_variant("IN-PAIRS", 4, 2).to_short_string() == "L1:1+2|L2:3+4"
+    odd = LayerAssignment(groups=((1, 2, 3, 5), (9, 8, 7)))
+    assert odd.to_short_string() == "L1:1-3+5|L2:9+8+7"  # a group's order is kept
+
+
+def test_a_range_parses_to_every_layer_in_it() -> None:
+    for variant in named_variants(48, 6, EUROVOC_COUNTS).values():
+        assert LayerAssignment.from_string(variant.to_short_string()) == variant
+    assert LayerAssignment.from_string("L1:1-3+5|L2:6").groups == ((1, 2, 3, 5), (6,))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("L1:4-1", "runs upwards"), ("L1:1-", "bad layer '1-'"),
+     ("L1:1-100000000", "no encoder has layer 100000000")],
+)
+def test_a_bad_range_is_refused_before_its_layers_are_listed(text: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        LayerAssignment.from_string(text)
+
+
+def test_more_layers_than_any_encoder_has_are_refused() -> None:
+    with pytest.raises(InputError, match="^layers: 1001 layers: at most 1,000"):
+        named_variant("IN-PAIRS", 1001, 6)
+    assert named_variant("IN-PAIRS", 1000, 6).groups[-1][-1] == 1000
+
+
 def test_json_round_trip_keeps_name() -> None:
     variant = named_variant("HYBRID", 12, 6, EUROVOC_COUNTS)
     back = LayerAssignment.from_json(variant.to_json())

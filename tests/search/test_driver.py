@@ -278,6 +278,28 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
         assert (experiment / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
 
 
+def test_mo_asha_stops_trials_on_two_metrics_and_the_study_gets_their_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objectives = [M.rp_macro_key("dev"), M.COST_ENCODER_LAYERS]
+    space_file = _layerwise_smoke(
+        tmp_path, num_samples=6, scheduler="asha", reduction_factor=2,
+        metric=objectives, mode=["max", "min"],
+    )
+    storage = tmp_path / "storage"
+    code = main(["search", "--space", str(space_file), "--storage", str(storage), "--name", "mo"])
+    assert code == 0
+    rows = _leaderboard_json(str(storage / "mo"), capsys)["rows"]
+    stopped = [r for r in rows if r["status"] == "stopped early"]
+    assert stopped, [r["status"] for r in rows]
+    # a stopped trial's epoch report carries both metrics: the Pareto mark and the study
+    # (OptunaSearch tells it the trial's last result, as with one-metric ASHA) have them
+    assert all(r[M.COST_ENCODER_LAYERS] >= 1 for r in stopped)
+    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{storage}/mo/optuna.db")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 6 and all(len(t.values) == 2 for t in complete)
+
+
 def _metrics_only(result: dict[str, Any]) -> str:
     """A result line without Tune's bookkeeping (times, iteration counters, host) and without
     wall-time measurements (a trial restarted before its final checkpoint was registered

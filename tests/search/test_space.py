@@ -324,8 +324,11 @@ def test_a_search_may_optimize_the_f1_of_label_sets_but_not_their_thresholds() -
         ({"metric": ["dev/rp_macro", "cost/watts"]}, "^mo.yaml: tune: metric: unknown metric"),
         ({"metric": ["dev/rp_macro", "cost/encoder_layers"], "mode": ["max", "up"]},
          "^mo.yaml: tune: mode: must be max or min"),
-        ({"metric": ["dev/rp_macro", "cost/encoder_layers"], "scheduler": "asha"},
-         "^mo.yaml: tune: scheduler: asha stops trials on one metric"),
+        ({"metric": ["dev/rp_macro", "cost/forward_ms_per_doc"], "scheduler": "asha"},
+         "^mo.yaml: tune: scheduler: asha stops trials at epochs, whose reports lack "
+         "cost/forward_ms_per_doc"),
+        ({"metric": "test/rp_macro", "scheduler": "asha"},
+         "^mo.yaml: tune: scheduler: .* lack test/rp_macro"),
         ({"first_seed": -1}, "^mo.yaml: tune: first_seed: must be >= 0"),
         ({"algorithm": "cmaes"}, "^mo.yaml: tune: algorithm: must be tpe, random, nsga2, grid"),
     ],
@@ -333,6 +336,11 @@ def test_a_search_may_optimize_the_f1_of_label_sets_but_not_their_thresholds() -
 def test_a_bad_objective_names_the_file_section_and_key(tune: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         _tune(**tune)
+
+
+def test_asha_with_several_metrics_is_a_multi_objective_early_stopping_search() -> None:
+    tune = _tune(metric=["dev/rp_macro", "cost/encoder_layers"], scheduler="asha").tune
+    assert tune.scheduler == "asha" and tune.modes == ("max", "min")
 
 
 def test_fixed_points_run_seeds_from_first_seed_and_the_sampler_gets_the_first() -> None:
@@ -356,7 +364,7 @@ def test_a_variants_entry_may_be_an_assignment_string() -> None:
 def test_the_pareto_preset_trades_quality_against_layers_run() -> None:
     space = load_space("pareto")
     tune = space.tune
-    assert tune.metrics == ("dev/rp_macro", "cost/encoder_layers") and tune.scheduler == "none"
+    assert tune.metrics == ("dev/rp_macro", "cost/encoder_layers") and tune.scheduler == "asha"
     # its enqueued trials run 3, 4, 5 and 6 layers: the front has more than one cost to show
     named = named_variants(6, 3, COUNTS_3)
     tops = []

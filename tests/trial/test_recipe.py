@@ -347,11 +347,27 @@ def test_final_f1_is_the_best_epochs_on_dev_and_at_its_dev_thresholds_on_test(
 def test_the_final_report_carries_the_models_inference_cost(encoded: str, tmp_path: Path) -> None:
     # the top head reads layer 7 of 12: the model runs 7 layers, as an exported one would
     config = _config(assignment="L1:3|L2:5|L3:7", epochs=1, util_docs=0)
-    final = fit(config, encoded, _session(tmp_path))
+    session = _session(tmp_path)
+    final = fit(config, encoded, session)
     assert final[M.COST_ENCODER_LAYERS] == 7
+    # the layers in every epoch's report too (a scheduler stops trials on them), the forward
+    # time only in the final one
+    assert [r.get(M.COST_ENCODER_LAYERS) for r in session.reports] == [7, 7]
+    assert [M.COST_FORWARD_MS in r for r in session.reports] == [False, True]
     assert final[M.COST_FORWARD_MS] > 0
     flat = fit(_config(epochs=1, util_docs=0, assignment="FLAT"), encoded, _session(tmp_path))
     assert flat[M.COST_ENCODER_LAYERS] == 12
+
+
+def test_in_epoch_reports_names_the_metrics_an_epoch_report_carries(
+    encoded: str, tmp_path: Path
+) -> None:
+    session = _session(tmp_path)
+    fit(_config(epochs=1, util_docs=2), encoded, session)
+    epoch, final = session.reports
+    assert all(M.in_epoch_reports(k) for k in epoch if M.is_metric_key(k))
+    late = {k for k in final if M.is_metric_key(k) and k not in epoch}
+    assert late and not any(M.in_epoch_reports(k) for k in late), late
 
 
 def test_forward_cost_times_the_documents_asked_for_and_leaves_the_mode_alone(
