@@ -227,6 +227,50 @@ def test_data_hpo_levels_beyond_the_ontology_name_the_option(
     assert not (tmp_path / "c").exists()
 
 
+def test_a_data_section_with_source_hpo_builds_the_corpus_once_then_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hiersearch.data import hpo, loaders
+    from hiersearch.data.prepare import DataSpec, find_corpus
+
+    path = _obo(tmp_path)
+    monkeypatch.setattr(hpo, "hpo_obo_path", lambda: path)
+    spec = DataSpec(source="hpo", depth=2, seed=0, train_docs=20)
+    corpus, corpus_dir = find_corpus(spec, str(tmp_path / "data"))
+    assert Path(corpus_dir).name.startswith("hpo-L2-seed0-train20-")
+    assert not corpus.synthetic and len(corpus.splits["train"]) == 20
+
+    def no_build(*_: object) -> None:
+        raise AssertionError("the corpus under data_root must be reused")
+
+    monkeypatch.setattr(loaders, "load_hpo", no_build)
+    again, again_dir = find_corpus(spec, str(tmp_path / "data"), levels=(1, 1))
+    assert again_dir == corpus_dir and again.hierarchy.depth == 1
+
+
+def test_a_changed_ontology_file_gives_a_new_hpo_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hiersearch.data import hpo
+    from hiersearch.data.prepare import DataSpec, plan_corpus
+
+    path = _obo(tmp_path)
+    monkeypatch.setattr(hpo, "hpo_obo_path", lambda: path)
+    spec = DataSpec(source="hpo", depth=2, seed=0)
+    first = plan_corpus(spec, str(tmp_path / "data")).corpus_dir
+    path.write_text(HEADER + TERMS + _deep_terms(41))  # a new release of the same file
+    assert plan_corpus(spec, str(tmp_path / "data")).corpus_dir != first
+
+
+def test_data_section_settings_are_checked_when_it_is_read() -> None:
+    from hiersearch.data.prepare import DataSpec
+
+    with pytest.raises(InputError, match="^source: must be one of synthetic, hpo"):
+        DataSpec(source="mesh")
+    with pytest.raises(InputError, match="^train_docs: must be >= 10"):
+        DataSpec(source="hpo", train_docs=3)
+
+
 @pytest.mark.slow
 def test_data_hpo_builds_the_packaged_ontology_offline(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
