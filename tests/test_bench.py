@@ -393,3 +393,23 @@ def test_predict_throughput_quick_times_every_candidate(tmp_path: Path) -> None:
 def test_predict_throughput_ratio_is_paired_per_repetition() -> None:
     times = {"hf_forward": [1.0, 4.0, 2.0], "scores_all": [2.0, 4.0, 1.0]}
     assert predict_throughput.paired_ratio(times, "hf_forward", "scores_all") == 1.0
+
+
+def test_probe_pairs_are_parsed_and_unknown_ones_refused() -> None:
+    assert layer_probe.parse_probes(None) == layer_probe.ALL_PROBES
+    assert layer_probe.parse_probes("cls:none,mean:batchnorm") == (
+        ("cls", "none"), ("mean", "batchnorm"))
+    with pytest.raises(SystemExit, match="unknown pairs"):
+        layer_probe.parse_probes("cls:whiten")
+
+
+@pytest.mark.slow
+def test_layer_probe_on_hpo_probes_the_pairs_asked_for(tmp_path: Path) -> None:
+    out = layer_probe.main(["--quick", "--corpus", "hpo", "--probes", "cls:none,mean:batchnorm",
+                            "--steps", "2", "--threads", "1"])
+    layers = int(layer_probe.QUICK.encoder.split(":")[1].split("x")[0])
+    assert len(out["label_counts"]) == 4 and out["docs"]["train"] == 40
+    assert {(r["pooling"], r["norm"]) for r in out["probes"]} == {
+        ("cls", "none"), ("mean", "batchnorm")}
+    assert len(out["probes"]) == 2 * layers
+    assert len(layer_probe.table(out["probes"], 4).splitlines()) == 5 * (1 + 2)
