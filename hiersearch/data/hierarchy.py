@@ -116,9 +116,11 @@ class Hierarchy:
                         f"label {node.id!r} names unknown parent {parent!r}", where=where
                     )
         self._order = _topological_order({k: n.parents for k, n in self._nodes.items()}, name)
-        # `poly` keeps a truncated poly-hierarchy one when it lost its labels with several parents
-        self.poly = poly or any(len(n.parents) > 1 for n in self._nodes.values())
-        self._poly_given = poly and not any(len(n.parents) > 1 for n in self._nodes.values())
+        several = any(len(n.parents) > 1 for n in self._nodes.values())
+        # `poly` keeps a truncated poly-hierarchy one when it lost its labels with several
+        # parents; only then does `to_json` record it (the parents do not show it)
+        self.poly = poly or several
+        self._poly_given = poly and not several
         if not self.poly:
             _check_levels(self._nodes, where)
         levels: dict[int, list[str]] = {}
