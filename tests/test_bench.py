@@ -832,3 +832,23 @@ def test_hypervolume_sums_the_strips_a_front_dominates_up_to_the_reference() -> 
     dominated = np.vstack([front, [[-0.60, 4.0]]])  # adds nothing
     assert pareto_pruning.hypervolume(dominated, (0.0, 7.0)) == pytest.approx(0.69 + 1.95)
     assert pareto_pruning.hypervolume(np.array([[0.1, 8.0]]), (0.0, 7.0)) == 0.0
+
+
+def test_probe_pairs_are_parsed_and_unknown_ones_refused() -> None:
+    assert layer_probe.parse_probes(None) == layer_probe.ALL_PROBES
+    assert layer_probe.parse_probes("cls:none,mean:batchnorm") == (
+        ("cls", "none"), ("mean", "batchnorm"))
+    with pytest.raises(SystemExit, match="unknown pairs"):
+        layer_probe.parse_probes("cls:whiten")
+
+
+@pytest.mark.slow
+def test_layer_probe_on_hpo_probes_the_pairs_asked_for(tmp_path: Path) -> None:
+    out = layer_probe.main(["--quick", "--corpus", "hpo", "--probes", "cls:none,mean:batchnorm",
+                            "--steps", "2", "--threads", "1"])
+    layers = int(layer_probe.QUICK.encoder.split(":")[1].split("x")[0])
+    assert len(out["label_counts"]) == 4 and out["docs"]["train"] == 40
+    assert {(r["pooling"], r["norm"]) for r in out["probes"]} == {
+        ("cls", "none"), ("mean", "batchnorm")}
+    assert len(out["probes"]) == 2 * layers
+    assert len(layer_probe.table(out["probes"], 4).splitlines()) == 5 * (1 + 2)

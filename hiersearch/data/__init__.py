@@ -1,5 +1,6 @@
-"""Data: label hierarchies, corpora and their loaders, the SYNTHETIC corpus, tokenize-once
-encoding. Pure (no Ray): every stage above reads what this package prepares."""
+"""Data: label hierarchies, corpora and their loaders, the real HPO corpus, the SYNTHETIC
+corpus, tokenize-once encoding. Pure (no Ray): every stage above reads what this package
+prepares."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from hiersearch.data.corpus import (
 from hiersearch.data.encode import EncodedCorpus, Split, encode, load_encoded
 from hiersearch.data.hierarchy import Hierarchy, Node, load_levels_file, load_parent_file
 from hiersearch.data.loaders import (
+    HpoConfig,
     load_csv,
     load_eurlex57k,
+    load_hpo,
     load_jsonl,
     load_mimic,
     load_mimic_iv,
@@ -38,6 +41,7 @@ __all__ = [
     "Document",
     "EncodedCorpus",
     "Hierarchy",
+    "HpoConfig",
     "NAMED_HIERARCHIES",
     "Node",
     "PreparedData",
@@ -56,6 +60,7 @@ __all__ = [
     "load_encoded",
     "load_eurlex57k",
     "load_hierarchy",
+    "load_hpo",
     "load_jsonl",
     "load_levels_file",
     "load_mimic",

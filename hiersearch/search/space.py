@@ -2,7 +2,8 @@
 
 A space file has five sections (unknown keys anywhere are an error naming the key):
 
-    data:        where the corpus comes from (a corpus dir, or a synthetic one to generate)
+    data:        where the corpus comes from (a corpus dir, or one to generate: synthetic, or
+                 the HPO term definitions with `source: hpo`)
     trial:       fixed `TrialConfig` fields (model, epochs, workers, ...)
     search:      searched `TrialConfig` fields, each a distribution
                  ({type: loguniform|uniform|int|categorical, low, high, choices, step});
@@ -37,7 +38,7 @@ from hiersearch.search.assignments import SpaceOptions, assignment_params, sugge
 from hiersearch.trial.config import TrialConfig, resolve_aliases
 from hiersearch.typed import as_mapping, check_keys, from_mapping
 
-PRESETS = ("smoke", "quick", "paper", "layerwise", "pareto")
+PRESETS = ("smoke", "quick", "hpo", "paper", "layerwise", "pareto")
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
 ASSIGN_PREFIX = "assign"

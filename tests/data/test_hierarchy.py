@@ -366,13 +366,13 @@ def test_parent_file_parent_never_declared_names_the_first_line_naming_it(
         load_parent_file(path)
 
 
-def test_a_level_below_its_nearest_parent_is_required(tmp_path: Path) -> None:
+def test_a_tree_label_one_level_below_its_parent_is_required(tmp_path: Path) -> None:
     nodes = [
         {"id": "a", "description": "a", "parents": [], "level": 1},
         {"id": "b", "description": "b", "parents": ["a"], "level": 2},
         {"id": "c", "description": "c", "parents": ["b"], "level": 1},
     ]
-    with pytest.raises(InputError, match="label 'c' is at level 1, but its nearest parent 'b'"):
+    with pytest.raises(InputError, match="label 'c' is at level 1, but its parent 'b'"):
         Hierarchy.from_json({"nodes": nodes}, "h.json")
     nodes[2]["level"] = 2  # level with its parent: contradicts it too
     with pytest.raises(InputError, match=r"h\.json: .*'c' is at level 2.*'b' is at level 2"):
@@ -396,5 +396,53 @@ def test_a_levels_file_whose_parent_links_contradict_it_is_refused(tmp_path: Pat
     levels.write_text(json.dumps({"level_1": ["a", "b"], "level_2": ["c"]}))
     links = tmp_path / "links.tsv"
     links.write_text("c\na\tc\nb\n")  # a (level 1) under c (level 2)
-    with pytest.raises(InputError, match="label 'a' is at level 1, but its nearest parent 'c'"):
+    with pytest.raises(InputError, match="label 'a' is at level 1, but its parent 'c'"):
         load_levels_file(levels, links)
+
+
+# -- poly-hierarchies (DAGs): levels are the shortest distance from a root ---------------------
+def _dag() -> Hierarchy:
+    """a -> b -> c; d under c (level 3) and a (level 1): level 2; e under d."""
+    return Hierarchy(
+        [
+            Node("a", "a", (), 1),
+            Node("b", "b", ("a",), 2),
+            Node("c", "c", ("b",), 3),
+            Node("d", "d", ("c", "a"), 2),
+            Node("e", "e", ("d",), 3),
+        ]
+    )
+
+
+def test_a_parent_file_with_parents_at_different_depths_levels_by_shortest_path(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "links.tsv"
+    path.write_text("a\nb\ta\nc\tb\nd\tc\nd\ta\ne\td\n")
+    h = load_parent_file(path)
+    assert [h.node(k).level for k in "abcde"] == [1, 2, 3, 2, 3] and h.poly
+    assert h.ancestors("e") == {"a", "b", "c", "d"}
+
+
+def test_a_poly_hierarchy_truncated_from_the_top_keeps_its_levels_and_links() -> None:
+    cut = _dag().truncate(2, 3)  # d loses a, its shortest path's parent: level 1 under c
+    assert cut.node("d").level == 1 and cut.node("d").parents == ("c",)
+    assert cut.ancestors("e") == {"b", "c", "d"} and cut.poly
+
+
+def test_truncation_links_a_label_to_the_kept_labels_above_a_dropped_parent() -> None:
+    cut = _dag().truncate(1, 2)  # c (level 3) is dropped; b above it is d's ancestor
+    assert cut.node("d").parents == ("a", "b")
+    assert cut.ancestors("d") == _dag().ancestors("d") - {"c"}
+
+
+def test_a_truncated_poly_hierarchy_stays_one_through_json() -> None:
+    cut = _dag().truncate(2, 3)  # no label is left with two parents
+    again = Hierarchy.from_json(cut.to_json(), "h.json")
+    assert again.poly and again == cut and again.node("d").level == 1
+
+
+def test_a_tree_has_no_poly_key_and_keeps_its_fingerprint() -> None:
+    tree = Hierarchy([Node("a", "a", (), 1), Node("b", "b", ("a",), 2)])
+    assert not tree.poly and "poly" not in tree.to_json()
+    assert tree.truncate(2, 2).to_json()["nodes"][0]["parents"] == []

