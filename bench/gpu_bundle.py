@@ -29,7 +29,6 @@ included, is capped at 64 MiB. So:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -46,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from _common import sha256  # noqa: E402
+
 REQUIREMENTS = REPO / "bench" / "gpu_bundle.txt"
 TARBALL, MANIFEST = "site.tar.xz", "manifest.json"
 MiB = 2**20
@@ -316,14 +318,6 @@ def pack(site: Path, tarball: Path) -> str:
             if path.is_file():
                 archive.add(path, arcname=str(path.relative_to(site)), filter=clean)
     return sha256(tarball)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tree_bytes(paths: Iterable[Path]) -> int:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+from _common import sha256  # noqa: E402  (standard library only, as this module)
+
 SPACE_FILE = BENCH / "gpu_quarter.yaml"
 TRIALS = 4
 STAMP = ".gpu-bundle-sha256"
@@ -64,14 +66,6 @@ TOP_K = 5
 
 
 # --- install ------------------------------------------------------------------------------------
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def install(bundle: Path, site: Path) -> dict[str, Any]:
