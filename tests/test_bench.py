@@ -31,6 +31,7 @@ import pareto_pruning  # noqa: E402
 import predict_throughput  # noqa: E402
 import ray_overhead  # noqa: E402
 import search_efficiency  # noqa: E402
+import tfidf_knn  # noqa: E402
 
 from hiersearch import metrics as M  # noqa: E402
 from hiersearch.search.space import fixed_points, load_space, parse_space  # noqa: E402
@@ -852,3 +853,40 @@ def test_layer_probe_on_hpo_probes_the_pairs_asked_for(tmp_path: Path) -> None:
         ("cls", "none"), ("mean", "batchnorm")}
     assert len(out["probes"]) == 2 * layers
     assert len(layer_probe.table(out["probes"], 4).splitlines()) == 5 * (1 + 2)
+
+
+def test_tfidf_knn_sums_the_similarities_of_the_k_nearest_that_carry_a_label() -> None:
+    similarity = np.array([[0.9, 0.1, 0.5]], dtype=np.float32)
+    labels = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)  # 3 train docs x 2 labels
+    (scores,) = tfidf_knn.knn_scores(similarity, [labels], k=2)  # neighbours: docs 0 and 2
+    np.testing.assert_allclose(scores, [[1.4, 0.5]], rtol=1e-6)
+    (every,) = tfidf_knn.knn_scores(similarity, [labels], k=10)  # k past the train docs: all
+    np.testing.assert_allclose(every, [[1.4, 0.6]], rtol=1e-6)
+
+
+def test_tfidf_knn_ranks_the_labels_of_the_document_with_the_same_words_first() -> None:
+    from types import SimpleNamespace
+
+    def doc(text: str, *labels: str) -> SimpleNamespace:
+        return SimpleNamespace(text=text, labels=labels)
+
+    train = (doc("heart valve murmur", "A", "A1"), doc("kidney stone pain", "B", "B1"),
+             doc("heart rhythm fast", "A", "A2"))
+    held_out = (doc("a murmur of the heart valve", "A", "A1"),
+                doc("stone in the kidney", "B", "B1"))
+    hierarchy = SimpleNamespace(label_index=lambda: [["A", "B"], ["A1", "A2", "B1"]])
+    corpus = SimpleNamespace(
+        hierarchy=hierarchy, splits={"train": train, "dev": held_out, "test": held_out[:1]}
+    )
+    out = tfidf_knn.evaluate_knn(corpus, k=1)
+    assert out["dev"] == pytest.approx(
+        {"rp_l1": 1.0, "rp_l2": 1.0, "rp_micro": 1.0, "rp_macro": 1.0}
+    )
+    assert set(out) == {"dev", "test"}
+
+
+def test_tfidf_knn_train_docs_are_counts_or_all() -> None:
+    assert tfidf_knn.parse_train_docs("600, all") == [600, None]
+    with pytest.raises(SystemExit, match="--train-docs"):
+        tfidf_knn.parse_train_docs("five")
+
