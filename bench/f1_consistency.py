@@ -30,23 +30,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, setup_env  # noqa: E402
+from _common import emit, gold_levels, machine, setup_env  # noqa: E402
 
 RULES = ("none", "drop", "add")
 QUICK_DOCS = 8
-
-
-def gold_levels(labels: Sequence[Sequence[str]], label_index: Sequence[Sequence[str]]) -> list:
-    """Per level, the multi-hot gold [docs, labels of the level] of documents' label ids (ids
-    outside the model's levels are ignored)."""
-    out = []
-    for index in label_index:
-        column = {label: c for c, label in enumerate(index)}
-        gold = np.zeros((len(labels), len(index)), dtype=bool)
-        for row, doc_labels in enumerate(labels):
-            gold[row, [column[x] for x in doc_labels if x in column]] = True
-        out.append(gold)
-    return out
 
 
 def rule_figures(

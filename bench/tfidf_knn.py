@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, setup_env  # noqa: E402
+from _common import emit, gold_levels, machine, setup_env  # noqa: E402
 
 SPLITS = ("dev", "test")
 
@@ -42,22 +42,6 @@ def parse_train_docs(text: str) -> list[int | None]:
     return out
 
 
-def level_matrices(docs: Any, label_index: list[list[str]]) -> list[Any]:
-    """Per level, the [docs, labels of the level] 0/1 matrix of the documents' labels."""
-    import numpy as np
-
-    out = []
-    for labels in label_index:
-        column = {label: i for i, label in enumerate(labels)}
-        matrix = np.zeros((len(docs), len(labels)), dtype=np.float32)
-        for row, doc in enumerate(docs):
-            for label in doc.labels:
-                if label in column:
-                    matrix[row, column[label]] = 1.0
-        out.append(matrix)
-    return out
-
-
 def knn_scores(similarity: Any, train_labels: list[Any], k: int) -> list[Any]:
     """Per level, each document's label scores: the summed similarity of its `k` most similar
     train documents that carry the label."""
@@ -72,6 +56,7 @@ def knn_scores(similarity: Any, train_labels: list[Any], k: int) -> list[Any]:
 
 def evaluate_knn(corpus: Any, k: int) -> dict[str, dict[str, float]]:
     """Per split (dev, test): R-Precision per level (rp_l1...), micro and macro."""
+    import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     from hiersearch.metrics import evaluate
@@ -81,13 +66,13 @@ def evaluate_knn(corpus: Any, k: int) -> dict[str, dict[str, float]]:
     train = corpus.splits["train"]
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
     train_x = vectorizer.fit_transform([d.text for d in train])
-    train_y = level_matrices(train, label_index)
+    train_y = [y.astype(np.float32) for y in gold_levels([d.labels for d in train], label_index)]
     out = {}
     for split in SPLITS:
         docs = corpus.splits[split]
         # rows are L2-normalized by the vectorizer: the dot product is the cosine
         similarity = (vectorizer.transform([d.text for d in docs]) @ train_x.T).toarray()
-        golds = level_matrices(docs, label_index)
+        golds = gold_levels([d.labels for d in docs], label_index)
         metrics = evaluate(golds, knn_scores(similarity, train_y, k), split, ks=[1])
         row = {f"rp_l{n}": metrics[rp_level_key(split, n)] for n in range(1, len(golds) + 1)}
         row["rp_micro"] = metrics[rp_micro_key(split)]
