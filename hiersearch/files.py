@@ -121,6 +121,21 @@ def check_writable_dir(path: str | os.PathLike[str]) -> None:
     os.unlink(tmp)
 
 
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether `a` and `b` name one existing file or directory: one path written two ways
+    (relative, with `..`), a symlink and its target, or two hard links of one file."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them does not exist (yet): two different files
+        return False
+
+
+def is_inside(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> bool:
+    """Whether `path` lies below `directory` once both are resolved (symlinks, `..`)."""
+    real, top = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return top in real.parents
+
+
 class StagedFiles:
     """Several files of one directory replaced together: each is written in full under a
     temporary name beside its target, and only when all are written are they renamed into

@@ -809,3 +809,78 @@ def test_gpu_trials_on_a_machine_without_a_gpu_are_refused_when_they_would_run_t
     with pytest.raises(AssertionError, match="Ray would start"):
         main([*argv, "--address", "10.0.0.1:6379"])
     assert no_ray == ["10.0.0.1:6379"]
+
+
+def _refused_in_a_subprocess(argv: list[str], cwd: Path | None = None) -> str:
+    """The CLI in its own process: exit 2 and one line on stderr, which is returned."""
+    done = subprocess.run([sys.executable, "-m", "hiersearch.cli", *argv],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(done.stderr.splitlines()) == 1 and done.stdout == "", done.stderr
+    return done.stderr
+
+
+def test_a_space_file_with_a_key_given_twice_is_refused_before_ray(tmp_path: Path) -> None:
+    space = tmp_path / "twice.yaml"
+    space.write_text(yaml.safe_dump(SPACE, sort_keys=False).replace(
+        "  epochs: 1\n", "  epochs: 1\n  lr: 0.001\n  util_docs: 0\n  lr: 0.002\n", 1))
+    err = _refused_in_a_subprocess(["search", "--space", str(space), "--storage", "runs"],
+                                   cwd=tmp_path)
+    lines = [n for n, line in enumerate(space.read_text().splitlines(), 1) if "lr:" in line]
+    assert err == (
+        f"hiersearch: error: {space}: trial: key 'lr' is given twice (lines {lines[0]} and "
+        f"{lines[1]}); a YAML reader would keep the last one silently: keep one\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["twice.yaml"]  # no storage, no Ray
+
+
+def _experiment_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    experiment = tmp_path / "finished"
+    shutil.copytree(_finished(), experiment)
+    return experiment
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("named", ["hiersearch.json", "a trial's result.json by a symlink"])
+def test_leaderboard_out_onto_a_file_of_its_experiment_is_refused(
+    tmp_path: Path, named: str
+) -> None:
+    experiment = _experiment_copy(tmp_path)
+    out = experiment / "hiersearch.json"
+    if named != "hiersearch.json":
+        out = tmp_path / "table.json"
+        out.symlink_to(next(experiment.glob("trainable_*")) / "result.json")
+    before = _contents(experiment)
+    err = _refused_in_a_subprocess(["leaderboard", str(experiment), "--out", str(out)])
+    assert err == (
+        f"hiersearch: error: --out: {out} is a file of the experiment {experiment}, which "
+        "the leaderboard reads; writing it would replace that file (write the table outside "
+        "the experiment)\n"
+    )
+    assert _contents(experiment) == before
+
+
+def test_leaderboard_out_may_be_a_new_file_inside_its_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = _experiment_copy(tmp_path)
+    assert main(["leaderboard", str(experiment), "--out", str(experiment / "board.csv")]) == 0
+    assert (experiment / "board.csv").read_text().startswith("experiment,")
+
+
+def test_export_out_onto_its_experiment_by_another_name_is_refused(tmp_path: Path) -> None:
+    experiment = _experiment_copy(tmp_path)
+    (tmp_path / "link").symlink_to(experiment)
+    before = _contents(experiment)
+    err = _refused_in_a_subprocess(["export", str(experiment), "--out", "link"], cwd=tmp_path)
+    assert err == (
+        f"hiersearch: error: --out: link is the same directory as EXPERIMENT {experiment}; "
+        "writing it would replace the input (choose another --out)\n"
+    )
+    assert _contents(experiment) == before and (tmp_path / "link").is_symlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import hiersearch.cli as cli
 from hiersearch.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
@@ -245,6 +247,7 @@ import sys, time
 import ray
 from ray._private.utils import publish_error_to_driver
 import hiersearch.search.driver as driver
+import hiersearch.cli as cli
 from hiersearch.cli import main
 
 run_search = driver.run_search
@@ -350,3 +353,26 @@ def test_predict_passes_checked_options_to_run_predict(monkeypatch: pytest.Monke
     assert main(["predict", "m", "--input", "-", "--levels", "2"]) == 0
     assert seen["levels"] == (2, 2) and seen["top_k"] is None and seen["batch_size"] == 32
     assert seen["consistency"] is None  # the default rule is predict's to choose
+
+
+def test_every_preset_has_one_help_line_saying_what_corpus_hardware_and_time() -> None:
+    from hiersearch.search.space import PRESETS
+
+    assert list(cli.PRESET_HELP) == list(PRESETS)
+    for name, line in cli.PRESET_HELP.items():
+        assert len(line.split("; ")) == 4, name  # what; corpus; hardware; about how long
+        assert re.search(r"(CPU|GPU)", line) and re.search(r"\d+(\.\d+)? ?(min|h)|hours", line)
+
+
+@pytest.mark.parametrize(
+    ("command", "presets"),
+    [("reproduce", cli.REPRODUCE_PRESETS), ("search", tuple(cli.PRESET_HELP))],
+)
+def test_help_lists_each_preset_on_one_line(
+    command: str, presets: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    for name in presets:
+        assert re.search(rf"^  {name} +{re.escape(cli.PRESET_HELP[name])}$", out, re.M), name

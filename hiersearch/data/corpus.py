@@ -1,6 +1,6 @@
 """Documents and their labels: `Corpus`, the corpus-directory layout (read, write, stats) and
 `finalize`, the one place that augments labels with their ancestors and drops (and counts)
-unknown labels and documents left without a label.
+unknown labels, documents left without a label and documents without text.
 
 The loaders of external formats (EURLEX57K, MIMIC-III, JSONL, CSV) live in
 `hiersearch.data.loaders`, which builds on this module.
@@ -50,6 +50,10 @@ class LoadReport:
     out_of_range_labels: dict[str, int] = field(default_factory=dict)
     # split -> the ids of the first few documents dropped there (for the user to look up)
     dropped_examples: dict[str, list[str]] = field(default_factory=dict)
+    # split -> documents dropped because their text is empty or only whitespace: they would
+    # train and be scored as documents while saying nothing
+    empty_docs: dict[str, int] = field(default_factory=dict)
+    empty_examples: dict[str, list[str]] = field(default_factory=dict)  # the first ids, per split
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,6 +61,8 @@ class LoadReport:
             "unlabelled_docs": self.unlabelled_docs,
             "out_of_range_labels": self.out_of_range_labels,
             "dropped_examples": self.dropped_examples,
+            "empty_docs": self.empty_docs,
+            "empty_examples": self.empty_examples,
         }
 
     def summary(self) -> str:
@@ -78,14 +84,23 @@ class LoadReport:
                 f"their kept ancestors; most frequent: {top(self.out_of_range_labels)}"
             )
         if any(self.unlabelled_docs.values()):
-            per = ", ".join(f"{s} {n}" for s, n in self.unlabelled_docs.items() if n)
-            ids = [i for split in SPLITS for i in self.dropped_examples.get(split, [])]
-            examples = f"; e.g. {', '.join(ids[:5])}" if ids else ""
             lines.append(
                 f"dropped {sum(self.unlabelled_docs.values())} documents left without "
-                f"a known label ({per}){examples}"
+                f"a known label {_per_split(self.unlabelled_docs, self.dropped_examples)}"
+            )
+        if any(self.empty_docs.values()):
+            lines.append(
+                f"dropped {sum(self.empty_docs.values())} documents whose text is empty or "
+                f"only whitespace {_per_split(self.empty_docs, self.empty_examples)}"
             )
         return "\n".join(lines) or "all labels known; no document dropped"
+
+
+def _per_split(counts: dict[str, int], examples: dict[str, list[str]]) -> str:
+    """"(train 2, dev 1); e.g. a, b": the counts of the splits that dropped any, the first ids."""
+    per = ", ".join(f"{s} {n}" for s, n in counts.items() if n)
+    ids = [i for split in SPLITS for i in examples.get(split, [])]
+    return f"({per})" + (f"; e.g. {', '.join(ids[:5])}" if ids else "")
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,8 @@ class Corpus:
                 ]
                 for s in SPLITS
             },
+            old.empty_docs,  # the kept documents all have text: truncation drops no more
+            old.empty_examples,
         )
         return Corpus(again.splits, again.hierarchy, self.synthetic, report, self.generator)
 
@@ -170,19 +187,34 @@ def finalize(
     where: str | None = None,
     generator: dict[str, Any] | None = None,
 ) -> Corpus:
-    """Augment labels with their ancestors, drop and count unknown labels and unlabelled
-    documents. An empty corpus, a corpus whose labels are all unknown, an empty split or a
-    duplicate document id is an InputError naming `where` (the source)."""
+    """Augment labels with their ancestors, drop and count unknown labels, unlabelled
+    documents and documents whose text is empty or only whitespace. An empty corpus, a corpus
+    whose labels are all unknown or whose texts are all empty, an empty split or a duplicate
+    document id is an InputError naming `where` (the source)."""
     unknown: Counter[str] = Counter()
     outside: Counter[str] = Counter()
     closures: dict[str, frozenset[str] | None] = {}
     splits: dict[str, tuple[Document, ...]] = {}
     unlabelled: dict[str, int] = {}
     dropped: dict[str, list[str]] = {}
+    empty: dict[str, int] = {}
+    empty_examples: dict[str, list[str]] = {}
     seen: dict[str, str] = {}
     for split in SPLITS:
         docs = []
+        empty[split] = 0
         for doc_id, text, raw_labels in raw_splits.get(split, ()):
+            if doc_id in seen:
+                raise InputError(
+                    f"document id {doc_id!r} occurs twice ({seen[doc_id]} and {split})",
+                    where=where,
+                )
+            seen[doc_id] = split
+            if not text.strip():
+                empty[split] += 1
+                if len(empty_examples.setdefault(split, [])) < REPORT_EXAMPLES:
+                    empty_examples[split].append(str(doc_id))
+                continue
             labels: set[str] = set()
             for label in set(map(str, raw_labels)):
                 if label not in closures:
@@ -197,21 +229,20 @@ def finalize(
                 if label not in hierarchy:
                     outside[label] += 1
                 labels |= closure
-            if doc_id in seen:
-                raise InputError(
-                    f"document id {doc_id!r} occurs twice ({seen[doc_id]} and {split})",
-                    where=where,
-                )
-            seen[doc_id] = split
             if labels:
                 docs.append(Document(doc_id, text, tuple(sorted(labels))))
             elif len(dropped.setdefault(split, [])) < REPORT_EXAMPLES:
                 dropped[split].append(str(doc_id))
-        unlabelled[split] = len(raw_splits.get(split, ())) - len(docs)
+        unlabelled[split] = len(raw_splits.get(split, ())) - len(docs) - empty[split]
         splits[split] = tuple(docs)
     if not seen:
         raise InputError("the corpus has no documents", where=where)
-    if not any(splits.values()):
+    if sum(empty.values()) == len(seen):
+        examples = ", ".join(i for s in SPLITS for i in empty_examples.get(s, []))
+        raise InputError(
+            f"every document's text is empty or only whitespace (e.g. {examples})", where=where
+        )
+    if not any(splits.values()) and unknown:
         examples = ", ".join(sorted(unknown)[:5])
         raise InputError(
             f"none of the {len(unknown)} distinct labels is in the hierarchy "
@@ -220,8 +251,14 @@ def finalize(
         )
     for split, docs in splits.items():
         if not docs:
-            raise InputError(f"the {split} split has no labelled documents", where=where)
-    report = LoadReport(dict(unknown), unlabelled, dict(outside), dropped)
+            why = [f"{n} {what}" for n, what in ((unlabelled[split], "without a known label"),
+                                                  (empty[split], "with an empty text")) if n]
+            raise InputError(
+                f"the {split} split has no labelled documents"
+                + (f" (dropped: {', '.join(why)})" if why else ""),
+                where=where,
+            )
+    report = LoadReport(dict(unknown), unlabelled, dict(outside), dropped, empty, empty_examples)
     return Corpus(splits, hierarchy, synthetic, report, generator)
 
 

@@ -252,7 +252,7 @@ def load_space(spec: str | os.PathLike[str]) -> SpaceFile:
         path = preset_path(str(spec))
     where = str(spec)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _read_yaml(path.read_text(), where)
     except OSError as exc:
         raise InputError(f"cannot read search-space file ({exc.strerror})", where=where) from exc
     except yaml.YAMLError as exc:
@@ -264,6 +264,54 @@ def load_space(spec: str | os.PathLike[str]) -> SpaceFile:
     if not isinstance(raw, dict):
         raise InputError("a search-space file must be a mapping", where=where)
     return parse_space(raw, where)
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    """The YAML document in `text`, refusing a key given twice in one mapping: a YAML reader
+    keeps the last value silently, so the search would run with one of two settings."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(loader, node, [], where, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(
+    loader: yaml.SafeLoader, node: yaml.Node, path: list[str], where: str, seen: set[int]
+) -> None:
+    """An InputError naming the key, its section and the lines of both occurrences."""
+    if id(node) in seen:  # an alias: its anchor's node was checked already (and may recur)
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(loader, item, [*path, f"[{index}]"], where, seen)
+        return
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict[Any, int] = {}  # key -> the line it first occurs on
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat by design
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            first = lines.get(key)
+            lines.setdefault(key, line)
+        except TypeError:  # an unhashable key: the file's checks name it later
+            first = None
+        if first is not None:
+            places = f"both on line {line}" if first == line else f"lines {first} and {line}"
+            raise InputError(
+                f"key {key!r} is given twice ({places}); a YAML reader would keep the last "
+                "one silently: keep one",
+                where=": ".join([where, *path]),
+            )
+        _refuse_duplicate_keys(loader, value_node, [*path, str(key)], where, seen)
 
 
 def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:

@@ -548,3 +548,44 @@ def test_the_load_report_names_dropped_documents(tmp_path: Path) -> None:
     assert "e.g. d7, d8" in report.summary()
     cut = finalize(raw, small()).truncate(1, 2).report  # the examples survive truncation
     assert cut.dropped_examples["dev"] == ["d7", "d8"]
+
+
+def test_finalize_drops_empty_and_whitespace_texts_in_every_split() -> None:
+    raw = three_splits(
+        train=[("t3", "", ["x1"]), ("t4", " \n\t", ["x2"])],
+        dev=[("d2", "   ", ["x3"])],
+        test=[("s2", "\u3000", ["x4"])],  # an ideographic space: whitespace too
+    )
+    corpus = finalize(raw, small())
+    kept = {s: [d.id for d in docs] for s, docs in corpus.splits.items()}
+    assert kept == {"train": ["t1", "t2"], "dev": ["d1"], "test": ["s1"]}
+    assert corpus.report.empty_docs == {"train": 2, "dev": 1, "test": 1}
+    assert corpus.report.unlabelled_docs == {"train": 0, "dev": 0, "test": 0}
+
+
+def test_the_load_report_counts_empty_texts_with_their_first_ids() -> None:
+    raw = three_splits(train=[(f"e{i}", " ", ["x1"]) for i in range(5)])
+    report = finalize(raw, small()).report
+    assert report.empty_examples == {"train": ["e0", "e1", "e2"]}
+    assert report.to_json()["empty_docs"]["train"] == 5
+    assert ("dropped 5 documents whose text is empty or only whitespace (train 5); "
+            "e.g. e0, e1, e2") in report.summary()
+
+
+def test_empty_texts_stay_counted_after_truncation() -> None:
+    cut = finalize(three_splits(dev=[("d9", "", ["x3"])]), small()).truncate(1, 2).report
+    assert cut.empty_docs["dev"] == 1 and cut.empty_examples == {"dev": ["d9"]}
+
+
+def test_a_split_left_empty_by_empty_texts_is_refused_naming_why() -> None:
+    raw = three_splits()
+    raw["test"] = [("s1", "  ", ["x4"])]
+    with pytest.raises(InputError, match=r"src: the test split has no labelled documents "
+                       r"\(dropped: 1 with an empty text\)"):
+        finalize(raw, small(), where="src")
+
+
+def test_a_corpus_of_empty_texts_is_refused() -> None:
+    raw = {s: [(f"{s}1", "", ["x1"])] for s in SPLITS}
+    with pytest.raises(InputError, match="every document's text is empty.*train1, dev1, test1"):
+        finalize(raw, small())

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,79 @@ def test_an_imported_corpus_is_accepted_by_a_search(tmp_path: Path) -> None:
     data = prepare_data(space, base, None, str(tmp_path / "unused"), plan)
     assert data.label_counts == [1, 3, 4, 3] and not data.synthetic
     assert Path(data.encoded_path).is_dir()
+
+
+def test_empty_and_whitespace_texts_are_dropped_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for split in SPLITS:
+        records = _records(4, split)
+        records[1]["text"], records[2]["text"] = "", "  \n "
+        _jsonl(source / f"{split}.jsonl", records)
+    assert _import(tmp_path, "--jsonl", str(source)) == 0
+    out = capsys.readouterr().out
+    assert ("dropped 6 documents whose text is empty or only whitespace (train 2, dev 2, "
+            "test 2); e.g. train-1, train-2, dev-1, dev-2, test-1") in out
+    corpus = load_corpus_dir(tmp_path / "corpus")
+    assert {s: [d.id for d in docs] for s, docs in corpus.splits.items()} == {
+        s: [f"{s}-0", f"{s}-3"] for s in SPLITS
+    }
+
+
+def _cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hiersearch.cli", *argv],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def _contents(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_split_left_without_text_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    for split in SPLITS:
+        records = _records(3, split)
+        if split == "dev":
+            records = [{**r, "text": " "} for r in records]
+        _jsonl(source / f"{split}.jsonl", records)
+    done = _cli("data", "import", "--jsonl", str(source), "--hierarchy",
+                str(_slice(tmp_path)), "--out", str(tmp_path / "corpus"))
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "the dev split has no labelled documents (dropped: 3 with an empty text)" in done.stderr
+    assert not (tmp_path / "corpus").exists()
+
+
+@pytest.mark.parametrize("name", ["same path", "symlink"])
+def test_importing_a_corpus_onto_itself_is_refused_and_it_is_kept(
+    tmp_path: Path, name: str
+) -> None:
+    assert _import(tmp_path, "--jsonl", str(_jsonl(tmp_path / "all.jsonl", _records(60)))) == 0
+    corpus = tmp_path / "corpus"
+    before = _contents(corpus)
+    source = corpus if name == "same path" else tmp_path / "link"
+    if name == "symlink":
+        source.symlink_to(corpus)
+    done = _cli("data", "import", "--jsonl", str(source), "--hierarchy",
+                str(_slice(tmp_path)), "--out", str(corpus))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        f"hiersearch: error: --out: {corpus / 'train.jsonl'} is the same file as --jsonl "
+        f"{source / 'train.jsonl'}; writing it would replace the input (choose another --out)\n"
+    )
+    assert _contents(corpus) == before
+
+
+def test_a_hierarchy_file_the_corpus_would_replace_is_refused(tmp_path: Path) -> None:
+    assert _import(tmp_path, "--jsonl", str(_jsonl(tmp_path / "all.jsonl", _records(60)))) == 0
+    corpus = tmp_path / "corpus"
+    before = _contents(corpus)
+    done = _cli("data", "import", "--jsonl", str(tmp_path / "all.jsonl"), "--hierarchy",
+                "hierarchy.json", "--out", "../corpus", cwd=corpus)
+    assert done.returncode == 2, done.stderr
+    assert ("--out: ../corpus/hierarchy.json is the same file as --hierarchy hierarchy.json"
+            in done.stderr)
+    assert _contents(corpus) == before

@@ -1,5 +1,5 @@
-"""cluster.yaml is a valid Ray cluster launcher config that would do what the README's
-"Running on a cluster" section says: checked against the JSON schema Ray ships and by Ray's
+"""cluster.yaml is a valid Ray cluster launcher config that would do what docs/cluster.md
+("Running on a cluster") says: checked against the JSON schema Ray ships and by Ray's
 own config preparation (what `ray up` runs before it touches the cloud), plus the promises
 the file makes in its comments."""
 

@@ -1,6 +1,6 @@
-"""A real two-node Ray cluster (two network namespaces on this machine), driven the way the
-README tells a user to drive a cloud cluster: `ray start` with token auth on each node, then
-`ray job submit` to the head's dashboard. See tests/multinode.py for the harness.
+"""A real two-node Ray cluster (two network namespaces on this machine), driven the way
+docs/cluster.md tells a user to drive a cloud cluster: `ray start` with token auth on each
+node, then `ray job submit` to the head's dashboard. See tests/multinode.py for the harness.
 
 The harness test proves the cluster itself with a small job; the search test runs the smoke
 search on it and reads the leaderboard from the shared storage.
@@ -185,7 +185,7 @@ def test_search_runs_trials_on_both_nodes() -> None:
     # One CPU per node and two 1-CPU trials (2 workers x 0.5 CPU): they can only run at the
     # same time on different nodes, which Tune does as soon as both are pending.
     with two_node_cluster(num_cpus=1) as cluster:
-        # The README's command, the shared directory standing in for NFS: the storage, and
+        # docs/cluster.md's command, the shared directory standing in for NFS: the storage, and
         # (by default under it) the generated corpus that the trials on both nodes read.
         proc = cluster.submit(
             [

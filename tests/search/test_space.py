@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -420,3 +423,40 @@ def test_a_space_file_with_the_deprecated_bf16_flag_warns_once_and_runs_in_fp32(
     assert notes == ["old.yaml: trial: bf16 is deprecated and reads as precision: fp32; "
                      "write that instead"]
     assert base.precision == "fp32"
+
+
+def _space_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_key_given_twice_in_a_section_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    path = _space_file(tmp_path, "name: x\ntrial:\n  lr: 0.001\n  epochs: 1\n  lr: 0.002\n")
+    with pytest.raises(InputError) as refused:
+        load_space(path)
+    assert str(refused.value) == (
+        f"{path}: trial: key 'lr' is given twice (lines 3 and 5); a YAML reader would keep "
+        "the last one silently: keep one"
+    )
+
+
+def test_a_section_given_twice_at_the_top_level_is_refused(tmp_path: Path) -> None:
+    path = _space_file(tmp_path, "trial:\n  lr: 0.001\nname: x\ntrial:\n  epochs: 2\n")
+    with pytest.raises(InputError, match=rf"^{re.escape(str(path))}: key 'trial' .*lines 1 and 4"):
+        load_space(path)
+
+
+def test_a_key_given_twice_deep_in_a_flow_mapping_is_refused(tmp_path: Path) -> None:
+    text = "search:\n  dropout: {type: categorical, choices: [0, 0.1], choices: [0.2]}\n"
+    with pytest.raises(InputError, match=r"search: dropout: key 'choices' .*both on line 2"):
+        load_space(_space_file(tmp_path, text))
+
+
+def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    text = (
+        "name: x\nsearch:\n  lr: &rate {type: loguniform, low: 1.0e-5, high: 1.0e-3}\n"
+        "  head_lr:\n    <<: *rate\n    high: 1.0e-1\n"
+    )
+    space = load_space(_space_file(tmp_path, text))
+    assert space.search["head_lr"] == {"type": "loguniform", "low": 1e-5, "high": 0.1}
