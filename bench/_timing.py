@@ -31,7 +31,7 @@ _TRAIN_FUNCTIONS = (
     "load_encoder",
     "evaluate_split",
     "_save_checkpoint",
-    "_utilization",
+    "utilization",
 )
 # The recipe's phases (methods of TrialRecipe), recorded as "TrialRecipe.<phase>".
 _RECIPE_PHASES = ("setup", "restore", "train_epoch", "evaluate", "end_epoch", "finish", "diverged")

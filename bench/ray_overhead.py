@@ -135,7 +135,7 @@ def fit_phases(events: list[dict[str, Any]], epoch_samples: int) -> dict[str, fl
         "epoch_reports_with_checkpoint": sum(_dur(r) for r in reports if not r.get("final")),
         "artifacts_sync_per_epoch": sum(_dur(e) for e in syncs),
         "test_evaluation": _dur(evals[-1]) if evals else 0.0,
-        "utilization": _sum(inside, "_utilization"),
+        "utilization": _sum(inside, "utilization"),
         "artifacts_close": sum(_dur(e) for e in closes),
         "final_report_with_checkpoint": sum(_dur(r) for r in final),
     }

@@ -214,7 +214,7 @@ def test_ray_overhead_breakdown_accounts_for_the_wall_time() -> None:
         _event("_save_checkpoint", 25.0, 26.0, pid=2),
         _event("RaySession.report", 26.0, 27.0, pid=2, epoch=1, final=0, samples_per_s=16.0),
         _event("evaluate_split", 33.0, 34.0, pid=2),
-        _event("_utilization", 34.0, 36.0, pid=2),
+        _event("utilization", 34.0, 36.0, pid=2),
         _event("RaySession.report", 38.0, 39.0, pid=2, epoch=1, final=1, samples_per_s=None),
     ]
     events = [_event("prepare_data", 0.5, 1.0), _event("trial_driver", 10.0, 42.0, pid=3),

@@ -20,8 +20,9 @@ one in use are dropped (they could not influence any head).
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -50,6 +51,8 @@ POOLINGS = ("cls", "mean", "cls_mean")
 # "layernorm": each vector standardized over its own features (does not remove an offset that
 # all documents share), no affine parameters.
 HEAD_NORMS = ("none", "batchnorm", "layernorm")
+# `freeze_layers: all`: the whole encoder frozen, the heads alone train (a head-only trial).
+FREEZE_ALL = "all"
 
 
 def loss_weights(label_counts: Sequence[int], weighting: str) -> list[float]:
@@ -93,7 +96,7 @@ def _norm(kind: str, width: int) -> nn.Module:
 
 
 def check_head_options(
-    pooling: str, head_norm: str, head_hidden: int | None, freeze_layers: int
+    pooling: str, head_norm: str, head_hidden: int | None, freeze_layers: int | str
 ) -> None:
     """The head options' own ranges (the encoder's depth bounds `freeze_layers` further)."""
     if pooling not in POOLINGS:
@@ -106,8 +109,32 @@ def check_head_options(
         )
     if head_hidden is not None and head_hidden < 1:
         raise InputError(f"must be >= 1 or null (got {head_hidden!r})", where="head_hidden")
-    if freeze_layers < 0:
+    if isinstance(freeze_layers, str):
+        if freeze_layers != FREEZE_ALL:
+            raise InputError(
+                f"must be a layer count or {FREEZE_ALL!r} (got {freeze_layers!r})",
+                where="freeze_layers",
+            )
+    elif freeze_layers < 0:
         raise InputError(f"must be >= 0 (got {freeze_layers!r})", where="freeze_layers")
+
+
+def frozen_count(freeze_layers: int | str, num_layers: int) -> int:
+    """How many of the encoder's `num_layers` layers `freeze_layers` freezes."""
+    return num_layers if freeze_layers == FREEZE_ALL else int(freeze_layers)
+
+
+def pool_views(hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's ([CLS] vector, mean over the real tokens), float32: every pooling's parts
+    (the feature cache stores both, so one pass serves every head option)."""
+    return hidden[:, 0].float(), _pool(hidden, mask, "mean")
+
+
+def compose_pooling(cls: torch.Tensor, mean: torch.Tensor, pooling: str) -> torch.Tensor:
+    """`pool_views`' parts -> the vector `pooling` makes (as `_pool` does from the states)."""
+    if pooling == "cls":
+        return cls
+    return mean if pooling == "mean" else torch.cat([cls, mean], dim=-1)
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -133,12 +160,13 @@ class LayerwiseClassifier(nn.Module):
         pooling: str = "cls",
         head_norm: str = "none",
         head_hidden: int | None = None,
-        freeze_layers: int = 0,
+        freeze_layers: int | str = 0,
     ) -> None:
         super().__init__()
         check_head_options(pooling, head_norm, head_hidden, freeze_layers)
         num_layers = num_encoder_layers(encoder)
         assignment.validate(num_layers, len(label_counts))
+        freeze_layers = frozen_count(freeze_layers, num_layers)
         if freeze_layers > num_layers:
             raise InputError(
                 f"the encoder has {num_layers} layers (got {freeze_layers})", where="freeze_layers"
@@ -197,14 +225,35 @@ class LayerwiseClassifier(nn.Module):
 
         return hook
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits [batch, all labels], levels concatenated in order."""
+    @property
+    def head_only(self) -> bool:
+        """No layer that a head reads trains: the heads read frozen features only."""
+        return self.frozen_layers >= max(self.used_layers)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        pooled: dict[int, torch.Tensor] | None = None,
+        hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [batch, all labels], levels concatenated in order: from the token ids, or
+        (`pooled` given) from what the frozen layers computed once (`trial/features.py`):
+        `pooled` holds the vector of every frozen layer a head reads, as `pooling` makes it,
+        and `hidden` the token states after the top frozen layer, which the trained layers
+        above it take on from there (None for a head-only model)."""
         self._captured = {}
-        self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        if pooled is None:
+            self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        elif hidden is not None:
+            with _upper_layers(self.encoder, self.frozen_layers):
+                self.encoder(inputs_embeds=hidden, attention_mask=attention_mask, return_dict=True)
         captured = self._captured
         self._captured = {}
-        pooled = self.pool(captured, attention_mask)
-        outputs = [self.head_logits(index, pooled) for index in range(len(self.heads))]
+        features = self.pool(captured, attention_mask)
+        if pooled is not None:
+            features.update(pooled)
+        outputs = [self.head_logits(index, features) for index in range(len(self.heads))]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
     def pool(
@@ -239,6 +288,31 @@ class LayerwiseClassifier(nn.Module):
         """sum_n w_n * (the mean of `per_label` over the labels of level n), on the last dim."""
         levels = torch.stack([per_label[..., s].mean(dim=-1) for s in self.level_slices], dim=-1)
         return (self.weights * levels).sum(dim=-1)
+
+
+class _StatesIn(nn.Module):
+    """Stands in for the embeddings: hands on the states it is given (`inputs_embeds`)."""
+
+    def forward(self, inputs_embeds: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        assert inputs_embeds is not None
+        return inputs_embeds
+
+
+@contextlib.contextmanager
+def _upper_layers(encoder: Any, frozen: int) -> Iterator[None]:
+    """The encoder as layers frozen+1.. only, fed the states after layer `frozen` in place of
+    its embeddings. The model's own forward still builds the attention mask as it does for
+    token ids (whatever the attention implementation), and the capture hooks sit on the
+    layer modules themselves, so they fire as in the full forward."""
+    bert = encoder.encoder
+    layers, embeddings = bert.layer, encoder.embeddings
+    bert.layer = nn.ModuleList(list(layers)[frozen:])
+    encoder.embeddings = _StatesIn()
+    try:
+        yield
+    finally:
+        bert.layer = layers
+        encoder.embeddings = embeddings
 
 
 def _freeze(encoder: Any, layers: int) -> int:

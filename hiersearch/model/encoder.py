@@ -7,6 +7,7 @@ directory or a hub name (read from the local cache only when `HF_HUB_OFFLINE` is
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -119,6 +120,31 @@ def _tiny_shape(spec: str, match: re.Match[str]) -> tuple[int, int, int]:
             where=f"model {spec!r}",
         )
     return layers, hidden, max(1, hidden // 16)
+
+
+# What identifies a local backbone's weights: its config and every weights file.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+
+
+def backbone_fingerprint(spec: str, seed: int = 0) -> str:
+    """What `load_encoder(spec, seed)` loads, as a digest: a tiny model's spec and seed (its
+    weights are drawn from the seed), a model directory's config and weights files by
+    content, a hub name by name (offline, the local cache's copy)."""
+    digest = hashlib.sha256()
+    if _TINY.match(spec):
+        digest.update(f"{spec}:seed={seed}".encode())
+        return digest.hexdigest()
+    source = Path(packaged_minilm_dir() if spec == PACKAGED_MINILM else spec)
+    if not source.is_dir():
+        digest.update(f"hub:{spec}".encode())
+        return digest.hexdigest()
+    for file in sorted(source.iterdir()):
+        if file.name == "config.json" or file.suffix in _WEIGHT_SUFFIXES:
+            digest.update(file.name.encode() + b"\0")
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):  # noqa: B023
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def num_encoder_layers(encoder: Any) -> int:

@@ -38,7 +38,7 @@ from hiersearch.search.assignments import SpaceOptions, assignment_params, sugge
 from hiersearch.trial.config import TrialConfig, resolve_aliases
 from hiersearch.typed import as_mapping, check_keys, from_mapping
 
-PRESETS = ("smoke", "quick", "hpo", "paper", "layerwise", "pareto")
+PRESETS = ("smoke", "quick", "hpo", "hpo_heads", "paper", "layerwise", "pareto")
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
 ASSIGN_PREFIX = "assign"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hiersearch.data.batching import batches, by_length
 from hiersearch.data.hierarchy import Hierarchy
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import LayerwiseClassifier
@@ -233,6 +234,14 @@ class ExportedModel:
                                padding=True, return_tensors="pt")
         return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
 
+    def _length_order(self, texts: Sequence[str]) -> np.ndarray:
+        """The documents' indices by token count: batches cut from it pad little."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        lengths = np.array([len(x) for x in ids["input_ids"]], dtype=np.int64)
+        return by_length(np.arange(len(texts)), lengths)
+
     def scores(
         self, texts: Sequence[str], levels: Sequence[int] | None = None, batch_size: int = 32
     ) -> list[np.ndarray]:
@@ -243,8 +252,9 @@ class ExportedModel:
         widths = [len(self.label_index[n - 1]) for n in chosen]
         bounds = np.cumsum([0, *widths]).tolist()
         parts: list[list[np.ndarray]] = [[] for _ in chosen]
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenize(texts[start : start + batch_size])
+        order = self._length_order(texts)
+        for index in batches(order, batch_size):
+            batch = self.tokenize([texts[i] for i in index])
             logits = self.logits_of_ids(batch["input_ids"], batch["attention_mask"], chosen)
             for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 # one level's own tensor: torch's vectorized sigmoid can round an element
@@ -252,7 +262,8 @@ class ExportedModel:
                 # depend on which other levels were asked for
                 level = logits[:, a:b].float().contiguous()
                 parts[i].append(torch.sigmoid(level).cpu().numpy())
+        inverse = np.argsort(order, kind="stable")  # back to the documents' order
         return [
-            np.concatenate(p) if p else np.zeros((0, w), np.float32)
+            np.concatenate(p)[inverse] if p else np.zeros((0, w), np.float32)
             for p, w in zip(parts, widths, strict=True)
         ]

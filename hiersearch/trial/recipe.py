@@ -1,13 +1,18 @@
 """One trial: the training recipe that runs on every Ray Train worker (DDP), or in-process.
 
-`TrialRecipe` is the loop in phases, as torchtune's recipes are: `setup` (data, model,
-optimizer, schedule), `restore` (from the session's latest checkpoint), `train_epoch`,
-`evaluate` (dev, every rank scoring a disjoint slice; rank 0 gathers the scores, computes the
-metrics over the whole dev set, the F1 of label sets at thresholds tuned on it among them, and
-broadcasts them), then `finish` (the best weights by dev loss evaluated on test, its F1 at
-that epoch's dev thresholds, utilization measured on a fixed dev sample, a final report) or
-`diverged` (a non-finite loss or weights: a final report with the reason only). `fit` runs them
-in order.
+`TrialRecipe` is the loop in phases, as torchtune's recipes are: `setup` (data, model, the
+feature cache of its frozen layers, optimizer, schedule), `restore` (from the session's latest
+checkpoint), `train_epoch`, `evaluate` (dev, every rank scoring a disjoint slice; rank 0
+gathers the scores, computes the metrics over the whole dev set, the F1 of label sets at
+thresholds tuned on it among them, and broadcasts them), then `finish` (the best weights by
+dev loss evaluated on test, its F1 at that epoch's dev thresholds, utilization measured on a
+fixed dev sample, a final report) or `diverged` (a non-finite loss or weights: a final report
+with the reason only). `fit` runs them in order.
+
+What the loop reads is a split's token ids or, with frozen layers, what those layers computed
+once (`features.py`: layers k+1.. run on cached states, a head-only model on cached vectors);
+training batches group documents of similar length (`data/batching.py`); scoring a split, its
+metrics and utilization live in `evaluation.py`.
 
 The recipe talks to the outside world only through a `Session` (rank, world size, report,
 restore; `session.py`), so the same code runs under Ray Train (`RaySession`, DDP with gloo on
@@ -28,7 +33,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,14 +43,25 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from hiersearch import metrics as M
+from hiersearch.data.batching import length_grouped, shard
 from hiersearch.data.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_json, atomic_write_text, dir_mode
 from hiersearch.model.assignment import LayerAssignment, named_variant, named_variants
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder, num_encoder_layers
-from hiersearch.model.utilization import heatmap_figure, measure_utilization, save_heatmap
 from hiersearch.trial.config import TrialConfig
+from hiersearch.trial.evaluation import (
+    Batches,
+    encoder_layers,
+    evaluate_split,
+    forward_cost,
+    model_inputs,
+    split_metrics,
+    to_device,
+    utilization,
+)
+from hiersearch.trial.features import open_features
 from hiersearch.trial.precision import Precision
 from hiersearch.trial.session import (
     Artifacts,
@@ -58,17 +74,14 @@ from hiersearch.trial.session import (
     gather_to_rank0,
 )
 
+SPLITS = ("train", "dev", "test")
 STOP_COMPLETED = "completed"
 STOP_PATIENCE = "patience"
 STOP_NAN = "nan_loss"
-# Fixed seed of the dev sample for utilization: the same documents for every trial.
-UTIL_SAMPLE_SEED = 1234
 # In a checkpoint (and the trial's artifacts): the final report of a trial that has ended.
 FINAL_METRICS_FILE = "final_metrics.json"
 # A dev loss must fall by more than this to count as an improvement (early stopping).
 MIN_IMPROVEMENT = 1e-7
-# dev documents timed for `cost/forward_ms_per_doc`: a few batches, well under a second on CPU
-COST_DOCS = 64
 
 
 def resolve_assignment(spec: str, num_layers: int, label_counts: list[int]) -> LayerAssignment:
@@ -114,20 +127,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _shard(n: int, rank: int, world: int, seed: int, epoch: int) -> np.ndarray:
-    """This rank's training indices for an epoch: a seeded permutation, padded by wrapping so
-    every rank takes the same number of steps (as DistributedSampler does)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    per_rank = math.ceil(n / world)
-    order = np.resize(order, per_rank * world)
-    return order[rank::world]
-
-
-def _batches(index: np.ndarray, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(index), size):
-        yield index[start : start + size]
 
 
 @dataclass
@@ -186,134 +185,6 @@ class _LossTally:
         return float(self.loss_sum) / max(1, self.count)
 
 
-def _unwrap(model: torch.nn.Module) -> LayerwiseClassifier:
-    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-@torch.no_grad()
-def evaluate_split(
-    model: torch.nn.Module,
-    split: Split,
-    num_labels: int,
-    session: Session,
-    batch_size: int,
-    autocast: Callable[[], Any],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Score a whole split with every rank taking a disjoint slice; rank 0 gets (scores in
-    document order, gold multi-hot, per-document loss), other ranks None."""
-    core = _unwrap(model)
-    was_training = model.training
-    model.eval()
-    index = np.arange(session.rank, len(split), session.world_size)
-    scores, golds, losses = [], [], []
-    for batch_index in _batches(index, batch_size):
-        batch = split.batch(batch_index, num_labels)
-        with autocast():
-            logits = core(
-                batch["input_ids"].to(session.device), batch["attention_mask"].to(session.device)
-            ).float()
-        per_doc = core.document_losses(logits, batch["labels"].to(session.device))
-        scores.append(logits.cpu().numpy())
-        golds.append(batch["labels"].numpy().astype(np.uint8))
-        losses.append(per_doc.cpu().numpy())
-    model.train(was_training)
-    empty = np.zeros((0, num_labels), dtype=np.float32)
-    mine = (
-        index,
-        np.concatenate(scores) if scores else empty,
-        np.concatenate(golds) if golds else empty.astype(np.uint8),
-        np.concatenate(losses) if losses else np.zeros(0, dtype=np.float32),
-    )
-    return _in_document_order(gather_to_rank0(session, mine))
-
-
-@torch.no_grad()
-def forward_cost(
-    core: LayerwiseClassifier,
-    split: Split,
-    num_labels: int,
-    device: torch.device,
-    batch_size: int,
-    autocast: Callable[[], Any],
-    docs: int = COST_DOCS,
-) -> dict[str, float]:
-    """What the model costs at inference: the encoder layers it runs and its forward time per
-    document (ms) over the first `docs` documents of `split`, after one untimed batch that
-    warms up the kernels and the allocator."""
-    was_training = core.training
-    core.eval()
-    index = np.arange(min(docs, len(split)))
-    batches = [split.batch(b, num_labels) for b in _batches(index, batch_size)]
-    elapsed = float("nan")
-    for timed in (False, True):
-        started = time.perf_counter()
-        for batch in batches if timed else batches[:1]:
-            with autocast():
-                core(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - started
-    core.train(was_training)
-    return {
-        M.COST_ENCODER_LAYERS: encoder_layers(core),
-        M.COST_FORWARD_MS: 1000.0 * elapsed / len(index) if len(index) else float("nan"),
-    }
-
-
-def encoder_layers(core: LayerwiseClassifier) -> float:
-    """The encoder layers the model runs (`cost/encoder_layers`): up to the highest one a
-    head reads."""
-    return float(max(core.used_layers))
-
-
-def _in_document_order(
-    parts: list[tuple[np.ndarray, ...]] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    if parts is None:
-        return None
-    inverse = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
-    return (
-        np.concatenate([p[1] for p in parts])[inverse],
-        np.concatenate([p[2] for p in parts])[inverse],
-        np.concatenate([p[3] for p in parts])[inverse],
-    )
-
-
-# `split_metrics`' thresholds: each level's best on this split (dev), reported with its F1
-TUNE = "tune"
-
-
-def probabilities(logits: np.ndarray, level_slices: list[slice]) -> list[np.ndarray]:
-    """Per level, the sigmoid probabilities of its logits as `hiersearch predict` computes
-    them (float32, torch's sigmoid on the level's own contiguous tensor): thresholds tuned
-    here compare with the same numbers there."""
-    return [
-        torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits[:, s], np.float32))).numpy()
-        for s in level_slices
-    ]
-
-
-def split_metrics(
-    result: tuple[np.ndarray, np.ndarray, np.ndarray],
-    level_slices: list[slice],
-    split: str,
-    thresholds: list[float] | str | None = TUNE,
-) -> dict[str, float]:
-    """Ranking metrics and loss of a scored split, and the F1 of its label sets: at each
-    level's threshold tuned on this split (`TUNE`: dev, the thresholds reported too), at the
-    given `thresholds` (test: dev's), or none (`None`: no thresholds known)."""
-    scores, gold, per_doc_loss = result
-    golds = [gold[:, s] for s in level_slices]
-    out = M.evaluate(golds, [scores[:, s] for s in level_slices], split)
-    out[M.loss_key(split)] = float(per_doc_loss.mean()) if len(per_doc_loss) else float("nan")
-    if thresholds == TUNE:
-        out.update(M.tuned_f1(golds, probabilities(scores, level_slices), split))
-    elif thresholds is not None:
-        probs = probabilities(scores, level_slices)
-        out.update(M.f1_at_thresholds(golds, probs, list(thresholds), split))
-    return out
-
-
 def _save_checkpoint(directory: Path, files: dict[str, Any]) -> None:
     """The one checkpoint writer: `.pt` files with torch.save, text as is, the rest as JSON."""
     for name, content in files.items():
@@ -358,13 +229,17 @@ class TrialRecipe:
         self.scaler = self.precision.grad_scaler()
         self.num_labels = encoded.num_labels
         self.core = self._setup_model(encoded.label_counts)
-        self.train_split, self.dev, self.test = (
-            Split.from_table(encoded.splits[s]) for s in ("train", "dev", "test")
-        )
+        splits = {name: Split.from_table(encoded.splits[name]) for name in SPLITS}
+        self.train_split, self.dev, self.test = (splits[name] for name in SPLITS)
         if len(self.train_split) == 0 or len(self.dev) == 0:
             raise InputError(
                 "the corpus needs training and dev documents", where=self.config.corpus
             )
+        cached = open_features(encoded, splits, self.config, self.core, self.precision, device)
+        # what training and evaluation read: token ids, or what the frozen layers cached
+        self.sources: dict[str, Batches] = dict(cached or splits)
+        # a head-only trial on cached vectors pads nothing: no batches by length there
+        self.pads = cached is None or not self.core.head_only
         self.model: torch.nn.Module = self.core
         if self.session.world_size > 1:
             self.model = _wrap_ddp(self.core, self.session, self.config.grad_compression)
@@ -477,9 +352,7 @@ class TrialRecipe:
         size or weights went non-finite."""
         config, session = self.config, self.session
         self.model.train()
-        shard = _shard(len(self.train_split), session.rank, session.world_size, config.seed, epoch)
-        batches = list(_batches(shard, config.batch_size))
-        batches = batches[: self.steps_per_epoch * config.grad_accum]
+        batches = self._epoch_batches(epoch)[: self.steps_per_epoch * config.grad_accum]
         out = _EpochTraining(batches=len(batches))
         tally = _LossTally(session.device)
         started = time.perf_counter()
@@ -492,7 +365,7 @@ class TrialRecipe:
                 continue
             self._optimizer_step(tally)
             steps += 1
-            # Every rank takes the same steps (`_shard`), so every rank checks at the same
+            # Every rank takes the same steps (`shard`), so every rank checks at the same
             # step and they stop together: a rank that left the loop alone would leave the
             # others waiting in the next gradient all-reduce until NCCL's watchdog fires.
             check = steps % config.divergence_check_steps == 0 and i + 1 < len(batches)
@@ -506,15 +379,26 @@ class TrialRecipe:
         out.peak_memory_mb, out.peak_reserved_mb = _peak_memory_mb(session.device)
         return out
 
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's training batches of an epoch: its shard of a seeded permutation, in
+        batches of similar length drawn from windows of `length_window` batches (or random
+        batches: see `TrialConfig.length_window`)."""
+        config, session = self.config, self.session
+        source = self.sources["train"]
+        index = shard(len(source), session.rank, session.world_size, config.seed, epoch)
+        window = config.batch_window() if self.pads else 1
+        seed = [config.seed, epoch, session.rank]
+        return length_grouped(index, source.lengths, config.batch_size, window, seed)
+
     def _forward_backward(self, batch_index: np.ndarray, sync: bool, tally: _LossTally) -> None:
         """One micro-batch's loss, its gradients accumulated. A non-finite loss still goes
         through backward: under DDP every rank must join every gradient all-reduce (the step
         is then wasted and the next divergence check stops all ranks)."""
-        batch = split_to_device(
-            self.train_split.batch(batch_index, self.num_labels), self.session.device
+        batch = to_device(
+            self.sources["train"].batch(batch_index, self.num_labels), self.session.device
         )
         with _no_sync(self.model, not sync), self.autocast():
-            logits = self.model(batch["input_ids"], batch["attention_mask"])
+            logits = self.model(**model_inputs(batch))
             loss = self.core.loss(logits, batch["labels"])
         tally.add(loss.detach())
         loss = loss / self.config.grad_accum
@@ -549,7 +433,7 @@ class TrialRecipe:
         # Each rank updated its own running statistics (a batchnorm head) with its own last
         # batch: every rank scores dev with rank 0's, the ones its checkpoint keeps.
         broadcast_buffers_from_rank0(self.session, self.core)
-        dev, seconds = self._evaluate_split(self.dev)
+        dev, seconds = self._evaluate_split(self.sources["dev"])
         report: dict[str, Any] = {}
         if dev is not None and np.isnan(dev[0]).any():
             report = {M.TRIAL_STOP_REASON: STOP_NAN}
@@ -561,7 +445,7 @@ class TrialRecipe:
         return None if report.get(M.TRIAL_STOP_REASON) == STOP_NAN else report
 
     def _evaluate_split(
-        self, split: Split
+        self, split: Batches
     ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray] | None, float]:
         """`evaluate_split` on this trial's model, and its wall seconds (`*/eval_s`)."""
         started = time.perf_counter()
@@ -679,7 +563,7 @@ class TrialRecipe:
     def _test_metrics(self) -> dict[str, Any]:
         """Test metrics (F1 at the best epoch's dev thresholds) and utilization, on rank 0 ({}
         on the others)."""
-        test, seconds = self._evaluate_split(self.test)
+        test, seconds = self._evaluate_split(self.sources["test"])
         out: dict[str, Any] = {}
         if test is not None and len(self.test) > 0:
             thresholds = self.dev_thresholds()
@@ -694,7 +578,7 @@ class TrialRecipe:
             )
         if self.session.rank == 0 and self.config.util_docs > 0:
             with self.autocast():  # what the trial's model computes, in its precision
-                util = _utilization(
+                util = utilization(
                     self.core, self.dev, self.config, self.session, self.artifacts
                 )
             out.update(util)
@@ -733,41 +617,6 @@ def fit(
     recipe.setup(encoded)
     ended = recipe.restore()
     return ended if ended is not None else recipe.train()
-
-
-def _utilization(
-    core: LayerwiseClassifier,
-    dev: Split,
-    config: TrialConfig,
-    session: Session,
-    artifacts: Artifacts | None,
-) -> dict[str, float]:
-    count = min(config.util_docs, len(dev))
-    index = np.sort(np.random.default_rng(UTIL_SAMPLE_SEED).permutation(len(dev))[:count])
-    batch = dev.inputs(index)
-    util = measure_utilization(
-        core.encoder,
-        batch["input_ids"].to(session.device),
-        batch["attention_mask"].to(session.device),
-    )
-    if artifacts is not None:
-        atomic_write_json(artifacts.local / "utilization.json", util.to_json())
-        ticks = [str(i + 1) for i in range(util.cls_angle.shape[0])]
-        for name, matrix, title in (
-            ("cls_angle", util.cls_angle, "[CLS] angular distance between layers"),
-            ("attention_kl", util.layer_kl, "KL divergence of attention between layers"),
-        ):
-            save_heatmap(matrix, artifacts.local / f"{name}.png", title, ticks)
-            artifacts.writer.add_figure(
-                f"utilization/{name}", heatmap_figure(matrix, title, ticks)
-            )
-    return util.scalar_metrics()
-
-
-def split_to_device(
-    batch: dict[str, torch.Tensor], device: torch.device
-) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _wrap_ddp(model: torch.nn.Module, session: Session, compression: str) -> torch.nn.Module:

@@ -42,7 +42,8 @@ from hiersearch.search.driver import (
 )
 from hiersearch.search.space import load_space, parse_space, preset_path
 from hiersearch.trial.config import TrialConfig
-from hiersearch.trial.recipe import evaluate_split, resolve_assignment, split_metrics
+from hiersearch.trial.evaluation import evaluate_split, split_metrics
+from hiersearch.trial.recipe import resolve_assignment
 from hiersearch.trial.session import LocalSession
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]

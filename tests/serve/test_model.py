@@ -214,3 +214,25 @@ def test_predict_on_a_gpu_runs_the_encoder_in_the_trials_precision(
     assert seen == [True] and {s.dtype for s in rounded} == {np.dtype("float32")}
     np.testing.assert_allclose(np.concatenate(rounded, axis=1), exact, atol=0.05)
     assert not np.array_equal(np.concatenate(rounded, axis=1), exact)  # bf16 did run
+
+
+def test_scores_come_back_in_input_order_from_batches_sorted_by_length(
+    models: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = ExportedModel.load(models["layerwise"][0])
+    texts = ["a much longer document about the budget of the union and fisheries", "tax",
+             "customs union", "agricultural policy of the member states in the union", "law"]
+    batched: list[list[str]] = []
+    tokenize = model.tokenize
+
+    def spy(batch: list[str]) -> dict[str, torch.Tensor]:
+        batched.append(list(batch))
+        return tokenize(batch)
+
+    monkeypatch.setattr(model, "tokenize", spy)
+    together = np.concatenate(model.scores(texts, batch_size=2), axis=1)
+    alone = np.concatenate([np.concatenate(model.scores([t]), axis=1) for t in texts])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    lengths = [len(model.tokenizer(t)["input_ids"]) for t in texts]
+    first = [lengths[texts.index(t)] for batch in batched[:3] for t in batch]
+    assert first == sorted(lengths)  # the two shortest first, the longest last

@@ -308,11 +308,15 @@ def test_single_level(model: FakeModel, tmp_path: Path) -> None:
     assert [lv["level"] for lv in read_out(tmp_path / "p.jsonl")[0]["levels"]] == [3]
 
 
-def test_documents_are_scored_batch_by_batch(model: FakeModel, tmp_path: Path) -> None:
-    rows = [{"text": f"doc {i}"} for i in range(7)]
+def test_documents_are_scored_a_window_of_batches_at_a_time(
+    model: FakeModel, tmp_path: Path
+) -> None:
+    # the model sorts each window by length into batches: memory grows with the window only
+    rows = [{"text": f"doc {i}"} for i in range(3 * P.SORT_WINDOW + 2)]
     run(write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "p.jsonl", batch_size=3)
-    assert [n for n, _ in model.calls] == [3, 3, 1]
-    assert len(read_out(tmp_path / "p.jsonl")) == 7
+    assert [n for n, _ in model.calls] == [3 * P.SORT_WINDOW, 2]
+    ids = [r["id"] for r in read_out(tmp_path / "p.jsonl")]
+    assert ids == [f"d:{i + 1}" for i in range(len(rows))]
 
 
 # -- atomic output ----------------------------------------------------------------------------
@@ -320,9 +324,9 @@ def test_out_failure_midway_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(P, "load_model", lambda _dir, _device: FakeModel(fail_after=1))
-    rows = [{"text": f"doc {i}"} for i in range(5)]
+    rows = [{"text": f"doc {i}"} for i in range(P.SORT_WINDOW + 1)]  # the second window fails
     with pytest.raises(RuntimeError):
-        run(write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "p.jsonl")
+        run(write_jsonl(tmp_path / "d.jsonl", rows), tmp_path / "p.jsonl", batch_size=1)
     assert list(tmp_path.iterdir()) == [tmp_path / "d.jsonl"]
 
 

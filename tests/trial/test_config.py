@@ -120,3 +120,25 @@ def test_gpu_options_are_checked() -> None:
         TrialConfig(divergence_check_steps=0)
     with pytest.raises(InputError, match="accelerator_type: must be a GPU type"):
         TrialConfig(accelerator_type=" ")
+
+
+def test_freeze_layers_takes_a_count_or_all_and_names_anything_else() -> None:
+    assert TrialConfig.from_dict({"freeze_layers": "all"}).freeze_layers == "all"
+    assert TrialConfig.from_dict({"freeze_layers": 3.0}).freeze_layers == 3
+    with pytest.raises(InputError, match="freeze_layers: must be a layer count or 'all'"):
+        TrialConfig.from_dict({"freeze_layers": "most"})
+
+
+def test_feature_cache_and_length_window_options_are_checked() -> None:
+    assert TrialConfig().feature_cache
+    with pytest.raises(InputError, match="feature_cache_gb"):
+        TrialConfig(feature_cache_gb=-1)
+    with pytest.raises(InputError, match="length_window"):
+        TrialConfig(length_window=0)
+
+
+def test_batches_group_by_length_unless_a_batchnorm_head_needs_random_batches() -> None:
+    assert TrialConfig(head_norm="layernorm").batch_window() == 50
+    assert TrialConfig(head_norm="none").batch_window() == 50
+    assert TrialConfig(head_norm="batchnorm").batch_window() == 1  # batch statistics
+    assert TrialConfig(head_norm="batchnorm", length_window=8).batch_window() == 8

@@ -84,6 +84,8 @@ def _rank(rank: int, world: int, init: str, encoded: str, config: dict[str, Any]
             bucket_view=recipe.model.gradient_as_bucket_view,
             buffers=[b.double().sum().item() for b in recipe.core.buffers()
                      if b.dtype.is_floating_point],
+            weights=sum(p.double().sum().item() for p in recipe.core.parameters()),
+            cached=type(recipe.sources["train"]).__name__ == "CachedSplit",
         )
         dist.destroy_process_group()
     except Exception:  # the parent reads why a rank failed
@@ -131,3 +133,15 @@ def test_ddp_ranks_evaluate_with_rank_zeros_running_statistics(
     assert [r["stop"] for r in results] == ["completed", "completed"]
     assert results[0]["buffers"] == results[1]["buffers"] and results[0]["buffers"]
     assert all(r["bucket_view"] for r in results)
+
+
+@pytest.mark.parametrize("freeze", [2, "all"], ids=["frozen-2", "head-only"])
+def test_ddp_ranks_train_from_one_shared_feature_cache_and_stay_in_step(
+    tmp_path: Path, encoded: str, freeze: int | str
+) -> None:
+    results = _run_two_ranks(tmp_path, encoded, _config(freeze_layers=freeze))
+    assert [r["stop"] for r in results] == ["completed", "completed"]
+    assert all(r["cached"] for r in results)
+    assert results[0]["weights"] == results[1]["weights"]  # the same all-reduced steps
+    (features,) = Path(encoded).parent.glob("features-*")
+    assert (features / "pooled" / "meta.json").is_file()

@@ -18,6 +18,7 @@ from hiersearch.data.encode import encode
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
 from hiersearch.model.encoder import tokenizer_path
+from hiersearch.trial import evaluation
 from hiersearch.trial import recipe as recipe_module
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.precision import Precision
@@ -93,13 +94,13 @@ def test_bf16_runs_the_encoder_and_the_utilization_pass_under_autocast(
     encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: Counter[str] = Counter()
-    measure = recipe_module.measure_utilization
+    measure = evaluation.measure_utilization
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         seen[str(torch.get_autocast_dtype("cpu"))] += torch.is_autocast_enabled("cpu")
         return measure(*args, **kwargs)
 
-    monkeypatch.setattr(recipe_module, "measure_utilization", spy)
+    monkeypatch.setattr(evaluation, "measure_utilization", spy)
     final = fit(_config(epochs=1, util_docs=4), encoded, _session(tmp_path))
     assert seen == Counter({"torch.bfloat16": 1})
     assert M.UTIL_ENTROPY_MEAN in final

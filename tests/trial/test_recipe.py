@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,14 +15,13 @@ from hiersearch.data.encode import encode
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
 from hiersearch.model.encoder import tokenizer_path
-from hiersearch.trial import recipe
+from hiersearch.trial import evaluation, recipe
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.recipe import (
     STOP_COMPLETED,
     STOP_NAN,
     STOP_PATIENCE,
     TrialRecipe,
-    _shard,
     fit,
 )
 from hiersearch.trial.session import Artifacts, LocalSession
@@ -237,13 +235,6 @@ def test_learning_rate_warms_up_from_zero_then_decays_to_zero(
     assert rates[1] == pytest.approx(1e-3 / warmup)
 
 
-def test_shards_cover_every_document_with_equal_steps_per_rank() -> None:
-    shards = [_shard(10, rank, 3, seed=0, epoch=1) for rank in range(3)]
-    assert {len(s) for s in shards} == {4}
-    assert set(np.concatenate(shards)) == set(range(10))
-    assert not np.array_equal(_shard(10, 0, 3, 0, 1), _shard(10, 0, 3, 0, 2))
-
-
 def test_heads_train_at_head_lr_and_the_encoder_at_lr(encoded: str, tmp_path: Path) -> None:
     session = _session(tmp_path)
     fit(_config(epochs=1, util_docs=0, lr=1e-4, head_lr=1e-2, warmup_ratio=0.0), encoded,
@@ -337,9 +328,9 @@ def test_final_f1_is_the_best_epochs_on_dev_and_at_its_dev_thresholds_on_test(
     again = TrialRecipe(config, _session(tmp_path / "again"))
     again.setup(encoded)
     again.core.load_state_dict(_weights(session.checkpoints[-1]))
-    scored = recipe.evaluate_split(again.core, again.test, again.num_labels, again.session, 16,
+    scored = evaluation.evaluate_split(again.core, again.test, again.num_labels, again.session, 16,
                                    contextlib.nullcontext)
-    expected = recipe.split_metrics(scored, again.core.level_slices, "test",
+    expected = evaluation.split_metrics(scored, again.core.level_slices, "test",
                                     [epoch1[k] for k in keys])
     assert all(final[k] == expected[k] for k in _f1_keys("test")), final
 
@@ -388,7 +379,7 @@ def test_forward_cost_times_the_documents_asked_for_and_leaves_the_mode_alone(
     )
     core.train()
     for docs in (0, 5):
-        cost = recipe.forward_cost(core, dev, data.num_labels, torch.device("cpu"), 4,
+        cost = evaluation.forward_cost(core, dev, data.num_labels, torch.device("cpu"), 4,
                                    contextlib.nullcontext, docs=docs)
         assert cost[M.COST_ENCODER_LAYERS] == 2
         assert math.isnan(cost[M.COST_FORWARD_MS]) if docs == 0 else cost[M.COST_FORWARD_MS] > 0
