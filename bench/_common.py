@@ -134,21 +134,6 @@ def alternate(named: dict[str, Callable[[], Any]], reps: int, rotate: bool = Tru
     return out
 
 
-def gold_levels(labels: Sequence[Sequence[str]], label_index: Sequence[Sequence[str]]) -> list:
-    """Per level, the multi-hot gold [docs, labels of the level] of documents' label ids (ids
-    outside the model's levels are ignored)."""
-    import numpy as np
-
-    out = []
-    for index in label_index:
-        column = {label: c for c, label in enumerate(index)}
-        gold = np.zeros((len(labels), len(index)), dtype=bool)
-        for row, doc_labels in enumerate(labels):
-            gold[row, [column[x] for x in doc_labels if x in column]] = True
-        out.append(gold)
-    return out
-
-
 def emit(name: str, result: dict[str, Any], out: str | None) -> None:
     """Print the result as JSON (and write it to `out` when given)."""
     result = {"bench": name, "command": " ".join([sys.executable, *sys.argv]), **result}

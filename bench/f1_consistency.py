@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, gold_levels, machine, setup_env  # noqa: E402
+from _common import emit, machine, setup_env  # noqa: E402
+
+from hiersearch.report.baseline import gold_levels  # noqa: E402
 
 RULES = ("none", "drop", "add")
 QUICK_DOCS = 8

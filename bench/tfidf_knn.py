@@ -1,4 +1,5 @@
-"""A baseline without an encoder: TF-IDF k-nearest neighbours on the HPO term definitions.
+"""A baseline without an encoder: TF-IDF k-nearest neighbours on the HPO term definitions
+(the baseline row every leaderboard carries, `hiersearch.report.baseline`, run on samples).
 
 What a fine-tuned encoder has to beat on the hpo preset's corpus (BENCHMARKS.md section 10).
 Each dev or test document is scored against the train documents by the cosine similarity of
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, gold_levels, machine, setup_env  # noqa: E402
+from _common import emit, machine, setup_env  # noqa: E402
 
 SPLITS = ("dev", "test")
 
@@ -42,39 +43,17 @@ def parse_train_docs(text: str) -> list[int | None]:
     return out
 
 
-def knn_scores(similarity: Any, train_labels: list[Any], k: int) -> list[Any]:
-    """Per level, each document's label scores: the summed similarity of its `k` most similar
-    train documents that carry the label."""
-    import numpy as np
-
-    k = min(k, similarity.shape[1])
-    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    weights = np.zeros_like(similarity)
-    np.put_along_axis(weights, nearest, np.take_along_axis(similarity, nearest, axis=1), axis=1)
-    return [weights @ labels for labels in train_labels]
-
-
 def evaluate_knn(corpus: Any, k: int) -> dict[str, dict[str, float]]:
-    """Per split (dev, test): R-Precision per level (rp_l1...), micro and macro."""
-    import numpy as np
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    from hiersearch.metrics import evaluate
+    """Per split (dev, test): R-Precision per level (rp_l1...), micro and macro, of the
+    baseline every leaderboard carries (`hiersearch.report.baseline.tfidf_knn`)."""
     from hiersearch.metrics.keys import rp_level_key, rp_macro_key, rp_micro_key
+    from hiersearch.report.baseline import tfidf_knn
 
-    label_index = corpus.hierarchy.label_index()
-    train = corpus.splits["train"]
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
-    train_x = vectorizer.fit_transform([d.text for d in train])
-    train_y = [y.astype(np.float32) for y in gold_levels([d.labels for d in train], label_index)]
+    metrics = tfidf_knn(corpus, k, SPLITS)
+    levels = len(corpus.hierarchy.label_index())
     out = {}
     for split in SPLITS:
-        docs = corpus.splits[split]
-        # rows are L2-normalized by the vectorizer: the dot product is the cosine
-        similarity = (vectorizer.transform([d.text for d in docs]) @ train_x.T).toarray()
-        golds = gold_levels([d.labels for d in docs], label_index)
-        metrics = evaluate(golds, knn_scores(similarity, train_y, k), split, ks=[1])
-        row = {f"rp_l{n}": metrics[rp_level_key(split, n)] for n in range(1, len(golds) + 1)}
+        row = {f"rp_l{n}": metrics[rp_level_key(split, n)] for n in range(1, levels + 1)}
         row["rp_micro"] = metrics[rp_micro_key(split)]
         row["rp_macro"] = metrics[rp_macro_key(split)]
         out[split] = row

@@ -855,15 +855,6 @@ def test_layer_probe_on_hpo_probes_the_pairs_asked_for(tmp_path: Path) -> None:
     assert len(layer_probe.table(out["probes"], 4).splitlines()) == 5 * (1 + 2)
 
 
-def test_tfidf_knn_sums_the_similarities_of_the_k_nearest_that_carry_a_label() -> None:
-    similarity = np.array([[0.9, 0.1, 0.5]], dtype=np.float32)
-    labels = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)  # 3 train docs x 2 labels
-    (scores,) = tfidf_knn.knn_scores(similarity, [labels], k=2)  # neighbours: docs 0 and 2
-    np.testing.assert_allclose(scores, [[1.4, 0.5]], rtol=1e-6)
-    (every,) = tfidf_knn.knn_scores(similarity, [labels], k=10)  # k past the train docs: all
-    np.testing.assert_allclose(every, [[1.4, 0.6]], rtol=1e-6)
-
-
 def test_tfidf_knn_ranks_the_labels_of_the_document_with_the_same_words_first() -> None:
     from types import SimpleNamespace
 

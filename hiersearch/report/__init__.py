@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+from hiersearch.report.baseline import (
+    STATUS_BASELINE,
+    compute_baseline,
+    read_baseline,
+    write_baseline,
+)
 from hiersearch.report.experiment import META_FILE, read_meta, write_meta
 from hiersearch.report.leaderboard import (
     FORMATS,
@@ -24,7 +30,9 @@ from hiersearch.report.results import (
 __all__ = [
     "FORMATS",
     "META_FILE",
+    "STATUS_BASELINE",
     "LeaderboardWarning",
+    "compute_baseline",
     "export",
     "filter_rows",
     "group_rows",
@@ -32,9 +40,11 @@ __all__ = [
     "metric_columns",
     "paper_table",
     "param_columns",
+    "read_baseline",
     "read_meta",
     "render",
     "sort_rows",
     "top",
+    "write_baseline",
     "write_meta",
 ]

@@ -22,6 +22,7 @@ from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_text, check_writable_dir
 from hiersearch.metrics.pareto import minimized, nondominated_ranks
+from hiersearch.report.baseline import STATUS_BASELINE
 from hiersearch.report.results import (
     HEAD_OPTION_COLUMNS,
     STATUS_TERMINATED,
@@ -116,11 +117,13 @@ PARETO_COLUMN = "pareto"
 def pareto_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.Series:
     """Whether each row is on the Pareto front of `objectives` ((metric, "max"|"min"), ...):
     no other row is at least as good on every metric and better on one. A row missing a
-    metric (an errored trial) is not on it."""
+    metric (an errored trial), or the baseline's row, is not on it."""
     for metric, _ in objectives:
         _require_column(df, metric, "--pareto")
     values = df[[m for m, _ in objectives]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
     known = ~np.isnan(values).any(axis=1)
+    if "status" in df.columns:  # the baseline is no trial: it neither joins nor hides the front
+        known &= (df["status"] != STATUS_BASELINE).to_numpy()
     front = np.zeros(len(df), dtype=bool)
     points = minimized(values[known], [mode for _, mode in objectives])
     front[known] = nondominated_ranks(points) == 0
@@ -155,7 +158,9 @@ ALL_COLUMNS = "all"
 # Formats people read: a trial's every metric (R-Precision and nDCG at 1-10 per level, train
 # and timing figures) makes a table hundreds of columns wide; csv and json keep all of them.
 HUMAN_FORMATS = ("table", "markdown", "latex")
-_SUMMARY_IDS = ("experiment", "trial_id", "status", "error", "variant", "assignment", "epochs")
+_SUMMARY_IDS = (
+    "experiment", "stage", "trial_id", "status", "error", "variant", "assignment", "epochs",
+)
 
 
 def summary_columns(df: pd.DataFrame) -> list[str]:
@@ -262,7 +267,8 @@ def _with_heads(table: pd.DataFrame, heads: list[dict[str, str]]) -> pd.DataFram
 def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.DataFrame:
     """The paper's Table 1: per variant, R-Precision (%) as "mean ± std" over seeds.
 
-    Only finished trials ("terminated") with a variant count. Per variant the configuration
+    Only finished trials ("terminated") with a variant count; the experiment's baseline, if
+    computed, is the last row. Per variant the configuration
     (hyper-parameters except seed) with the best mean dev/rp_macro is selected, and its `split`
     numbers over seeds are shown, so the dev and test tables describe the same configuration.
     `levels` defaults to the deepest `<split>/rp_L<n>` column present. The head options the
@@ -278,8 +284,10 @@ def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.D
     keys = [*M.rp_level_keys(split, levels), M.rp_micro_key(split), M.rp_macro_key(split)]
     select = M.rp_macro_key("dev")
     done = df[(df["status"] == STATUS_TERMINATED) & df["variant"].notna()].copy()
+    baselines = df[df["status"] == STATUS_BASELINE]
     if done.empty:
-        return pd.DataFrame(columns=["variant", *names, "seeds"])
+        return _with_baseline(pd.DataFrame(columns=["variant", *names, "seeds"]), baselines,
+                              names, keys)
     for key in [*keys, select]:
         if key not in done.columns:
             done[key] = float("nan")
@@ -298,7 +306,27 @@ def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.D
         row["seeds"] = len(chosen)
         table.append(row)
         heads.append(_head_of(chosen.iloc[0]))  # seeds of one configuration share its head
-    return _with_heads(pd.DataFrame(table, columns=["variant", *names, "seeds"]), heads)
+    paper = _with_heads(pd.DataFrame(table, columns=["variant", *names, "seeds"]), heads)
+    return _with_baseline(paper, baselines, names, keys)
+
+
+def _with_baseline(
+    table: pd.DataFrame, baselines: pd.DataFrame, names: list[str], keys: list[str]
+) -> pd.DataFrame:
+    """The experiment's baseline as the table's last row, named "(baseline)" and trained on no
+    seed: what every variant above it has to beat."""
+    if baselines.empty:
+        return table
+    row: dict[str, Any] = {column: "-" for column in table.columns}
+    baseline = baselines.iloc[0]
+    row["variant"] = f"{baseline['variant']} (baseline)"
+    for name, key in zip(names, keys, strict=True):
+        value = baseline.get(key)
+        row[name] = "n/a" if _missing(value) else f"{100.0 * float(value):.1f}"
+    attrs = dict(table.attrs)
+    out = pd.concat([table, pd.DataFrame([row], columns=table.columns)], ignore_index=True)
+    out.attrs.update(attrs)
+    return out
 
 
 # --- rendering -----------------------------------------------------------------------------

@@ -29,6 +29,9 @@ metrics of the selected checkpoint beside that checkpoint's test metrics. Any ot
 its last report with train/ and dev/ metrics from its best report by the experiment metric
 (hiersearch.json's metric and mode, else dev/rp_macro, max).
 
+The experiment's baseline (`baseline.json`, `baseline.py`: TF-IDF k-NN on its training
+documents) is one more row, of status "baseline", named in the variant column.
+
 Status: "terminated" (a final report exists), "errored" (Ray says ERROR, or error.txt and no final
 report), "stopped early" (Ray says TERMINATED, no final report: the scheduler stopped it),
 "running" / "pending" / "paused" as Ray's state says (a killed driver leaves "running"),
@@ -50,6 +53,7 @@ import pandas as pd
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.metrics import is_metric_column
+from hiersearch.report.baseline import STATUS_BASELINE, read_baseline
 from hiersearch.report.experiment import META_FILE, open_location, read_meta, read_text
 
 STATUS_TERMINATED = "terminated"
@@ -74,6 +78,10 @@ ID_COLUMNS = (
     "node_id",
     "checkpoint",
 )
+
+# The stage of a two-stage search a row belongs to ("screen", "finetune"), after `experiment`;
+# only in tables that hold one.
+STAGE_COLUMN = "stage"
 
 # TrialConfig fields every trial shows even when fixed: they decide what a head can learn
 HEAD_OPTION_COLUMNS = ("pooling", "head_norm", "head_hidden", "freeze_layers")
@@ -382,17 +390,45 @@ def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     if not state and not trial_dirs:
         raise InputError(_NO_EXPERIMENT, where=location)
     experiment = meta.get("name") or os.path.basename(store.location) or store.location
+    # a stage of a two-stage search (search/stages.py) says which
+    who = {"experiment": experiment, **({"stage": meta["stage"]} if meta.get("stage") else {})}
     rows = []
     for trial_dir in sorted(set(trial_dirs) | set(state)):
         present = trial_dir if trial_dir in trial_dirs else ""  # pending trials have no dir yet
         rows.append(
-            {
-                "experiment": experiment,
-                **_trial_row(store, present, state.get(trial_dir), (metric, mode), base),
-            }
+            {**who, **_trial_row(store, present, state.get(trial_dir), (metric, mode), base)}
         )
+    baseline = read_baseline(location)
+    if baseline is not None:
+        rows.append({**who, **baseline_row(baseline)})
     objectives = _objectives(meta)
     return rows, {"metric": metric, "mode": mode, "objectives": objectives}
+
+
+def _one_baseline_per_corpus(df: pd.DataFrame) -> pd.DataFrame:
+    """The stages of a two-stage search each hold the same baseline (one corpus): one row."""
+    if df.empty or STAGE_COLUMN not in df.columns:
+        return df
+    baseline = df["status"] == STATUS_BASELINE
+    metrics = [c for c in df.columns if is_metric_column(c)]
+    repeated = baseline & df[["variant", *metrics]].astype(str).duplicated(keep="first")
+    return df[~repeated].reset_index(drop=True)
+
+
+def baseline_row(baseline: dict[str, Any]) -> dict[str, Any]:
+    """The row of an experiment's `baseline.json`: status "baseline", no checkpoint (never
+    the best trial, never exported), its metrics under the trials' keys."""
+    metrics = {
+        key: float(value)
+        for key, value in baseline["metrics"].items()
+        if is_metric_column(key) and isinstance(value, (int, float))
+    }
+    return {
+        "trial_id": STATUS_BASELINE,
+        "status": STATUS_BASELINE,
+        "variant": str(baseline.get("name") or STATUS_BASELINE),
+        **metrics,
+    }
 
 
 def _objectives(meta: dict[str, Any]) -> list[tuple[str, str]]:
@@ -440,16 +476,18 @@ def load_experiments(dirs: Sequence[str]) -> pd.DataFrame:
         # several metrics, the Pareto front's
         attrs = attrs or meta
         attrs["objectives"] = attrs.get("objectives") or meta.get("objectives") or []
-    df = pd.DataFrame.from_records(rows)
+    df = _one_baseline_per_corpus(pd.DataFrame.from_records(rows))
     for column in ID_COLUMNS:
         if column not in df.columns:
             df[column] = None
+    ids = [*ID_COLUMNS[:1], *([STAGE_COLUMN] if STAGE_COLUMN in df.columns else []),
+           *ID_COLUMNS[1:]]
     columns = list(df.columns)
     metrics = sorted((c for c in columns if is_metric_column(c)), key=_metric_order)
-    others = [c for c in columns if c not in ID_COLUMNS and not is_metric_column(c)]
+    others = [c for c in columns if c not in ids and not is_metric_column(c)]
     trial_keys = [c for c in others if c.startswith("trial/")]
     params = [c for c in others if not c.startswith("trial/")]
-    df = df[[*ID_COLUMNS, *metrics, *trial_keys, *params]]
+    df = df[[*ids, *metrics, *trial_keys, *params]]
     for column in ("best_epoch", "epochs", *params):  # 8, not 8.0000, when a cell is missing
         values = [r[column] for r in rows if r.get(column) is not None]
         if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):

@@ -7,12 +7,16 @@ object, its shape fixed by `SUMMARY_JSON_SCHEMA` (schema "hiersearch.summary/1")
      "best": {"trial_id": ..., "status": "terminated", "variant": ..., "assignment": ...,
               "checkpoint": PATH_OR_URI, "config": {TrialConfig fields},
               "metrics": {"dev/rp_macro": 0.61, ...}} or null,
+     "baseline": {"name": "TF-IDF 20-NN", "metrics": {...}} or null,
      "export_command": "hiersearch export PATH --trial ID --out models/ID" or null}
 
 "best" is the trial `hiersearch export --best` picks (the best finished trial with a
 checkpoint by the experiment's metric), null when there is none; its metrics are the finite
 numbers among its leaderboard metric columns, its config the resolved `config.json` of its
-final checkpoint.
+final checkpoint. "baseline" is the experiment's TF-IDF k-NN row (`baseline.py`), not counted
+among the trials: {"name": "TF-IDF 20-NN", "metrics": {...}}, or null when none was computed.
+A two-stage search's summary also has "stages": {"screen": {"trials": N, "best": {"trial_id",
+"assignment", "metric"} or null}, "finetune": {...}}.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from typing import Any
 import pandas as pd
 
 from hiersearch import metrics as M
+from hiersearch.report.baseline import STATUS_BASELINE
 from hiersearch.report.experiment import open_location, read_meta, read_text
-from hiersearch.report.results import metric_columns
+from hiersearch.report.results import STAGE_COLUMN, metric_columns
 
 SCHEMA = "hiersearch.summary/1"
 
@@ -35,7 +40,7 @@ SUMMARY_JSON_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["schema", "command", "experiment", "metric", "mode", "trials", "best",
-                 "export_command"],
+                 "baseline", "export_command"],
     "properties": {
         "schema": {"const": SCHEMA},
         "command": {"enum": ["search", "reproduce"]},
@@ -77,7 +82,36 @@ SUMMARY_JSON_SCHEMA: dict[str, Any] = {
                 },
             ]
         },
+        "baseline": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name", "metrics"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "metrics": {
+                            "type": "object",
+                            "additionalProperties": {"type": "number"},
+                        },
+                    },
+                },
+            ]
+        },
         "export_command": _TEXT_OR_NULL,
+        "stages": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["trials", "best"],
+                "properties": {
+                    "trials": {"type": "integer", "minimum": 0},
+                    "best": {"type": ["object", "null"]},
+                },
+            },
+        },
     },
 }
 
@@ -91,7 +125,9 @@ def run_summary(
 ) -> dict[str, Any]:
     """The summary object of `experiment` (its leaderboard `table`, its `best` row)."""
     meta = read_meta(experiment) or {}
-    counts = table["status"].value_counts(sort=False)
+    baselines = table[table["status"] == STATUS_BASELINE]
+    trials = table[table["status"] != STATUS_BASELINE]
+    counts = trials["status"].value_counts(sort=False)
     return {
         "schema": SCHEMA,
         "command": command,
@@ -99,11 +135,43 @@ def run_summary(
         "metric": str(meta.get("metric") or M.DEFAULT_METRIC),
         "mode": meta.get("mode") if meta.get("mode") in ("max", "min") else M.DEFAULT_MODE,
         "trials": {
-            "total": len(table),
+            "total": len(trials),
             "by_status": {str(status): int(n) for status, n in sorted(counts.items())},
         },
         "best": None if best is None else _best(best, metric_columns(table)),
+        "baseline": None if baselines.empty else _baseline(baselines.iloc[0], table),
         "export_command": export_command,
+        **({"stages": _stages(trials, meta)} if STAGE_COLUMN in table.columns else {}),
+    }
+
+
+def _stages(trials: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
+    """Per stage of a two-stage search: its trial count and its best finished trial."""
+    metric = str(meta.get("metric") or M.DEFAULT_METRIC)
+    mode = meta.get("mode") if meta.get("mode") in ("max", "min") else M.DEFAULT_MODE
+    out = {}
+    for stage, rows in trials.groupby(STAGE_COLUMN, sort=False):
+        done = rows[rows["status"] == "terminated"]
+        if metric in done.columns:
+            done = done[pd.to_numeric(done[metric], errors="coerce").notna()]
+        best = None
+        if metric in done.columns and not done.empty:
+            top = done.sort_values(metric, ascending=mode == "min", kind="stable").iloc[0]
+            best = {"trial_id": str(top["trial_id"]), "assignment": _text(top["assignment"]),
+                    "metric": float(top[metric])}
+        out[str(stage)] = {"trials": len(rows), "best": best}
+    return out
+
+
+def _baseline(row: pd.Series, table: pd.DataFrame) -> dict[str, Any]:
+    return {"name": str(row["variant"]), "metrics": _finite(row, metric_columns(table))}
+
+
+def _finite(row: pd.Series, metrics: list[str]) -> dict[str, float]:
+    return {
+        name: float(row[name])
+        for name in metrics
+        if isinstance(row[name], (int, float)) and math.isfinite(row[name])
     }
 
 
@@ -116,11 +184,7 @@ def _best(row: pd.Series, metrics: list[str]) -> dict[str, Any]:
         "assignment": _text(row.get("assignment")),
         "checkpoint": checkpoint,
         "config": _checkpoint_config(checkpoint),
-        "metrics": {
-            name: float(row[name])
-            for name in metrics
-            if isinstance(row[name], (int, float)) and math.isfinite(row[name])
-        },
+        "metrics": _finite(row, metrics),
     }
 
 

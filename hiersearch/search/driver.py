@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hiersearch import metrics as M
+from hiersearch.data.corpus import Corpus
 from hiersearch.data.prepare import PreparedData
 from hiersearch.errors import InputError
 from hiersearch.report.experiment import read_text, write_meta, write_text
@@ -385,8 +386,11 @@ def run_search(
     stop: Any = None,
     study_storage: str | None = None,
     mlflow: str | None = None,
+    stage: str | None = None,
 ) -> str:
-    """Run (or resume) an experiment; returns its directory (path or URI). `stop` is a Ray Tune
+    """Run (or resume) an experiment; returns its directory (path or URI). A space with a
+    `screen:` section runs as two stages in it (`run_two_stage`); `stage` names the stage a
+    call runs (recorded in hiersearch.json). `stop` is a Ray Tune
     stopper (or its dict / function form), e.g. a compute budget (bench/search_efficiency.py).
     `study_storage`: an SQLAlchemy URL for the Optuna study (default: a SQLite file in the
     experiment directory; a resumed experiment keeps the study its searcher saved). `mlflow`: a
@@ -395,6 +399,12 @@ def run_search(
     if seeds is not None:
         space = with_seeds(space, seeds)
     check_destination(storage, name or space.name, "--name" if name else f"{space.path}: name")
+    if space.screen is not None and stage is None:
+        return run_two_stage(
+            space, storage=storage, name=name or space.name, trials=trials, resume=resume,
+            address=address, data_dir=data_dir, model=model, verbose=verbose,
+            study_storage=study_storage, mlflow=mlflow,
+        )
     name = name or space.name
     path = experiment_path(storage, name)
     callbacks = [] if resume else _tracking(mlflow, name, path)
@@ -409,6 +419,7 @@ def run_search(
     _quiet_forced_snapshots()
     if resume:
         data = prepare_data(space, base, data_dir, data_root(storage), plan)
+        _baseline(path, plan.corpus.corpus)  # an experiment from before baselines gets one
         connect(address)
         _restore(path, _trainable(space, base, data)).fit()
         return path
@@ -428,7 +439,8 @@ def run_search(
     num_samples = trial_count(space, len(points), trials, fixed_only)
     searcher = _searcher(space, define, points[:num_samples], study)
     scheduler = _scheduler(space, base)
-    _write_meta(path, space, data, base, study)
+    _write_meta(path, space, data, base, study, stage)
+    _baseline(path, plan.corpus.corpus)
     from ray import tune
 
     tuner = tune.Tuner(
@@ -438,6 +450,68 @@ def run_search(
     )
     tuner.fit()
     return path
+
+
+def run_two_stage(
+    space: SpaceFile,
+    *,
+    storage: str,
+    name: str,
+    trials: int | None,
+    resume: bool,
+    address: str | None,
+    data_dir: str | None,
+    model: str | None,
+    verbose: int,
+    study_storage: str | None,
+    mlflow: str | None,
+) -> str:
+    """The two stages of a `screen:` space (search/stages.py) as two experiments in
+    `<storage>/<name>/`: `screen`, then `finetune` on its `top_k` best assignments. One corpus
+    for both (planned and written here once); `resume` resumes the stage that was cut short
+    and starts the ones not yet begun. Returns the experiment's directory."""
+    from ray.tune import Tuner
+
+    from hiersearch.data.prepare import write_planned
+    from hiersearch.report.results import load_experiments
+    from hiersearch.search.stages import (
+        FINETUNE,
+        SCREEN,
+        finetune_space,
+        screen_size,
+        screen_trials,
+        screening_space,
+        top_assignments,
+        unfinished,
+    )
+
+    root = experiment_path(storage, name)
+    base = space.base_config(model=model)
+    plan = plan_data(space, base, data_dir, data_root(storage))
+    screen = screening_space(space, plan.num_layers, len(plan.label_counts))
+    write_planned(plan.corpus)
+    corpus_dir = plan.corpus.corpus_dir
+    common = {"address": address, "data_dir": corpus_dir, "model": model, "verbose": verbose,
+              "study_storage": study_storage, "mlflow": mlflow}
+    screen_path = experiment_path(root, SCREEN)
+    run_search(screen, storage=root, name=SCREEN, trials=screen_trials(space),
+               resume=resume and Tuner.can_restore(screen_path), stage=SCREEN, **common)
+    finetune_path = experiment_path(root, FINETUNE)
+    if resume and Tuner.can_restore(finetune_path):  # its assignments are in its own meta
+        run_search(space, storage=root, name=FINETUNE, trials=trials, resume=True,
+                   stage=FINETUNE, **common)
+        return root
+    table = load_experiments([screen_path])
+    if unfinished(table, screen_size(screen)):  # Ctrl-C, a lost driver: stage 2 needs it all
+        print(f"[hiersearch] stage 1 (screen) did not finish: {root} --resume goes on with it",
+              file=sys.stderr, flush=True)
+        return root
+    top = top_assignments(table, space.tune.metrics[0], space.tune.modes[0], space.screen.top_k)
+    print(f"[hiersearch] stage 2 fine-tunes the screen's {len(top)} best assignments by "
+          f"{space.tune.metrics[0]}: {', '.join(top)}", flush=True)
+    run_search(finetune_space(space, top), storage=root, name=FINETUNE, trials=trials,
+               stage=FINETUNE, **common)
+    return root
 
 
 # Tune snapshots the experiment every `num_to_keep` (trial.keep_checkpoints) checkpoints of a
@@ -457,6 +531,24 @@ def _tracking(uri: str | None, name: str, path: str) -> list[Any]:
     from hiersearch.search.tracking import MLFLOW_URI_ENV, mlflow_callbacks
 
     return mlflow_callbacks(uri or os.environ.get(MLFLOW_URI_ENV), name, path)
+
+
+def _baseline(path: str, corpus: Corpus) -> None:
+    """The experiment's baseline row (TF-IDF k-NN on its training documents,
+    report/baseline.py), computed once: seconds, before the first trial starts."""
+    from hiersearch.report.baseline import compute_baseline, read_baseline, write_baseline
+
+    if read_baseline(path) is not None:
+        return
+    baseline = compute_baseline(corpus)
+    write_baseline(path, baseline)
+    macro = baseline["metrics"].get(M.rp_macro_key("dev"), math.nan)
+    print(
+        f"[hiersearch] baseline {baseline['name']} on {baseline['train_docs']} training "
+        f"documents: dev macro R-Precision {macro:.3f} ({baseline['seconds']:.1f}s), the "
+        "leaderboard's 'baseline' row",
+        flush=True,
+    )
 
 
 def _check_resumable(path: str) -> None:
@@ -641,7 +733,12 @@ def _reporter(space: SpaceFile, data: PreparedData) -> Any:
 
 
 def _write_meta(
-    path: str, space: SpaceFile, data: PreparedData, base: TrialConfig, study: StudyStorage
+    path: str,
+    space: SpaceFile,
+    data: PreparedData,
+    base: TrialConfig,
+    study: StudyStorage,
+    stage: str | None = None,
 ) -> None:
     """hiersearch.json: what the experiment was started with (read on resume and by the
     results table)."""
@@ -662,5 +759,6 @@ def _write_meta(
             "synthetic": data.synthetic,
             "label_counts": data.label_counts,
             "num_layers": data.num_layers,
+            **({"stage": stage} if stage else {}),
         },
     )

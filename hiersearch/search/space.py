@@ -43,7 +43,7 @@ VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
 ASSIGN_PREFIX = "assign"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
-SECTIONS = ("name", "description", "data", "trial", "search", "assignment", "tune")
+SECTIONS = ("name", "description", "data", "trial", "search", "assignment", "tune", "screen")
 ASSIGNMENT_SPACES = ("variants", "monotone")
 
 __all__ = [
@@ -99,6 +99,32 @@ class AssignmentSpec:
 
 
 ALGORITHMS = ("tpe", "random", "nsga2", "grid")
+# `screen: trials: all`: every assignment of the space, once.
+SCREEN_ALL = "all"
+
+
+@dataclass(frozen=True)
+class ScreenSpec:
+    """A two-stage search (search/stages.py): head-only trials screen the assignments, then
+    the best few are fine-tuned with the `trial:` and `search:` settings."""
+
+    # Assignments (the best of the screen by the search metric) fine-tuned in stage 2.
+    top_k: int = 3
+    # "all": every assignment of the space once, head options at their first choice (a
+    # grid); N: N points TPE draws from the assignments x the head options searched.
+    trials: int | str = SCREEN_ALL
+    # Epochs of a head-only trial (null: the trial section's).
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise InputError(f"must be >= 1, got {self.top_k!r}", where="top_k")
+        if isinstance(self.trials, str) and self.trials != SCREEN_ALL:
+            raise InputError(f"must be 'all' or a number, got {self.trials!r}", where="trials")
+        if isinstance(self.trials, int) and self.trials < 1:
+            raise InputError(f"must be >= 1 or 'all', got {self.trials!r}", where="trials")
+        if self.epochs is not None and self.epochs < 1:
+            raise InputError(f"must be >= 1 or null, got {self.epochs!r}", where="epochs")
 
 
 @dataclass(frozen=True)
@@ -230,6 +256,8 @@ class SpaceFile:
     tune: TuneSpec
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # A two-stage search (`screen:`), or None: one stage.
+    screen: ScreenSpec | None = None
 
     def base_config(self, **overrides: Any) -> TrialConfig:
         values = {**self.trial, **{k: v for k, v in overrides.items() if v is not None}}
@@ -326,6 +354,9 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
     _check_search(search, trial, f"{where}: search")
     assignment = from_mapping(AssignmentSpec, raw.get("assignment") or {}, f"{where}: assignment")
     tune = from_mapping(TuneSpec, raw.get("tune") or {}, f"{where}: tune")
+    screen = None
+    if raw.get("screen") is not None:
+        screen = from_mapping(ScreenSpec, raw["screen"], f"{where}: screen")
     if tune.algorithm == "grid":
         for key, dist in search.items():
             if dist.get("type") != "categorical":
@@ -342,6 +373,7 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
         tune=tune,
         description=str(raw.get("description") or ""),
         raw=raw,
+        screen=screen,
     )
 
 
@@ -552,7 +584,7 @@ def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int])
     if space.tune.algorithm == "grid":
         grids = [[(k, v) for v in dist["choices"]] for k, dist in space.search.items()]
     else:
-        grids = [[(k, _default_value(dist))] for k, dist in space.search.items()]
+        grids = [[(k, default_value(dist))] for k, dist in space.search.items()]
     points = []
     for assign in assign_points:
         for combo in itertools.product(*grids):
@@ -561,7 +593,7 @@ def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int])
     return points
 
 
-def _default_value(dist: dict[str, Any]) -> Any:
+def default_value(dist: dict[str, Any]) -> Any:
     if dist["type"] == "categorical":
         return dist["choices"][0]
     if dist["type"] == "int":

@@ -69,8 +69,12 @@ def test_smoke_preset_runs_the_five_variants_with_ddp_workers(
 ) -> None:
     board = _leaderboard_json(smoke_experiment, capsys)
     assert board["schema"] == "hiersearch.leaderboard/1"
-    rows = board["rows"]
+    rows = [r for r in board["rows"] if r["status"] != "baseline"]
     assert sorted(r["variant"] for r in rows) == sorted(VARIANTS)
+    # the experiment's baseline, computed once before the trials, is one more row
+    (baseline,) = [r for r in board["rows"] if r["status"] == "baseline"]
+    assert baseline["variant"] == "TF-IDF 20-NN" and baseline["checkpoint"] is None
+    assert isinstance(baseline[M.rp_macro_key("test")], float)
     for row in rows:
         assert row["status"] == "terminated"
         for split in ("dev", "test"):
@@ -143,7 +147,7 @@ def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
     code = main(["search", "--space", str(space_file), "--storage", storage, "--name", "lw"])
     assert code == 0
     board = _leaderboard_json(f"{storage}/lw", capsys)
-    rows = board["rows"]
+    rows = [r for r in board["rows"] if r["status"] != "baseline"]
     assert len(rows) == 7
     statuses = [r["status"] for r in rows]
     assert "stopped early" in statuses, statuses
@@ -212,9 +216,10 @@ def test_resume_after_an_interrupted_search_keeps_finished_trials(
     assert all(n > max(numbers_before) for n in set(numbers_after) - set(numbers_before))
     assert list(numbers_after.values()).count("COMPLETE") == 4, numbers_after
     board = _leaderboard_json(str(experiment), capsys)
-    ids = [r["trial_id"] for r in board["rows"]]
+    rows = [r for r in board["rows"] if r["status"] != "baseline"]
+    ids = [r["trial_id"] for r in rows]
     assert len(ids) == len(set(ids)) == 4, ids
-    assert all(r["status"] == "terminated" for r in board["rows"]), board["rows"]
+    assert all(r["status"] == "terminated" for r in rows), rows
     for name, text in before.items():  # finished trials were not trained again
         after = (experiment / name / "result.json").read_text()
         assert after.startswith(text)
@@ -248,7 +253,7 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
     experiment = storage / "mo"
     board = _leaderboard_json(str(experiment), capsys)
     assert "pareto" in board["columns"]
-    rows = board["rows"]
+    rows = [r for r in board["rows"] if r["status"] != "baseline"]
     front = [r for r in rows if r["pareto"]]
     assert front and all(r[M.COST_FORWARD_MS] > 0 for r in rows)
     for row in front:  # nothing in the table beats a front row on both metrics
@@ -312,7 +317,7 @@ def _metrics_only(result: dict[str, Any]) -> str:
 
 def test_leaderboard_table_groups_by_variant(smoke_experiment: str) -> None:
     table = lb.group_rows(results.load_experiments([smoke_experiment]), "variant")
-    assert sorted(table["variant"]) == sorted(VARIANTS)
+    assert sorted(table["variant"]) == sorted([*VARIANTS, "TF-IDF 20-NN"])
     assert np.all(table["trials"] == 1)
 
 

@@ -1,0 +1,106 @@
+"""The baseline row of every leaderboard (`hiersearch.report.baseline`): TF-IDF k-NN on the
+experiment's own training documents, shown beside the trials, never the best."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from hiersearch import metrics as M
+from hiersearch.report import leaderboard as lb
+from hiersearch.report.baseline import (
+    BASELINE_FILE,
+    STATUS_BASELINE,
+    compute_baseline,
+    knn_scores,
+    read_baseline,
+    tfidf_knn,
+    write_baseline,
+)
+from hiersearch.report.results import load_experiments
+from hiersearch.report.summary import SUMMARY_JSON_SCHEMA, run_summary
+from hiersearch.serve.export import choose_trial
+
+FINISHED = Path(__file__).parents[1] / "fixtures" / "leaderboard" / "finished"
+
+
+def test_knn_sums_the_similarities_of_the_k_nearest_that_carry_a_label() -> None:
+    similarity = np.array([[0.9, 0.1, 0.5]], dtype=np.float32)
+    labels = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)  # 3 train docs x 2 labels
+    (scores,) = knn_scores(similarity, [labels], k=2)  # neighbours: docs 0 and 2
+    np.testing.assert_allclose(scores, [[1.4, 0.5]], rtol=1e-6)
+    (every,) = knn_scores(similarity, [labels], k=10)  # k past the train docs: all
+    np.testing.assert_allclose(every, [[1.4, 0.6]], rtol=1e-6)
+
+
+def _corpus() -> SimpleNamespace:
+    def doc(text: str, *labels: str) -> SimpleNamespace:
+        return SimpleNamespace(text=text, labels=labels)
+
+    train = [doc("heart valve murmur", "A", "A1"), doc("kidney stone pain", "B", "B1"),
+             doc("heart rhythm fast", "A", "A2")]
+    held_out = [doc("a murmur of the heart valve", "A", "A1"),
+                doc("stone in the kidney", "B", "B1")]
+    hierarchy = SimpleNamespace(label_index=lambda: [["A", "B"], ["A1", "A2", "B1"]])
+    return SimpleNamespace(hierarchy=hierarchy,
+                           splits={"train": train, "dev": held_out, "test": held_out[:1]})
+
+
+def test_the_baseline_scores_under_the_trials_metric_keys() -> None:
+    metrics = tfidf_knn(_corpus(), k=1)  # type: ignore[arg-type]
+    assert metrics[M.rp_macro_key("dev")] == 1.0 and metrics[M.rp_level_key("test", 2)] == 1.0
+    baseline = compute_baseline(_corpus(), k=1)  # type: ignore[arg-type]
+    assert baseline["name"] == "TF-IDF 1-NN" and baseline["train_docs"] == 3
+
+
+@pytest.fixture()
+def experiment(tmp_path: Path) -> Path:
+    path = tmp_path / "finished"
+    shutil.copytree(FINISHED, path)
+    metrics = {M.rp_level_key(split, n): 0.99 for split in ("dev", "test") for n in (1, 2, 3)}
+    metrics.update({M.rp_macro_key("dev"): 0.99, M.rp_macro_key("test"): 0.98})
+    write_baseline(str(path), {"name": "TF-IDF 20-NN", "k": 20, "metrics": metrics})
+    return path
+
+
+def test_the_baseline_is_a_row_of_its_own_that_is_never_the_best(experiment: Path) -> None:
+    table = load_experiments([str(experiment)])
+    row = table[table["status"] == STATUS_BASELINE].iloc[0]
+    assert row["variant"] == "TF-IDF 20-NN" and row[M.rp_macro_key("dev")] == 0.99
+    assert table[M.rp_macro_key("dev")].max() == 0.99  # it outscores every trial
+    # one finished trial with a checkpoint: the best, whatever the baseline scores
+    trial_dir = sorted(experiment.glob("trainable_*"))[0]
+    (trial_dir / "checkpoint_000001").mkdir()
+    for name in ("model.pt", "final_metrics.json", "config.json"):
+        (trial_dir / "checkpoint_000001" / name).write_text("{}")
+    best = choose_trial(str(experiment), None, None)
+    assert best["status"] == "terminated" and best["trial_id"] != STATUS_BASELINE
+
+
+def test_the_summary_names_the_baseline_apart_from_the_trials(experiment: Path) -> None:
+    import jsonschema
+
+    table = load_experiments([str(experiment)])
+    summary = run_summary("search", str(experiment), table, None, None)
+    jsonschema.validate(summary, SUMMARY_JSON_SCHEMA)
+    assert summary["trials"]["total"] == len(table) - 1
+    assert STATUS_BASELINE not in summary["trials"]["by_status"]
+    assert summary["baseline"]["name"] == "TF-IDF 20-NN"
+
+
+def test_the_paper_table_ends_with_the_baseline(experiment: Path) -> None:
+    paper = lb.paper_table(load_experiments([str(experiment)]), "test")
+    last = paper.iloc[-1]
+    assert last["variant"] == "TF-IDF 20-NN (baseline)" and last["macro"] == "98.0"
+    assert last["seeds"] == "-" and "FLAT" in set(paper["variant"])
+
+
+def test_an_unreadable_baseline_file_is_no_row(experiment: Path) -> None:
+    (experiment / BASELINE_FILE).write_text("{not json")
+    assert read_baseline(str(experiment)) is None
+    table = load_experiments([str(experiment)])
+    assert STATUS_BASELINE not in set(table["status"])
