@@ -26,12 +26,12 @@ PRESET_HELP = {
     "smoke": "the 5 named variants, random-init 12-layer BERT (hidden 32), 2 DDP workers a "
     "trial; 60 SYNTHETIC EuroVoc docs; CPU; ~2.5 min on 2 idle cores (the tests' run)",
     "quick": "the 5 named variants, packaged MiniLM-L6, 3 epochs; 900 SYNTHETIC EuroVoc docs; "
-    "CPU; ~12 min on 2 cores (the main job)",
+    "CPU; ~12 min on 2 cores",
     "hpo": "the 5 named variants, packaged MiniLM-L6, 2 epochs; REAL text: HPO term "
     "definitions, 600 train docs; CPU; ~7.5 min on 2 idle cores (~19 on a shared one)",
     "hpo_heads": "the 5 named variants HEAD-ONLY (frozen MiniLM-L6, cached features), 2 "
-    "epochs; REAL text: HPO term definitions, all 10,119 train docs; CPU; ~6 min on 2 idle "
-    "cores",
+    "epochs; REAL text: HPO term definitions, all 10,119 train docs; CPU; ~2 min on 2 idle "
+    "cores (the main job)",
     "paper": "the paper's grid, 5 variants x 3 rates x 2 dropouts, BERT-base, 512 tokens; "
     "your corpus (--data, else SYNTHETIC EuroVoc); GPUs; hours (not measured)",
     "layerwise": "TPE + ASHA, 48 trials over assignments, head options and rates; 1,500 "
