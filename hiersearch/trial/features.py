@@ -240,11 +240,17 @@ def _build(
     # may use every core this process can run on, not just the trial's share
     threads = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
+        torch.set_num_threads(max(threads, _usable_cpus()))
     try:
         _build_all(path, names, splits, config, device, precision, depth, state_layer)
     finally:
         torch.set_num_threads(threads)
+
+
+def _usable_cpus() -> int:
+    """The cores this process may run on (its affinity where the system has one)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def _build_all(
