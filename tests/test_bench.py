@@ -21,6 +21,7 @@ import _common  # noqa: E402
 import _timing  # noqa: E402
 import encode_cache  # noqa: E402
 import f1_consistency  # noqa: E402
+import feature_cache  # noqa: E402
 import gpu_bundle  # noqa: E402
 import gpu_check  # noqa: E402
 import gpu_throughput  # noqa: E402
@@ -30,6 +31,7 @@ import metrics_speed  # noqa: E402
 import pareto_pruning  # noqa: E402
 import predict_throughput  # noqa: E402
 import ray_overhead  # noqa: E402
+import screen_correlation  # noqa: E402
 import search_efficiency  # noqa: E402
 import tfidf_knn  # noqa: E402
 
@@ -881,3 +883,23 @@ def test_tfidf_knn_train_docs_are_counts_or_all() -> None:
     with pytest.raises(SystemExit, match="--train-docs"):
         tfidf_knn.parse_train_docs("five")
 
+
+
+def test_screen_correlation_pairs_the_assignments_both_stages_finished() -> None:
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "stage": ["screen"] * 4 + ["finetune"] * 4 + [None],
+        "status": ["terminated"] * 8 + ["baseline"],
+        "assignment": ["A", "B", "C", "D", "A", "B", "C", "C", None],
+        M.rp_macro_key("dev"): [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.2, 0.4, 0.99],
+    })
+    both = screen_correlation.paired(table, M.rp_macro_key("dev"))
+    assert list(both.index) == ["A", "B", "C"]  # D was never fine-tuned
+    assert both.loc["C", "finetune"] == pytest.approx(0.3)  # the mean of its seeds
+    assert screen_correlation.correlation(both)["spearman_rho"] == pytest.approx(1.0)
+
+
+def test_feature_cache_bench_refuses_an_unknown_section() -> None:
+    with pytest.raises(SystemExit, match="unknown"):
+        feature_cache.main(["--sections", "steps,speed"])
