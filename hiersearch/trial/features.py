@@ -236,13 +236,48 @@ def _build(
 ) -> None:
     """One encoder pass over every split writes the missing directories `names` (pooled
     vectors of every layer: the whole encoder; token states only: layers 1..k)."""
-    # the pass runs once while the node's other trials of this corpus wait on the lock: it
-    # may use every core this process can run on, not just the trial's share
+    with _every_core(device):
+        encoder = load_encoder(config.model, seed=config.seed)
+        run = depth if POOLED_DIR in names else int(state_layer or depth)
+        encoder.encoder.layer = torch.nn.ModuleList(list(encoder.encoder.layer)[:run])
+        encoder.to(device).eval()
+        captured: dict[int, torch.Tensor] = {}
+        for number, module in enumerate(encoder.encoder.layer, start=1):
+            module.register_forward_hook(_keep(captured, number))
+        with contextlib.ExitStack() as stack:
+            out = {name: stack.enter_context(atomic_directory(path / name)) for name in names}
+            for split_name, split in splits.items():
+                _encode_split(encoder, split, split_name, out, captured, run, state_layer,
+                              config.eval_batch_size, device, precision)
+            for directory in out.values():
+                _write_meta(directory, config)
+        _checked.difference_update({s for s in _checked if s[0].startswith(str(path))})
+
+
+def _write_meta(directory: Path, config: TrialConfig) -> None:
+    """`meta.json`, written last: what was built, and every file's size and CRC-32."""
+    files = sorted(directory.iterdir())
+    atomic_write_json(
+        directory / META_FILE,
+        {
+            "version": FEATURES_VERSION,
+            "model": config.model,
+            "max_length": config.max_length,
+            "pid": os.getpid(),  # which process built it (concurrent trials share one)
+            "files": {f.name: {"bytes": f.stat().st_size, "crc32": _crc32(f)} for f in files},
+        },
+    )
+
+
+@contextlib.contextmanager
+def _every_core(device: torch.device) -> Iterator[None]:
+    """The pass runs once while the node's other trials of this corpus wait on the lock: on
+    the CPU it may use every core this process can run on, not just the trial's share."""
     threads = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(max(threads, _usable_cpus()))
     try:
-        _build_all(path, names, splits, config, device, precision, depth, state_layer)
+        yield
     finally:
         torch.set_num_threads(threads)
 
@@ -251,45 +286,6 @@ def _usable_cpus() -> int:
     """The cores this process may run on (its affinity where the system has one)."""
     affinity = getattr(os, "sched_getaffinity", None)
     return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
-def _build_all(
-    path: Path,
-    names: Sequence[str],
-    splits: dict[str, Split],
-    config: TrialConfig,
-    device: torch.device,
-    precision: Precision,
-    depth: int,
-    state_layer: int | None,
-) -> None:
-    encoder = load_encoder(config.model, seed=config.seed)
-    run = depth if POOLED_DIR in names else int(state_layer or depth)
-    encoder.encoder.layer = torch.nn.ModuleList(list(encoder.encoder.layer)[:run])
-    encoder.to(device).eval()
-    captured: dict[int, torch.Tensor] = {}
-    for number, module in enumerate(encoder.encoder.layer, start=1):
-        module.register_forward_hook(_keep(captured, number))
-    with contextlib.ExitStack() as stack:
-        out = {name: stack.enter_context(atomic_directory(path / name)) for name in names}
-        for split_name, split in splits.items():
-            _encode_split(encoder, split, split_name, out, captured, run, state_layer,
-                          config.eval_batch_size, device, precision)
-        for directory in out.values():
-            files = sorted(directory.iterdir())
-            atomic_write_json(
-                directory / META_FILE,
-                {
-                    "version": FEATURES_VERSION,
-                    "model": config.model,
-                    "max_length": config.max_length,
-                    "pid": os.getpid(),  # which process built it (concurrent trials share one)
-                    "files": {
-                        f.name: {"bytes": f.stat().st_size, "crc32": _crc32(f)} for f in files
-                    },
-                },
-            )
-    _checked.difference_update({s for s in _checked if s[0].startswith(str(path))})
 
 
 def _keep(captured: dict[int, torch.Tensor], number: int) -> Any:
