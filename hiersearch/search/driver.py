@@ -486,6 +486,11 @@ def run_two_stage(
     )
 
     root = experiment_path(storage, name)
+    screen_path = experiment_path(root, SCREEN)
+    if resume and not Tuner.can_restore(screen_path):
+        raise InputError(
+            "no two-stage experiment to resume at this path", where=f"--resume {root}"
+        )
     base = space.base_config(model=model)
     plan = plan_data(space, base, data_dir, data_root(storage))
     screen = screening_space(space, plan.num_layers, len(plan.label_counts))
@@ -493,9 +498,8 @@ def run_two_stage(
     corpus_dir = plan.corpus.corpus_dir
     common = {"address": address, "data_dir": corpus_dir, "model": model, "verbose": verbose,
               "study_storage": study_storage, "mlflow": mlflow}
-    screen_path = experiment_path(root, SCREEN)
     run_search(screen, storage=root, name=SCREEN, trials=screen_trials(space),
-               resume=resume and Tuner.can_restore(screen_path), stage=SCREEN, **common)
+               resume=resume, stage=SCREEN, **common)
     finetune_path = experiment_path(root, FINETUNE)
     if resume and Tuner.can_restore(finetune_path):  # its assignments are in its own meta
         run_search(space, storage=root, name=FINETUNE, trials=trials, resume=True,

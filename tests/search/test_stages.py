@@ -171,3 +171,13 @@ def test_a_two_stage_search_resumes_in_either_stage_and_fine_tunes_the_screens_b
     assert [r["assignment"] for r in finetune] == [best["assignment"]]
     (baseline,) = [r for r in rows if r["status"] == "baseline"]  # one corpus, one baseline
     assert baseline["variant"] == "TF-IDF 20-NN"
+
+
+def test_resuming_a_two_stage_search_that_never_began_is_refused(tmp_path: Path) -> None:
+    from hiersearch.search.driver import run_search
+    from hiersearch.search.space import load_space
+
+    space = load_space(_two_stage_file(tmp_path))
+    with pytest.raises(InputError, match="no two-stage experiment to resume"):
+        run_search(space, storage=str(tmp_path / "storage"), resume=True, verbose=0)
+    assert not (tmp_path / "storage" / "two").exists()
