@@ -214,11 +214,11 @@ class Split:
 
     def inputs(self, index: np.ndarray) -> dict[str, torch.Tensor]:
         """Token ids and attention mask of the documents in `index`, padded to the longest."""
-        width = int(self.lengths[index].max())
-        lengths = torch.from_numpy(self.lengths[index])
+        lengths = self.lengths[index]
+        width = int(lengths.max())
         return {
             "input_ids": torch.from_numpy(self.input_ids[index, :width]),
-            "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
+            "attention_mask": attention_mask(lengths, width),
         }
 
     def batch(self, index: np.ndarray, num_labels: int) -> dict[str, torch.Tensor]:
@@ -226,6 +226,11 @@ class Split:
         out = self.inputs(index)
         out["labels"] = multi_hot([self.label_ids[i] for i in index], num_labels)
         return out
+
+
+def attention_mask(lengths: np.ndarray, width: int) -> torch.Tensor:
+    """[docs, width] 1 for each document's real tokens, 0 for its padding."""
+    return (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long()
 
 
 def multi_hot(label_ids: Sequence[np.ndarray], num_labels: int) -> torch.Tensor:

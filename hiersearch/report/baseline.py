@@ -25,7 +25,8 @@ import numpy as np
 
 from hiersearch import metrics as M
 from hiersearch.data.corpus import Corpus
-from hiersearch.report.experiment import open_location, read_text, write_text
+from hiersearch.errors import InputError
+from hiersearch.report.experiment import open_location, read_json_object, write_text
 
 BASELINE_FILE = "baseline.json"
 STATUS_BASELINE = "baseline"
@@ -113,14 +114,10 @@ def write_baseline(experiment: str, baseline: dict[str, Any]) -> None:
 
 
 def read_baseline(experiment: str) -> dict[str, Any] | None:
-    """The experiment's `baseline.json`, or None (none written, or unreadable)."""
-    filesystem, path = open_location(experiment)
-    text = read_text(filesystem, f"{path}/{BASELINE_FILE}")
-    if text is None:
-        return None
+    """The experiment's `baseline.json`, or None (none written, or unreadable: the table
+    stands without it)."""
     try:
-        baseline = json.loads(text)
-    except json.JSONDecodeError:
+        baseline = read_json_object(experiment, BASELINE_FILE)
+    except InputError:
         return None
-    ok = isinstance(baseline, dict) and isinstance(baseline.get("metrics"), dict)
-    return baseline if ok else None
+    return baseline if baseline and isinstance(baseline.get("metrics"), dict) else None

@@ -63,17 +63,24 @@ def read_meta(experiment: str) -> dict[str, Any] | None:
     """The experiment's `hiersearch.json`; None when there is none (or it cannot be read).
     A file that is not a JSON object is an InputError naming it: a caller that can do
     without it (the results table) warns and goes on."""
+    return read_json_object(experiment, META_FILE)
+
+
+def read_json_object(experiment: str, name: str) -> dict[str, Any] | None:
+    """The experiment's file `name` as a JSON object; None when there is none (or it cannot
+    be read); an InputError naming the file when it is no JSON object."""
     filesystem, path = open_location(experiment)
-    text = read_text(filesystem, f"{path}/{META_FILE}")
+    text = read_text(filesystem, f"{path}/{name}")
     if text is None:
         return None
+    where = f"{experiment.rstrip('/')}/{name}"
     try:
-        meta = json.loads(text)
+        obj = json.loads(text)
     except ValueError as exc:
-        raise InputError(f"not JSON ({exc})", where=meta_location(experiment)) from None
-    if not isinstance(meta, dict):
-        raise InputError("expected a JSON object", where=meta_location(experiment))
-    return meta
+        raise InputError(f"not JSON ({exc})", where=where) from None
+    if not isinstance(obj, dict):
+        raise InputError("expected a JSON object", where=where)
+    return obj
 
 
 def write_meta(experiment: str, meta: dict[str, Any]) -> None:

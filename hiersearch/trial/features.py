@@ -44,7 +44,7 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hiersearch.data.batching import batches, by_length
-from hiersearch.data.encode import EncodedCorpus, Split, multi_hot
+from hiersearch.data.encode import EncodedCorpus, Split, attention_mask, multi_hot
 from hiersearch.files import atomic_directory, atomic_write_json, make_dirs
 from hiersearch.model.classifier import LayerwiseClassifier, compose_pooling, pool_views
 from hiersearch.model.encoder import backbone_fingerprint, encoder_depth, load_encoder
@@ -52,7 +52,6 @@ from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.precision import Precision
 
 FEATURES_VERSION = 1  # bump when the layout changes, so old caches are not reused
-SPLITS = ("train", "dev", "test")
 POOLED_DIR = "pooled"
 META_FILE = "meta.json"
 LOCK_FILE = ".lock"
@@ -114,10 +113,7 @@ class CachedSplit:
             for row in range(len(index)):
                 hidden[row, : lengths[row]] = self.states[starts[row] : ends[row]]
             out["hidden"] = torch.from_numpy(hidden)
-            width = hidden.shape[1]
-            out["attention_mask"] = (
-                torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]
-            ).long()
+            out["attention_mask"] = attention_mask(lengths, hidden.shape[1])
         out["labels"] = multi_hot([self.split.label_ids[i] for i in index], num_labels)
         return out
 
@@ -150,8 +146,8 @@ def open_features(
         return None
     path = features_path(encoded, config, precision)
     with _locked(path):
-        missing = [name for name in (POOLED_DIR, _maybe(state_layer)) if name]
-        missing = [name for name in missing if not _valid(path / name)]
+        wanted = [POOLED_DIR] + ([] if state_layer is None else [states_dir(state_layer)])
+        missing = [name for name in wanted if not _valid(path / name)]
         if missing:
             _build(path, missing, splits, config, device, precision, depth, state_layer)
     layers = tuple(layer for layer in core.used_layers if layer <= frozen)
@@ -159,10 +155,6 @@ def open_features(
         name: _open_split(path, name, split, layers, config.pooling, state_layer)
         for name, split in splits.items()
     }
-
-
-def _maybe(state_layer: int | None) -> str | None:
-    return None if state_layer is None else states_dir(state_layer)
 
 
 def _cache_bytes(

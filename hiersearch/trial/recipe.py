@@ -44,6 +44,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from hiersearch import metrics as M
 from hiersearch.data.batching import length_grouped, shard
+from hiersearch.data.corpus import SPLITS
 from hiersearch.data.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_json, atomic_write_text, dir_mode
@@ -74,7 +75,6 @@ from hiersearch.trial.session import (
     gather_to_rank0,
 )
 
-SPLITS = ("train", "dev", "test")
 STOP_COMPLETED = "completed"
 STOP_PATIENCE = "patience"
 STOP_NAN = "nan_loss"
