@@ -38,6 +38,9 @@ PRESET_HELP = {
     "SYNTHETIC EuroVoc docs; CPU; ~2.5-3 h on 2 cores (estimated from BENCHMARKS.md 5)",
     "pareto": "multi-objective TPE + MO-ASHA, 12 trials, dev macro R-Precision against "
     "encoder layers; the quick corpus; CPU; ~8 min on 2 idle cores",
+    "pbt": "population-based training of 10 head-only trials (the 5 variants + 5 TPE draws) "
+    "over head rate, dropout and weight decay, 4 epochs; the main job's HPO corpus; CPU; "
+    "~5 min on 2 idle cores (not measured yet)",
 }
 REPRODUCE_PRESETS = ("smoke", "quick", "hpo", "hpo_heads", "paper")  # the fixed-trial presets
 

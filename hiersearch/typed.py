@@ -12,7 +12,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import fields
+from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
 
 from hiersearch.errors import InputError
@@ -58,6 +58,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce_union(value, hint, where)
     if origin is tuple:
         return _coerce_tuple(value, typing.get_args(hint), where)
+    if isinstance(hint, type) and is_dataclass(hint):  # a nested section (tune: pbt:)
+        return from_mapping(hint, value, where)
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -29,6 +29,7 @@ import layer_probe  # noqa: E402
 import layerwise_step  # noqa: E402
 import metrics_speed  # noqa: E402
 import pareto_pruning  # noqa: E402
+import pbt_compare  # noqa: E402
 import predict_throughput  # noqa: E402
 import ray_overhead  # noqa: E402
 import screen_correlation  # noqa: E402
@@ -903,3 +904,45 @@ def test_screen_correlation_pairs_the_assignments_both_stages_finished() -> None
 def test_feature_cache_bench_refuses_an_unknown_section() -> None:
     with pytest.raises(SystemExit, match="unknown"):
         feature_cache.main(["--sections", "steps,speed"])
+
+
+# --- PBT against ASHA and the fixed variants (bench/pbt_compare.py) -----------------------------
+def test_pbt_compare_gives_each_arm_the_pbt_presets_corpus_and_the_same_epochs() -> None:
+    import yaml
+
+    from hiersearch.search.space import preset_path
+
+    preset = yaml.safe_load(preset_path("pbt").read_text())
+    spaces = {arm: parse_space(pbt_compare.arm_space(preset, arm, 1), arm)
+              for arm in pbt_compare.ARMS}
+    assert {s.tune.scheduler for s in spaces.values()} == {"none", "asha", "pbt"}
+    for space in spaces.values():
+        assert space.data == spaces["pbt"].data and space.trial == spaces["pbt"].trial
+        assert space.tune.sampler_seed == 1
+    fixed = spaces["fixed"]
+    points = fixed_points(fixed, 6, [22, 88, 285, 933])
+    epochs = fixed.base_config().epochs
+    assert len(points) * epochs == pbt_compare.BUDGET_EPOCHS
+    assert {p["seed"] for p in points} == {2, 3}
+    assert spaces["pbt"].tune.num_samples * epochs == pbt_compare.BUDGET_EPOCHS
+    assert spaces["asha"].search == spaces["pbt"].search
+
+
+def test_pbt_compare_answers_with_the_best_finished_trial_on_dev(tmp_path: Path) -> None:
+    rows = [
+        {"trial_id": "a", "status": "terminated", "dev/rp_macro": 0.8, "test/rp_macro": 0.7},
+        {"trial_id": "b", "status": "stopped early", "dev/rp_macro": 0.9, "test/rp_macro": None},
+        {"trial_id": "c", "status": "terminated", "dev/rp_macro": 0.85, "test/rp_macro": 0.6},
+        {"trial_id": "x", "status": "baseline", "dev/rp_macro": 0.99, "test/rp_macro": 0.99},
+    ]
+    got = pbt_compare.answer(rows)
+    assert got["best_trial"] == "c" and got["test_macro"] == 0.6 and got["trials"] == 3
+    trial = tmp_path / "trial_c"
+    trial.mkdir()
+    reports = [{"trial/final": 0}, {"trial/final": 0}, {"trial/final": 1}]
+    (trial / "result.json").write_text("\n".join(json.dumps(r) for r in reports) + "\nnot")
+    assert pbt_compare.epochs_trained(tmp_path) == 2
+    out = pbt_compare.summary({"pbt": [{"test_macro": 0.6, "epochs": 40, "seconds": 10},
+                                       {"test_macro": 0.8, "epochs": 42, "seconds": 12}]})
+    assert out["pbt"]["test_macro_mean"] == pytest.approx(0.7)
+    assert out["pbt"]["epochs_mean"] == 41

@@ -22,6 +22,10 @@ __all__ = [
     "EPOCH_SECONDS",
     "LEARNING_RATE",
     "METRIC_NAMESPACES",
+    "PBT_DONOR",
+    "PBT_DONOR_EPOCH",
+    "PBT_EXPLOITS",
+    "PBT_LINEAGE",
     "PEAK_MEMORY_MB",
     "PEAK_RESERVED_MB",
     "SAMPLES_PER_SECOND",
@@ -81,6 +85,16 @@ TRIAL_STOP_REASON = "trial/stop_reason"
 TRIAL_NODE_ID = "trial/node_id"
 TRIAL_WORLD_SIZE = "trial/world_size"
 TRIAL_FINAL = "trial/final"
+
+# Population-based training (`scheduler: pbt`): how many times the trial went on from another
+# trial's checkpoint (an exploit), the last donor's trial id and the epoch of its checkpoint;
+# and the lineage of its weights: every exploit they went through, oldest first
+# ("<trial>@<epoch>" joined by " > "; a recipient inherits its donor's lineage, as Ray's
+# pbt_policy files do).
+PBT_EXPLOITS = "pbt/exploits"
+PBT_DONOR = "pbt/donor"
+PBT_DONOR_EPOCH = "pbt/donor_epoch"
+PBT_LINEAGE = "pbt/lineage"
 
 # The encoder layers the trial's model runs: layers above the highest one a head reads are
 # dropped (as in an exported model), so a LAST-SIX model of a 12-layer encoder runs 12, an

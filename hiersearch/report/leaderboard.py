@@ -190,9 +190,11 @@ def summary_columns(df: pd.DataFrame) -> list[str]:
     if "error" in ids and df["error"].isna().all():
         ids.remove("error")
     params = [c for c in param_columns(df) if not str(c).startswith("assign/")]
-    params = [c for c in params if c not in (PARETO_COLUMN, "param/variant")]
+    # a PBT trial's place in its population (search.space.MEMBER_PARAM) says nothing here
+    params = [c for c in params if c not in (PARETO_COLUMN, "param/variant", "pbt_member")]
+    pbt = [c for c in (M.PBT_EXPLOITS, M.PBT_DONOR) if c in df.columns]
     tail = [PARETO_COLUMN] if PARETO_COLUMN in df.columns else []
-    return [*ids, *params, *metrics, *tail]
+    return [*ids, *params, *pbt, *metrics, *tail]
 
 
 def select_columns(df: pd.DataFrame, columns: str | None, fmt: str) -> pd.DataFrame:

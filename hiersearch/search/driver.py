@@ -19,14 +19,14 @@ import os
 import sys
 import time
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hiersearch import metrics as M
 from hiersearch.data.corpus import Corpus
 from hiersearch.data.prepare import PreparedData
 from hiersearch.errors import InputError
-from hiersearch.report.experiment import read_text, write_meta, write_text
+from hiersearch.report.experiment import read_meta, read_text, write_meta, write_text
 from hiersearch.report.study import StudyStorage, open_storage
 from hiersearch.search.cluster import cluster_address, connect
 from hiersearch.search.preflight import (
@@ -41,6 +41,7 @@ from hiersearch.search.preflight import (
     with_seeds,
 )
 from hiersearch.search.space import (
+    MEMBER_PARAM,
     SEED_PARAM,
     VARIANT_PARAM,
     SpaceFile,
@@ -52,6 +53,9 @@ from hiersearch.search.space import (
     trial_config,
 )
 from hiersearch.trial.config import TrialConfig
+
+# hiersearch.json's key for a PBT search's initial population (its members' parameters).
+PBT_POPULATION = "pbt_population"
 
 __all__ = [
     "DRIVER_CPUS",
@@ -86,13 +90,22 @@ def in_trial(space: SpaceFile, base: TrialConfig) -> bool:
 
 
 def _resolve(
-    params: dict[str, Any], base: TrialConfig, data: PreparedData, space: SpaceFile
+    params: dict[str, Any],
+    base: TrialConfig,
+    data: PreparedData,
+    space: SpaceFile,
+    population: list[dict[str, Any]] | None = None,
 ) -> TrialConfig:
-    """The running trial's config from its parameters, saved into its directory."""
+    """The running trial's config from its parameters (a PBT trial's: its member's, under
+    what PBT mutated), saved into its directory."""
     from ray.tune.utils import flatten_dict
+
+    from hiersearch.search.pbt import member_params
 
     # Tune nests "assign/L1_start"-style keys into {"assign": {...}}: undo that.
     params = flatten_dict(params, delimiter="/")
+    if population is not None:
+        params = member_params(params, population)
     assignment = assignment_of(params, data.num_layers, data.label_counts, space)
     config = trial_config(base, params, assignment).replace(corpus=data.corpus_dir)
     filesystem, trial_path = _trial_storage()
@@ -100,14 +113,24 @@ def _resolve(
     return config
 
 
-def _loop_config(config: TrialConfig, data: PreparedData, space: SpaceFile) -> dict[str, Any]:
+def _loop_config(
+    config: TrialConfig, data: PreparedData, space: SpaceFile, donated: Any = None
+) -> dict[str, Any]:
+    """What the recipe's workers need; `donated`: a PBT donor's checkpoint that a Ray Train
+    run starts from (Train V2 has no `resume_from_checkpoint`: the workers read it)."""
+    from ray import tune
+
     filesystem, trial_path = _trial_storage()
     return {
+        # whose checkpoint a restore reads: another trial's is a PBT exploit
+        "trial_id": tune.get_context().get_trial_id(),
+        "pbt": space.tune.scheduler == "pbt",
         "trial": config.to_json(),
         "encoded": data.encoded_path,
         "artifacts_path": f"{trial_path}/artifacts",
         "filesystem": filesystem,
         "required_metrics": list(space.tune.metrics),
+        "donated": donated,
     }
 
 
@@ -127,12 +150,13 @@ def trial_in_process(
     base: TrialConfig,
     data: PreparedData,
     space: SpaceFile,
+    population: list[dict[str, Any]] | None = None,
 ) -> None:
     """One Tune trial that trains in its own process (one worker): the recipe reports to
     Tune directly."""
     from hiersearch.trial.recipe import tune_worker
 
-    config = _resolve(params, base, data, space)
+    config = _resolve(params, base, data, space, population)
     loop = _loop_config(config, data, space)
     # Tune retries a failed trial here (no Ray Train to tell a crash from divergence): a
     # diverged trial fails again at once instead of training into the same NaN.
@@ -147,12 +171,16 @@ def trial_driver(
     base: TrialConfig,
     data: PreparedData,
     space: SpaceFile,
+    population: list[dict[str, Any]] | None = None,
 ) -> None:
     """One Tune trial: resolve its config, run a TorchTrainer, surface its failure."""
     from ray import tune
 
-    config = _resolve(params, base, data, space)
-    trainer = _torch_trainer(config, data, space, tune.get_context().get_trial_id())
+    config = _resolve(params, base, data, space, population)
+    # A PBT exploit hands the trial its donor's checkpoint through Tune (search/pbt.py); no
+    # other Tune checkpoint exists for a Ray Train trial (its own are its run's)
+    donated = tune.get_checkpoint() if space.tune.scheduler == "pbt" else None
+    trainer = _torch_trainer(config, data, space, tune.get_context().get_trial_id(), donated)
     result = trainer.fit()
     # Train V2's result holds only metrics reported with a checkpoint; a diverged trial's final
     # report has none, so rank 0 leaves its final report in the artifacts as well.
@@ -161,11 +189,26 @@ def trial_driver(
     _raise_if_diverged(final or result.metrics or {}, config)
 
 
+def train_run_name(trial_id: str, donated: Any = None) -> str:
+    """The Ray Train run of a trial: `train_<trial>`, where a restarted trial finds its
+    checkpoints again. A PBT trial that goes on from a donor's checkpoint (its copy in the
+    trial's directory, `pbt_donor_<n>`) trains in a run of its own for it: Train resumes a
+    run from the run's own newest checkpoint, the workers read the donated one only in a run
+    that has none (`RaySession`), and a restart after the exploit finds that run again."""
+    if donated is None:
+        return f"train_{trial_id}"
+    return f"train_{trial_id}_{PurePosixPath(donated.path).name}"
+
+
 def _torch_trainer(
-    config: TrialConfig, data: PreparedData, space: SpaceFile, trial_id: str
+    config: TrialConfig,
+    data: PreparedData,
+    space: SpaceFile,
+    trial_id: str,
+    donated: Any = None,
 ) -> Any:
-    """The trial's Ray Train run, named after the trial (a restarted trial finds its
-    checkpoints again), stored in the trial's directory, reporting to Tune."""
+    """The trial's Ray Train run (`train_run_name`), stored in the trial's directory,
+    reporting to Tune; `donated`: a PBT donor's checkpoint to go on from."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -175,19 +218,15 @@ def _torch_trainer(
     filesystem, trial_path = _trial_storage()
     return TorchTrainer(
         train_worker,
-        train_loop_config=_loop_config(config, data, space),
+        train_loop_config=_loop_config(config, data, space, donated),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
-            name=f"train_{trial_id}",
+            name=train_run_name(trial_id, donated),
             storage_path=trial_path,
             storage_filesystem=filesystem,
             failure_config=ray.train.FailureConfig(max_failures=space.tune.worker_failures),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=config.keep_checkpoints,
-                checkpoint_score_attribute=M.loss_key("dev"),
-                checkpoint_score_order="min",
-            ),
+            checkpoint_config=ray.train.CheckpointConfig(**checkpoint_policy(space, config)),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -421,7 +460,8 @@ def run_search(
         data = prepare_data(space, base, data_dir, data_root(storage), plan)
         _baseline(path, plan.corpus.corpus)  # an experiment from before baselines gets one
         connect(address)
-        _restore(path, _trainable(space, base, data)).fit()
+        population = (read_meta(path) or {}).get(PBT_POPULATION)
+        _restore(path, _trainable(space, base, data, population)).fit()
         return path
     # Everything a trial resolves from the space is resolved once here, before anything is
     # written and Ray starts: bad input fails the command (exit 2), not each trial after minutes.
@@ -435,16 +475,21 @@ def run_search(
               "bucket): pass --study-storage URL to keep it", file=sys.stderr)
     data = prepare_data(space, base, data_dir, data_root(storage), plan)
     connect(address)
-    trainable = _trainable(space, base, data)
     num_samples = trial_count(space, len(points), trials, fixed_only)
-    searcher = _searcher(space, define, points[:num_samples], study)
+    param_space, population = None, None
+    if space.tune.scheduler == "pbt":
+        searcher, param_space, population = _population(space, base, define, points, num_samples)
+    else:
+        searcher = _searcher(space, define, points[:num_samples], study)
+    trainable = _trainable(space, base, data, population)
     scheduler = _scheduler(space, base)
-    _write_meta(path, space, data, base, study, stage)
+    _write_meta(path, space, data, base, study, stage, population)
     _baseline(path, plan.corpus.corpus)
     from ray import tune
 
     tuner = tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=_tune_config(space, base, searcher, scheduler, num_samples),
         run_config=_run_config(space, base, data, name, storage, verbose, callbacks, stop),
     )
@@ -562,8 +607,14 @@ def _check_resumable(path: str) -> None:
         raise InputError("no experiment to resume at this path", where=f"--resume {path}")
 
 
-def _trainable(space: SpaceFile, base: TrialConfig, data: PreparedData) -> Any:
-    """The Tune trainable of every trial, with the resources one trial holds."""
+def _trainable(
+    space: SpaceFile,
+    base: TrialConfig,
+    data: PreparedData,
+    population: list[dict[str, Any]] | None = None,
+) -> Any:
+    """The Tune trainable of every trial, with the resources one trial holds; `population`:
+    a PBT search's members, which its trials' parameters point into."""
     from ray import tune
 
     direct = in_trial(space, base)
@@ -572,7 +623,11 @@ def _trainable(space: SpaceFile, base: TrialConfig, data: PreparedData) -> Any:
         resources = worker_resources(base)
     return tune.with_resources(
         tune.with_parameters(
-            trial_in_process if direct else trial_driver, base=base, data=data, space=space
+            trial_in_process if direct else trial_driver,
+            base=base,
+            data=data,
+            space=space,
+            population=population,
         ),
         resources,
     )
@@ -606,6 +661,22 @@ def _searcher(
     )
 
 
+def _population(
+    space: SpaceFile, base: TrialConfig, define: Any, points: list[dict[str, Any]], size: int
+) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """PBT's (search algorithm, param space, population): the population drawn once, up
+    front (search/pbt.py), one trial per member through Tune's basic generator."""
+    from ray.tune.search import BasicVariantGenerator
+
+    from hiersearch.search.pbt import initial_population, population_space
+
+    population = initial_population(define, points, size, sampler(space.tune))
+    # Tune's max_concurrent_trials limits a Searcher only: the generator takes it itself
+    concurrent = max_concurrent(base, space.tune.max_concurrent, size)
+    generator = BasicVariantGenerator(max_concurrent=concurrent)
+    return generator, population_space(population, space.search), population
+
+
 def sampler(tune: TuneSpec) -> Any:
     """The Optuna sampler of a search, its seed parameter pinned.
 
@@ -635,13 +706,16 @@ def sampler(tune: TuneSpec) -> Any:
 
 
 def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
-    """ASHA when the space asks for it (MO-ASHA for several metrics), else None (every trial
-    runs to its end)."""
+    """ASHA when the space asks for it (MO-ASHA for several metrics), population-based
+    training (search/pbt.py) for `scheduler: pbt`, else None (every trial runs to its end)."""
     from ray.tune.schedulers import ASHAScheduler
 
     from hiersearch.search.moasha import MOASHAScheduler
+    from hiersearch.search.pbt import PinnedPBT
 
     tune = space.tune
+    if tune.scheduler == "pbt":
+        return PinnedPBT(tune.pbt, space.search)
     if tune.scheduler != "asha":
         return None
     settings = {
@@ -658,19 +732,37 @@ def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
     return ASHAScheduler(**settings)
 
 
+def checkpoint_policy(space: SpaceFile, base: TrialConfig) -> dict[str, Any]:
+    """How many checkpoints a trial keeps, and which: its `keep_checkpoints` best by dev
+    loss; under PBT its newest, at least one more than the perturbation interval, so that the
+    checkpoint a trial last offered its population (at its last perturbation) outlives it."""
+    if space.tune.scheduler == "pbt":
+        keep = max(base.keep_checkpoints, space.tune.pbt.perturbation_interval + 1)
+        return {"num_to_keep": keep}
+    return {
+        "num_to_keep": base.keep_checkpoints,
+        "checkpoint_score_attribute": M.loss_key("dev"),
+        "checkpoint_score_order": "min",
+    }
+
+
 def _tune_config(
     space: SpaceFile, base: TrialConfig, searcher: Any, scheduler: Any, num_samples: int
 ) -> Any:
     from ray import tune
 
+    pbt = space.tune.scheduler == "pbt"
     return tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
         # several metrics: the first orders the progress table (the searcher has them all)
         metric=space.tune.metrics[0],
         mode=space.tune.modes[0],
-        num_samples=num_samples,
-        max_concurrent_trials=max_concurrent(base, space.tune.max_concurrent, num_samples),
+        # PBT: the param space is a grid of the population's members, once each
+        num_samples=1 if pbt else num_samples,
+        max_concurrent_trials=(
+            None if pbt else max_concurrent(base, space.tune.max_concurrent, num_samples)
+        ),
         # A trial that trains in its own process leaves torch, transformers and the
         # compiled metric kernels imported: the next trial starts warm in it.
         reuse_actors=in_trial(space, base),
@@ -702,11 +794,7 @@ def _run_config(
         ),
         # What Ray Train's CheckpointConfig does for a TorchTrainer trial, for a trial that
         # reports to Tune itself (the others report no checkpoint to Tune).
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=base.keep_checkpoints,
-            checkpoint_score_attribute=M.loss_key("dev"),
-            checkpoint_score_order="min",
-        ),
+        checkpoint_config=tune.CheckpointConfig(**checkpoint_policy(space, base)),
         progress_reporter=_reporter(space, data),
         verbose=verbose,
         callbacks=callbacks or None,
@@ -724,7 +812,10 @@ def _reporter(space: SpaceFile, data: PreparedData) -> Any:
     for metric in space.tune.metrics:  # e.g. a cost a multi-objective search minimizes
         columns.setdefault(metric, metric)
     params = [*space.search, SEED_PARAM]
-    if space.assignment.space == "variants":
+    if space.tune.scheduler == "pbt":  # variant and seed are the member's; reports name them
+        params = [MEMBER_PARAM, *space.search]
+        columns = {M.TRIAL_ASSIGNMENT: "assignment", **columns, M.PBT_EXPLOITS: "exploits"}
+    elif space.assignment.space == "variants":
         params.insert(0, VARIANT_PARAM)
     else:  # the sampled blocks are many parameters; the trial reports them as one string
         columns = {M.TRIAL_ASSIGNMENT: "assignment", **columns}
@@ -743,9 +834,10 @@ def _write_meta(
     base: TrialConfig,
     study: StudyStorage,
     stage: str | None = None,
+    population: list[dict[str, Any]] | None = None,
 ) -> None:
     """hiersearch.json: what the experiment was started with (read on resume and by the
-    results table)."""
+    results table); a PBT search's population, which its trials' parameters point into."""
     write_meta(
         path,
         {
@@ -764,5 +856,6 @@ def _write_meta(
             "label_counts": data.label_counts,
             "num_layers": data.num_layers,
             **({"stage": stage} if stage else {}),
+            **({PBT_POPULATION: population} if population is not None else {}),
         },
     )

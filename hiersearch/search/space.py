@@ -12,6 +12,7 @@ A space file has five sections (unknown keys anywhere are an error naming the ke
                  over named variants) or `space: monotone` (the combinatorial space, with
                  options), and whether the named variants are enqueued as fixed trials
     tune:        algorithm (tpe|random|grid), num_samples, metric, mode, scheduler, seeds, ...
+                 and `pbt:` (population-based training's settings, `scheduler: pbt`)
 
 The define-by-run function only calls `trial.suggest_*` and returns constants; every fixed
 trial (a named variant, a grid point, a seed) is a dict of suggest values, because Optuna's
@@ -38,9 +39,12 @@ from hiersearch.search.assignments import SpaceOptions, assignment_params, sugge
 from hiersearch.trial.config import TrialConfig, resolve_aliases
 from hiersearch.typed import as_mapping, check_keys, from_mapping
 
-PRESETS = ("smoke", "quick", "hpo", "hpo_heads", "paper", "layerwise", "pareto")
+PRESETS = ("smoke", "quick", "hpo", "hpo_heads", "paper", "layerwise", "pareto", "pbt")
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
+# A PBT trial's parameter: its place in the search's initial population (which holds its
+# assignment and seed); the values PBT mutates are parameters of their own.
+MEMBER_PARAM = "pbt_member"
 ASSIGN_PREFIX = "assign"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 SECTIONS = ("name", "description", "data", "trial", "search", "assignment", "tune", "screen")
@@ -48,11 +52,13 @@ ASSIGNMENT_SPACES = ("variants", "monotone")
 
 __all__ = [
     "ASSIGN_PREFIX",
+    "MEMBER_PARAM",
     "PRESETS",
     "SEED_PARAM",
     "VARIANT_PARAM",
     "AssignmentSpec",
     "DataSpec",
+    "PbtSpec",
     "SpaceFile",
     "TuneSpec",
     "assignment_of",
@@ -99,6 +105,15 @@ class AssignmentSpec:
 
 
 ALGORITHMS = ("tpe", "random", "nsga2", "grid")
+SCHEDULERS = ("none", "asha", "pbt")
+# What population-based training may change in a trial that goes on from another's weights:
+# rates, regularization and the loss, never a shape (head_hidden, pooling's feature width,
+# freeze_layers, the model) nor what the schedule's length or the batches depend on.
+PBT_MUTABLE = (
+    "lr", "head_lr", "dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "loss_weighting"
+)
+# Searched keys that change a trial's weights' shapes: why PBT cannot copy weights across them.
+SHAPE_KEYS = ("head_hidden", "pooling", "head_norm", "freeze_layers", "model", "max_length")
 # `screen: trials: all`: every assignment of the space, once.
 SCREEN_ALL = "all"
 
@@ -128,6 +143,34 @@ class ScreenSpec:
 
 
 @dataclass(frozen=True)
+class PbtSpec:
+    """Population-based training (`tune.scheduler: pbt`, Ray Tune's PopulationBasedTraining):
+    every `perturbation_interval` epochs a trial in the bottom quantile goes on from a top
+    trial's checkpoint, its `search:` values perturbed (x0.8 / x1.2, kept in their range) or
+    drawn afresh."""
+
+    # Epochs between a trial's perturbations (and its checkpoints that others may copy).
+    perturbation_interval: int = 1
+    # The fraction of the population in the top and in the bottom quantile (Ray's 0.25).
+    quantile_fraction: float = 0.25
+    # The chance that an exploited value is drawn afresh from its range instead of perturbed.
+    resample_probability: float = 0.25
+    # Epochs before the first perturbation: a head that has seen one epoch ranks by noise.
+    burn_in_period: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.perturbation_interval >= 1, "perturbation_interval", ">= 1"),
+            (0 < self.quantile_fraction <= 0.5, "quantile_fraction", "in (0, 0.5]"),
+            (0 <= self.resample_probability <= 1, "resample_probability", "in [0, 1]"),
+            (self.burn_in_period >= 0, "burn_in_period", ">= 0"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise InputError(f"must be {expected}, got {getattr(self, key)!r}", where=key)
+
+
+@dataclass(frozen=True)
 class TuneSpec:
     """How Ray Tune drives the search."""
 
@@ -143,9 +186,12 @@ class TuneSpec:
     # "max" or "min" per metric; null: each metric's own direction (max for R-Precision, min
     # for losses, times and costs).
     mode: str | tuple[str, ...] | None = None
-    # "asha" for early stopping of weak trials, or "none". Several metrics: MO-ASHA, which
-    # ranks a rung's trials by Pareto front, then crowding distance (search/moasha.py).
+    # "asha" for early stopping of weak trials, "pbt" for population-based training (its
+    # settings under `pbt:`), or "none". Several metrics: MO-ASHA, which ranks a rung's trials
+    # by Pareto front, then crowding distance (search/moasha.py).
     scheduler: str = "none"
+    # Population-based training's settings (`scheduler: pbt`).
+    pbt: PbtSpec = field(default_factory=PbtSpec)
     # ASHA: epochs every trial gets before it can be stopped.
     grace_period: int = 1
     # ASHA: keep the top 1/reduction_factor at each rung.
@@ -172,7 +218,7 @@ class TuneSpec:
     def __post_init__(self) -> None:
         checks = [
             (self.algorithm in ALGORITHMS, "algorithm", ", ".join(ALGORITHMS)),
-            (self.scheduler in ("asha", "none"), "scheduler", "asha or none"),
+            (self.scheduler in SCHEDULERS, "scheduler", " or ".join(SCHEDULERS)),
             (self.num_samples >= 1, "num_samples", ">= 1"),
             (self.seeds >= 1, "seeds", ">= 1"),
             (self.first_seed >= 0, "first_seed", ">= 0"),
@@ -190,6 +236,12 @@ class TuneSpec:
                 raise InputError(f"must be {expected}, got {getattr(self, key)!r}", where=key)
         metrics, modes = _objectives(self.metric, self.mode)
         late = [key for key in metrics if not M.in_epoch_reports(key)]
+        if self.scheduler == "pbt" and len(metrics) > 1:
+            raise InputError(
+                f"pbt ranks its population by one metric, got {len(metrics)}: give one, or "
+                "use scheduler: asha (MO-ASHA) for several",
+                where="scheduler",
+            )
         if self.scheduler != "none" and late:
             raise InputError(
                 f"{self.scheduler} stops trials at epochs, whose reports lack "
@@ -357,6 +409,8 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
     screen = None
     if raw.get("screen") is not None:
         screen = from_mapping(ScreenSpec, raw["screen"], f"{where}: screen")
+    if tune.scheduler == "pbt":
+        _check_pbt(search, f"{where}: search")
     if tune.algorithm == "grid":
         for key, dist in search.items():
             if dist.get("type") != "categorical":
@@ -375,6 +429,30 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
         raw=raw,
         screen=screen,
     )
+
+
+def _check_pbt(search: dict[str, Any], where: str) -> None:
+    """What `scheduler: pbt` mutates is the search section: it must hold something, and only
+    what a trial can change while it goes on from another trial's weights."""
+    if not search:
+        raise InputError(
+            f"scheduler: pbt mutates the searched values and this section is empty: search "
+            f"one or more of {', '.join(PBT_MUTABLE)}",
+            where=where,
+        )
+    for key in search:
+        if key in PBT_MUTABLE:
+            continue
+        why = (
+            "changes the shape of the weights, which pbt copies from one trial to another"
+            if key in SHAPE_KEYS
+            else "is no value a trial can change while it goes on from another's checkpoint"
+        )
+        raise InputError(
+            f"{key!r} {why}: fix it in the trial section, or search it with scheduler: asha "
+            f"or none (pbt mutates {', '.join(PBT_MUTABLE)})",
+            where=f"{where}: {key}",
+        )
 
 
 def _check_search(search: dict[str, Any], trial: dict[str, Any], where: str) -> None:

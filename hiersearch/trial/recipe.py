@@ -139,6 +139,8 @@ class _State:
     bad_epochs: int = 0
     best_metrics: dict[str, Any] = field(default_factory=dict)
     global_step: int = 0
+    # PBT exploits these weights went through, oldest first: {"donor": trial id, "epoch": n}
+    exploits: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -200,11 +202,23 @@ class TrialRecipe:
     """One trial in phases; `fit` runs them. Every rank runs every phase (DDP)."""
 
     def __init__(
-        self, config: TrialConfig, session: Session, artifacts: Artifacts | None = None
+        self,
+        config: TrialConfig,
+        session: Session,
+        artifacts: Artifacts | None = None,
+        *,
+        trial_id: str | None = None,
+        pbt: bool = False,
     ) -> None:
         self.config = config
         self.session = session
         self.artifacts = artifacts
+        # The Tune trial this runs as: a checkpoint that another trial wrote is a PBT exploit.
+        self.trial_id = trial_id
+        # Population-based training: every report says how the weights came about (pbt/*).
+        self.pbt = pbt
+        # This trial's own exploits (the lineage in `state.exploits` is its weights').
+        self.own_exploits: list[dict[str, Any]] = []
         self.state = _State()
         # The best weights when they are not the current ones (dev loss got worse since).
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -324,11 +338,56 @@ class TrialRecipe:
             self.scaler.load_state_dict(saved["scaler"])
         self.state = _State(**saved["state"])
         set_rng_state(saved["rng"], device)
+        donor, exploit = saved.get("trial_id"), None
+        if self.trial_id is not None and donor is not None and donor != self.trial_id:
+            exploit = {"donor": donor, "epoch": self.state.epoch}
+            self.state.exploits.append(exploit)
+        if self.pbt:
+            self._record_exploit(exploit)
+        self._apply_hyperparameters()
         best_file = directory / "best_model.pt"
         if best_file.exists():  # the best epoch is an earlier one
             self.best_weights = torch.load(best_file, map_location="cpu")
         else:  # the checkpoint's own weights are the best
             self.best_weights, self._best_copy = None, self._weights_copy()
+
+    def _apply_hyperparameters(self) -> None:
+        """This trial's rates and weight decay over the restored optimizer and schedule, at
+        the restored step: a PBT exploit restores another trial's, and what PBT mutated must
+        take effect (dropout, warm-up, clipping and the loss read the config as they go). A
+        trial's own checkpoint holds its own values: nothing changes then."""
+        config = self.config
+        groups = self.optimizer.param_groups
+        rates = [config.lr, config.head_lr or config.lr]
+        for group, rate in zip(groups, rates, strict=True):
+            group["weight_decay"] = config.weight_decay
+            group["initial_lr"] = rate
+        self.scheduler.base_lrs = list(rates)
+        step = self.scheduler.last_epoch
+        for group, rate, factor in zip(groups, rates, self.scheduler.lr_lambdas, strict=True):
+            group["lr"] = rate * factor(step)
+        self.scheduler._last_lr = [group["lr"] for group in groups]
+
+    def _record_exploit(self, exploit: dict[str, Any] | None) -> None:
+        """This trial's own exploits, `exploit` (if any) appended: kept in its artifacts
+        (rank 0), as its checkpoints carry the donor's history after an exploit."""
+        if self.artifacts is not None:
+            self.own_exploits = self.artifacts.exploits(exploit)
+        elif exploit is not None:
+            self.own_exploits.append(exploit)
+
+    def _pbt_metrics(self) -> dict[str, Any]:
+        """The report's pbt/* keys (`scheduler: pbt` only)."""
+        if not self.pbt:
+            return {}
+        out: dict[str, Any] = {M.PBT_EXPLOITS: len(self.own_exploits)}
+        if self.own_exploits:
+            out[M.PBT_DONOR] = self.own_exploits[-1]["donor"]
+            out[M.PBT_DONOR_EPOCH] = self.own_exploits[-1]["epoch"]
+        if self.state.exploits:
+            lineage = (f"{e['donor']}@{e['epoch']}" for e in self.state.exploits)
+            out[M.PBT_LINEAGE] = " > ".join(lineage)
+        return out
 
     # ------------------------------------------------------------------------------ train
 
@@ -474,6 +533,7 @@ class TrialRecipe:
         # known from the start, so that a scheduler can stop trials on it (MO-ASHA)
         report[M.COST_ENCODER_LAYERS] = encoder_layers(self.core)
         report.update({M.EPOCH: epoch + 1, M.TRIAL_FINAL: 0})
+        report.update(self._pbt_metrics())
         if self.session.rank == 0 and self.artifacts is not None:
             for key, value in report.items():
                 if isinstance(value, (int, float)) and "/" in key:
@@ -511,6 +571,7 @@ class TrialRecipe:
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
             "state": self.state.__dict__,
             "rng": rng_state(self.session.device),
+            "trial_id": self.trial_id,  # who wrote it: read back by an exploiting trial
         }
         files["config.json"] = self.config.dumps()
         return files
@@ -551,6 +612,7 @@ class TrialRecipe:
                 M.TRIAL_FINAL: 1,
             }
         )
+        final.update(self._pbt_metrics())
         files = {
             "model.pt": self.core.state_dict(),
             "config.json": self.config.dumps(),
@@ -611,9 +673,13 @@ def fit(
     encoded: EncodedCorpus | str,
     session: Session,
     artifacts: Artifacts | None = None,
+    *,
+    trial_id: str | None = None,
+    pbt: bool = False,
 ) -> dict[str, Any]:
-    """Train one trial to the end; returns the final report (rank 0's view)."""
-    recipe = TrialRecipe(config, session, artifacts)
+    """Train one trial to the end; returns the final report (rank 0's view). `trial_id`:
+    the Tune trial it runs as; `pbt`: population-based training (see `TrialRecipe`)."""
+    recipe = TrialRecipe(config, session, artifacts, trial_id=trial_id, pbt=pbt)
     recipe.setup(encoded)
     ended = recipe.restore()
     return ended if ended is not None else recipe.train()
@@ -725,7 +791,8 @@ def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     """`train_loop_per_worker` for `TorchTrainer`: builds the session and runs `fit`."""
     config = TrialConfig.from_dict(loop_config["trial"])
     required = tuple(loop_config.get("required_metrics") or ())
-    return _run(loop_config, RaySession(required, use_gpu=config.use_gpu))
+    session = RaySession(required, use_gpu=config.use_gpu, donated=loop_config.get("donated"))
+    return _run(loop_config, session)
 
 
 def tune_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
@@ -750,4 +817,11 @@ def _run(loop_config: dict[str, Any], session: RaySession) -> dict[str, Any]:
     if artifacts is not None and workers is not None:
         artifacts.record_start(workers)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return fit(config, loop_config["encoded"], session, artifacts)
+    return fit(
+        config,
+        loop_config["encoded"],
+        session,
+        artifacts,
+        trial_id=loop_config.get("trial_id"),
+        pbt=bool(loop_config.get("pbt")),
+    )

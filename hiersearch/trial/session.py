@@ -31,6 +31,9 @@ from hiersearch.files import atomic_write_json, dir_mode
 
 # Trial artifact listing every start of the worker group: rank, pid, node of each worker.
 WORKERS_FILE = "workers.json"
+# A PBT trial's own exploits, oldest first (its checkpoints carry its weights' lineage, which
+# an exploit replaces with the donor's; this file stays the trial's).
+PBT_EXPLOITS_FILE = "pbt_exploits.json"
 # TensorBoard tags of a trial's final metrics, the ones its HParams entry names: apart from
 # the per-epoch dev/* scalars, since a trial's final dev metrics are its best epoch's
 HPARAMS_METRIC_PREFIX = "final/"
@@ -171,6 +174,19 @@ class Artifacts:
         atomic_write_json(self.local / WORKERS_FILE, {"starts": starts})
         self.sync()
 
+    def exploits(self, new: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The trial's own PBT exploits so far (`PBT_EXPLOITS_FILE`), with `new` appended to
+        the file and synced at once when given."""
+        previous: Any = []
+        with contextlib.suppress(ValueError, TypeError):
+            previous = json.loads(self.read_target(PBT_EXPLOITS_FILE) or "[]")
+        exploits = previous if isinstance(previous, list) else []
+        if new is not None:
+            exploits.append(new)
+            atomic_write_json(self.local / PBT_EXPLOITS_FILE, exploits)
+            self.sync()
+        return exploits
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -250,13 +266,17 @@ def _owned(directory: Path) -> Any:
 
 
 class RaySession:
-    """The Ray Train worker's view: rank, world size, device, report and restore."""
+    """The Ray Train worker's view: rank, world size, device, report and restore. `donated`:
+    the checkpoint a run with none of its own starts from (a PBT donor's)."""
 
-    def __init__(self, required_metrics: tuple[str, ...] = (), use_gpu: bool = False) -> None:
+    def __init__(
+        self, required_metrics: tuple[str, ...] = (), use_gpu: bool = False, donated: Any = None
+    ) -> None:
         import ray.train
         import ray.train.torch
 
         self.required_metrics = required_metrics
+        self.donated = donated
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -287,7 +307,7 @@ class RaySession:
     def _latest(self) -> Any:
         import ray.train
 
-        return ray.train.get_checkpoint()
+        return ray.train.get_checkpoint() or self.donated
 
     def restore(self) -> Path | None:
         checkpoint = self._latest()

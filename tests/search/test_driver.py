@@ -345,6 +345,11 @@ def test_the_progress_table_names_each_trials_assignment() -> None:
     variants = _reporter(load_space("quick"), _prepared([21, 94, 200]))
     assert variants._parameter_columns[0] == "variant"  # known before the first report
     assert M.TRIAL_ASSIGNMENT not in variants._metric_columns
+    # a PBT trial's variant and seed are its population member's: its reports name them
+    pbt = _reporter(load_space("pbt"), _prepared([21, 94, 200]))
+    assert pbt._parameter_columns == ["pbt_member", "head_lr", "dropout", "weight_decay"]
+    assert pbt._metric_columns[M.TRIAL_ASSIGNMENT] == "assignment"
+    assert pbt._metric_columns[M.PBT_EXPLOITS] == "exploits"
 
 
 def test_tunes_snapshot_warning_is_off_unless_the_user_set_it(

@@ -1,0 +1,234 @@
+"""Population-based training as a Ray Tune scheduler: Ray's `PopulationBasedTraining`, with
+three things a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
+
+- Mutations stay in the space: a perturbed value (x0.8 / x1.2) is clipped to its `search:`
+  range, so an exploited trial never runs a learning rate the file ruled out.
+- An exploit pins the donor's checkpoint: it is copied into the recipient's own trial
+  directory (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's
+  `keep_checkpoints` newest checkpoints, and a recipient that waits for resources while its
+  donor trains on would otherwise find the donor's checkpoint deleted (Ray issues 8441, 9036).
+  The previous copy goes once nothing refers to it any longer.
+- A trial's final report (test metrics, after training) decides nothing: there is no training
+  left to exploit into.
+- A Ray Train (DDP) trial offers the checkpoint its report names (Tune holds none of its
+  checkpoints); an exploiting one starts a Train run of its own from the copy (the driver's
+  `train_run_name`), whose workers read it (`RaySession`).
+
+What the recipient does with the donor's checkpoint (weights, optimizer, schedule, RNG, the
+best-epoch bookkeeping; the exploit recorded as `pbt/exploits`) is the recipe's restore
+(trial/recipe.py). Imported by the search driver when it builds a scheduler (it imports Ray).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from typing import Any
+
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+from hiersearch import metrics as M
+from hiersearch.search.space import MEMBER_PARAM as MEMBER
+from hiersearch.search.space import PbtSpec
+
+__all__ = [
+    "DONOR_PREFIX",
+    "PinnedPBT",
+    "initial_population",
+    "member_params",
+    "mutations",
+    "population_space",
+]
+
+# The recipient's copy of a donor's checkpoint, in the recipient's trial directory.
+DONOR_PREFIX = "pbt_donor_"
+
+
+def mutations(search: dict[str, Any]) -> dict[str, Any]:
+    """Ray's `hyperparam_mutations` of a `search:` section: ranges as Tune domains (perturbed
+    by a factor, or resampled), choices and integers as lists (shifted to a neighbour)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, dist in search.items():
+        kind = dist["type"]
+        if kind == "categorical":
+            out[key] = list(dist["choices"])
+        elif kind == "int":
+            low, high, step = int(dist["low"]), int(dist["high"]), int(dist.get("step", 1))
+            out[key] = list(range(low, high + 1, step))
+        elif kind == "loguniform":
+            out[key] = tune.loguniform(float(dist["low"]), float(dist["high"]))
+        else:
+            out[key] = tune.uniform(float(dist["low"]), float(dist["high"]))
+    return out
+
+
+def initial_population(
+    define: Any, points: list[dict[str, Any]], size: int, sampler: Any
+) -> list[dict[str, Any]]:
+    """The population's starting configs: the fixed points (variants, grid, seeds) first, then
+    draws of the space by the search's sampler. Ray's PBT takes no searcher (it refuses one:
+    a searcher would be told results of configs that PBT has since changed), so the draws are
+    made here, up front, by the same define-by-run function and sampler as any search."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=sampler)
+    for point in points[:size]:
+        study.enqueue_trial(point)
+    population = []
+    for _ in range(size):
+        trial = study.ask()
+        define(trial)
+        population.append(dict(trial.params))
+    return population
+
+
+class _Pick:
+    """`tune.sample_from`: a member's starting value of one mutated key (picklable)."""
+
+    def __init__(self, population: list[dict[str, Any]], key: str) -> None:
+        self.values = [member[key] for member in population]
+
+    def __call__(self, spec: Any) -> Any:
+        return self.values[spec.config[MEMBER]]
+
+
+def population_space(population: list[dict[str, Any]], search: dict[str, Any]) -> dict:
+    """Tune's param space of a population: one trial per member (a grid over `MEMBER`), with
+    the member's starting value of every key PBT mutates (top-level keys: Ray's PBT looks for
+    them there, and requires them in the space when there is no searcher)."""
+    from ray import tune
+
+    space: dict[str, Any] = {MEMBER: tune.grid_search(list(range(len(population))))}
+    space.update({key: tune.sample_from(_Pick(population, key)) for key in search})
+    return space
+
+
+def member_params(params: dict[str, Any], population: list[dict[str, Any]]) -> dict[str, Any]:
+    """A PBT trial's parameters as any trial's: its member's draw, under what PBT set."""
+    chosen = dict(population[int(params[MEMBER])])
+    chosen.update({k: v for k, v in params.items() if k != MEMBER})
+    return chosen
+
+
+class _Clip:
+    """`custom_explore_fn`: every perturbed float back into its `search:` range (picklable:
+    the scheduler is saved with the experiment)."""
+
+    def __init__(self, search: dict[str, Any]) -> None:
+        self.ranges = {
+            key: (float(dist["low"]), float(dist["high"]))
+            for key, dist in search.items()
+            if dist["type"] in ("loguniform", "uniform")
+        }
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for key, (low, high) in self.ranges.items():
+            if isinstance(config.get(key), (int, float)) and math.isfinite(config[key]):
+                config[key] = min(high, max(low, float(config[key])))
+        return config
+
+
+class PinnedPBT(PopulationBasedTraining):
+    """Ray's PBT over the `search:` section, by epochs (see the module docstring)."""
+
+    def __init__(self, spec: PbtSpec, search: dict[str, Any]) -> None:
+        # the metric and mode are the Tuner's (Tune hands them over; it refuses both)
+        super().__init__(
+            time_attr=M.EPOCH,
+            perturbation_interval=spec.perturbation_interval,
+            burn_in_period=spec.burn_in_period,
+            hyperparam_mutations=mutations(search),
+            quantile_fraction=spec.quantile_fraction,
+            resample_probability=spec.resample_probability,
+            custom_explore_fn=_Clip(search),
+            # Ray's pbt_global.txt / pbt_policy_<trial>.txt: the exploits and configs, as
+            # Ray's own replay (PopulationBasedTrainingReplay) reads them
+            log_config=True,
+        )
+        self._pinned: dict[str, tuple[Any, str]] = {}  # trial id -> (filesystem, copy path)
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        with warnings.catch_warnings():
+            # Ray warns that num_to_keep <= 2 may delete a donor's checkpoint before its
+            # recipient reads it: an exploit here copies it first (`_pin`)
+            warnings.filterwarnings("ignore", message="Using `CheckpointConfig.num_to_keep")
+            super().on_trial_add(tune_controller, trial)
+
+    def on_trial_complete(
+        self, tune_controller: Any, trial: Any, result: dict[str, Any]
+    ) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._release(trial.trial_id)  # its final checkpoint is its own
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        if result.get(M.TRIAL_FINAL):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _checkpoint_or_exploit(
+        self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list
+    ) -> None:
+        """Ray's, for a trial that checkpoints through Tune (one worker in its Tune trial). A
+        Ray Train (DDP) trial has no Tune checkpoint for Ray's to ask for: its report names
+        its Train run's newest checkpoint (`checkpoint_path`), which is what it offers."""
+        from ray.tune import Checkpoint
+        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+        state = self._trial_state[trial]
+        reported = (state.last_result or {}).get(CHECKPOINT_PATH_KEY)
+        if reported is None:
+            super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
+            return
+        state.last_checkpoint = None
+        if trial in upper_quantile:
+            state.last_checkpoint = Checkpoint(reported, trial.storage.storage_filesystem)
+            self._num_checkpoints += 1
+        if trial in lower_quantile:
+            donor = random.choice(upper_quantile)
+            if self._trial_state[donor].last_checkpoint is not None:
+                self._exploit(tune_controller, trial, donor)
+
+    def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
+        super()._exploit(tune_controller, trial, trial_to_clone)
+        manager = trial.run_metadata.checkpoint_manager
+        donated = manager._latest_checkpoint_result  # what Ray's _exploit just set
+        if donated is None or donated.checkpoint is None:
+            return
+        manager._latest_checkpoint_result = type(donated)(
+            checkpoint=self._pin(trial, donated.checkpoint), metrics=donated.metrics
+        )
+
+    def _pin(self, trial: Any, checkpoint: Any) -> Any:
+        """A copy of `checkpoint` in the recipient's trial directory, as a Checkpoint."""
+        import pyarrow.fs
+        from ray.tune import Checkpoint
+
+        storage = trial.storage
+        filesystem = storage.storage_filesystem
+        number = self._num_perturbations
+        target = f"{storage.trial_fs_path}/{DONOR_PREFIX}{number:04d}"
+        filesystem.create_dir(target, recursive=True)
+        pyarrow.fs.copy_files(
+            checkpoint.path,
+            target,
+            source_filesystem=checkpoint.filesystem,
+            destination_filesystem=filesystem,
+        )
+        self._release(trial.trial_id)
+        self._pinned[trial.trial_id] = (filesystem, target)
+        return Checkpoint(target, filesystem=filesystem)
+
+    def _release(self, trial_id: str) -> None:
+        """Delete the trial's previous copy unless a trial's PBT state still refers to it."""
+        if trial_id not in self._pinned:
+            return
+        filesystem, path = self._pinned.pop(trial_id)
+        referred = {
+            getattr(state.last_checkpoint, "path", None) for state in self._trial_state.values()
+        }
+        if path not in referred:
+            filesystem.delete_dir(path)
