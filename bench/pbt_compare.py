@@ -16,7 +16,7 @@ the dev-chosen epoch): mean +- std over the repetitions. Epochs trained are coun
 trials' epoch reports (a PBT exploit goes on from its donor's epoch, so PBT's count may differ
 from 40 by a few).
 
-    python bench/pbt_compare.py [--reps 3] [--json OUT] [--keep DIR]
+    python bench/pbt_compare.py [--reps 3] [--arms fixed,asha,pbt] [--json OUT] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -121,9 +121,13 @@ def _run(raw: dict[str, Any], storage: Path) -> tuple[Path, float]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run")
     parser.add_argument("--json")
     parser.add_argument("--keep", type=Path, help="keep the experiments here")
     args = parser.parse_args(argv)
+    arms = args.arms.split(",")
+    if not set(arms) <= set(ARMS):
+        parser.error(f"--arms: one or more of {', '.join(ARMS)}, got {args.arms!r}")
     setup_env()
     from hiersearch.report.results import load_experiments
     from hiersearch.search.space import preset_path
@@ -132,9 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     storage = args.keep or Path(tempfile.mkdtemp(prefix="pbt-compare-"))
     ray_init(num_cpus=2)
     load = [round(x, 2) for x in load_average()]
-    results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in ARMS}
+    results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     for rep in range(args.reps):
-        for arm in ARMS:
+        for arm in arms:
             path, seconds = _run(arm_space(preset, arm, rep), storage)
             rows = load_experiments([str(path)]).to_dict("records")
             got = {**answer(rows), "epochs": epochs_trained(path), "seconds": seconds}

@@ -715,7 +715,7 @@ def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
 
     tune = space.tune
     if tune.scheduler == "pbt":
-        return PinnedPBT(tune.pbt, space.search)
+        return PinnedPBT(tune.pbt, space.search, base.epochs)
     if tune.scheduler != "asha":
         return None
     settings = {
