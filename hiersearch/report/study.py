@@ -106,6 +106,13 @@ def load_study(experiment: str, meta: dict[str, Any], given: str | None = None) 
     """The experiment's Optuna study, read-only use (`optuna.load_study`)."""
     import optuna
 
+    tune = (meta.get("space") or {}).get("tune") if isinstance(meta.get("space"), dict) else None
+    if isinstance(tune, dict) and tune.get("scheduler") == "pbt":
+        raise InputError(
+            "a population-based training search has no Optuna study (Ray's PBT takes no "
+            "searcher; its population was drawn up front): no importances to compute",
+            where=experiment,
+        )
     recorded = meta.get("study") if isinstance(meta.get("study"), dict) else {}
     name = str(recorded.get("name") or meta.get("name") or Path(experiment).name)
     url = given or recorded.get("url") or default_url(experiment)

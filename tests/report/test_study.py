@@ -92,6 +92,12 @@ def test_load_study_of_an_experiment_names_a_missing_study(tmp_path: Path) -> No
         load_study(str(tmp_path / "exp"), {"name": "exp"})
 
 
+def test_a_pbt_search_has_no_study_to_load_and_says_why(tmp_path: Path) -> None:
+    meta = {"name": "exp", "space": {"tune": {"scheduler": "pbt"}}}
+    with pytest.raises(InputError, match="population-based training search has no Optuna"):
+        load_study(str(tmp_path / "exp"), meta)
+
+
 def test_load_study_of_an_experiment_without_a_database_creates_none(tmp_path: Path) -> None:
     (tmp_path / "exp").mkdir()
     with pytest.raises(InputError, match=r"has no Optuna study: .*optuna.db does not exist"):
