@@ -1,11 +1,11 @@
 """Population-based training as a Ray Tune scheduler: Ray's `PopulationBasedTraining`, with
-three things a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
+what a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
 
 - Mutations stay in the space: a perturbed value (x0.8 / x1.2) is clipped to its `search:`
   range, so an exploited trial never runs a learning rate the file ruled out.
 - An exploit pins the donor's checkpoint: it is copied into the recipient's own trial
   directory (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's
-  `keep_checkpoints` newest checkpoints, and a recipient that waits for resources while its
+  newest few checkpoints (the driver's `checkpoint_policy`), and a recipient that waits for resources while its
   donor trains on would otherwise find the donor's checkpoint deleted (Ray issues 8441, 9036).
   The previous copy goes once nothing refers to it any longer.
 - A report at a trial's last epoch, and its final report (test metrics, after training),
@@ -75,7 +75,6 @@ def initial_population(
     made here, up front, by the same define-by-run function and sampler as any search."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=sampler)
     for point in points[:size]:
         study.enqueue_trial(point)
