@@ -4,9 +4,10 @@ what a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
 - Mutations stay in the space: a perturbed value (x0.8 / x1.2) is clipped to its `search:`
   range, so an exploited trial never runs a learning rate the file ruled out.
 - An exploit pins the donor's checkpoint: it is copied into the recipient's own trial
-  directory (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's
-  newest few checkpoints (the driver's `checkpoint_policy`), and a recipient that waits for resources while its
-  donor trains on would otherwise find the donor's checkpoint deleted (Ray issues 8441, 9036).
+  directory (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's newest
+  few checkpoints (the driver's `checkpoint_policy`), and a recipient that waits for
+  resources while its donor trains on would otherwise find the donor's checkpoint deleted
+  (Ray issues 8441, 9036).
   The previous copy goes once nothing refers to it any longer.
 - A report at a trial's last epoch, and its final report (test metrics, after training),
   decide nothing: there is no training left to exploit into (a recipient would only become
