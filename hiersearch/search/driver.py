@@ -715,7 +715,7 @@ def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
 
     tune = space.tune
     if tune.scheduler == "pbt":
-        return PinnedPBT(tune.pbt, space.search, base.epochs)
+        return PinnedPBT(tune.pbt, space.search)
     if tune.scheduler != "asha":
         return None
     settings = {

@@ -9,9 +9,8 @@ what a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
   resources while its donor trains on would otherwise find the donor's checkpoint deleted
   (Ray issues 8441, 9036).
   The previous copy goes once nothing refers to it any longer.
-- A report at a trial's last epoch, and its final report (test metrics, after training),
-  decide nothing: there is no training left to exploit into (a recipient would only become
-  a copy of its donor).
+- A trial's final report (test metrics, after training) decides nothing: there is no
+  training left to exploit into.
 - A Ray Train (DDP) trial offers the checkpoint its report names (Tune holds none of its
   checkpoints); an exploiting one starts a Train run of its own from the copy (the driver's
   `train_run_name`), whose workers read it (`RaySession`).
@@ -136,7 +135,7 @@ class _Clip:
 class PinnedPBT(PopulationBasedTraining):
     """Ray's PBT over the `search:` section, by epochs (see the module docstring)."""
 
-    def __init__(self, spec: PbtSpec, search: dict[str, Any], epochs: int) -> None:
+    def __init__(self, spec: PbtSpec, search: dict[str, Any]) -> None:
         # the metric and mode are the Tuner's (Tune hands them over; it refuses both)
         super().__init__(
             time_attr=M.EPOCH,
@@ -151,7 +150,6 @@ class PinnedPBT(PopulationBasedTraining):
             log_config=True,
         )
         self._pinned: dict[str, tuple[Any, str]] = {}  # trial id -> (filesystem, copy path)
-        self._epochs = epochs  # every trial's last epoch
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         with warnings.catch_warnings():
@@ -167,7 +165,7 @@ class PinnedPBT(PopulationBasedTraining):
         self._release(trial.trial_id)  # its final checkpoint is its own
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
-        if result.get(M.TRIAL_FINAL) or result.get(M.EPOCH, 0) >= self._epochs:
+        if result.get(M.TRIAL_FINAL):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 

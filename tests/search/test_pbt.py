@@ -103,16 +103,14 @@ def test_a_perturbed_value_is_clipped_into_its_range() -> None:
     assert clip({"lr": 5e-4})["lr"] == 5e-4
 
 
-def test_a_final_report_or_the_last_epochs_decides_nothing() -> None:
+def test_a_final_report_decides_nothing() -> None:
     from ray.tune.schedulers import TrialScheduler
 
     from hiersearch.search.pbt import PinnedPBT
 
-    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR}, 3)
-    final = {M.EPOCH: 2, "dev/rp_macro": 0.1, M.TRIAL_FINAL: 1}  # stopped early at 2
+    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR})
+    final = {M.EPOCH: 3, "dev/rp_macro": 0.1, M.TRIAL_FINAL: 1}
     assert scheduler.on_trial_result(None, object(), final) == TrialScheduler.CONTINUE
-    last = {M.EPOCH: 3, "dev/rp_macro": 0.1, M.TRIAL_FINAL: 0}  # nothing left to train
-    assert scheduler.on_trial_result(None, object(), last) == TrialScheduler.CONTINUE
 
 
 def test_pbt_keeps_each_trials_newest_checkpoints_past_a_perturbation() -> None:
@@ -136,7 +134,7 @@ def test_an_exploit_pins_a_copy_of_the_donors_checkpoint_and_releases_the_last(
 
     from hiersearch.search.pbt import DONOR_PREFIX, PinnedPBT
 
-    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR}, 3)
+    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR})
     donor = tmp_path / "donor" / "checkpoint_000001"
     donor.mkdir(parents=True)
     (donor / "model.pt").write_bytes(b"weights")
@@ -186,7 +184,7 @@ def test_a_ddp_trial_offers_the_checkpoint_its_report_names(tmp_path: Path) -> N
 
     from hiersearch.search.pbt import DONOR_PREFIX, PinnedPBT
 
-    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR}, 3)
+    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR})
     local = pyarrow.fs.LocalFileSystem()
 
     class Trial:  # what Ray's PBT reads and sets of a trial (hashable, unlike a namespace)
