@@ -735,7 +735,8 @@ def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
 def checkpoint_policy(space: SpaceFile, base: TrialConfig) -> dict[str, Any]:
     """How many checkpoints a trial keeps, and which: its `keep_checkpoints` best by dev
     loss; under PBT its newest, at least one more than the perturbation interval, so that the
-    checkpoint a trial last offered its population (at its last perturbation) outlives it."""
+    checkpoint a trial last offered its population (at its last perturbation) mostly outlives
+    it (an exploit that finds it pruned takes the donor's newest: search/pbt.py)."""
     if space.tune.scheduler == "pbt":
         keep = max(base.keep_checkpoints, space.tune.pbt.perturbation_interval + 1)
         return {"num_to_keep": keep}
@@ -783,6 +784,8 @@ def _run_config(
 ) -> Any:
     from ray import tune
 
+    from hiersearch.search.recovery import PrunedCheckpointRepair
+
     direct = in_trial(space, base)
     return tune.RunConfig(
         name=name,
@@ -797,7 +800,9 @@ def _run_config(
         checkpoint_config=tune.CheckpointConfig(**checkpoint_policy(space, base)),
         progress_reporter=_reporter(space, data),
         verbose=verbose,
-        callbacks=callbacks or None,
+        # a resume whose saved state names a checkpoint Tune had pruned goes on from the one
+        # that replaced it (kept with the experiment: Tune restores its callbacks)
+        callbacks=[PrunedCheckpointRepair(), *(callbacks or [])],
         stop=stop,
     )
 

@@ -3,15 +3,17 @@ what a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
 
 - Mutations stay in the space: a perturbed value (x0.8 / x1.2) is clipped to its `search:`
   range, so an exploited trial never runs a learning rate the file ruled out.
-- An exploit pins the donor's checkpoint: it is copied into the recipient's own trial
-  directory (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's newest
-  few checkpoints (the driver's `checkpoint_policy`), and a recipient that waits for
-  resources while its donor trains on would otherwise find the donor's checkpoint deleted
-  (Ray issues 8441, 9036).
-  The previous copy goes once nothing refers to it any longer.
+- A recipient takes its donor's newest checkpoint, as it stands at the exploit: Ray's PBT
+  asks a top trial to save at each perturbation, which Tune mishandles for a trial that
+  reports its own checkpoints (`_checkpoint_or_exploit`).
+- An exploit pins that checkpoint: it is copied into the recipient's own trial directory
+  (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's newest few
+  checkpoints (the driver's `checkpoint_policy`), and a recipient that waits for resources
+  while its donor trains on would otherwise find the donor's checkpoint deleted (Ray issues
+  8441, 9036). The previous copy goes once nothing refers to it any longer.
 - A trial's final report (test metrics, after training) decides nothing: there is no
   training left to exploit into.
-- A Ray Train (DDP) trial offers the checkpoint its report names (Tune holds none of its
+- A Ray Train (DDP) trial gives the checkpoint its last report names (Tune holds none of its
   checkpoints); an exploiting one starts a Train run of its own from the copy (the driver's
   `train_run_name`), whose workers read it (`RaySession`).
 
@@ -22,6 +24,7 @@ best-epoch bookkeeping; the exploit recorded as `pbt/exploits`) is the recipe's 
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import warnings
@@ -42,8 +45,13 @@ __all__ = [
     "population_space",
 ]
 
+logger = logging.getLogger(__name__)
+
 # The recipient's copy of a donor's checkpoint, in the recipient's trial directory.
 DONOR_PREFIX = "pbt_donor_"
+# What a top trial offers its population at a perturbation (Ray's `last_checkpoint`): its
+# newest checkpoint when a recipient takes it, not one saved for the occasion.
+NEWEST = "newest"
 
 
 def mutations(search: dict[str, Any]) -> dict[str, Any]:
@@ -172,38 +180,43 @@ class PinnedPBT(PopulationBasedTraining):
     def _checkpoint_or_exploit(
         self, trial: Any, tune_controller: Any, upper_quantile: list, lower_quantile: list
     ) -> None:
-        """Ray's, for a trial that checkpoints through Tune (one worker in its Tune trial). A
-        Ray Train (DDP) trial has no Tune checkpoint for Ray's to ask for: its report names
-        its Train run's newest checkpoint (`checkpoint_path`), which is what it offers."""
-        from ray.tune import Checkpoint
-        from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
-
+        """Ray's, except that a top trial is not asked to save: it offers its newest
+        checkpoint as it stands when a recipient takes it (`_exploit`). A save asked of a
+        trial running in its Tune trial hands back the checkpoint it has just reported, which
+        Tune then registers a second time (it prunes the directory under the first entry,
+        fails with an ERROR on the second and leaves older ones undeleted); a Train (DDP)
+        trial has no checkpoint for Tune to ask for."""
         state = self._trial_state[trial]
-        reported = (state.last_result or {}).get(CHECKPOINT_PATH_KEY)
-        if reported is None:
-            super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)
-            return
         state.last_checkpoint = None
         if trial in upper_quantile:
-            state.last_checkpoint = Checkpoint(reported, trial.storage.storage_filesystem)
+            state.last_checkpoint = NEWEST
             self._num_checkpoints += 1
         if trial in lower_quantile:
-            donor = random.choice(upper_quantile)
-            if self._trial_state[donor].last_checkpoint is not None:
-                self._exploit(tune_controller, trial, donor)
+            self._exploit(tune_controller, trial, random.choice(upper_quantile))
 
     def _exploit(self, tune_controller: Any, trial: Any, trial_to_clone: Any) -> None:
-        super()._exploit(tune_controller, trial, trial_to_clone)
-        manager = trial.run_metadata.checkpoint_manager
-        donated = manager._latest_checkpoint_result  # what Ray's _exploit just set
-        if donated is None or donated.checkpoint is None:
+        """Ray's exploit, from a copy of the donor's newest checkpoint in the recipient's
+        directory (`_pin`). A donor with none yet, or none left, is not exploited."""
+        checkpoint, metrics = _newest(trial_to_clone)
+        pinned = None if checkpoint is None else self._pin(trial, checkpoint)
+        if pinned is None:
+            logger.info(
+                "[pbt] trial %s has no checkpoint to give: trial %s goes on without exploiting",
+                trial_to_clone.trial_id,
+                trial.trial_id,
+            )
             return
-        manager._latest_checkpoint_result = type(donated)(
-            checkpoint=self._pin(trial, donated.checkpoint), metrics=donated.metrics
-        )
+        state = self._trial_state[trial_to_clone]
+        offered = (state.last_checkpoint, state.last_result)
+        state.last_checkpoint, state.last_result = pinned, metrics  # what Ray's hands over
+        try:
+            super()._exploit(tune_controller, trial, trial_to_clone)
+        finally:
+            state.last_checkpoint, state.last_result = offered
 
     def _pin(self, trial: Any, checkpoint: Any) -> Any:
-        """A copy of `checkpoint` in the recipient's trial directory, as a Checkpoint."""
+        """A copy of `checkpoint` in the recipient's trial directory, as a Checkpoint; None
+        when the checkpoint is gone (what was copied of it is deleted then)."""
         import pyarrow.fs
         from ray.tune import Checkpoint
 
@@ -212,12 +225,16 @@ class PinnedPBT(PopulationBasedTraining):
         number = self._num_perturbations
         target = f"{storage.trial_fs_path}/{DONOR_PREFIX}{number:04d}"
         filesystem.create_dir(target, recursive=True)
-        pyarrow.fs.copy_files(
-            checkpoint.path,
-            target,
-            source_filesystem=checkpoint.filesystem,
-            destination_filesystem=filesystem,
-        )
+        try:
+            pyarrow.fs.copy_files(
+                checkpoint.path,
+                target,
+                source_filesystem=checkpoint.filesystem,
+                destination_filesystem=filesystem,
+            )
+        except FileNotFoundError:
+            filesystem.delete_dir(target)
+            return None
         self._release(trial.trial_id)
         self._pinned[trial.trial_id] = (filesystem, target)
         return Checkpoint(target, filesystem=filesystem)
@@ -232,3 +249,20 @@ class PinnedPBT(PopulationBasedTraining):
         }
         if path not in referred:
             filesystem.delete_dir(path)
+
+
+def _newest(trial: Any) -> tuple[Any, dict[str, Any]]:
+    """A trial's newest checkpoint and the metrics reported with it: under Ray Train the one
+    its last report names; else the one Tune is registering (a save under way), or Tune's
+    latest (the one Tune never prunes)."""
+    from ray.train._internal.session import _FutureTrainingResult
+    from ray.tune import Checkpoint
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    result = trial.last_result or {}
+    if result.get(CHECKPOINT_PATH_KEY) is not None:
+        return Checkpoint(result[CHECKPOINT_PATH_KEY], trial.storage.storage_filesystem), result
+    saving = getattr(trial.temporary_state, "saving_to", None)
+    latest = saving.resolve() if isinstance(saving, _FutureTrainingResult) else None
+    latest = latest if latest is not None and latest.checkpoint else trial.latest_checkpoint_result
+    return (None, result) if latest is None else (latest.checkpoint, latest.metrics)

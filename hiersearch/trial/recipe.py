@@ -308,22 +308,23 @@ class TrialRecipe:
         """Carry on from the session's latest checkpoint, if any. A trial that had ended when
         its driver was lost (a resumed experiment restarts it) reports its final report again
         instead of training on: returned here, the trial is over."""
-        restored = self.session.restore()
-        if restored is None:
-            if self.session.rank == 0 and self.artifacts is not None:
-                atomic_write_text(self.artifacts.local / "config.json", self.config.dumps())
-                self.artifacts.writer.add_text("config", f"```\n{self.config.dumps()}\n```")
-            return None
-        if (restored / FINAL_METRICS_FILE).is_file():
-            saved = json.loads((restored / FINAL_METRICS_FILE).read_text(encoding="utf-8"))
-            # the file is strict JSON (a non-finite value is null there): report it as it was
-            final = {k: math.nan if v is None else v for k, v in saved.items()}
-            self.session.report(final, None)
-            if self.artifacts is not None:
-                self.artifacts.close()
-            return final
-        self._load_checkpoint(restored)
-        return None
+        with self.session.restored() as restored:
+            if restored is None:
+                if self.session.rank == 0 and self.artifacts is not None:
+                    atomic_write_text(self.artifacts.local / "config.json", self.config.dumps())
+                    self.artifacts.writer.add_text("config", f"```\n{self.config.dumps()}\n```")
+                return None
+            final_file = restored / FINAL_METRICS_FILE
+            saved = json.loads(final_file.read_text("utf-8")) if final_file.is_file() else None
+            if saved is None:
+                self._load_checkpoint(restored)
+                return None
+        # the file is strict JSON (a non-finite value is null there): report it as it was
+        final = {k: math.nan if v is None else v for k, v in saved.items()}
+        self.session.report(final, None)
+        if self.artifacts is not None:
+            self.artifacts.close()
+        return final
 
     def _load_checkpoint(self, directory: Path) -> None:
         device = self.session.device

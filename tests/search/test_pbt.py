@@ -175,52 +175,140 @@ def test_the_population_is_the_fixed_points_then_the_samplers_draws() -> None:
     assert params == {**population[6], "head_lr": 0.05}
 
 
-def test_a_ddp_trial_offers_the_checkpoint_its_report_names(tmp_path: Path) -> None:
-    """Tune holds no checkpoint of a Ray Train trial: the scheduler takes the one its report
-    names (`checkpoint_path`), and an exploit pins a copy of it for the recipient."""
-    import pyarrow.fs
-    from ray.train._internal.session import _TrainingResult
+class _Trial:
+    """What Ray's PBT reads and sets of a trial (hashable, unlike a namespace)."""
+
+    def __init__(self, name: str, root: Path, newest: Any = None, saving: Any = None) -> None:
+        import pyarrow.fs
+
+        self.trial_id = self.experiment_tag = name
+        self.storage = SimpleNamespace(
+            storage_filesystem=pyarrow.fs.LocalFileSystem(), trial_fs_path=str(root / name)
+        )
+        manager = SimpleNamespace(_latest_checkpoint_result=None)
+        self.run_metadata = SimpleNamespace(checkpoint_manager=manager)
+        self.latest_checkpoint_result = newest  # Tune's newest registered checkpoint
+        self.temporary_state = SimpleNamespace(saving_to=saving)  # a save under way
+        self.config: dict[str, Any] = {"lr": 1e-4}
+        self.status, self.last_result = "RUNNING", {}
+        self.local_experiment_path = self.local_dir = str(root)
+
+    def set_experiment_tag(self, tag: str) -> None:
+        self.experiment_tag = tag
+
+    def set_config(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+
+def _checkpoint_dir(path: Path, weights: bytes) -> Path:
+    path.mkdir(parents=True)
+    (path / "model.pt").write_bytes(weights)
+    return path
+
+
+def _no_save(*args: Any, **kwargs: Any) -> None:
+    pytest.fail("PBT asked a trial to save: Tune would register its checkpoint twice")
+
+
+_CONTROLLER = SimpleNamespace(
+    pause_trial=lambda trial, should_checkpoint: None, _schedule_trial_save=_no_save
+)
+
+
+def _population(tmp_path: Path, donor: _Trial) -> tuple[Any, _Trial]:
+    """A scheduler with `donor` above and a recipient below, at epoch 3."""
     from ray.tune.schedulers.pbt import _PBTTrialState
 
-    from hiersearch.search.pbt import DONOR_PREFIX, PinnedPBT
+    from hiersearch.search.pbt import PinnedPBT
 
     scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR})
-    local = pyarrow.fs.LocalFileSystem()
-
-    class Trial:  # what Ray's PBT reads and sets of a trial (hashable, unlike a namespace)
-        def __init__(self, name: str) -> None:
-            self.trial_id = self.experiment_tag = name
-            self.storage = SimpleNamespace(
-                storage_filesystem=local, trial_fs_path=str(tmp_path / name)
-            )
-            manager = SimpleNamespace(_latest_checkpoint_result=None)
-            self.run_metadata = SimpleNamespace(checkpoint_manager=manager)
-            self.config: dict[str, Any] = {"lr": 1e-4}
-            self.status, self.last_result = "RUNNING", {}
-            self.local_experiment_path = self.local_dir = str(tmp_path)
-
-        def set_experiment_tag(self, tag: str) -> None:
-            self.experiment_tag = tag
-
-        def set_config(self, config: dict[str, Any]) -> None:
-            self.config = config
-
-    donor, recipient = Trial("donor"), Trial("recipient")
-    ckpt = tmp_path / "donor" / "train_donor" / "checkpoint_2026"
-    ckpt.mkdir(parents=True)
-    (ckpt / "model.pt").write_bytes(b"donor weights")
-    for t, path, score in ((donor, str(ckpt), 0.9), (recipient, "elsewhere", 0.1)):
+    recipient = _Trial("recipient", tmp_path)
+    for t, score in ((donor, 0.9), (recipient, 0.1)):
         state = scheduler._trial_state[t] = _PBTTrialState(t)
-        state.last_result, state.last_score = {"checkpoint_path": path, M.EPOCH: 2}, score
-    controller = SimpleNamespace(pause_trial=lambda t, should_checkpoint: None)
-    scheduler._checkpoint_or_exploit(donor, controller, [donor], [recipient])
-    assert scheduler._trial_state[donor].last_checkpoint.path == str(ckpt)
-    scheduler._checkpoint_or_exploit(recipient, controller, [donor], [recipient])
-    latest = recipient.run_metadata.checkpoint_manager._latest_checkpoint_result
+        state.last_result, state.last_score = {M.EPOCH: 3}, score
+    return scheduler, recipient
+
+
+def _taken(recipient: _Trial) -> Any:
+    """What the recipient restarts from (what Ray's exploit set)."""
+    return recipient.run_metadata.checkpoint_manager._latest_checkpoint_result
+
+
+def test_a_ddp_trial_gives_the_checkpoint_its_last_report_names(tmp_path: Path) -> None:
+    """Tune holds no checkpoint of a Ray Train trial: the donor gives the one its last report
+    names (`checkpoint_path`), and the exploit pins a copy of it for the recipient."""
+    from ray.train._internal.session import _TrainingResult
+
+    from hiersearch.search.pbt import DONOR_PREFIX, NEWEST
+
+    donor = _Trial("donor", tmp_path)
+    ckpt = _checkpoint_dir(tmp_path / "donor" / "train_donor" / "checkpoint_2026", b"donor")
+    donor.last_result = {"checkpoint_path": str(ckpt), M.EPOCH: 3}
+    scheduler, recipient = _population(tmp_path, donor)
+    scheduler._checkpoint_or_exploit(donor, _CONTROLLER, [donor], [recipient])
+    assert scheduler._trial_state[donor].last_checkpoint == NEWEST
+    scheduler._checkpoint_or_exploit(recipient, _CONTROLLER, [donor], [recipient])
+    latest = _taken(recipient)
     assert isinstance(latest, _TrainingResult)
     pinned = Path(latest.checkpoint.path)
     assert pinned.parent == tmp_path / "recipient" and pinned.name.startswith(DONOR_PREFIX)
-    assert (pinned / "model.pt").read_bytes() == b"donor weights"
+    assert (pinned / "model.pt").read_bytes() == b"donor"
+    assert scheduler._trial_state[donor].last_checkpoint == NEWEST  # left as it was
+
+
+def test_an_exploit_takes_the_donors_newest_checkpoint_without_asking_it_to_save(
+    tmp_path: Path,
+) -> None:
+    """A top trial is never asked to save (Tune would register the checkpoint it has just
+    reported a second time, prune its directory under the first entry and fail with an
+    ERROR on the second): the recipient takes the donor's newest registered checkpoint."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    newest = _checkpoint_dir(tmp_path / "donor" / "checkpoint_000007", b"newest")
+    donor = _Trial("donor", tmp_path, _TrainingResult(Checkpoint(str(newest)), {M.EPOCH: 4}))
+    scheduler, recipient = _population(tmp_path, donor)
+    scheduler._checkpoint_or_exploit(donor, _CONTROLLER, [donor], [recipient])
+    scheduler._checkpoint_or_exploit(recipient, _CONTROLLER, [donor], [recipient])
+    latest = _taken(recipient)
+    assert (Path(latest.checkpoint.path) / "model.pt").read_bytes() == b"newest"
+    assert latest.metrics == {M.EPOCH: 4}  # the metrics reported with that checkpoint
+    assert scheduler._num_perturbations == 1
+
+
+def test_a_donor_still_registering_its_checkpoint_gives_that_one(tmp_path: Path) -> None:
+    from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
+    from ray.tune import Checkpoint
+
+    class _Saving(_FutureTrainingResult):  # Tune's save of the donor's report, under way
+        def __init__(self, result: Any) -> None:
+            self.result = result
+
+        def resolve(self, block: bool = True) -> Any:
+            return self.result
+
+    older = _checkpoint_dir(tmp_path / "donor" / "checkpoint_000006", b"older")
+    newer = _checkpoint_dir(tmp_path / "donor" / "checkpoint_000007", b"newer")
+    registered = _TrainingResult(Checkpoint(str(older)), {M.EPOCH: 3})
+    saving = _Saving(_TrainingResult(Checkpoint(str(newer)), {M.EPOCH: 4}))
+    donor = _Trial("donor", tmp_path, registered, saving)
+    scheduler, recipient = _population(tmp_path, donor)
+    scheduler._exploit(_CONTROLLER, recipient, donor)
+    assert (Path(_taken(recipient).checkpoint.path) / "model.pt").read_bytes() == b"newer"
+
+
+@pytest.mark.parametrize("pruned", [True, False], ids=["pruned", "none-yet"])
+def test_a_donor_with_no_checkpoint_to_give_is_not_exploited(tmp_path: Path, pruned: bool) -> None:
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    gone = _TrainingResult(Checkpoint(str(tmp_path / "donor" / "checkpoint_000005")), {})
+    donor = _Trial("donor", tmp_path, gone if pruned else None)
+    scheduler, recipient = _population(tmp_path, donor)
+    scheduler._exploit(_CONTROLLER, recipient, donor)
+    assert _taken(recipient) is None
+    assert scheduler._num_perturbations == 0 and recipient.experiment_tag == "recipient"
+    assert not list(tmp_path.glob("recipient/*"))  # no copy begun is left
 
 
 def test_a_train_run_goes_on_from_a_donated_checkpoint_in_a_run_of_its_own(
@@ -244,11 +332,11 @@ def test_a_train_run_goes_on_from_a_donated_checkpoint_in_a_run_of_its_own(
 
 
 # -- end to end, with Ray -----------------------------------------------------------------------
-def _pbt_file(tmp_path: Path, workers: int = 1, epochs: int = 6) -> Path:
+def _pbt_file(tmp_path: Path, workers: int = 1, epochs: int = 6, interval: int = 1) -> Path:
     """Smoke size: two trials of a tiny encoder, one with a head rate that barely learns;
-    dev loss ranks them (no ties), one perturbation per epoch from the first. The lower trial
-    exploits the upper one at its first report after the upper one offered a checkpoint: with
-    both running side by side, within two or three epochs of a start or resume."""
+    dev loss ranks them (no ties), a perturbation every `interval` epochs from the first. The
+    lower trial exploits the upper one at its first perturbation once the upper one has a
+    checkpoint: with both running side by side, within an epoch or two of a start or resume."""
     smoke = yaml.safe_load(preset_path("smoke").read_text())
     raw = {
         "name": "pbt",
@@ -259,7 +347,7 @@ def _pbt_file(tmp_path: Path, workers: int = 1, epochs: int = 6) -> Path:
         "search": {"head_lr": {"type": "categorical", "choices": [1.0e-6, 0.3]}},
         "assignment": {"space": "variants", "variants": ["FLAT"]},
         "tune": {"algorithm": "grid", "metric": "dev/loss", "mode": "min", "scheduler": "pbt",
-                 "pbt": {"perturbation_interval": 1, "burn_in_period": 1,
+                 "pbt": {"perturbation_interval": interval, "burn_in_period": 1,
                          "quantile_fraction": 0.5, "resample_probability": 0.0}},
     }
     path = tmp_path / "pbt.yaml"
@@ -284,7 +372,8 @@ def _reports(experiment: Path) -> dict[str, list[dict[str, Any]]]:
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.parametrize(
     ("workers", "cut"),
-    # a DDP trial's worker group starts in ~20 s: its search runs once through, 5 epochs
+    # a DDP trial's worker group starts in ~20 s, and again at each exploit: its search runs
+    # once through, 3 epochs with one perturbation (at epoch 2), so one exploit at most each
     [(1, True), (2, False)],
     ids=["in-trial-resumed", "ddp"],
 )
@@ -295,7 +384,8 @@ def test_a_pbt_search_exploits_records_it_and_goes_on_after_a_resume(
     from hiersearch.search.driver import run_search
     from hiersearch.search.space import load_space
 
-    space = load_space(_pbt_file(tmp_path, workers, epochs=6 if cut else 5))
+    epochs, interval = (6, 1) if cut else (3, 2)
+    space = load_space(_pbt_file(tmp_path, workers, epochs, interval))
     experiment = tmp_path / "storage" / "pbt"
 
     def second_epoch_reported() -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,7 +23,9 @@ class _Recording(TuneSession):
         self.sent.append((metrics, checkpoint_dir))
 
     def _latest(self) -> Any:
-        return None if self.latest is None else SimpleNamespace(to_directory=lambda: self.latest)
+        from ray.train import Checkpoint
+
+        return None if self.latest is None else Checkpoint.from_directory(str(self.latest))
 
 
 def test_tune_session_is_rank_zero_of_one_on_the_trials_device(
@@ -90,22 +91,50 @@ def test_a_report_without_the_search_metric_carries_nan(tmp_path: Path) -> None:
     assert second["dev/rp_macro"] == 0.5
 
 
-def test_tune_session_restores_from_tunes_latest_checkpoint(tmp_path: Path) -> None:
-    assert _Recording().restore() is None
-    assert _Recording(latest=tmp_path).restore() == tmp_path
+def test_tune_session_restores_from_tunes_latest_checkpoint_where_it_is(tmp_path: Path) -> None:
+    with _Recording().restored() as restored:
+        assert restored is None
+    with _Recording(latest=tmp_path).restored() as restored:
+        assert restored == tmp_path  # on the local filesystem: read in place, no copy
+
+
+def test_a_remote_checkpoint_is_read_from_a_copy_that_is_gone_after_the_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray downloads a checkpoint on remote storage to a temporary directory: it must not be
+    left behind (a copy of the weights in /tmp at every restore, every trial)."""
+    import tempfile
+
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    stored = tmp_path / "bucket" / "checkpoint_000003"
+    stored.mkdir(parents=True)
+    (stored / "model.pt").write_text("weights")
+    remote = pyarrow.fs.SubTreeFileSystem(str(tmp_path / "bucket"), pyarrow.fs.LocalFileSystem())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    session = _Recording()
+    monkeypatch.setattr(session, "_latest", lambda: Checkpoint("checkpoint_000003", remote))
+    with session.restored() as restored:
+        assert restored is not None and (restored / "model.pt").read_text() == "weights"
+        assert restored.parent == scratch
+    assert list(scratch.iterdir()) == []
 
 
 def test_local_session_restores_its_latest_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "root").mkdir()
     session = LocalSession(checkpoint_root=tmp_path / "root")
-    assert session.restore() is None
+    with session.restored() as restored:
+        assert restored is None
     for epoch in (1, 2):
         source = tmp_path / f"epoch{epoch}"
         source.mkdir()
         (source / "model.pt").write_text(str(epoch))
         session.report({"epoch": epoch}, source)
-    restored = session.restore()
-    assert restored is not None and (restored / "model.pt").read_text() == "2"
+    with session.restored() as restored:
+        assert restored is not None and (restored / "model.pt").read_text() == "2"
     assert [p.name for p in session.checkpoints] == ["checkpoint_000000", "checkpoint_000001"]
     assert not (tmp_path / "epoch1").exists()  # the session owned it: gone once copied
 

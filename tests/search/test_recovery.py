@@ -1,0 +1,136 @@
+"""A resume whose saved state names a checkpoint Tune had pruned: the trial goes on from the
+one that replaced it (Tune's own checkpoint manager, trials as Tune restores them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+
+def _trial(tmp_path: Path, keep: int, latest: int, on_disk: list[int]) -> tuple[Any, Any]:
+    """A trial restored from a state saved when checkpoint `latest` was its newest, while
+    on disk only `on_disk` are left (Tune went on and pruned before the kill)."""
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=keep))
+    for n in range(latest + 1):  # the bookkeeping as saved: Tune had pruned down to `keep`
+        directory = tmp_path / f"checkpoint_{n:06d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        manager.register_checkpoint(_TrainingResult(Checkpoint(str(directory)), {"epoch": n + 1}))
+    for directory in tmp_path.glob("checkpoint_*"):
+        directory.rmdir()
+    rows = []
+    for n in on_disk:
+        (tmp_path / f"checkpoint_{n:06d}").mkdir()
+        rows.append({"epoch": n + 1, "checkpoint_dir_name": f"checkpoint_{n:06d}"})
+    lines = [json.dumps(row) for row in rows] + ['{"epoch": 9, "cut short']
+    (tmp_path / "result.json").write_text("\n".join(lines))
+    trial = SimpleNamespace(
+        trial_id="t1", run_metadata=SimpleNamespace(checkpoint_manager=manager)
+    )
+    return trial, manager
+
+
+def test_a_trial_named_a_pruned_checkpoint_goes_on_from_the_one_that_replaced_it(
+    tmp_path: Path,
+) -> None:
+    from hiersearch.search.recovery import repair_trial
+
+    # keep 1: state saved at checkpoint 4; Tune then registered 5 and deleted 4
+    trial, manager = _trial(tmp_path, keep=1, latest=4, on_disk=[5])
+    assert repair_trial(trial)
+    latest = manager.latest_checkpoint_result
+    assert Path(latest.checkpoint.path).name == "checkpoint_000005"
+    assert latest.metrics["epoch"] == 6  # what the trial reported with it (result.json)
+    assert [Path(r.checkpoint.path).name for r in manager._checkpoint_results] == [
+        "checkpoint_000005"
+    ]  # no entry left for Tune to fail deleting
+
+
+def test_a_trial_whose_checkpoint_is_there_or_has_no_successor_is_left_as_it_is(
+    tmp_path: Path,
+) -> None:
+    from hiersearch.search.recovery import repair_trial
+
+    trial, manager = _trial(tmp_path / "kept", keep=2, latest=3, on_disk=[2, 3])
+    assert not repair_trial(trial)
+    assert Path(manager.latest_checkpoint_result.checkpoint.path).name == "checkpoint_000003"
+    trial, manager = _trial(tmp_path / "none", keep=1, latest=3, on_disk=[])
+    assert not repair_trial(trial)  # Tune's own error then names the missing checkpoint
+    assert Path(manager.latest_checkpoint_result.checkpoint.path).name == "checkpoint_000003"
+
+
+def test_the_repair_runs_once_at_the_first_step_before_trials_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hiersearch.search.recovery as recovery
+
+    seen: list[Any] = []
+    monkeypatch.setattr(recovery, "repair_trial", seen.append)
+    callback = recovery.PrunedCheckpointRepair()
+    callback.on_step_begin(iteration=0, trials=["a", "b"])
+    callback.on_step_begin(iteration=1, trials=["a", "b"])
+    assert seen == ["a", "b"]
+
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_resume_goes_on_past_a_checkpoint_pruned_after_the_state_was_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: a search stopped (Ctrl-C) once its first checkpoint is registered; the
+    checkpoint its saved state names is then replaced by a successor, as Tune does before a
+    driver killed mid-way could save the state again. `--resume` finishes the trial (Tune
+    alone fails it: "Could not recover from checkpoint as it does not exist")."""
+    import os
+    import signal
+
+    import yaml
+    from ray.tune import Callback
+
+    import hiersearch.search.driver as driver
+    from hiersearch import metrics as M
+    from hiersearch.search.space import load_space, preset_path
+
+    marker = tmp_path / "interrupted"
+
+    class Interrupt(Callback):  # once per experiment: Tune restores callbacks with it
+        def on_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+            if not marker.exists():
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
+
+    smoke = yaml.safe_load(preset_path("smoke").read_text())
+    raw = {
+        "name": "pruned",
+        "data": smoke["data"],
+        "trial": {**smoke["trial"], "model": "tiny:3x32", "epochs": 3, "util_docs": 0,
+                  "num_workers": 1, "cpus_per_worker": 1, "max_steps_per_epoch": 1,
+                  "keep_checkpoints": 1},
+        "assignment": {"space": "variants", "variants": ["FLAT"]},
+        "tune": {"algorithm": "grid"},
+    }
+    path = tmp_path / "pruned.yaml"
+    path.write_text("# Launch: hiersearch search --space pruned.yaml\n" + yaml.safe_dump(raw))
+    space = load_space(path)
+    monkeypatch.setattr(driver, "_tracking", lambda *args: [Interrupt()])
+    storage = str(tmp_path / "storage")
+    driver.run_search(space, storage=storage, verbose=0)
+    (trial_dir,) = (tmp_path / "storage" / "pruned").glob("trial_*")
+    reported = (trial_dir / "result.json").read_text().splitlines()
+    assert json.loads(reported[-1])[M.TRIAL_FINAL] == 0  # stopped mid-way
+    # whichever checkpoint the saved state names is gone, and a newer one stands beside it
+    for checkpoint in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        number = int(checkpoint.name.removeprefix("checkpoint_"))
+        checkpoint.rename(trial_dir / f"checkpoint_{number + 10:06d}")
+    driver.run_search(space, storage=storage, resume=True, verbose=0)
+    rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert rows[-1][M.TRIAL_FINAL] == 1 and rows[-1][M.EPOCH] == 3
