@@ -100,8 +100,9 @@ class _Pick:
     def __init__(self, population: list[dict[str, Any]], key: str) -> None:
         self.values = [member[key] for member in population]
 
-    def __call__(self, spec: Any) -> Any:
-        return self.values[spec.config[MEMBER]]
+    def __call__(self, config: dict[str, Any]) -> Any:
+        # the resolved config (Tune's deprecated form took a spec, with a warning per trial)
+        return self.values[config[MEMBER]]
 
 
 def population_space(population: list[dict[str, Any]], search: dict[str, Any]) -> dict:

@@ -168,8 +168,7 @@ def test_the_population_is_the_fixed_points_then_the_samplers_draws() -> None:
     assert all(1e-2 <= m["head_lr"] <= 1e-1 for m in population)
     grid = population_space(population, space.search)
     assert grid[MEMBER_PARAM] == {"grid_search": list(range(7))}
-    spec = SimpleNamespace(config={MEMBER_PARAM: 6})
-    assert grid["dropout"].func(spec) == population[6]["dropout"]
+    assert grid["dropout"].func({MEMBER_PARAM: 6}) == population[6]["dropout"]
     # a trial's parameters: its member's, under what PBT has since set
     params = member_params({MEMBER_PARAM: 6, "head_lr": 0.05}, population)
     assert params == {**population[6], "head_lr": 0.05}
@@ -332,10 +331,10 @@ def test_a_train_run_goes_on_from_a_donated_checkpoint_in_a_run_of_its_own(
 
 
 # -- end to end, with Ray -----------------------------------------------------------------------
-def _pbt_file(tmp_path: Path, workers: int = 1, epochs: int = 6, interval: int = 1) -> Path:
+def _pbt_file(tmp_path: Path, workers: int = 1, epochs: int = 6) -> Path:
     """Smoke size: two trials of a tiny encoder, one with a head rate that barely learns;
-    dev loss ranks them (no ties), a perturbation every `interval` epochs from the first. The
-    lower trial exploits the upper one at its first perturbation once the upper one has a
+    dev loss ranks them (no ties), one perturbation per epoch from the first. The lower trial
+    exploits the upper one at its first perturbation once the upper one has a score and a
     checkpoint: with both running side by side, within an epoch or two of a start or resume."""
     smoke = yaml.safe_load(preset_path("smoke").read_text())
     raw = {
@@ -347,7 +346,7 @@ def _pbt_file(tmp_path: Path, workers: int = 1, epochs: int = 6, interval: int =
         "search": {"head_lr": {"type": "categorical", "choices": [1.0e-6, 0.3]}},
         "assignment": {"space": "variants", "variants": ["FLAT"]},
         "tune": {"algorithm": "grid", "metric": "dev/loss", "mode": "min", "scheduler": "pbt",
-                 "pbt": {"perturbation_interval": interval, "burn_in_period": 1,
+                 "pbt": {"perturbation_interval": 1, "burn_in_period": 1,
                          "quantile_fraction": 0.5, "resample_probability": 0.0}},
     }
     path = tmp_path / "pbt.yaml"
@@ -373,7 +372,8 @@ def _reports(experiment: Path) -> dict[str, list[dict[str, Any]]]:
 @pytest.mark.parametrize(
     ("workers", "cut"),
     # a DDP trial's worker group starts in ~20 s, and again at each exploit: its search runs
-    # once through, 3 epochs with one perturbation (at epoch 2), so one exploit at most each
+    # once through, 3 epochs (Ray's PBT scores a trial only at its perturbations: with one
+    # every 2 epochs, side-by-side trials could each find the other unscored, and never exploit)
     [(1, True), (2, False)],
     ids=["in-trial-resumed", "ddp"],
 )
@@ -384,8 +384,7 @@ def test_a_pbt_search_exploits_records_it_and_goes_on_after_a_resume(
     from hiersearch.search.driver import run_search
     from hiersearch.search.space import load_space
 
-    epochs, interval = (6, 1) if cut else (3, 2)
-    space = load_space(_pbt_file(tmp_path, workers, epochs, interval))
+    space = load_space(_pbt_file(tmp_path, workers, epochs=6 if cut else 3))
     experiment = tmp_path / "storage" / "pbt"
 
     def second_epoch_reported() -> bool:
