@@ -734,9 +734,9 @@ def _scheduler(space: SpaceFile, base: TrialConfig) -> Any:
 
 def checkpoint_policy(space: SpaceFile, base: TrialConfig) -> dict[str, Any]:
     """How many checkpoints a trial keeps, and which: its `keep_checkpoints` best by dev
-    loss; under PBT its newest, at least one more than the perturbation interval, so that the
-    checkpoint a trial last offered its population (at its last perturbation) mostly outlives
-    it (an exploit that finds it pruned takes the donor's newest: search/pbt.py)."""
+    loss; under PBT its newest, at least one more than the perturbation interval: an exploit
+    copies the donor's newest (search/pbt.py), and the one a DDP donor's last report named is
+    still there while its Train run prunes in the background."""
     if space.tune.scheduler == "pbt":
         keep = max(base.keep_checkpoints, space.tune.pbt.perturbation_interval + 1)
         return {"num_to_keep": keep}
