@@ -255,15 +255,21 @@ class PinnedPBT(PopulationBasedTraining):
 def _newest(trial: Any) -> tuple[Any, dict[str, Any]]:
     """A trial's newest checkpoint and the metrics reported with it: under Ray Train the one
     its last report names; else the one Tune is registering (a save under way), or Tune's
-    latest (the one Tune never prunes)."""
+    latest (the one Tune never prunes). None for a trial that has made its final report:
+    that checkpoint holds the trial's final metrics and no training state, and a recipient
+    would only report them again as its own."""
     from ray.train._internal.session import _FutureTrainingResult
     from ray.tune import Checkpoint
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
     result = trial.last_result or {}
     if result.get(CHECKPOINT_PATH_KEY) is not None:
-        return Checkpoint(result[CHECKPOINT_PATH_KEY], trial.storage.storage_filesystem), result
-    saving = getattr(trial.temporary_state, "saving_to", None)
-    latest = saving.resolve() if isinstance(saving, _FutureTrainingResult) else None
-    latest = latest if latest is not None and latest.checkpoint else trial.latest_checkpoint_result
-    return (None, result) if latest is None else (latest.checkpoint, latest.metrics)
+        checkpoint = Checkpoint(result[CHECKPOINT_PATH_KEY], trial.storage.storage_filesystem)
+        newest = (checkpoint, result)
+    else:
+        saving = getattr(trial.temporary_state, "saving_to", None)
+        latest = saving.resolve() if isinstance(saving, _FutureTrainingResult) else None
+        if latest is None or not latest.checkpoint:
+            latest = trial.latest_checkpoint_result
+        newest = (None, result) if latest is None else (latest.checkpoint, latest.metrics)
+    return (None, newest[1]) if newest[1].get(M.TRIAL_FINAL) else newest
