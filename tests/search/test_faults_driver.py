@@ -211,8 +211,14 @@ def test_resumed_trials_report_each_epoch_once(resumed: dict[str, Any]) -> None:
 
 def _metrics_only(result: dict[str, Any]) -> str:
     """A result line without Tune's bookkeeping (times, counters, host) and without wall-time
-    measurements (a restarted trial may evaluate test again), as comparable text."""
-    kept = {k: v for k, v in result.items() if "/" in k and not M.is_timing_key(k)}
+    measurements or the node it ran on (a trial killed between its final report and Tune's
+    registering that checkpoint evaluates test again on resume, on the new Ray's node), as
+    comparable text."""
+    kept = {
+        k: v
+        for k, v in result.items()
+        if "/" in k and not M.is_timing_key(k) and k != M.TRIAL_NODE_ID
+    }
     return json.dumps(kept, sort_keys=True)
 
 
