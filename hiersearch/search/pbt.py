@@ -10,7 +10,7 @@ what a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
   (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's newest few
   checkpoints (the driver's `checkpoint_policy`), and a recipient that waits for resources
   while its donor trains on would otherwise find the donor's checkpoint deleted (Ray issues
-  8441, 9036). The previous copy goes once nothing refers to it any longer.
+  8441, 9036). The previous copy goes at the recipient's next exploit, or when it ends.
 - A trial's final report (test metrics, after training) decides nothing: there is no
   training left to exploit into.
 - A Ray Train (DDP) trial gives the checkpoint its last report names (Tune holds none of its
@@ -241,14 +241,10 @@ class PinnedPBT(PopulationBasedTraining):
         return Checkpoint(target, filesystem=filesystem)
 
     def _release(self, trial_id: str) -> None:
-        """Delete the trial's previous copy unless a trial's PBT state still refers to it."""
-        if trial_id not in self._pinned:
-            return
-        filesystem, path = self._pinned.pop(trial_id)
-        referred = {
-            getattr(state.last_checkpoint, "path", None) for state in self._trial_state.values()
-        }
-        if path not in referred:
+        """Delete the trial's previous copy: it has a newer one, or has ended. (No PBT state
+        refers to a copy: a top trial offers `NEWEST`, resolved and copied at the exploit.)"""
+        if trial_id in self._pinned:
+            filesystem, path = self._pinned.pop(trial_id)
             filesystem.delete_dir(path)
 
 
@@ -263,13 +259,14 @@ def _newest(trial: Any) -> tuple[Any, dict[str, Any]]:
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
     result = trial.last_result or {}
+    checkpoint = None
     if result.get(CHECKPOINT_PATH_KEY) is not None:
         checkpoint = Checkpoint(result[CHECKPOINT_PATH_KEY], trial.storage.storage_filesystem)
-        newest = (checkpoint, result)
     else:
         saving = getattr(trial.temporary_state, "saving_to", None)
         latest = saving.resolve() if isinstance(saving, _FutureTrainingResult) else None
         if latest is None or not latest.checkpoint:
             latest = trial.latest_checkpoint_result
-        newest = (None, result) if latest is None else (latest.checkpoint, latest.metrics)
-    return (None, newest[1]) if newest[1].get(M.TRIAL_FINAL) else newest
+        if latest is not None:
+            checkpoint, result = latest.checkpoint, latest.metrics
+    return (None if result.get(M.TRIAL_FINAL) else checkpoint), result

@@ -17,6 +17,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from hiersearch.report.experiment import read_text
+
 __all__ = ["PrunedCheckpointRepair", "repair_trial"]
 
 logger = logging.getLogger(__name__)
@@ -31,8 +33,11 @@ class PrunedCheckpointRepair(Callback):
     latest checkpoint is gone goes on from the newer one that replaced it (`repair_trial`).
     Part of the run config, so that Tune restores it with the experiment."""
 
+    def __init__(self) -> None:
+        self._checked = False  # pickled with the run config before any step: False on resume
+
     def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
-        if getattr(self, "_checked", False):
+        if self._checked:
             return
         self._checked = True
         for trial in trials:
@@ -87,11 +92,7 @@ def _exists(checkpoint: Any) -> bool:
 def _reported_with(filesystem: Any, trial_path: str, name: str) -> dict[str, Any] | None:
     """The result the trial reported with checkpoint `name` (Tune's result.json rows name
     theirs as `checkpoint_dir_name`)."""
-    try:
-        with filesystem.open_input_stream(f"{trial_path}/result.json") as stream:
-            text = stream.read().decode("utf-8")
-    except (FileNotFoundError, OSError):
-        return None
+    text = read_text(filesystem, f"{trial_path}/result.json") or ""
     for line in reversed(text.splitlines()):
         try:
             row = json.loads(line)
