@@ -367,6 +367,26 @@ def test_resume_with_another_model_than_the_experiments_is_refused_before_ray(
     assert no_ray == []
 
 
+def test_resume_of_a_state_file_cut_short_by_the_kill_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
+    experiment = tmp_path / "runs" / "tiny"
+    experiment.mkdir(parents=True)
+    (experiment / "tuner.pkl").write_bytes(b"")
+    state = experiment / "experiment_state-2026-12-06_11-00-00.json"
+    state.write_bytes(b"")  # Tune copies it in place: a kill in the copy leaves it empty
+    line = _refused(
+        ["search", "--space", str(_space(tmp_path)), "--storage", str(tmp_path / "runs"),
+         "--name", "tiny", "--resume"],
+        capsys,
+    )
+    assert line.startswith(f"hiersearch: error: {state}: Ray Tune's saved state is cut short")
+    assert state.read_bytes() == b""  # left as it was
+    assert no_ray == []
+
+
 # --- outputs ----------------------------------------------------------------------------------
 
 

@@ -35,7 +35,9 @@ documents) is one more row, of status "baseline", named in the variant column.
 Status: "terminated" (a final report exists), "errored" (Ray says ERROR, or error.txt and no final
 report), "stopped early" (Ray says TERMINATED, no final report: the scheduler stopped it),
 "running" / "pending" / "paused" as Ray's state says (a killed driver leaves "running"),
-"unknown" (no state entry, no final report).
+"lost" (no entry in the experiment's saved state, no final report: a trial the driver
+started after Tune's last snapshot before it was killed; `--resume` runs its point again as a
+new trial), "unknown" (no state saved at all, no final report).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ STATUS_ERRORED = "errored"
 STATUS_RUNNING = "running"
 STATUS_PENDING = "pending"
 STATUS_PAUSED = "paused"
+STATUS_LOST = "lost"
 STATUS_UNKNOWN = "unknown"
 
 ID_COLUMNS = (
@@ -268,13 +271,15 @@ def _best_row(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, A
     return rows[min(scored)[1]]
 
 
-def _status(ray_status: str | None, final: bool, has_error: bool) -> str:
+def _status(ray_status: str | None, final: bool, has_error: bool, lost: bool) -> str:
     if ray_status == "ERROR" or (has_error and not final):
         return STATUS_ERRORED
     if final:
         return STATUS_TERMINATED
     if ray_status == "TERMINATED":
         return STATUS_STOPPED_EARLY
+    if lost:
+        return STATUS_LOST
     return _RAY_STATUS.get(ray_status or "", STATUS_UNKNOWN)
 
 
@@ -284,8 +289,10 @@ def _trial_row(
     state: dict[str, Any] | None,
     ranking: tuple[str, str],
     base: dict[str, Any],
+    lost: bool = False,
 ) -> dict[str, Any]:
-    """`ranking`: the experiment's (metric, mode); `base`: its base config (hiersearch.json)."""
+    """`ranking`: the experiment's (metric, mode); `base`: its base config (hiersearch.json);
+    `lost`: the experiment's saved state has no entry for the trial."""
     state = state or {}
     metric, mode = ranking
     rows = _read_results(store, trial_dir) if trial_dir else []
@@ -306,7 +313,7 @@ def _trial_row(
         "trial_id": state.get("trial_id")
         or last.get("trial_id")
         or (match.group(1) if match else trial_dir),
-        "status": _status(state.get("status"), final, error_text is not None),
+        "status": _status(state.get("status"), final, error_text is not None, lost),
         "error": error_line(error_text) if error_text else None,
         "epochs": last.get("epoch", last.get("training_iteration")),
         "time_s": _number(last.get("time_total_s")),
@@ -395,9 +402,9 @@ def _load_one(location: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows = []
     for trial_dir in sorted(set(trial_dirs) | set(state)):
         present = trial_dir if trial_dir in trial_dirs else ""  # pending trials have no dir yet
-        rows.append(
-            {**who, **_trial_row(store, present, state.get(trial_dir), (metric, mode), base)}
-        )
+        lost = bool(state) and trial_dir not in state
+        entry = state.get(trial_dir)
+        rows.append({**who, **_trial_row(store, present, entry, (metric, mode), base, lost)})
     baseline = read_baseline(location)
     if baseline is not None:
         rows.append({**who, **baseline_row(baseline)})

@@ -603,8 +603,11 @@ def _baseline(path: str, corpus: Corpus) -> None:
 def _check_resumable(path: str) -> None:
     from ray.tune import Tuner
 
+    from hiersearch.search.recovery import check_saved_state
+
     if not Tuner.can_restore(path):
         raise InputError("no experiment to resume at this path", where=f"--resume {path}")
+    check_saved_state(path)
 
 
 def _trainable(

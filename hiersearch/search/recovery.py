@@ -5,23 +5,38 @@ experiment state (which names each trial's latest checkpoint) at most every 10 s
 killed in between (kill -9, a lost head node) leaves a state naming a deleted checkpoint;
 `--resume` then fails that trial ("Could not recover from checkpoint as it does not exist on
 storage anymore"), on every retry. The checkpoint that replaced it is still beside it:
-`PrunedCheckpointRepair` points the trial at it before Tune starts the trial. Imported by the
-search driver (it imports Ray).
+`PrunedCheckpointRepair` points the trial at it before Tune starts the trial.
+
+Tune also copies its state files into the experiment directory in place, so a driver killed
+during the copy leaves one cut short; `check_saved_state` says so before Ray starts, instead of
+Tune's traceback after. Imported by the search driver (it imports Ray).
 """
 
 from __future__ import annotations
 
+import collections
+import fnmatch
 import json
 import logging
+import os
+import pickletools
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from hiersearch.report.experiment import read_text
+from hiersearch.errors import InputError
+from hiersearch.report.experiment import open_location, read_text
 
-__all__ = ["PrunedCheckpointRepair", "repair_trial"]
+__all__ = ["PrunedCheckpointRepair", "check_saved_state", "repair_trial"]
 
 logger = logging.getLogger(__name__)
+
+# Tune's state files in an experiment directory (one of each per driver session, named by its
+# start time): the newest of each is what a resume reads. The experiment state is JSON, the
+# other two are pickles (search_gen_state too, despite its suffix)
+STATE_FILES = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
 
 # Tune's and Train's checkpoint directories: `checkpoint_000012`, `checkpoint_<date>`, both
 # sorting by age.
@@ -101,3 +116,61 @@ def _reported_with(filesystem: Any, trial_path: str, name: str) -> dict[str, Any
         if isinstance(row, dict) and row.get("checkpoint_dir_name") == name:
             return row
     return None
+
+
+def check_saved_state(experiment: str) -> None:
+    """An InputError naming the newest of Tune's state files (`STATE_FILES`) that is cut
+    short: the driver was killed while Tune copied it into the experiment directory. A whole
+    copy may still be in Ray's staging directory on the driver's machine: the message names
+    it."""
+    filesystem, path = open_location(experiment)
+    import pyarrow.fs
+
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    names = [info.base_name for info in found if info.type == pyarrow.fs.FileType.File]
+    for pattern in STATE_FILES:
+        matching = fnmatch.filter(names, pattern)
+        if not matching:
+            continue
+        newest = max(matching)  # as Tune picks it
+        with filesystem.open_input_stream(f"{path}/{newest}") as stream:
+            data = stream.read()
+        if _whole(newest, data):
+            continue
+        copies = [str(c) for c in _staged_copies(Path(path).name, newest) if _whole(newest, c)]
+        hint = (
+            f"a whole copy is in Ray's staging directory: {copies[-1]}; copy it over this file"
+            if copies
+            else "no whole copy was found in Ray's staging directory on this machine"
+        )
+        raise InputError(
+            f"Ray Tune's saved state is cut short ({len(data)} bytes): the driver was killed "
+            f"while Tune wrote it, and --resume cannot read it; {hint}, then --resume again",
+            where=f"{experiment.rstrip('/')}/{newest}",
+        )
+
+
+def _whole(name: str, data: bytes | Path) -> bool:
+    """Whether the experiment state (JSON) parses, or a pickle (the other two, whatever their
+    suffix) runs to its STOP opcode (read, never run)."""
+    if isinstance(data, Path):
+        try:
+            data = data.read_bytes()
+        except OSError:
+            return False
+    try:
+        if name.startswith("experiment_state-"):
+            json.loads(data)
+        else:
+            collections.deque(pickletools.genops(data), maxlen=0)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _staged_copies(experiment_name: str, name: str) -> list[Path]:
+    """Ray's driver staging copies of state file `name` on this machine, oldest first:
+    Tune writes each state file there whole before copying it to the experiment directory."""
+    root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    pattern = f"session_*/artifacts/*/{experiment_name}/driver_artifacts/{name}"
+    return sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)

@@ -173,6 +173,32 @@ def test_without_a_state_file_status_comes_from_the_trial_files(tmp_path: Path) 
     assert _row(df, "f18e3_00008")["status"] == results.STATUS_ERRORED
 
 
+def _drop_from_state(exp: Path, trial_id: str) -> None:
+    state_file = next(exp.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    pairs = state["trial_data"]
+    state["trial_data"] = [p for p in pairs if json.loads(p[0])["trial_id"] != trial_id]
+    assert len(state["trial_data"]) == len(pairs) - 1
+    state_file.write_text(json.dumps(state))
+
+
+def test_trial_missing_from_the_saved_state_is_lost(tmp_path: Path) -> None:
+    """A killed driver had started it after its last snapshot: no state entry names it."""
+    exp = _copy(tmp_path, "killed")
+    _drop_from_state(exp, "46e40_00001")
+    df = results.load_experiments([str(exp)])
+    assert list(df["status"]) == [results.STATUS_RUNNING, results.STATUS_LOST]
+    assert list(df["epochs"]) == [5, 5]
+
+
+def test_finished_trial_missing_from_the_saved_state_is_terminated(tmp_path: Path) -> None:
+    exp = _copy(tmp_path, "finished")
+    _drop_from_state(exp, "f18e3_00002")
+    assert _row(results.load_experiments([str(exp)]), "f18e3_00002")["status"] == (
+        results.STATUS_TERMINATED
+    )
+
+
 def test_corrupt_state_file_is_skipped_and_trial_files_still_read(tmp_path: Path) -> None:
     exp = _copy(tmp_path, "killed")
     state_file = next(exp.glob("experiment_state-*.json"))

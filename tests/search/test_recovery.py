@@ -134,3 +134,78 @@ def test_a_resume_goes_on_past_a_checkpoint_pruned_after_the_state_was_saved(
     driver.run_search(space, storage=storage, resume=True, verbose=0)
     rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
     assert rows[-1][M.TRIAL_FINAL] == 1 and rows[-1][M.EPOCH] == 3
+
+
+# --- state files cut short by the kill ----------------------------------------------------
+
+
+def _experiment(tmp_path: Path, **files: bytes) -> Path:
+    """An experiment directory holding two driver sessions' state files, with `files` over
+    them (name -> content)."""
+    import pickle
+
+    experiment = tmp_path / "runs" / "exp"
+    experiment.mkdir(parents=True)
+    for session in ("2026-12-06_10-00-00", "2026-12-06_11-00-00"):
+        (experiment / f"experiment_state-{session}.json").write_text('{"trial_data": []}')
+        (experiment / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"b": 2}))
+        (experiment / f"searcher-state-{session}.pkl").write_bytes(pickle.dumps({"a": 1}))
+    for name, content in files.items():
+        (experiment / name).write_bytes(content)
+    return experiment
+
+
+NEWEST_STATE = "experiment_state-2026-12-06_11-00-00.json"
+
+
+def test_whole_state_files_pass(tmp_path: Path) -> None:
+    from hiersearch.search.recovery import check_saved_state
+
+    check_saved_state(str(_experiment(tmp_path)))
+
+
+def test_an_older_sessions_torn_state_is_not_read(tmp_path: Path) -> None:
+    from hiersearch.search.recovery import check_saved_state
+
+    check_saved_state(str(_experiment(tmp_path, **{
+        "experiment_state-2026-12-06_10-00-00.json": b"",
+    })))
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        (NEWEST_STATE, b""),
+        (NEWEST_STATE, b'{"trial_data": [['),
+        ("search_gen_state-2026-12-06_11-00-00.json", b"\x80\x05\x95\x10\x00"),
+        ("searcher-state-2026-12-06_11-00-00.pkl", b"\x80\x05\x95\x10\x00"),
+    ],
+)
+def test_a_state_file_cut_short_is_an_input_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, content: bytes
+) -> None:
+    from hiersearch.errors import InputError
+    from hiersearch.search.recovery import check_saved_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray"))
+    experiment = _experiment(tmp_path, **{name: content})
+    with pytest.raises(InputError) as caught:
+        check_saved_state(str(experiment))
+    assert caught.value.where == str(experiment / name)
+    assert "cut short" in caught.value.message and "no whole copy" in caught.value.message
+
+
+def test_the_error_names_rays_whole_staging_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hiersearch.errors import InputError
+    from hiersearch.search.recovery import check_saved_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray-tmp"))
+    staging = tmp_path / "ray-tmp/ray/session_1/artifacts/2026-12-06_11-00-00/exp"
+    (staging / "driver_artifacts").mkdir(parents=True)
+    whole = staging / "driver_artifacts" / NEWEST_STATE
+    whole.write_text('{"trial_data": []}')
+    experiment = _experiment(tmp_path, **{NEWEST_STATE: b'{"tri'})
+    with pytest.raises(InputError, match=f"a whole copy is in Ray's staging directory: {whole}"):
+        check_saved_state(str(experiment))
