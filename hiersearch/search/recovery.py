@@ -15,6 +15,7 @@ Tune's traceback after. Imported by the search driver (it imports Ray).
 from __future__ import annotations
 
 import collections
+import contextlib
 import fnmatch
 import json
 import logging
@@ -133,8 +134,12 @@ def check_saved_state(experiment: str) -> None:
         if not matching:
             continue
         newest = max(matching)  # as Tune picks it
-        with filesystem.open_input_stream(f"{path}/{newest}") as stream:
-            data = stream.read()
+        where = f"{experiment.rstrip('/')}/{newest}"
+        try:
+            with filesystem.open_input_stream(f"{path}/{newest}") as stream:
+                data = stream.read()
+        except OSError as exc:
+            raise InputError.from_os_error(exc, where, "cannot read") from None
         if _whole(newest, data):
             continue
         copies = [str(c) for c in _staged_copies(Path(path).name, newest) if _whole(newest, c)]
@@ -146,7 +151,7 @@ def check_saved_state(experiment: str) -> None:
         raise InputError(
             f"Ray Tune's saved state is cut short ({len(data)} bytes): the driver was killed "
             f"while Tune wrote it, and --resume cannot read it; {hint}, then --resume again",
-            where=f"{experiment.rstrip('/')}/{newest}",
+            where=where,
         )
 
 
@@ -173,4 +178,8 @@ def _staged_copies(experiment_name: str, name: str) -> list[Path]:
     Tune writes each state file there whole before copying it to the experiment directory."""
     root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
     pattern = f"session_*/artifacts/*/{experiment_name}/driver_artifacts/{name}"
-    return sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    aged = []
+    for copy in root.glob(pattern):
+        with contextlib.suppress(OSError):  # a session Ray is cleaning up
+            aged.append((copy.stat().st_mtime, copy))
+    return [copy for _, copy in sorted(aged)]

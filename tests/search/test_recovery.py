@@ -209,3 +209,24 @@ def test_the_error_names_rays_whole_staging_copy(
     experiment = _experiment(tmp_path, **{NEWEST_STATE: b'{"tri'})
     with pytest.raises(InputError, match=f"a whole copy is in Ray's staging directory: {whole}"):
         check_saved_state(str(experiment))
+
+
+def test_an_unreadable_state_file_is_an_input_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.fs
+
+    from hiersearch.errors import InputError
+    from hiersearch.search import recovery
+
+    experiment = _experiment(tmp_path)
+    local = pyarrow.fs.LocalFileSystem()
+
+    def refuse(path: str) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    filesystem = SimpleNamespace(get_file_info=local.get_file_info, open_input_stream=refuse)
+    monkeypatch.setattr(recovery, "open_location", lambda where: (filesystem, where))
+    with pytest.raises(InputError, match="cannot read: Permission denied") as caught:
+        recovery.check_saved_state(str(experiment))
+    assert caught.value.where == str(experiment / NEWEST_STATE)
