@@ -124,9 +124,9 @@ def check_saved_state(experiment: str) -> None:
     short: the driver was killed while Tune copied it into the experiment directory. A whole
     copy may still be in Ray's staging directory on the driver's machine: the message names
     it."""
-    filesystem, path = open_location(experiment)
     import pyarrow.fs
 
+    filesystem, path = open_location(experiment)
     found = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     names = [info.base_name for info in found if info.type == pyarrow.fs.FileType.File]
     for pattern in STATE_FILES:
@@ -142,10 +142,10 @@ def check_saved_state(experiment: str) -> None:
             raise InputError.from_os_error(exc, where, "cannot read") from None
         if _whole(newest, data):
             continue
-        copies = [str(c) for c in _staged_copies(Path(path).name, newest) if _whole(newest, c)]
+        copy = _whole_staged_copy(Path(path).name, newest)
         hint = (
-            f"a whole copy is in Ray's staging directory: {copies[-1]}; copy it over this file"
-            if copies
+            f"a whole copy is in Ray's staging directory: {copy}; copy it over this file"
+            if copy
             else "no whole copy was found in Ray's staging directory on this machine"
         )
         raise InputError(
@@ -155,14 +155,9 @@ def check_saved_state(experiment: str) -> None:
         )
 
 
-def _whole(name: str, data: bytes | Path) -> bool:
+def _whole(name: str, data: bytes) -> bool:
     """Whether the experiment state (JSON) parses, or a pickle (the other two, whatever their
     suffix) runs to its STOP opcode (read, never run)."""
-    if isinstance(data, Path):
-        try:
-            data = data.read_bytes()
-        except OSError:
-            return False
     try:
         if name.startswith("experiment_state-"):
             json.loads(data)
@@ -173,13 +168,15 @@ def _whole(name: str, data: bytes | Path) -> bool:
     return True
 
 
-def _staged_copies(experiment_name: str, name: str) -> list[Path]:
-    """Ray's driver staging copies of state file `name` on this machine, oldest first:
-    Tune writes each state file there whole before copying it to the experiment directory."""
+def _whole_staged_copy(experiment_name: str, name: str) -> Path | None:
+    """The newest whole copy of state file `name` in Ray's driver staging directories on this
+    machine: Tune writes each state file there before copying it to the experiment
+    directory."""
     root = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
     pattern = f"session_*/artifacts/*/{experiment_name}/driver_artifacts/{name}"
-    aged = []
+    whole = []
     for copy in root.glob(pattern):
         with contextlib.suppress(OSError):  # a session Ray is cleaning up
-            aged.append((copy.stat().st_mtime, copy))
-    return [copy for _, copy in sorted(aged)]
+            if _whole(name, copy.read_bytes()):
+                whole.append((copy.stat().st_mtime, copy))
+    return max(whole)[1] if whole else None

@@ -65,9 +65,12 @@ class PersistentOptunaSearch(OptunaSearch):
         handed_out = {trial._trial_id for trial in self._ot_trials.values()}
         running = self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         lost = [trial for trial in running if trial._trial_id not in handed_out]
+        if not lost:
+            return
+        retry = _retry_callback()
         for trial in lost:
             failed = self._ot_study.tell(trial.number, state=TrialState.FAIL)
-            _retry_callback()(self._ot_study, failed)
+            retry(self._ot_study, failed)
             logger.info(
                 "Optuna trial %d (Tune trial %s) was asked for after the experiment's last "
                 "snapshot: queued again as a new trial",
