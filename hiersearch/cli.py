@@ -522,7 +522,7 @@ def _variants(args: argparse.Namespace) -> int:
 
 def _space(args: argparse.Namespace) -> int:
     from hiersearch.model.assignment import check_layer_count
-    from hiersearch.search.assignments import SpaceOptions, space_summary
+    from hiersearch.search.assignment_space import SpaceOptions, space_summary
 
     check_layer_count(args.layers, "--layers")
     options = SpaceOptions()

@@ -854,6 +854,23 @@ def test_a_space_file_with_a_key_given_twice_is_refused_before_ray(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["twice.yaml"]  # no storage, no Ray
 
 
+@pytest.mark.parametrize("command", [["search", "--storage", "runs"],
+                                     ["space", "--layers", "6", "--levels", "3"]])
+def test_a_space_file_that_is_not_utf8_is_refused_naming_its_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    space = tmp_path / "latin1.yaml"
+    text = yaml.safe_dump({**SPACE, "description": "caf\u00e9 au lait"}, sort_keys=False,
+                          allow_unicode=True)
+    space.write_bytes(text.encode("latin-1"))  # e-acute as the single byte 0xE9
+    line = text[: text.index("\u00e9")].count("\n") + 1
+    column = len(text[: text.index("\u00e9")].rsplit("\n", 1)[-1]) + 1
+    err = _refused_in_a_subprocess([command[0], "--space", str(space), *command[1:]],
+                                   cwd=tmp_path)
+    assert err == f"hiersearch: error: {space}:{line}: invalid UTF-8 (byte {column} of the line)\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.yaml"]  # no storage, no Ray
+
+
 def _experiment_copy(tmp_path: Path) -> Path:
     import shutil
 

@@ -13,7 +13,10 @@ from importlib import resources
 from pathlib import Path
 
 # Pure stages (and the trial loop, whose Ray runners import Ray only when used).
-PURE = ["data", "model", "metrics", "report", "trial", "search.space", "search.assignments", "cli"]
+PURE = [
+    "data", "model", "metrics", "report", "trial", "search.space", "search.assignment_space",
+    "search.dimension", "cli",
+]
 
 
 def test_pure_modules_import_without_ray() -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hiersearch.errors import InputError
+from hiersearch.textfile import decode_utf8
 
 
 @dataclass(frozen=True)
@@ -351,14 +352,7 @@ def read_text_file(path: Path) -> str:
         data = path.read_bytes()
     except OSError as err:
         raise InputError.from_os_error(err, str(path), "cannot read the file") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise InputError(
-            f"invalid UTF-8 (byte {column} of the line)", where=f"{path}:{line}"
-        ) from None
+    return decode_utf8(data, str(path))
 
 
 def _levels_from_links(parents: Mapping[str, Sequence[str]], name: str) -> dict[str, int]:

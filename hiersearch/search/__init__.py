@@ -5,7 +5,7 @@ connection."""
 
 from __future__ import annotations
 
-from hiersearch.search.assignments import (
+from hiersearch.search.assignment_space import (
     SpaceOptions,
     space_size,
     space_summary,

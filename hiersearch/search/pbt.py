@@ -28,11 +28,13 @@ import logging
 import math
 import random
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from hiersearch import metrics as M
+from hiersearch.search.dimension import Dimension
 from hiersearch.search.space import MEMBER_PARAM as MEMBER
 from hiersearch.search.space import PbtSpec
 
@@ -54,23 +56,19 @@ DONOR_PREFIX = "pbt_donor_"
 NEWEST = "newest"
 
 
-def mutations(search: dict[str, Any]) -> dict[str, Any]:
+def mutations(search: Mapping[str, Dimension]) -> dict[str, Any]:
     """Ray's `hyperparam_mutations` of a `search:` section: ranges as Tune domains (perturbed
     by a factor, or resampled), choices and integers as lists (shifted to a neighbour)."""
     from ray import tune
 
     out: dict[str, Any] = {}
-    for key, dist in search.items():
-        kind = dist["type"]
-        if kind == "categorical":
-            out[key] = list(dist["choices"])
-        elif kind == "int":
-            low, high, step = int(dist["low"]), int(dist["high"]), int(dist.get("step", 1))
-            out[key] = list(range(low, high + 1, step))
-        elif kind == "loguniform":
-            out[key] = tune.loguniform(float(dist["low"]), float(dist["high"]))
+    for key, dimension in search.items():
+        values = dimension.pbt_values()
+        if values is not None:
+            out[key] = values
         else:
-            out[key] = tune.uniform(float(dist["low"]), float(dist["high"]))
+            domain = tune.loguniform if dimension.log else tune.uniform
+            out[key] = domain(dimension.low, dimension.high)
     return out
 
 
@@ -105,7 +103,9 @@ class _Pick:
         return self.values[config[MEMBER]]
 
 
-def population_space(population: list[dict[str, Any]], search: dict[str, Any]) -> dict:
+def population_space(
+    population: list[dict[str, Any]], search: Mapping[str, Dimension]
+) -> dict[str, Any]:
     """Tune's param space of a population: one trial per member (a grid over `MEMBER`), with
     the member's starting value of every key PBT mutates (top-level keys: Ray's PBT looks for
     them there, and requires them in the space when there is no searcher)."""
@@ -127,11 +127,11 @@ class _Clip:
     """`custom_explore_fn`: every perturbed float back into its `search:` range (picklable:
     the scheduler is saved with the experiment)."""
 
-    def __init__(self, search: dict[str, Any]) -> None:
+    def __init__(self, search: Mapping[str, Dimension]) -> None:
         self.ranges = {
-            key: (float(dist["low"]), float(dist["high"]))
-            for key, dist in search.items()
-            if dist["type"] in ("loguniform", "uniform")
+            key: dimension.clip_range
+            for key, dimension in search.items()
+            if dimension.clip_range is not None
         }
 
     def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +144,7 @@ class _Clip:
 class PinnedPBT(PopulationBasedTraining):
     """Ray's PBT over the `search:` section, by epochs (see the module docstring)."""
 
-    def __init__(self, spec: PbtSpec, search: dict[str, Any]) -> None:
+    def __init__(self, spec: PbtSpec, search: Mapping[str, Dimension]) -> None:
         # the metric and mode are the Tuner's (Tune hands them over; it refuses both)
         super().__init__(
             time_attr=M.EPOCH,

@@ -164,8 +164,8 @@ def check_gpus(space: SpaceFile, base: TrialConfig, *, local: bool) -> None:
     worker without CUDA fails its trial at once (`trial/session.py`, `check_cuda`)."""
     import torch
 
-    searched = space.search.get("use_gpu") or {}
-    if not base.use_gpu and True not in (searched.get("choices") or []):
+    searched = space.search.get("use_gpu")
+    if not base.use_gpu and (searched is None or True not in searched.choices):
         return
     where = f"{space.path}: {'trial' if base.use_gpu else 'search'}: use_gpu"
     cpu_build = torch.version.cuda is None and getattr(torch.version, "hip", None) is None
@@ -201,8 +201,8 @@ def check_trials(
         assignment = assignment_of(point, data.num_layers, data.label_counts, space)
         config = trial_config(base, point, assignment)
         resolve_assignment(config.assignment, data.num_layers, data.label_counts)
-    model_dist = space.search.get("model") or {}
-    for choice in model_dist.get("choices") or []:
+    searched = space.search.get("model")
+    for choice in searched.choices if searched else ():
         _check_backbone(str(choice), base, data.num_layers, f"{space.path}: search: model")
 
 

@@ -1,20 +1,23 @@
 """Search-space files: YAML -> a checked `SpaceFile` -> an Optuna define-by-run function.
 
-A space file has five sections (unknown keys anywhere are an error naming the key):
+Besides its name and description, a space file has six sections (unknown keys anywhere are
+an error naming the key):
 
     data:        where the corpus comes from (a corpus dir, or one to generate: synthetic, or
                  the HPO term definitions with `source: hpo`)
     trial:       fixed `TrialConfig` fields (model, epochs, workers, ...)
-    search:      searched `TrialConfig` fields, each a distribution
-                 ({type: loguniform|uniform|int|categorical, low, high, choices, step});
-                 categorical choices may include null (head_hidden: [null, 64])
+    search:      searched `TrialConfig` fields, each a distribution (a `Dimension`,
+                 search/dimension.py: {type: loguniform|uniform|int, low, high, step} or
+                 {type: categorical, choices}); choices may include null (head_hidden: [null, 64])
     assignment:  how layer-to-level assignments are searched: `space: variants` (a categorical
                  over named variants) or `space: monotone` (the combinatorial space, with
                  options), and whether the named variants are enqueued as fixed trials
-    tune:        algorithm (tpe|random|grid), num_samples, metric, mode, scheduler, seeds, ...
-                 and `pbt:` (population-based training's settings, `scheduler: pbt`)
+    tune:        algorithm (tpe|random|nsga2|grid), num_samples, metric, mode, scheduler
+                 (none|asha|pbt), seeds, ... and `pbt:` (population-based training's settings)
+    screen:      a two-stage search (search/stages.py): head-only trials screen the
+                 assignments, the best few are fine-tuned
 
-The define-by-run function only calls `trial.suggest_*` and returns constants; every fixed
+The define-by-run function only calls `trial.suggest_*` and returns no constants: every fixed
 trial (a named variant, a grid point, a seed) is a dict of suggest values, because Optuna's
 `points_to_evaluate` reaches nothing else.
 """
@@ -29,13 +32,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hiersearch import metrics as M
 from hiersearch.data.prepare import DataSpec  # the data section: it drives the preparation
 from hiersearch.errors import InputError
 from hiersearch.model.assignment import LayerAssignment, named_variants, variant_names
-from hiersearch.search.assignments import SpaceOptions, assignment_params, suggest_assignment
+from hiersearch.search.assignment_space import SpaceOptions, assignment_params, suggest_assignment
+from hiersearch.search.dimension import Dimension
+from hiersearch.textfile import decode_utf8, parse_yaml
 from hiersearch.trial.config import TrialConfig, resolve_aliases
 from hiersearch.typed import as_mapping, check_keys, from_mapping
 
@@ -46,7 +49,6 @@ SEED_PARAM = "seed"
 # assignment and seed); the values PBT mutates are parameters of their own.
 MEMBER_PARAM = "pbt_member"
 ASSIGN_PREFIX = "assign"
-DISTRIBUTIONS = ("loguniform", "uniform", "int", "categorical")
 SECTIONS = ("name", "description", "data", "trial", "search", "assignment", "tune", "screen")
 ASSIGNMENT_SPACES = ("variants", "monotone")
 
@@ -58,6 +60,7 @@ __all__ = [
     "VARIANT_PARAM",
     "AssignmentSpec",
     "DataSpec",
+    "Dimension",
     "PbtSpec",
     "SpaceFile",
     "TuneSpec",
@@ -82,7 +85,7 @@ class AssignmentSpec:
     variants: tuple[str, ...] | None = None
     # Enqueue the named variants as fixed trials before the sampler takes over (monotone).
     enqueue_variants: bool = True
-    # Monotone-space options (see search/assignments.py, SpaceOptions).
+    # Monotone-space options (see search/assignment_space.py, SpaceOptions).
     overlap: bool = False
     max_width: int | None = None
     skip_lowest: int = 0
@@ -201,7 +204,7 @@ class TuneSpec:
     seeds: int = 1
     # The first seed (e.g. 100 to re-train a configuration with seeds a search never used).
     first_seed: int = 0
-    # Trial-level retries by Tune (worker faults are retried by Ray Train, see trial.max_failures).
+    # Trial-level retries by Tune, once Ray Train has spent `worker_failures` on a dead worker.
     max_failures: int = 0
     # Ray Train restarts of a trial's worker group after a worker dies.
     worker_failures: int = 2
@@ -303,7 +306,7 @@ class SpaceFile:
     path: str
     data: DataSpec
     trial: dict[str, Any]
-    search: dict[str, dict[str, Any]]
+    search: dict[str, Dimension]
     assignment: AssignmentSpec
     tune: TuneSpec
     description: str = ""
@@ -332,66 +335,13 @@ def load_space(spec: str | os.PathLike[str]) -> SpaceFile:
         path = preset_path(str(spec))
     where = str(spec)
     try:
-        raw = _read_yaml(path.read_text(), where)
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read search-space file ({exc.strerror})", where=where) from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise InputError(
-            f"invalid YAML{line}: {getattr(exc, 'problem', exc)}", where=where
-        ) from exc
+    raw = parse_yaml(decode_utf8(data, where), where)
     if not isinstance(raw, dict):
         raise InputError("a search-space file must be a mapping", where=where)
     return parse_space(raw, where)
-
-
-def _read_yaml(text: str, where: str) -> Any:
-    """The YAML document in `text`, refusing a key given twice in one mapping: a YAML reader
-    keeps the last value silently, so the search would run with one of two settings."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _refuse_duplicate_keys(loader, node, [], where, set())
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _refuse_duplicate_keys(
-    loader: yaml.SafeLoader, node: yaml.Node, path: list[str], where: str, seen: set[int]
-) -> None:
-    """An InputError naming the key, its section and the lines of both occurrences."""
-    if id(node) in seen:  # an alias: its anchor's node was checked already (and may recur)
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _refuse_duplicate_keys(loader, item, [*path, f"[{index}]"], where, seen)
-        return
-    if not isinstance(node, yaml.MappingNode):
-        return
-    lines: dict[Any, int] = {}  # key -> the line it first occurs on
-    for key_node, value_node in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may repeat by design
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        try:
-            first = lines.get(key)
-            lines.setdefault(key, line)
-        except TypeError:  # an unhashable key: the file's checks name it later
-            first = None
-        if first is not None:
-            places = f"both on line {line}" if first == line else f"lines {first} and {line}"
-            raise InputError(
-                f"key {key!r} is given twice ({places}); a YAML reader would keep the last "
-                "one silently: keep one",
-                where=": ".join([where, *path]),
-            )
-        _refuse_duplicate_keys(loader, value_node, [*path, str(key)], where, seen)
 
 
 def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
@@ -402,8 +352,7 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
     trial = resolve_aliases(as_mapping(raw.get("trial") or {}, f"{where}: trial"),
                             f"{where}: trial")
     TrialConfig.from_dict(trial, where=f"{where}: trial")  # check keys and types now
-    search = as_mapping(raw.get("search") or {}, f"{where}: search")
-    _check_search(search, trial, f"{where}: search")
+    search = _parse_search(raw.get("search") or {}, trial, f"{where}: search")
     assignment = from_mapping(AssignmentSpec, raw.get("assignment") or {}, f"{where}: assignment")
     tune = from_mapping(TuneSpec, raw.get("tune") or {}, f"{where}: tune")
     screen = None
@@ -412,8 +361,8 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
     if tune.scheduler == "pbt":
         _check_pbt(search, f"{where}: search")
     if tune.algorithm == "grid":
-        for key, dist in search.items():
-            if dist.get("type") != "categorical":
+        for key, dimension in search.items():
+            if dimension.kind != "categorical":
                 raise InputError(
                     "grid search needs categorical distributions", where=f"{where}: search: {key}"
                 )
@@ -431,7 +380,7 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
     )
 
 
-def _check_pbt(search: dict[str, Any], where: str) -> None:
+def _check_pbt(search: dict[str, Dimension], where: str) -> None:
     """What `scheduler: pbt` mutates is the search section: it must hold something, and only
     what a trial can change while it goes on from another trial's weights."""
     if not search:
@@ -455,110 +404,26 @@ def _check_pbt(search: dict[str, Any], where: str) -> None:
         )
 
 
-def _check_search(search: dict[str, Any], trial: dict[str, Any], where: str) -> None:
+def _parse_search(section: Any, trial: dict[str, Any], where: str) -> dict[str, Dimension]:
     """The search section: every key a searchable TrialConfig field, every distribution
     well-formed, and both its ends (or every choice) valid values of the field."""
     searchable = {f.name for f in fields(TrialConfig)} - {"assignment", SEED_PARAM}
-    for key, dist in search.items():
+    search = {}
+    for key, value in as_mapping(section, where).items():
         if key not in searchable:
             raise InputError(
                 f"unknown searchable key {key!r} (searchable: TrialConfig fields other than "
                 "assignment and seed; the assignment has its own section, seeds are tune.seeds)",
                 where=where,
             )
-        _check_distribution(dist, f"{where}: {key}")
-        for value in _distribution_values(dist):
-            TrialConfig.from_dict({**trial, key: value}, where=where)
-
-
-def _check_distribution(dist: Any, where: str) -> None:
-    if not isinstance(dist, dict) or dist.get("type") not in DISTRIBUTIONS:
-        raise InputError(f"needs type: one of {', '.join(DISTRIBUTIONS)}", where=where)
-    kind = dist["type"]
-    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "step"}
-    check_keys(dist, allowed, where)
-    if kind == "categorical":
-        choices = dist.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise InputError("categorical needs a non-empty list of choices", where=where)
-        optuna_distribution(dist, where)
-        return
-    try:
-        low, high = float(dist["low"]), float(dist["high"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError("needs numeric low and high", where=where) from exc
-    if not low < high or (kind == "loguniform" and low <= 0):
-        raise InputError(f"bad range [{low}, {high}]", where=where)
-    optuna_distribution(dist, where)
-
-
-def optuna_distribution(dist: dict[str, Any], where: str) -> Any:
-    """The Optuna distribution `_suggest` asks for, built once while the file is checked:
-    what Optuna refuses (step 0, a step with a log scale, a range the step does not divide,
-    a choice it cannot store) is an error naming the key here, not in a trial after Ray
-    has started. Optuna's warnings (it would silently shrink a range) count as errors."""
-    import warnings
-
-    from optuna import distributions as od
-
-    kind = dist["type"]
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            if kind == "categorical":
-                return od.CategoricalDistribution(list(dist["choices"]))
-            if kind == "int":
-                low, high, step = (_whole(dist, k, where) for k in ("low", "high", "step"))
-                return od.IntDistribution(low, high, step=step)
-            step = dist.get("step")
-            if step is not None and not isinstance(step, (int, float)) or isinstance(step, bool):
-                raise InputError(f"step: expected a number, got {step!r}", where=where)
-            return od.FloatDistribution(
-                float(dist["low"]), float(dist["high"]), log=kind == "loguniform", step=step
-            )
-    except (ValueError, Warning) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"Optuna refuses this distribution: {first}", where=where) from None
-
-
-def _whole(dist: dict[str, Any], key: str, where: str) -> int:
-    """An int distribution's low, high or step (default 1) as an int; 2.5 is an error."""
-    value = dist.get(key, 1)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise InputError(f"{key}: expected an integer, got {value!r}", where=where)
-    return int(value)
-
-
-def _distribution_values(dist: dict[str, Any]) -> list[Any]:
-    if dist["type"] == "categorical":
-        return list(dist["choices"])
-    low, high = dist["low"], dist["high"]
-    if dist["type"] == "int":
-        return [int(low), int(high)]
-    return [float(low), float(high)]
-
-
-def _suggest(trial: Any, name: str, dist: dict[str, Any]) -> Any:
-    kind = dist["type"]
-    if kind == "categorical":
-        return trial.suggest_categorical(name, list(dist["choices"]))
-    if kind == "int":
-        return trial.suggest_int(
-            name, int(dist["low"]), int(dist["high"]), step=int(dist.get("step", 1))
-        )
-    log = kind == "loguniform"
-    step = dist.get("step")
-    return trial.suggest_float(
-        name,
-        float(dist["low"]),
-        float(dist["high"]),
-        log=log,
-        step=float(step) if step is not None and not log else None,
-    )
+        search[key] = Dimension.parse(value, f"{where}: {key}")
+        for edge in search[key].edges():
+            TrialConfig.from_dict({**trial, key: edge}, where=where)
+    return search
 
 
 class DefineByRun:
-    """The Optuna define-by-run function of a space: only `suggest_*` calls, no constants.
+    """The Optuna define-by-run function of a space: only `suggest_*` calls; it returns None.
 
     A class rather than a closure so that Ray Tune can pickle the searcher's state."""
 
@@ -570,15 +435,15 @@ class DefineByRun:
         self.options = space.assignment.options()
 
     def __call__(self, trial: Any) -> dict[str, Any] | None:
-        for key, dist in self.space.search.items():
-            _suggest(trial, key, dist)
+        for key, dimension in self.space.search.items():
+            dimension.suggest(trial, key)
         if self.space.assignment.space == "variants":
             trial.suggest_categorical(VARIANT_PARAM, self.variants)
         else:
             suggest_assignment(
                 trial, self.num_layers, self.levels, self.options, prefix=ASSIGN_PREFIX
             )
-        # A categorical so that fixed trials can enqueue every seed; the driver's sampler pins
+        # A categorical so that fixed trials can enqueue every seed; the search's sampler pins
         # it for sampled trials (optuna's PartialFixedSampler), so no sampler ever tunes it.
         trial.suggest_categorical(SEED_PARAM, seed_values(self.space.tune))
         return None
@@ -636,7 +501,7 @@ def assignment_of(
 
 def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int]) -> list[dict]:
     """Trials to run first, as suggest values: the whole grid for `algorithm: grid`; otherwise
-    the named variants (when enqueued) at the first choice / midpoint of every other param."""
+    the named variants (when enqueued) at every searched value's `Dimension.default`."""
     seeds = seed_values(space.tune)
     variants = _variant_list(space, num_layers, label_counts)
     if space.assignment.space == "variants":
@@ -660,25 +525,15 @@ def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int])
                 except InputError:
                     continue  # a variant outside this restricted space is not enqueued
     if space.tune.algorithm == "grid":
-        grids = [[(k, v) for v in dist["choices"]] for k, dist in space.search.items()]
+        grids = [[(k, v) for v in dim.grid_values()] for k, dim in space.search.items()]
     else:
-        grids = [[(k, default_value(dist))] for k, dist in space.search.items()]
+        grids = [[(k, dim.default)] for k, dim in space.search.items()]
     points = []
     for assign in assign_points:
         for combo in itertools.product(*grids):
             for seed in seeds:
                 points.append({**dict(combo), **assign, SEED_PARAM: seed})
     return points
-
-
-def default_value(dist: dict[str, Any]) -> Any:
-    if dist["type"] == "categorical":
-        return dist["choices"][0]
-    if dist["type"] == "int":
-        return int(dist["low"])
-    if dist["type"] == "loguniform":
-        return float((float(dist["low"]) * float(dist["high"])) ** 0.5)
-    return (float(dist["low"]) + float(dist["high"])) / 2
 
 
 def trial_config(base: TrialConfig, params: dict[str, Any], assignment: str) -> TrialConfig:

@@ -25,8 +25,8 @@ from typing import Any
 
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import FREEZE_ALL
-from hiersearch.search.assignments import enumerate_space, space_size
-from hiersearch.search.space import SCREEN_ALL, SpaceFile, default_value, parse_space
+from hiersearch.search.assignment_space import enumerate_space, space_size
+from hiersearch.search.space import SCREEN_ALL, SpaceFile, parse_space
 
 SCREEN, FINETUNE = "screen", "finetune"
 STAGES = (SCREEN, FINETUNE)
@@ -74,11 +74,11 @@ def screening_space(space: SpaceFile, num_layers: int, num_levels: int) -> Space
     trial["freeze_layers"] = FREEZE_ALL
     if screen.epochs is not None:
         trial["epochs"] = screen.epochs
-    search = {k: v for k, v in (raw.get("search") or {}).items() if k not in _ENCODER_ONLY}
+    search = {k: dim for k, dim in space.search.items() if k not in _ENCODER_ONLY}
     tune = {**(raw.get("tune") or {}), "scheduler": "none", "seeds": 1}
     if screen.trials == SCREEN_ALL:
-        for key, dist in search.items():  # the head options at their first choice
-            trial[key] = default_value(dist)
+        for key, dimension in search.items():  # the head options at their first choice
+            trial[key] = dimension.default
         search = {}
         raw["assignment"] = {
             "space": "variants",
@@ -89,7 +89,8 @@ def screening_space(space: SpaceFile, num_layers: int, num_levels: int) -> Space
         tune["num_samples"] = int(screen.trials)
         if tune.get("algorithm") == "grid":
             tune["algorithm"] = "tpe"
-    raw.update({"trial": trial, "search": search, "tune": tune})
+    searched = {k: copy.deepcopy(dim.raw) for k, dim in search.items()}
+    raw.update({"trial": trial, "search": searched, "tune": tune})
     return parse_space(raw, f"{space.path} (stage 1: screen)")
 
 

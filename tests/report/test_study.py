@@ -121,7 +121,7 @@ def test_within_the_block_trials_the_block_bounds_decide_the_layers_run() -> Non
     """A monotone assignment space drawn as the search draws it: a block's range depends on
     the block below, so its bounds' distributions differ between trials; the cost is the top
     layer in use, decided by the last block's end alone."""
-    from hiersearch.search.assignments import suggest_assignment
+    from hiersearch.search.assignment_space import suggest_assignment
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         assignment = suggest_assignment(trial, 6, 3)

@@ -18,6 +18,7 @@ import yaml
 
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
+from hiersearch.search.dimension import Dimension
 from hiersearch.search.space import (
     PBT_MUTABLE,
     SHAPE_KEYS,
@@ -27,6 +28,10 @@ from hiersearch.search.space import (
 )
 
 LR = {"type": "loguniform", "low": 1.0e-5, "high": 1.0e-3}
+
+
+def _dims(search: dict[str, Any]) -> dict[str, Dimension]:
+    return {key: Dimension.parse(value, key) for key, value in search.items()}
 
 
 def _space(search: dict[str, Any], **tune: Any) -> Any:
@@ -80,12 +85,12 @@ def test_mutations_are_the_search_section_as_ray_domains_and_lists() -> None:
 
     from hiersearch.search.pbt import mutations
 
-    out = mutations({
+    out = mutations(_dims({
         "lr": LR,
         "dropout": {"type": "uniform", "low": 0.0, "high": 0.3},
         "loss_weighting": {"type": "categorical", "choices": ["proportional", "uniform"]},
         "max_grad_norm": {"type": "int", "low": 1, "high": 5, "step": 2},
-    })
+    }))
     assert isinstance(out["lr"], Float) and out["lr"].lower == 1e-5 and out["lr"].upper == 1e-3
     assert isinstance(out["dropout"], Float)
     assert out["loss_weighting"] == ["proportional", "uniform"]
@@ -95,7 +100,8 @@ def test_mutations_are_the_search_section_as_ray_domains_and_lists() -> None:
 def test_a_perturbed_value_is_clipped_into_its_range() -> None:
     from hiersearch.search.pbt import _Clip
 
-    clip = _Clip({"lr": LR, "loss_weighting": {"type": "categorical", "choices": ["uniform"]}})
+    clip = _Clip(_dims({"lr": LR, "loss_weighting": {"type": "categorical",
+                                                       "choices": ["uniform"]}}))
     assert clip({"lr": 1.2e-3, "loss_weighting": "uniform"}) == {
         "lr": 1e-3, "loss_weighting": "uniform"
     }
@@ -108,7 +114,7 @@ def test_a_final_report_decides_nothing() -> None:
 
     from hiersearch.search.pbt import PinnedPBT
 
-    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR})
+    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, _dims({"lr": LR}))
     final = {M.EPOCH: 3, "dev/rp_macro": 0.1, M.TRIAL_FINAL: 1}
     assert scheduler.on_trial_result(None, object(), final) == TrialScheduler.CONTINUE
 
@@ -134,7 +140,7 @@ def test_an_exploit_pins_a_copy_of_the_donors_checkpoint_and_releases_the_last(
 
     from hiersearch.search.pbt import DONOR_PREFIX, PinnedPBT
 
-    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR})
+    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, _dims({"lr": LR}))
     donor = tmp_path / "donor" / "checkpoint_000001"
     donor.mkdir(parents=True)
     (donor / "model.pt").write_bytes(b"weights")
@@ -220,7 +226,7 @@ def _population(tmp_path: Path, donor: _Trial) -> tuple[Any, _Trial]:
 
     from hiersearch.search.pbt import PinnedPBT
 
-    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, {"lr": LR})
+    scheduler = PinnedPBT(_space({"lr": LR}).tune.pbt, _dims({"lr": LR}))
     recipient = _Trial("recipient", tmp_path)
     for t, score in ((donor, 0.9), (recipient, 0.1)):
         state = scheduler._trial_state[t] = _PBTTrialState(t)

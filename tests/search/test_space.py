@@ -274,9 +274,9 @@ def test_a_bad_head_option_choice_names_the_search_key(key: str, dist: dict) -> 
 def test_layerwise_preset_searches_every_head_option() -> None:
     search = load_space("layerwise").search
     assert set(HEAD_OPTION_COLUMNS) <= set(search)
-    assert None in search["head_hidden"]["choices"]
+    assert None in search["head_hidden"].choices
     # plain [CLS] is left out: on MiniLM's lower layers it keeps a head at the label prior
-    assert set(search["pooling"]["choices"]) == {"mean", "cls_mean"}
+    assert set(search["pooling"].choices) == {"mean", "cls_mean"}
 
 
 def test_paper_preset_pins_the_papers_head() -> None:
@@ -381,11 +381,12 @@ def test_the_pareto_preset_trades_quality_against_layers_run() -> None:
 def test_every_distribution_is_built_as_optuna_will_suggest_it() -> None:
     """A distribution that passes the file's checks reaches `suggest_*` in a trial: every one
     of them is built once while the file is read, so Optuna's refusals surface there."""
-    from hiersearch.search.space import optuna_distribution
+    from hiersearch.search.dimension import Dimension
 
-    built = optuna_distribution({"type": "int", "low": 8, "high": 32, "step": 8}, "k")
-    assert built == optuna.distributions.IntDistribution(8, 32, step=8)
-    built = optuna_distribution({"type": "uniform", "low": 0.0, "high": 0.3, "step": 0.1}, "k")
+    built = Dimension.parse({"type": "int", "low": 8, "high": 32, "step": 8}, "k")
+    assert built.optuna_distribution() == optuna.distributions.IntDistribution(8, 32, step=8)
+    dimension = Dimension.parse({"type": "uniform", "low": 0.0, "high": 0.3, "step": 0.1}, "k")
+    built = dimension.optuna_distribution()
     assert isinstance(built, optuna.distributions.FloatDistribution) and built.step == 0.1
 
 
@@ -459,4 +460,4 @@ def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
         "  head_lr:\n    <<: *rate\n    high: 1.0e-1\n"
     )
     space = load_space(_space_file(tmp_path, text))
-    assert space.search["head_lr"] == {"type": "loguniform", "low": 1e-5, "high": 0.1}
+    assert space.search["head_lr"].raw == {"type": "loguniform", "low": 1e-5, "high": 0.1}

@@ -12,7 +12,7 @@ from hiersearch.model.assignment import (
     named_variant,
     named_variants,
 )
-from hiersearch.search.assignments import (
+from hiersearch.search.assignment_space import (
     SpaceOptions,
     assignment_params,
     enumerate_space,
