@@ -14,9 +14,9 @@
 #   env             versions, the device, imports, the bundle's requirements
 #   tests           pytest -m gpu on the test files that use the marker
 #   throughput      bench/gpu_throughput.py: bf16 and fp32 side by side, BERT-base, seq 512
-#   search          tools/gpu/gpu_quarter.yaml: 4 trials, gpus_per_worker 0.25, nvidia-smi sampled
-#   search_check    the most trials running at once (must be 4) and GPU processes at once
-#   export/docs/predict_cpu/predict_device/compare
+#   search          tools/gpu/gpu_quarter.yaml: 4 trials, gpus_per_worker 0.25
+#   search_check    the most trials running at once (must be 4), from their result rows
+#   export/docs/predict_device/compare
 #                   the best trial exported, 64 dev documents scored on cuda and on the CPU:
 #                   max |p_cuda - p_cpu| within the trial precision's tolerance, top-5 agreement
 # The JSON goes to $OUT/gpu_check.json (with $OUT/gpu_check_logs.tar.gz) when OUT is set (the
@@ -160,39 +160,20 @@ step throughput "$CAP_THROUGHPUT" "$PY" bench/gpu_throughput.py --steps 10 --blo
 SPACE=$WORK/space.yaml
 EXP=$WORK/runs/quarter
 "$PY" tools/gpu/gpu_check.py space --mode "$MODE" --out "$SPACE" >"$LOGS/space.log" 2>&1
-SMI_PID=
-if [[ $MODE == gpu ]]; then
-    (
-        while :; do
-            echo "# $(date +%s.%N)"
-            nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>&1
-            sleep 0.5
-        done
-    ) >"$WORK/smi.log" &
-    SMI_PID=$!
-fi
 STEP_STDOUT=$WORK/search_summary.json step search "$CAP_SEARCH" "$PY" -m hiersearch.cli search \
     --space "$SPACE" --storage "$WORK/runs" --name quarter --json
-if [[ -n $SMI_PID ]]; then kill "$SMI_PID" 2>/dev/null; wait "$SMI_PID" 2>/dev/null; fi
 "$PY" tools/gpu/gpu_check.py cleanup "$WORK" >>"$LOGS/cleanup.log" 2>&1
-step search_check 30 "$PY" tools/gpu/gpu_check.py overlap "$EXP" --smi "$WORK/smi.log" \
-    --out "$WORK/search_check.json"
+step search_check 30 "$PY" tools/gpu/gpu_check.py overlap "$EXP" --out "$WORK/search_check.json"
 
 # 6. the best trial exported; predict on the device against the CPU
 MODEL=$WORK/model
 DOCS=$WORK/docs.jsonl
 if step export 60 "$PY" -m hiersearch.cli export "$EXP" --best dev/rp_macro --out "$MODEL" &&
     step docs 30 "$PY" tools/gpu/gpu_check.py docs "$EXP" --docs 64 --out "$DOCS"; then
-    step predict_cpu "$CAP_PREDICT" "$PY" -m hiersearch.cli predict "$MODEL" --input "$DOCS" \
-        --out "$WORK/predict_cpu.jsonl" --top-k 5 --device cpu
     step predict_device "$CAP_PREDICT" "$PY" -m hiersearch.cli predict "$MODEL" --input "$DOCS" \
         --out "$WORK/predict_device.jsonl" --top-k 5 --device "$DEVICE"
-    CLI=()
-    if [[ -s $WORK/predict_cpu.jsonl && -s $WORK/predict_device.jsonl ]]; then
-        CLI=(--cli-cpu "$WORK/predict_cpu.jsonl" --cli-device "$WORK/predict_device.jsonl")
-    fi
     step compare "$CAP_PREDICT" "$PY" tools/gpu/gpu_check.py compare "$MODEL" --docs "$DOCS" \
-        --device "$DEVICE" "${CLI[@]}" --out "$WORK/compare.json"
+        --device "$DEVICE" --out "$WORK/compare.json"
 else
     skip compare "no exported model"
 fi
