@@ -7,7 +7,6 @@ absolute timings drift with its load; the load average is recorded with every re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -160,11 +159,3 @@ def verdict(value: float, target: float, higher_is_better: bool) -> str:
     ok = value >= target if higher_is_better else value <= target
     return "MET" if ok else "MISSED"
 
-
-def sha256(path: Path) -> str:
-    """A file's SHA-256, read in 1 MiB blocks (a bundle is tens of MB)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

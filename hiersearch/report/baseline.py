@@ -30,7 +30,7 @@ from hiersearch.report.experiment import open_location, read_json_object, write_
 
 BASELINE_FILE = "baseline.json"
 STATUS_BASELINE = "baseline"
-# Neighbours that vote, and the n-grams of the TF-IDF vectors (bench/tfidf_knn.py chose them:
+# Neighbours that vote, and the n-grams of the TF-IDF vectors (BENCHMARKS 10 (d) chose them:
 # on HPO they reproduce the published baseline's figures).
 K = 20
 NGRAMS = (1, 2)

