@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hiersearch.search_spaces import preset_lines, presets
 
-import hiersearch.cli as cli
+import hiersearch.cli.runs as runs
 from hiersearch.cli import main
+from hiersearch.search.space import load_space
 
 FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
 
@@ -138,6 +140,44 @@ def test_importance_with_a_missing_sqlite_study_storage_creates_no_file(
     assert not list(Path(experiment).glob("*.db"))
 
 
+def _block_assignment_study(experiment: Path, trials: int = 24) -> None:
+    """The experiment's Optuna study as the `layerwise` preset's search writes it: a monotone
+    assignment space drawn define-by-run, so the block-assignment trials share parameters the
+    FLAT trials lack (a group); the objective rewards a low top layer."""
+    import optuna
+
+    from hiersearch.report.study import default_url
+    from hiersearch.search.space import define_by_run
+
+    define = define_by_run(load_space("layerwise"), 6, [21, 127, 567])
+
+    def objective(trial: optuna.Trial) -> float:
+        define(trial)
+        return 1.0 - trial.params.get("assign/L3_end", 6) / 10 + trial.number * 1e-3
+
+    study = optuna.create_study(
+        study_name=experiment.name, storage=default_url(str(experiment)),
+        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    study.optimize(objective, n_trials=trials)
+
+
+def test_importance_of_a_search_whose_block_trials_form_a_group(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = Path(shutil.copytree(FIXTURES / "finished", tmp_path / "finished"))
+    _block_assignment_study(experiment)
+    capsys.readouterr()
+    assert main(["leaderboard", str(experiment), "--importance"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameter importances for dev/rp_macro ({experiment}):" in out
+    group = re.search(r"^  within the (\d+) trials that also have assign/L1_end, ", out, re.M)
+    assert group and int(group[1]) >= 3
+    assert re.search(r"^    assign/L3_end +\d\.\d{3}$", out, re.M)
+    for picture in ("importance.png", "history.png"):
+        assert f"wrote {experiment / picture}" in out and (experiment / picture).is_file()
+
+
 def test_leaderboard_out_takes_its_format_from_the_suffix(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -171,20 +211,32 @@ def test_input_errors_print_one_line_without_traceback(tmp_path: Path) -> None:
 def test_reproduce_prints_the_head_under_each_table_title(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import hiersearch.cli as cli
     from hiersearch.trial.config import TrialConfig
 
     experiment = Path(shutil.copytree(FIXTURES / "finished", tmp_path / "finished"))
     config = TrialConfig(pooling="mean", head_norm="batchnorm").dumps()
     for trial_dir in experiment.glob("trainable_*"):
         (trial_dir / "config.json").write_text(config)
-    monkeypatch.setattr(cli, "_prepare_env", lambda: None)
-    monkeypatch.setattr(cli, "_run", lambda *_, **__: str(experiment))  # no Ray: a finished run
+    monkeypatch.setattr(runs, "_prepare_env", lambda: None)
+    monkeypatch.setattr(runs, "_run", lambda *_, **__: str(experiment))  # no Ray: a finished run
     assert main(["reproduce", "--preset", "quick"]) == 0
     lines = capsys.readouterr().out.splitlines()
     head = "head: pooling=mean, head_norm=batchnorm, head_hidden=none, freeze_layers=0"
     titles = [i for i, line in enumerate(lines) if line.startswith("R-Precision (%)")]
     assert len(titles) == 2 and all(lines[i + 1] == head for i in titles)
+
+
+def test_search_prints_its_top_ten_in_the_leaderboards_summary_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = Path(shutil.copytree(FIXTURES / "finished", tmp_path / "finished"))
+    monkeypatch.setattr(runs, "_prepare_env", lambda: None)
+    monkeypatch.setattr(runs, "_run", lambda *_, **__: str(experiment))  # no Ray: a finished run
+    assert main(["search", "--space", "smoke"]) == 0
+    searched = capsys.readouterr().out.split("\n\nexperiment: ")[0]
+    assert "node_id" not in searched and "checkpoint" not in searched
+    assert main(["leaderboard", str(experiment), "--sort", "dev/rp_macro", "--top", "10"]) == 0
+    assert searched.rstrip("\n") == capsys.readouterr().out.rstrip("\n")
 
 
 def _with_a_checkpoint(tmp_path: Path) -> tuple[Path, str]:
@@ -211,7 +263,6 @@ def test_json_run_prints_one_summary_object_on_stdout_and_the_progress_on_stderr
 
     import jsonschema
 
-    import hiersearch.cli as cli
     from hiersearch.report.summary import SUMMARY_JSON_SCHEMA
 
     experiment, best = _with_a_checkpoint(tmp_path)
@@ -221,8 +272,8 @@ def test_json_run_prints_one_summary_object_on_stdout_and_the_progress_on_stderr
         os.write(1, b"(pid=123) a Ray worker's log line on file descriptor 1\n")
         return str(experiment)
 
-    monkeypatch.setattr(cli, "_prepare_env", lambda: None)
-    monkeypatch.setattr(cli, "_run", finished_run)
+    monkeypatch.setattr(runs, "_prepare_env", lambda: None)
+    monkeypatch.setattr(runs, "_run", finished_run)
     assert main([*argv, "--json"]) == 0
     out, err = capfd.readouterr()
     summary = json.loads(out)  # stdout holds this one object and nothing else
@@ -247,7 +298,6 @@ import sys, time
 import ray
 from ray._private.utils import publish_error_to_driver
 import hiersearch.search.driver as driver
-import hiersearch.cli as cli
 from hiersearch.cli import main
 
 run_search = driver.run_search
@@ -286,6 +336,13 @@ def test_json_search_stdout_holds_only_the_summary_whatever_ray_logs(tmp_path: P
     assert _RAYLET_WARNING in proc.stderr  # Ray did log it, and on stderr
     summary = json.loads(proc.stdout)
     assert summary["trials"]["by_status"] == {"terminated": 1}
+    # the table, the experiment and the export hint end the output: Ray's lines (the raylet's
+    # repeat held back to shutdown, a worker's "Checkpoint successfully created") come before
+    lines = proc.stderr.rstrip("\n").splitlines()
+    header = max(i for i, line in enumerate(lines) if "trial_id" in line.split())
+    assert not [line for line in lines[header:] if line.startswith("(")], lines[header:]
+    assert lines[-2] == f"experiment: {summary['experiment']}"
+    assert lines[-1].startswith("export the best trial: hiersearch export ")
 
 
 def test_json_summary_of_an_experiment_without_a_checkpoint_has_no_best() -> None:
@@ -355,24 +412,57 @@ def test_predict_passes_checked_options_to_run_predict(monkeypatch: pytest.Monke
     assert seen["consistency"] is None  # the default rule is predict's to choose
 
 
-def test_every_preset_has_one_help_line_saying_what_corpus_hardware_and_time() -> None:
-    from hiersearch.search.space import PRESETS
+def test_the_presets_are_the_packaged_space_files_each_with_its_help_line() -> None:
+    from importlib import resources
 
-    assert list(cli.PRESET_HELP) == list(PRESETS)
-    for name, line in cli.PRESET_HELP.items():
-        assert len(line.split("; ")) == 4, name  # what; corpus; hardware; about how long
-        assert re.search(r"(CPU|GPU)", line) and re.search(r"\d+(\.\d+)? ?(min|h)|hours", line)
+    shipped = resources.files("hiersearch.search_spaces").iterdir()
+    assert list(presets()) == sorted(p.name[:-5] for p in shipped if p.name.endswith(".yaml"))
+    for preset in preset_lines():  # as `load_space` reads and checks them
+        space = load_space(preset.name)
+        assert (preset.help, preset.reproduce) == (space.help, space.reproduce)
+        assert len(preset.help.split("; ")) == 4, preset  # what; corpus; hardware; how long
+        assert re.search(r"(CPU|GPU)", preset.help)
+        assert re.search(r"\d+(\.\d+)? ?(min|h)|hours", preset.help)
 
 
-@pytest.mark.parametrize(
-    ("command", "presets"),
-    [("reproduce", cli.REPRODUCE_PRESETS), ("search", tuple(cli.PRESET_HELP))],
-)
+def test_reproduce_takes_the_presets_whose_trials_are_all_fixed() -> None:
+    reproducible = {p.name for p in preset_lines() if p.reproduce}
+    assert reproducible == {"smoke", "quick", "hpo", "hpo_heads", "paper"}
+    for name in presets():  # what `reproduce` runs: the fixed trials only
+        assert (name in reproducible) == (load_space(name).tune.algorithm == "grid"), name
+
+
+@pytest.mark.parametrize("command", ["reproduce", "search"])
 def test_help_lists_each_preset_on_one_line(
-    command: str, presets: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+    command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit):
         main([command, "--help"])
     out = capsys.readouterr().out
-    for name in presets:
-        assert re.search(rf"^  {name} +{re.escape(cli.PRESET_HELP[name])}$", out, re.M), name
+    for name, line, reproducible in preset_lines():
+        shown = re.search(rf"^  {name} +{re.escape(line)}$", out, re.M)
+        assert bool(shown) == (reproducible or command == "search"), name
+
+
+def test_every_command_reads_the_presets_help_lines_without_torch_or_optuna() -> None:
+    code = ("import sys; from hiersearch.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'optuna', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_space_file_of_ones_own_may_carry_a_help_line(tmp_path: Path) -> None:
+    import yaml
+
+    from hiersearch.errors import InputError
+    from hiersearch.search.space import preset_path
+
+    raw = yaml.safe_load(preset_path("smoke").read_text())
+    raw["help"] = "my variants; my corpus; CPU; ~1 min"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(raw))
+    assert load_space(mine).help == raw["help"]
+    mine.write_text(yaml.safe_dump({**raw, "help": ["not", "a line"]}))
+    with pytest.raises(InputError, match=r"mine.yaml: help: expected str"):
+        load_space(mine)

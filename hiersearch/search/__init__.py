@@ -13,16 +13,16 @@ from hiersearch.search.assignment_space import (
 )
 from hiersearch.search.driver import run_search
 from hiersearch.search.preflight import prepare_data
-from hiersearch.search.space import PRESETS, SpaceFile, load_space, parse_space, preset_path
+from hiersearch.search.space import SpaceFile, load_space, parse_space, preset_path, presets
 
 __all__ = [
-    "PRESETS",
     "SpaceFile",
     "SpaceOptions",
     "load_space",
     "parse_space",
     "prepare_data",
     "preset_path",
+    "presets",
     "run_search",
     "space_size",
     "space_summary",

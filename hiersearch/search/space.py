@@ -38,24 +38,26 @@ from hiersearch.errors import InputError
 from hiersearch.model.assignment import LayerAssignment, named_variants, variant_names
 from hiersearch.search.assignment_space import SpaceOptions, assignment_params, suggest_assignment
 from hiersearch.search.dimension import Dimension
+from hiersearch.search_spaces import presets  # the packaged files are the list of presets
 from hiersearch.textfile import decode_utf8, parse_yaml
 from hiersearch.trial.config import TrialConfig, resolve_aliases
-from hiersearch.typed import as_mapping, check_keys, from_mapping
+from hiersearch.typed import as_mapping, check_keys, coerce, from_mapping
 
-PRESETS = ("smoke", "quick", "hpo", "hpo_heads", "paper", "layerwise", "pareto", "pbt")
 VARIANT_PARAM = "variant"
 SEED_PARAM = "seed"
 # A PBT trial's parameter: its place in the search's initial population (which holds its
 # assignment and seed); the values PBT mutates are parameters of their own.
 MEMBER_PARAM = "pbt_member"
 ASSIGN_PREFIX = "assign"
-SECTIONS = ("name", "description", "data", "trial", "search", "assignment", "tune", "screen")
+SECTIONS = (
+    "name", "description", "help", "reproduce", "data", "trial", "search", "assignment", "tune",
+    "screen",
+)
 ASSIGNMENT_SPACES = ("variants", "monotone")
 
 __all__ = [
     "ASSIGN_PREFIX",
     "MEMBER_PARAM",
-    "PRESETS",
     "SEED_PARAM",
     "VARIANT_PARAM",
     "AssignmentSpec",
@@ -70,6 +72,7 @@ __all__ = [
     "load_space",
     "parse_space",
     "preset_path",
+    "presets",
     "seed_values",
     "trial_config",
 ]
@@ -311,6 +314,10 @@ class SpaceFile:
     tune: TuneSpec
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    # What it runs; corpus; hardware; about how long: a preset's line in `--help`; and
+    # whether `reproduce --preset` takes it (a preset whose trials are all fixed).
+    help: str = ""
+    reproduce: bool = False
     # A two-stage search (`screen:`), or None: one stage.
     screen: ScreenSpec | None = None
 
@@ -321,9 +328,9 @@ class SpaceFile:
 
 def preset_path(name: str) -> Path:
     """A packaged search-space file by preset name."""
-    if name not in PRESETS:
+    if name not in presets():
         raise InputError(
-            f"unknown preset {name!r} (presets: {', '.join(PRESETS)})", where="--preset"
+            f"unknown preset {name!r} (presets: {', '.join(presets())})", where="--preset"
         )
     return Path(str(resources.files("hiersearch.search_spaces") / f"{name}.yaml"))
 
@@ -331,7 +338,7 @@ def preset_path(name: str) -> Path:
 def load_space(spec: str | os.PathLike[str]) -> SpaceFile:
     """Read a space file (a path, or a preset name) and check every key and value."""
     path = Path(spec)
-    if not path.exists() and str(spec) in PRESETS:
+    if not path.exists() and str(spec) in presets():
         path = preset_path(str(spec))
     where = str(spec)
     try:
@@ -376,6 +383,8 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
         tune=tune,
         description=str(raw.get("description") or ""),
         raw=raw,
+        help=coerce(raw.get("help", ""), str, f"{where}: help"),
+        reproduce=coerce(raw.get("reproduce", False), bool, f"{where}: reproduce"),
         screen=screen,
     )
 

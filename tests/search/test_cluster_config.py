@@ -111,7 +111,8 @@ def test_file_mounts_exist_and_carry_the_package(config: dict[str, Any]) -> None
             continue
         assert not Path(local).is_absolute(), local
         assert (REPO / local).exists(), f"file_mounts {remote}: {local} is not in the repo"
-    assert (REPO / mounts["~/hiersearch/hiersearch"] / "cli.py").is_file(), "package not mounted"
+    package = REPO / mounts["~/hiersearch/hiersearch"]
+    assert (package / "cli" / "__main__.py").is_file(), "package not mounted"
     spaces = REPO / mounts["~/hiersearch/search_spaces"]
     assert list(spaces.glob("*.yaml")), "search spaces not mounted"
     assert (REPO / mounts["~/hiersearch/pyproject.toml"]).name == "pyproject.toml"

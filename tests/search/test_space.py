@@ -11,7 +11,6 @@ from hiersearch.errors import InputError
 from hiersearch.model.assignment import LayerAssignment, named_variants
 from hiersearch.report.results import HEAD_OPTION_COLUMNS
 from hiersearch.search.space import (
-    PRESETS,
     SpaceFile,
     assignment_of,
     define_by_run,
@@ -19,6 +18,7 @@ from hiersearch.search.space import (
     load_space,
     parse_space,
     preset_path,
+    presets,
     trial_config,
 )
 from hiersearch.trial.config import TrialConfig
@@ -26,7 +26,7 @@ from hiersearch.trial.config import TrialConfig
 COUNTS_3 = [21, 127, 300]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("preset", presets())
 def test_every_preset_parses_and_opens_with_its_launch_command(preset: str) -> None:
     space = load_space(preset)
     assert space.name == preset

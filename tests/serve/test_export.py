@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from hiersearch import metrics as M
-from hiersearch.cli import _print_export_hint, main
+from hiersearch.cli import main
+from hiersearch.cli.runs import print_export_hint
 from hiersearch.data.corpus import load_corpus_dir, write_corpus
 from hiersearch.data.encode import EncodedCorpus, encode, multi_hot
 from hiersearch.data.synth import SynthConfig, synthesize
@@ -205,7 +206,7 @@ def test_exported_model_equals_the_checkpoints_model(trained: Trained, exported:
 def test_export_hint_names_the_best_trial(
     trained: Trained, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _print_export_hint(str(trained.experiment), None)
+    print_export_hint(str(trained.experiment), None)
     out = capsys.readouterr().out
     assert f"hiersearch export {trained.experiment} --trial {FINISHED} --out " in out
 
