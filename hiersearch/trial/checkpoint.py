@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -51,6 +51,9 @@ CONFIG_FILE = "config.json"
 FINAL_METRICS_FILE = "final_metrics.json"
 # A PBT recipient's copy of its donor's checkpoint, in the recipient's trial directory.
 DONOR_PREFIX = "pbt_donor_"
+
+# A local directory, or a path on the storage's pyarrow filesystem
+_Dir = TypeVar("_Dir", Path, str)
 
 
 class CheckpointError(InputError):
@@ -198,11 +201,7 @@ def _torch_load(path: Path, **kwargs: Any) -> Any:
         raise CheckpointError(message, where=str(path)) from None
 
 
-@overload
-def config_path(directory: Path) -> Path: ...
-@overload
-def config_path(directory: str) -> str: ...
-def config_path(directory: Path | str) -> Path | str:
+def config_path(directory: _Dir) -> _Dir:
     """The resolved config in a checkpoint or a trial's artifacts (a local directory, or a
     path on the storage's pyarrow filesystem)."""
     return _in(directory, CONFIG_FILE)
@@ -212,11 +211,7 @@ def write_config(directory: Path, config: TrialConfig) -> None:
     atomic_write_text(config_path(directory), config.dumps())
 
 
-@overload
-def final_metrics_path(directory: Path) -> Path: ...
-@overload
-def final_metrics_path(directory: str) -> str: ...
-def final_metrics_path(directory: Path | str) -> Path | str:
+def final_metrics_path(directory: _Dir) -> _Dir:
     """The final report in a final checkpoint or a trial's artifacts (a local directory, or a
     path on the storage's pyarrow filesystem)."""
     return _in(directory, FINAL_METRICS_FILE)
@@ -244,7 +239,7 @@ def donor_copy_path(trial_dir: str, number: int) -> str:
     return f"{trial_dir}/{DONOR_PREFIX}{number:04d}"
 
 
-def _in(directory: Path | str, name: str) -> Path | str:
+def _in(directory: _Dir, name: str) -> _Dir:
     if isinstance(directory, Path):
         return directory / name
     return f"{directory.rstrip('/')}/{name}"

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from hiersearch.errors import InputError
+from hiersearch.report.results import FINAL_CHECKPOINT_FILES
 from hiersearch.trial import checkpoint
 from hiersearch.trial.checkpoint import (
     CheckpointError,
@@ -133,6 +134,8 @@ def test_a_final_checkpoint_holds_weights_config_and_the_report_as_strict_json(
     checkpoint.save(tmp_path, FinalCheckpoint({"weight": torch.ones(1)}, final), CONFIG)
     names = {p.name for p in tmp_path.iterdir()}
     assert names == {"model.pt", "config.json", "final_metrics.json"}
+    # how the leaderboard tells a final checkpoint (report/ cannot import trial/)
+    assert names == FINAL_CHECKPOINT_FILES
     raw = json.loads((tmp_path / "final_metrics.json").read_text())
     assert raw == {"dev/loss": None, "test/rp_L1": 0.5, "epoch": 3}
     again = checkpoint.read_final_metrics(tmp_path)
@@ -177,12 +180,14 @@ def test_a_training_state_without_its_keys_is_reported_by_name(tmp_path: Path) -
         checkpoint.read_training(tmp_path)
 
 
-def test_damaged_final_metrics_are_reported_with_file_and_line(tmp_path: Path) -> None:
-    (tmp_path / "final_metrics.json").write_text('{"epoch": 1,\n oops}')
-    with pytest.raises(InputError, match=r"final_metrics.json:2"):
-        checkpoint.read_final_metrics(tmp_path)
-    (tmp_path / "final_metrics.json").write_text("[1]")
-    with pytest.raises(CheckpointError, match="expected a JSON object"):
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [('{"epoch": 1,\n oops}', r"final_metrics.json:2: invalid JSON"),
+     ("[1]", r"final_metrics.json: expected a JSON object")],
+)
+def test_damaged_final_metrics_are_reported_by_name(tmp_path: Path, text: str, named: str) -> None:
+    (tmp_path / "final_metrics.json").write_text(text)
+    with pytest.raises(InputError, match=named):
         checkpoint.read_final_metrics(tmp_path)
 
 
