@@ -223,7 +223,8 @@ def error_line(text: str) -> str | None:
     )
 
 
-# What a trial's final checkpoint holds (the recipe's `finish` writes them)
+# What a trial's final checkpoint holds: trial/checkpoint.py's format, named again here as
+# report/ cannot import trial/ (tests/trial/test_checkpoint.py holds the two equal)
 FINAL_CHECKPOINT_FILES = frozenset({"model.pt", "final_metrics.json", "config.json"})
 
 

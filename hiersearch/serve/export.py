@@ -46,8 +46,9 @@ from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import tokenizer_path
 from hiersearch.report.experiment import open_location, read_meta
 from hiersearch.report.results import STATUS_TERMINATED, load_experiments
+from hiersearch.trial import checkpoint as trial_checkpoint
 from hiersearch.trial.config import TrialConfig
-from hiersearch.trial.recipe import FINAL_METRICS_FILE, build_classifier
+from hiersearch.trial.recipe import build_classifier
 
 # model.json's "format": bumped when the directory layout changes incompatibly
 MODEL_FORMAT = "hiersearch.model/1"
@@ -77,8 +78,8 @@ def export_trial(
         config = _read_config(checkpoint)
         hierarchy, synthetic = _trial_hierarchy(config)
         core = build_classifier(config, hierarchy.label_counts()).eval()
-        _load_weights(core, checkpoint / "model.pt")
-        final = read_json_object(checkpoint / FINAL_METRICS_FILE)
+        _load_weights(core, checkpoint)
+        final = read_json_object(trial_checkpoint.final_metrics_path(checkpoint))
     with atomic_directory(target) as tmp:
         write_model_dir(tmp, core, config, hierarchy, synthetic, final, str(row["experiment"]),
                          str(row["trial_id"]), str(row["checkpoint"]))
@@ -150,8 +151,8 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def _read_config(checkpoint: Path) -> TrialConfig:
-    return TrialConfig.from_dict(read_json_object(checkpoint / "config.json"),
-                                 where=str(checkpoint / "config.json"))
+    path = trial_checkpoint.config_path(checkpoint)
+    return TrialConfig.from_dict(read_json_object(path), where=str(path))
 
 
 def _trial_hierarchy(config: TrialConfig) -> tuple[Hierarchy, bool]:
@@ -164,12 +165,16 @@ def _trial_hierarchy(config: TrialConfig) -> tuple[Hierarchy, bool]:
     return hierarchy, bool(meta.get("synthetic", False))
 
 
-def _load_weights(core: LayerwiseClassifier, path: Path) -> None:
+def _load_weights(core: LayerwiseClassifier, checkpoint: Path) -> None:
+    """The checkpoint's weights into `core` (a missing or damaged file is a CheckpointError,
+    an InputError naming it)."""
+    weights = trial_checkpoint.read_weights(checkpoint)
     try:
-        core.load_state_dict(torch.load(path, map_location="cpu"))
-    except (OSError, RuntimeError) as exc:  # a damaged file, or weights of another shape
+        core.load_state_dict(weights)
+    except RuntimeError as exc:  # weights of another shape
         first = str(exc).strip().splitlines()[0]
-        raise InputError(f"does not fit the trial's model: {first}", where=str(path)) from None
+        where = str(trial_checkpoint.weights_path(checkpoint))
+        raise InputError(f"does not fit the trial's model: {first}", where=where) from None
 
 
 def head_state(core: LayerwiseClassifier) -> dict[str, torch.Tensor]:

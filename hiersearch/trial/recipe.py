@@ -11,8 +11,10 @@ with the reason only). `fit` runs them in order.
 
 What the loop reads is a split's token ids or, with frozen layers, what those layers computed
 once (`features.py`: layers k+1.. run on cached states, a head-only model on cached vectors);
-training batches group documents of similar length (`data/batching.py`); scoring a split, its
-metrics and utilization live in `evaluation.py`.
+training batches group documents of similar length (`data/batching.py`); the parts of a
+training step are in `training.py`, scoring a split, its metrics and utilization in
+`evaluation.py`, and every file of a checkpoint, its format and the PBT lineage it carries in
+`checkpoint.py`.
 
 The recipe talks to the outside world only through a `Session` (rank, world size, report,
 restore; `session.py`), so the same code runs under Ray Train (`RaySession`, DDP with gloo on
@@ -23,34 +25,28 @@ CPU or NCCL on GPU), inside a one-worker Ray Tune trial (`TuneSession`) and in-p
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
 import random
-import resource
-import shutil
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import get_linear_schedule_with_warmup
 
 from hiersearch import metrics as M
 from hiersearch.data.batching import length_grouped, shard
 from hiersearch.data.corpus import SPLITS
 from hiersearch.data.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_write_json, atomic_write_text, dir_mode
 from hiersearch.model.assignment import LayerAssignment, named_variant, named_variants
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder, num_encoder_layers
+from hiersearch.trial import checkpoint, training
+from hiersearch.trial.checkpoint import EpochCheckpoint, FinalCheckpoint, LoopState
+from hiersearch.trial.checkpoint import save_new as _save_checkpoint
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.evaluation import (
     Batches,
@@ -74,12 +70,11 @@ from hiersearch.trial.session import (
     broadcast_from_rank0,
     gather_to_rank0,
 )
+from hiersearch.trial.training import EpochTraining, LossTally
 
 STOP_COMPLETED = "completed"
 STOP_PATIENCE = "patience"
 STOP_NAN = "nan_loss"
-# In a checkpoint (and the trial's artifacts): the final report of a trial that has ended.
-FINAL_METRICS_FILE = "final_metrics.json"
 # A dev loss must fall by more than this to count as an improvement (early stopping).
 MIN_IMPROVEMENT = 1e-7
 
@@ -129,75 +124,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class _State:
-    """What a checkpoint carries of the loop's progress (besides weights, optimizer, RNG)."""
-
-    epoch: int = 0  # epochs completed
-    best_dev_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    best_metrics: dict[str, Any] = field(default_factory=dict)
-    global_step: int = 0
-    # PBT exploits these weights went through, oldest first: {"donor": trial id, "epoch": n}
-    exploits: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _EpochTraining:
-    """One epoch's training on this rank."""
-
-    batches: int
-    loss: float = math.nan  # the mean training loss of its micro-batches
-    finite: bool = True
-    seconds: float = 0.0
-    peak_memory_mb: float = 0.0
-    peak_reserved_mb: float = 0.0
-
-
-class _LossTally:
-    """The training loss summed where it is computed, and whether anything went non-finite.
-
-    Nothing here reads a tensor on the host: `float(loss)` or `if torch.isfinite(loss)` after
-    every micro-batch would make the CPU wait for the GPU queue to drain each time. The host
-    reads `finite()` at the divergence checks (through `all_ranks_true`) and `mean()` at the
-    epoch's end only."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), device=device)
-        self.bad = torch.zeros((), dtype=torch.int32, device=device)
-        self.count = 0
-        # a failure the host saw itself (Adam's step size overflowing float32)
-        self.host_ok = True
-
-    def add(self, loss: torch.Tensor) -> None:
-        self.loss_sum += loss
-        self.count += 1
-        self.expect_finite(loss)
-
-    def expect_finite(self, value: torch.Tensor) -> None:
-        self.bad += (~torch.isfinite(value)).int()
-
-    def finite(self) -> torch.Tensor:
-        """On the device: whether every loss and checked value so far was finite."""
-        ok = self.bad == 0
-        return ok if self.host_ok else torch.zeros_like(ok)
-
-    def mean(self) -> float:
-        return float(self.loss_sum) / max(1, self.count)
-
-
-def _save_checkpoint(directory: Path, files: dict[str, Any]) -> None:
-    """The one checkpoint writer: `.pt` files with torch.save, text as is, the rest as JSON."""
-    for name, content in files.items():
-        if name.endswith(".pt"):
-            torch.save(content, directory / name)
-        elif isinstance(content, str):
-            atomic_write_text(directory / name, content)
-        else:
-            atomic_write_json(directory / name, content)
-
-
 class TrialRecipe:
     """One trial in phases; `fit` runs them. Every rank runs every phase (DDP)."""
 
@@ -219,7 +145,7 @@ class TrialRecipe:
         self.pbt = pbt
         # This trial's own exploits (the lineage in `state.exploits` is its weights').
         self.own_exploits: list[dict[str, Any]] = []
-        self.state = _State()
+        self.state = LoopState()
         # The best weights when they are not the current ones (dev loss got worse since).
         self.best_weights: dict[str, torch.Tensor] | None = None
         # A copy of the weights of the best epoch so far, taken when it ended: what
@@ -237,7 +163,7 @@ class TrialRecipe:
         device = self.session.device
         if device.type == "cpu":
             torch.set_num_threads(max(1, int(self.config.cpus_per_worker)))
-        _fresh_device_memory(device)
+        training.fresh_device_memory(device)
         self.precision = Precision.of(self.config.precision, device)
         self.precision.apply_matmul_settings()
         self.scaler = self.precision.grad_scaler()
@@ -256,7 +182,7 @@ class TrialRecipe:
         self.pads = cached is None or not self.core.head_only
         self.model: torch.nn.Module = self.core
         if self.session.world_size > 1:
-            self.model = _wrap_ddp(self.core, self.session, self.config.grad_compression)
+            self.model = training.wrap_ddp(self.core, self.session, self.config.grad_compression)
         self._setup_optimizer()
 
     def _setup_model(self, label_counts: list[int]) -> LayerwiseClassifier:
@@ -273,30 +199,12 @@ class TrialRecipe:
     def _setup_optimizer(self) -> None:
         """AdamW (the heads at head_lr; frozen layers left out) and a linear schedule with
         warm-up over all steps."""
-        config = self.config
-        heads = list(self.core.heads.parameters())
-        head_ids = {id(p) for p in heads}
-        encoder = [p for p in self.model.parameters() if p.requires_grad and id(p) not in head_ids]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": encoder},
-                {"params": heads, "lr": config.head_lr or config.lr},
-            ],
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            # one kernel for all parameters on a GPU, and with fp16's GradScaler a skipped
-            # step decided on the device, with no host sync
-            fused=self.session.device.type == "cuda",
+        config, device = self.config, self.session.device
+        self.optimizer = training.build_optimizer(self.core, self.model, config, device)
+        self.steps_per_epoch = training.steps_per_epoch(
+            config, len(self.train_split), self.session.world_size
         )
-        per_rank = math.ceil(len(self.train_split) / self.session.world_size)
-        micro_batches = math.ceil(per_rank / config.batch_size)
-        self.steps_per_epoch = max(1, micro_batches // config.grad_accum)
-        if config.max_steps_per_epoch is not None:
-            self.steps_per_epoch = min(self.steps_per_epoch, config.max_steps_per_epoch)
-        total_steps = self.steps_per_epoch * config.epochs
-        self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, int(config.warmup_ratio * total_steps), total_steps
-        )
+        self.scheduler = training.build_schedule(self.optimizer, config, self.steps_per_epoch)
 
     def autocast(self) -> Any:
         """The context the model's forward runs in: the trial's precision (on a GPU)."""
@@ -311,63 +219,37 @@ class TrialRecipe:
         with self.session.restored() as restored:
             if restored is None:
                 if self.session.rank == 0 and self.artifacts is not None:
-                    atomic_write_text(self.artifacts.local / "config.json", self.config.dumps())
+                    checkpoint.write_config(self.artifacts.local, self.config)
                     self.artifacts.writer.add_text("config", f"```\n{self.config.dumps()}\n```")
                 return None
-            final_file = restored / FINAL_METRICS_FILE
-            saved = json.loads(final_file.read_text("utf-8")) if final_file.is_file() else None
-            if saved is None:
+            final = checkpoint.read_final_metrics(restored)
+            if final is None:
                 self._load_checkpoint(restored)
                 return None
-        # the file is strict JSON (a non-finite value is null there): report it as it was
-        final = {k: math.nan if v is None else v for k, v in saved.items()}
         self.session.report(final, None)
         if self.artifacts is not None:
             self.artifacts.close()
         return final
 
     def _load_checkpoint(self, directory: Path) -> None:
+        """Weights, optimizer, schedule, loop state and random states of an epoch's
+        checkpoint, with this trial's rates over them (`apply_rates`)."""
         device = self.session.device
-        self.core.load_state_dict(torch.load(directory / "model.pt", map_location=device))
-        # On the CPU: the random states must be CPU tensors, and `load_state_dict` moves the
-        # optimizer's state onto each parameter's device (this rank's GPU, whichever GPU
-        # saved it), with no second copy on the saving rank's GPU.
-        saved = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        if self.scaler is not None and saved.get("scaler"):
-            self.scaler.load_state_dict(saved["scaler"])
-        self.state = _State(**saved["state"])
-        set_rng_state(saved["rng"], device)
-        donor, exploit = saved.get("trial_id"), None
-        if self.trial_id is not None and donor is not None and donor != self.trial_id:
-            exploit = {"donor": donor, "epoch": self.state.epoch}
-            self.state.exploits.append(exploit)
+        self.core.load_state_dict(checkpoint.read_weights(directory, device))
+        saved = checkpoint.read_training(directory)
+        self.optimizer.load_state_dict(saved.optimizer)
+        self.scheduler.load_state_dict(saved.scheduler)
+        if self.scaler is not None and saved.scaler:
+            self.scaler.load_state_dict(saved.scaler)
+        self.state = saved.state
+        checkpoint.set_rng_state(saved.rng, device)
+        exploit = self.state.exploited(saved.writer, self.trial_id)
         if self.pbt:
             self._record_exploit(exploit)
-        self._apply_hyperparameters()
-        best_file = directory / "best_model.pt"
-        if best_file.exists():  # the best epoch is an earlier one
-            self.best_weights = torch.load(best_file, map_location="cpu")
-        else:  # the checkpoint's own weights are the best
-            self.best_weights, self._best_copy = None, self._weights_copy()
-
-    def _apply_hyperparameters(self) -> None:
-        """This trial's rates and weight decay over the restored optimizer and schedule, at
-        the restored step: a PBT exploit restores another trial's, and what PBT mutated must
-        take effect (dropout, warm-up, clipping and the loss read the config as they go). A
-        trial's own checkpoint holds its own values: nothing changes then."""
-        config = self.config
-        groups = self.optimizer.param_groups
-        rates = [config.lr, config.head_lr or config.lr]
-        for group, rate in zip(groups, rates, strict=True):
-            group["weight_decay"] = config.weight_decay
-            group["initial_lr"] = rate
-        self.scheduler.base_lrs = list(rates)
-        step = self.scheduler.last_epoch
-        for group, rate, factor in zip(groups, rates, self.scheduler.lr_lambdas, strict=True):
-            group["lr"] = rate * factor(step)
-        self.scheduler._last_lr = [group["lr"] for group in groups]
+        training.apply_rates(self.optimizer, self.scheduler, self.config)
+        self.best_weights = saved.best_model
+        if saved.best_model is None:  # the checkpoint's own weights are the best
+            self._best_copy = self._weights_copy()
 
     def _record_exploit(self, exploit: dict[str, Any] | None) -> None:
         """This trial's own exploits, `exploit` (if any) appended: kept in its artifacts
@@ -386,8 +268,7 @@ class TrialRecipe:
             out[M.PBT_DONOR] = self.own_exploits[-1]["donor"]
             out[M.PBT_DONOR_EPOCH] = self.own_exploits[-1]["epoch"]
         if self.state.exploits:
-            lineage = (f"{e['donor']}@{e['epoch']}" for e in self.state.exploits)
-            out[M.PBT_LINEAGE] = " > ".join(lineage)
+            out[M.PBT_LINEAGE] = self.state.lineage()
         return out
 
     # ------------------------------------------------------------------------------ train
@@ -407,14 +288,14 @@ class TrialRecipe:
                 return self.finish(STOP_PATIENCE)
         return self.finish(STOP_COMPLETED)
 
-    def train_epoch(self, epoch: int) -> _EpochTraining:
+    def train_epoch(self, epoch: int) -> EpochTraining:
         """Train on this rank's shard; `finite` is False on every rank if any rank's loss, step
         size or weights went non-finite."""
         config, session = self.config, self.session
         self.model.train()
         batches = self._epoch_batches(epoch)[: self.steps_per_epoch * config.grad_accum]
-        out = _EpochTraining(batches=len(batches))
-        tally = _LossTally(session.device)
+        out = EpochTraining(batches=len(batches))
+        tally = LossTally(session.device)
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         steps = 0
@@ -433,10 +314,11 @@ class TrialRecipe:
                 break
         # The last step of an epoch can leave the weights non-finite while every loss so far
         # was finite (dev scores would then be NaN): the weights are checked at every end.
-        out.finite = all_ranks_true(session, tally.finite() & _parameters_finite(self.core))
+        finite = tally.finite() & training.parameters_finite(self.core)
+        out.finite = all_ranks_true(session, finite)
         out.loss = tally.mean()
         out.seconds = time.perf_counter() - started
-        out.peak_memory_mb, out.peak_reserved_mb = _peak_memory_mb(session.device)
+        out.peak_memory_mb, out.peak_reserved_mb = training.peak_memory_mb(session.device)
         return out
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
@@ -450,21 +332,21 @@ class TrialRecipe:
         seed = [config.seed, epoch, session.rank]
         return length_grouped(index, source.lengths, config.batch_size, window, seed)
 
-    def _forward_backward(self, batch_index: np.ndarray, sync: bool, tally: _LossTally) -> None:
+    def _forward_backward(self, batch_index: np.ndarray, sync: bool, tally: LossTally) -> None:
         """One micro-batch's loss, its gradients accumulated. A non-finite loss still goes
         through backward: under DDP every rank must join every gradient all-reduce (the step
         is then wasted and the next divergence check stops all ranks)."""
         batch = to_device(
             self.sources["train"].batch(batch_index, self.num_labels), self.session.device
         )
-        with _no_sync(self.model, not sync), self.autocast():
+        with training.no_sync(self.model, not sync), self.autocast():
             logits = self.model(**model_inputs(batch))
             loss = self.core.loss(logits, batch["labels"])
         tally.add(loss.detach())
         loss = loss / self.config.grad_accum
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def _optimizer_step(self, tally: _LossTally) -> None:
+    def _optimizer_step(self, tally: LossTally) -> None:
         """Clip, step, schedule. Under fp16 the GradScaler skips a step whose gradients
         overflowed and lowers its scale (that is no divergence); otherwise a non-finite
         gradient norm counts as one."""
@@ -479,7 +361,7 @@ class TrialRecipe:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif not _optimizer_step(self.optimizer):
+        elif not training.optimizer_step(self.optimizer):
             tally.host_ok = False
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -487,7 +369,7 @@ class TrialRecipe:
 
     # --------------------------------------------------------------------------- evaluate
 
-    def evaluate(self, trained: _EpochTraining) -> dict[str, Any] | None:
+    def evaluate(self, trained: EpochTraining) -> dict[str, Any] | None:
         """This epoch's dev and training metrics on every rank; None when the dev scores are
         not finite (finite weights whose activations overflow)."""
         # Each rank updated its own running statistics (a batchnorm head) with its own last
@@ -515,7 +397,7 @@ class TrialRecipe:
         )
         return result, time.perf_counter() - started
 
-    def _training_metrics(self, trained: _EpochTraining) -> dict[str, Any]:
+    def _training_metrics(self, trained: EpochTraining) -> dict[str, Any]:
         samples = trained.batches * self.config.batch_size * self.session.world_size
         return {
             M.loss_key("train"): trained.loss,
@@ -540,7 +422,7 @@ class TrialRecipe:
                 if isinstance(value, (int, float)) and "/" in key:
                     self.artifacts.writer.add_scalar(key, value, epoch + 1)
             self.artifacts.sync()
-        self._report(report, self._epoch_files)
+        self._report(report, self._epoch_checkpoint)
 
     def _track_best(self, epoch: int, report: dict[str, Any]) -> None:
         state = self.state
@@ -562,37 +444,32 @@ class TrialRecipe:
     def _weights_copy(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.core.state_dict().items()}
 
-    def _epoch_files(self) -> dict[str, Any]:
-        files: dict[str, Any] = {"model.pt": self.core.state_dict()}
-        if self.best_weights is not None:  # current weights are not the best ones: keep both
-            files["best_model.pt"] = self.best_weights
-        files["train_state.pt"] = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "state": self.state.__dict__,
-            "rng": rng_state(self.session.device),
-            "trial_id": self.trial_id,  # who wrote it: read back by an exploiting trial
-        }
-        files["config.json"] = self.config.dumps()
-        return files
+    def _epoch_checkpoint(self) -> EpochCheckpoint:
+        training_state = checkpoint.TrainingState(
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=None if self.scaler is None else self.scaler.state_dict(),
+            state=self.state,
+            rng=checkpoint.rng_state(self.session.device),
+            writer=self.trial_id,  # read back by an exploiting trial
+            # the current weights are not the best ones: both are kept
+            best_model=self.best_weights,
+        )
+        return EpochCheckpoint(self.core.state_dict(), training_state)
 
     def _report(
-        self, metrics: dict[str, Any], files: Callable[[], dict[str, Any]] | None
+        self,
+        metrics: dict[str, Any],
+        content: Callable[[], EpochCheckpoint | FinalCheckpoint] | None,
     ) -> None:
-        """Report `metrics` with a checkpoint of `files`, written by rank 0 (the other ranks
+        """Report `metrics` with a checkpoint of `content`, written by rank 0 (the other ranks
         report none) into a new directory that the session owns from then on: it deletes the
         directory once the checkpoint is persisted, which a Ray Train worker does in the
         background while training goes on."""
         checkpoint_dir = None
-        if files is not None and self.session.rank == 0:
-            checkpoint_dir = Path(tempfile.mkdtemp(prefix="hiersearch-ckpt-"))
-            os.chmod(checkpoint_dir, dir_mode())  # a checkpoint copied as a whole keeps it
-            try:
-                _save_checkpoint(checkpoint_dir, files())
-            except BaseException:
-                shutil.rmtree(checkpoint_dir, ignore_errors=True)
-                raise
+        if content is not None and self.session.rank == 0:
+            # (bench/_timing.py times the writes by the name `_save_checkpoint`)
+            checkpoint_dir = _save_checkpoint(content(), self.config)
         self.session.report(metrics, checkpoint_dir)
 
     # ----------------------------------------------------------------------------- finish
@@ -614,13 +491,9 @@ class TrialRecipe:
             }
         )
         final.update(self._pbt_metrics())
-        files = {
-            "model.pt": self.core.state_dict(),
-            "config.json": self.config.dumps(),
-            FINAL_METRICS_FILE: _jsonable(final),
-        }
+        saved = FinalCheckpoint(model=self.core.state_dict(), metrics=final)
         self._close_artifacts(final)
-        self._report(final, lambda: files)
+        self._report(final, lambda: saved)
         return final
 
     def _test_metrics(self) -> dict[str, Any]:
@@ -664,7 +537,7 @@ class TrialRecipe:
 
     def _close_artifacts(self, final: dict[str, Any]) -> None:
         if self.session.rank == 0 and self.artifacts is not None:
-            atomic_write_json(self.artifacts.local / FINAL_METRICS_FILE, _jsonable(final))
+            checkpoint.write_final_metrics(self.artifacts.local, final)
             self.artifacts.write_hparams(self.config.to_json(), final)
             self.artifacts.close()
 
@@ -684,108 +557,6 @@ def fit(
     recipe.setup(encoded)
     ended = recipe.restore()
     return ended if ended is not None else recipe.train()
-
-
-def _wrap_ddp(model: torch.nn.Module, session: Session, compression: str) -> torch.nn.Module:
-    """DDP with gradients that are views into its all-reduce buckets (no second copy of
-    every gradient, no copy in and out of the buckets each step), compressed to bf16 on the
-    wire when asked (half the bytes between nodes).
-
-    A `head_norm: batchnorm` head stays a per-rank BatchNorm, not SyncBatchNorm: it
-    standardizes by the statistics of each rank's batch of `batch_size` documents, as the
-    one-worker trial it is compared with does, without an all-gather per head in every
-    forward; the running statistics a rank evaluates with are rank 0's
-    (`broadcast_buffers_from_rank0` before every evaluation)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    device_ids = [session.device.index] if session.device.type == "cuda" else None
-    ddp = DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
-    if compression == "bf16":
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-        ddp.register_comm_hook(state=None, hook=default_hooks.bf16_compress_hook)
-    return ddp
-
-
-def _no_sync(model: torch.nn.Module, skip: bool) -> Any:
-    if skip and hasattr(model, "no_sync"):
-        return model.no_sync()
-    return contextlib.nullcontext()
-
-
-def _optimizer_step(optimizer: torch.optim.Optimizer) -> bool:
-    """One optimizer step; False when the step size itself overflows float32.
-
-    Adam turns an absurd learning rate (around 1e38) into a step size that torch cannot
-    convert to float and raises; that is the same divergence as a non-finite loss, and
-    retrying it (Ray Train's FailureConfig) would only fail again."""
-    try:
-        optimizer.step()
-    except RuntimeError as exc:
-        if "without overflow" not in str(exc):
-            raise
-        return False
-    return True
-
-
-def _parameters_finite(model: torch.nn.Module) -> torch.Tensor:
-    """On the parameters' device: whether every parameter is finite (one tensor, one read)."""
-    return torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
-
-
-def _fresh_device_memory(device: torch.device) -> None:
-    """A trial starting in a process that ran another one (Tune's reuse_actors): the cached
-    blocks of the last trial go back to the GPU, which trials sharing it (fractional GPUs)
-    can then use, and the peak statistics start from this trial."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_memory_mb(device: torch.device) -> tuple[float, float]:
-    """(allocated, reserved) peak memory so far, MiB: on the GPU what tensors held and what
-    the caching allocator held for them; on the CPU the process's peak resident set, twice
-    (an earlier trial in the same process counts in it too)."""
-    if device.type == "cuda":
-        allocated = torch.cuda.max_memory_allocated(device) / 2**20
-        return allocated, torch.cuda.max_memory_reserved(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak_mb = peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, else KiB
-    return peak_mb, peak_mb
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """Every random state a trial draws from: Python's, NumPy's, torch's CPU generator and,
-    on a GPU, the device's (dropout there draws from it)."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restore `rng_state`; a checkpoint written on the CPU leaves the GPU's as it is."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            out[key] = None
-        elif isinstance(value, (np.floating, np.integer)):
-            out[key] = value.item()
-        else:
-            out[key] = value
-    return out
 
 
 def train_worker(loop_config: dict[str, Any]) -> dict[str, Any]:

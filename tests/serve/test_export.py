@@ -237,6 +237,17 @@ def test_export_refuses_bad_options(
     assert not (tmp_path / "m").exists()
 
 
+def test_export_of_a_damaged_checkpoint_names_its_weights_file(
+    trained: Trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = shutil.copytree(trained.experiment, tmp_path / "exp")
+    weights = experiment / trained.checkpoint.relative_to(trained.experiment) / "model.pt"
+    weights.write_bytes(b"cut short")
+    err = _error(capsys, ["export", str(experiment), "--out", str(tmp_path / "m")])
+    assert str(weights) in err and "cannot read the checkpoint file" in err
+    assert not (tmp_path / "m").exists()
+
+
 def test_export_by_trial_id_and_by_a_loss_metric(trained: Trained, tmp_path: Path) -> None:
     by_id = export_trial(str(trained.experiment), str(tmp_path / "a"), trial=FINISHED)
     by_loss = export_trial(str(trained.experiment), str(tmp_path / "b"), best=M.loss_key("dev"))

@@ -18,8 +18,7 @@ from hiersearch.data.encode import encode
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
 from hiersearch.model.encoder import tokenizer_path
-from hiersearch.trial import evaluation
-from hiersearch.trial import recipe as recipe_module
+from hiersearch.trial import checkpoint, evaluation, training
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.precision import Precision
 from hiersearch.trial.recipe import STOP_COMPLETED, TrialRecipe, fit
@@ -170,13 +169,13 @@ def test_the_gpus_random_state_is_saved_and_restored(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states["cuda"].clone())
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: states.update(
         cuda=state, device=device))
-    saved = recipe_module.rng_state(CUDA)
+    saved = checkpoint.rng_state(CUDA)
     assert saved["cuda"].tolist() == [7]
     states["cuda"] = torch.tensor([1], dtype=torch.uint8)
-    recipe_module.set_rng_state(saved, CUDA)
+    checkpoint.set_rng_state(saved, CUDA)
     assert states["cuda"].tolist() == [7] and states["device"] == CUDA
-    assert "cuda" not in recipe_module.rng_state(torch.device("cpu"))
-    recipe_module.set_rng_state(recipe_module.rng_state(torch.device("cpu")), CUDA)  # CPU ckpt
+    assert "cuda" not in checkpoint.rng_state(torch.device("cpu"))
+    checkpoint.set_rng_state(checkpoint.rng_state(torch.device("cpu")), CUDA)  # CPU ckpt
 
 
 def test_a_checkpoint_is_read_onto_the_cpu_or_this_ranks_device_never_the_savers(
@@ -202,10 +201,10 @@ def test_a_trial_frees_the_last_trials_cached_gpu_memory_and_reports_both_peaks(
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append("reset"))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**20)
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda d: 5 * 2**20)
-    recipe_module._fresh_device_memory(CUDA)
+    training.fresh_device_memory(CUDA)
     assert calls == ["empty_cache", "reset"]
-    assert recipe_module._peak_memory_mb(CUDA) == (3.0, 5.0)
-    recipe_module._fresh_device_memory(torch.device("cpu"))
+    assert training.peak_memory_mb(CUDA) == (3.0, 5.0)
+    training.fresh_device_memory(torch.device("cpu"))
     assert calls == ["empty_cache", "reset"]
 
 
@@ -234,7 +233,7 @@ def test_ddp_can_all_reduce_gradients_in_bf16(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(parallel, "DistributedDataParallel", FakeDDP)
     session = LocalSession(checkpoint_root=Path("."), device=CUDA)
-    compressed = recipe_module._wrap_ddp(torch.nn.Linear(2, 2), session, "bf16")
-    plain = recipe_module._wrap_ddp(torch.nn.Linear(2, 2), session, "none")
+    compressed = training.wrap_ddp(torch.nn.Linear(2, 2), session, "bf16")
+    plain = training.wrap_ddp(torch.nn.Linear(2, 2), session, "none")
     assert compressed.hooks == [default_hooks.bf16_compress_hook] and plain.hooks == []
     assert made[0] == {"device_ids": [0], "gradient_as_bucket_view": True}
