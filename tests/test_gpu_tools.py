@@ -1,6 +1,6 @@
 """The GPU check's tooling (tools/gpu/, run by bench/gpu_check.sh) on toy inputs: the bundle
-built here, the steps' helpers and verdicts, and the script's behaviour without a GPU.
-Nothing here starts Ray or needs a GPU.
+built here, the steps' helpers (gpu_check.py), their figures and verdicts (gpu_verdict.py) and
+the script's behaviour without a GPU. Nothing here starts Ray or needs a GPU.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ sys.path.insert(0, str(TOOLS))
 
 import gpu_bundle  # noqa: E402
 import gpu_check  # noqa: E402
+import gpu_verdict  # noqa: E402
 
 from hiersearch.search.space import fixed_points, load_space, parse_space  # noqa: E402
 
@@ -175,16 +176,16 @@ def test_the_gpu_space_is_the_quick_presets_on_a_quarter_gpu_and_its_dry_run_par
     assert (base.use_gpu, base.gpus_per_worker, base.num_workers) == (True, 0.25, 1)
     assert space.tune.max_concurrent is None and base.model == "tiny:6x384"
     assert space.data == load_space("quick").data
-    assert len(fixed_points(space, 6, [21, 94, 200])) == gpu_check.TRIALS
+    assert len(fixed_points(space, 6, [21, 94, 200])) == gpu_verdict.TRIALS
     text = gpu_check.SPACE_FILE.read_text()
     assert text.startswith("# Launch: hiersearch search --space tools/gpu/gpu_quarter.yaml")
     dry = parse_space(gpu_check.dry_run_space(yaml.safe_load(text)))
     dry_base = dry.base_config()
     assert not dry_base.use_gpu and dry_base.cpus_per_worker == 0.5
-    assert len(fixed_points(dry, 6, [3, 5, 8])) == gpu_check.TRIALS
-    assert gpu_check.expected_concurrency(dry_base.to_json(), 2, 0, gpu_check.TRIALS) == 4
-    assert gpu_check.expected_concurrency(base.to_json(), 16, 1, gpu_check.TRIALS) == 4
-    assert gpu_check.expected_concurrency(base.to_json(), 4, 1, gpu_check.TRIALS) == 2
+    assert len(fixed_points(dry, 6, [3, 5, 8])) == gpu_verdict.TRIALS
+    assert gpu_verdict.expected_concurrency(dry_base.to_json(), 2, 0, gpu_verdict.TRIALS) == 4
+    assert gpu_verdict.expected_concurrency(base.to_json(), 16, 1, gpu_verdict.TRIALS) == 4
+    assert gpu_verdict.expected_concurrency(base.to_json(), 4, 1, gpu_verdict.TRIALS) == 2
 
 
 def test_pytest_counts_read_the_closing_line() -> None:
@@ -199,6 +200,21 @@ def test_pytest_counts_read_the_closing_line() -> None:
     assert gpu_check.pytest_counts("")["status"] == "no_tests"
 
 
+def test_every_gpu_check_subcommand_has_its_step(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = gpu_check._parser()
+    choices = next(a.choices for a in parser._actions if a.dest == "command")
+    assert set(choices) == set(gpu_check.COMMANDS)
+    for name in gpu_check.COMMANDS:  # each one in the module's usage lines
+        assert f"gpu_check.py {name} " in gpu_check.__doc__, name
+    log = tmp_path / "tests.log"
+    log.write_text("..\n2 passed in 0.10s\n")
+    assert gpu_check.main(["tests", str(log), "--out", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["passed"] == 2
+    assert '"status": "ok"' in capsys.readouterr().out
+
+
 def _rows(start: int, epochs: int, epoch_s: float, pid: int) -> list[dict]:
     """A trial's result rows: one per epoch, then a final report (integer timestamps)."""
     rows = [{"timestamp": int(start + epoch_s * (i + 1)), "time_total_s": epoch_s * (i + 1),
@@ -210,14 +226,14 @@ def _rows(start: int, epochs: int, epoch_s: float, pid: int) -> list[dict]:
 
 
 def test_trials_running_at_once_are_counted_from_their_result_rows() -> None:
-    assert gpu_check.trial_interval(_rows(100, 3, 10.0, 1)) == (100.0, 131.0)
-    assert gpu_check.trial_interval([{"done": True}]) is None
-    intervals = [gpu_check.trial_interval(_rows(100 + d, 3, 10.0, d)) for d in (0, 1, 2, 3)]
-    assert gpu_check.max_overlap(intervals) == (4, 28.0)  # from 103 to 131
+    assert gpu_verdict.trial_interval(_rows(100, 3, 10.0, 1)) == (100.0, 131.0)
+    assert gpu_verdict.trial_interval([{"done": True}]) is None
+    intervals = [gpu_verdict.trial_interval(_rows(100 + d, 3, 10.0, d)) for d in (0, 1, 2, 3)]
+    assert gpu_verdict.max_overlap(intervals) == (4, 28.0)  # from 103 to 131
     one_at_a_time = [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0)]
-    assert gpu_check.max_overlap(one_at_a_time) == (1, 30.0)  # touching is not overlapping
-    assert gpu_check.max_overlap([(0.0, 10.0), (5.0, 20.0), (15.0, 30.0)]) == (2, 10.0)
-    assert gpu_check.max_overlap([]) == (0, 0.0)
+    assert gpu_verdict.max_overlap(one_at_a_time) == (1, 30.0)  # touching is not overlapping
+    assert gpu_verdict.max_overlap([(0.0, 10.0), (5.0, 20.0), (15.0, 30.0)]) == (2, 10.0)
+    assert gpu_verdict.max_overlap([]) == (0, 0.0)
 
 
 def test_the_overlap_report_of_a_four_trial_experiment(tmp_path: Path) -> None:
@@ -228,32 +244,32 @@ def test_the_overlap_report_of_a_four_trial_experiment(tmp_path: Path) -> None:
         trial.mkdir()
         lines = [json.dumps(r) for r in _rows(100 + d, 3, 10.0, 40 + d)]
         (trial / "result.json").write_text("\n".join(lines) + "\n{\"cut")
-    out = gpu_check.overlap_report(tmp_path, cpus=16, gpus=1)
+    out = gpu_verdict.overlap_report(tmp_path, cpus=16, gpus=1)
     assert out["pass"] and out["max_running_at_once"] == 4 and out["finished"] == 4
     assert out["trial_processes"] == 4
     assert out["intervals_s"]["trial_0"] == [0.0, 31.0]
     assert out["peak_memory_mb"]["trial_3"] == 102.0
-    assert not gpu_check.overlap_report(tmp_path, cpus=4, gpus=1)["pass"]  # 2 fit
+    assert not gpu_verdict.overlap_report(tmp_path, cpus=4, gpus=1)["pass"]  # 2 fit
 
 
 def test_device_and_cpu_scores_are_compared_within_the_precisions_tolerance() -> None:
     rng = np.random.default_rng(0)
     cpu = [rng.random((6, 4)).astype(np.float32), rng.random((6, 9)).astype(np.float32)]
     near = [c + 0.004 * rng.standard_normal(c.shape).astype(np.float32) for c in cpu]
-    out = gpu_check.compare_scores(cpu, near, k=5, tolerance=0.02)
+    out = gpu_verdict.compare_scores(cpu, near, k=5, tolerance=0.02)
     assert out["pass"] and 0 < out["max_abs_diff"] < 0.02 and out["docs"] == 6
     assert [level["labels"] for level in out["levels"]] == [4, 9]
     assert 0.0 <= out["top5_set_agreement"] <= 1.0
-    assert gpu_check.compare_scores(cpu, cpu)["top1_agreement"] == 1.0
+    assert gpu_verdict.compare_scores(cpu, cpu)["top1_agreement"] == 1.0
     far = [cpu[0], cpu[1] + 0.05]
-    assert not gpu_check.compare_scores(cpu, far, tolerance=0.02)["pass"]
+    assert not gpu_verdict.compare_scores(cpu, far, tolerance=0.02)["pass"]
     with pytest.raises(ValueError, match="shapes"):
-        gpu_check.compare_scores(cpu, [cpu[0], cpu[1][:, :3]])
+        gpu_verdict.compare_scores(cpu, [cpu[0], cpu[1][:, :3]])
     scores = np.array([[0.1, 0.9, 0.5, 0.7], [0.9, 0.1, 0.2, 0.3]])
-    assert gpu_check.top_k(scores, 2) == [(1, 3), (0, 3)]
-    assert gpu_check.precision_of({"precision": "fp16", "bf16": True}) == "fp16"
-    assert gpu_check.precision_of({"bf16": False}) == "fp32"
-    assert gpu_check.TOLERANCE["bf16"] > gpu_check.TOLERANCE["fp32"]
+    assert gpu_verdict.top_k(scores, 2) == [(1, 3), (0, 3)]
+    assert gpu_verdict.precision_of({"precision": "fp16", "bf16": True}) == "fp16"
+    assert gpu_verdict.precision_of({"bf16": False}) == "fp32"
+    assert gpu_verdict.TOLERANCE["bf16"] > gpu_verdict.TOLERANCE["fp32"]
 
 
 def test_bundle_requirements_are_checked_against_what_is_installed() -> None:
@@ -285,7 +301,7 @@ def test_the_report_gives_each_step_a_status_and_each_check_a_verdict(tmp_path: 
                  "peak_reserved_gib": 10.0}
     (tmp_path / "throughput.json").write_text(json.dumps({"candidates": {"FLAT/bf16": candidate}}))
     (tmp_path / "search_check.json").write_text(json.dumps({"pass": False, "trials": 4}))
-    report = gpu_check.assemble(tmp_path, "gpu")
+    report = gpu_verdict.assemble(tmp_path, "gpu")
     by_name = {s["step"]: s for s in report["steps"]}
     assert by_name["search"]["status"] == "timeout" and by_name["env"]["seconds"] == 2.5
     assert by_name["search"]["log_tail"].endswith("boom") and "log_tail" not in by_name["env"]
@@ -294,15 +310,15 @@ def test_the_report_gives_each_step_a_status_and_each_check_a_verdict(tmp_path: 
                                   "four_trials_at_once": "fail", "predict_matches_cpu": "not run",
                                   "throughput": "pass"}
     assert not report["pass"] and report["device"] == "NVIDIA H200"
-    assert gpu_check.overall_pass({"imports": "pass", "gpu_tests": "not run"})
-    assert not gpu_check.overall_pass({"imports": "not run", "gpu_tests": "pass"})
+    assert gpu_verdict.overall_pass({"imports": "pass", "gpu_tests": "not run"})
+    assert not gpu_verdict.overall_pass({"imports": "not run", "gpu_tests": "pass"})
     summary = {"experiment": "e", "trials": {"total": 4}, "best": {
         "trial_id": "t1", "variant": "FLAT", "metrics": {"dev/rp_macro": 0.5, "dev/rp@3": 0.1}}}
-    assert gpu_check.slim_summary(summary)["best"]["metrics"] == {"dev/rp_macro": 0.5}
-    text = "\n".join(gpu_check.summary_lines(report))
+    assert gpu_verdict.slim_summary(summary)["best"]["metrics"] == {"dev/rp_macro": 0.5}
+    text = "\n".join(gpu_verdict.summary_lines(report))
     assert "FAIL" in text and "FLAT/bf16" in text and "MFU  40.0%" in text
     tarball = tmp_path / "logs.tar.gz"
-    assert gpu_check.pack_logs(tmp_path, tarball, per_file=100) >= 5
+    assert gpu_verdict.pack_logs(tmp_path, tarball, per_file=100) >= 5
     import tarfile
 
     with tarfile.open(tarball) as archive:
