@@ -31,6 +31,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,68 +138,132 @@ def build(variant: str, model: str | None, device: Any) -> Any:
     return LayerwiseClassifier(encoder, assignment, EUROVOC_LEVELS, dropout=0.1).to(device)
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import contextlib
+@dataclass(frozen=True)
+class Trainer:
+    """Both variants' models and fused AdamW optimizers, and one fixed random batch (labels
+    ~1 % positive) that every timed step trains on."""
 
+    models: dict[str, Any]
+    optimizers: dict[str, Any]
+    ids: Any
+    mask: Any
+    labels: Any
+
+    @classmethod
+    def build(cls, args: argparse.Namespace, device: Any) -> Trainer:
+        import torch
+
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=generator).to(device)
+        labels = (torch.rand(args.batch, sum(EUROVOC_LEVELS), generator=generator) < 0.01)
+        models = {v: build(v, args.model, device).train() for v in VARIANTS}
+        optimizers = {
+            v: torch.optim.AdamW(m.parameters(), lr=2e-5, fused=True) for v, m in models.items()
+        }
+        return cls(models, optimizers, ids, torch.ones_like(ids), labels.float().to(device))
+
+    def sync(self) -> None:
+        import torch
+
+        if self.ids.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def steps(self, name: tuple[str, str], count: int) -> float:
+        """Seconds of `count` training steps of one candidate (variant, precision)."""
+        import contextlib
+
+        import torch
+
+        variant, precision = name
+        model, optimizer = self.models[variant], self.optimizers[variant]
+        dtype = set_precision(precision)
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(count):
+            autocast = (torch.autocast(self.ids.device.type, dtype=dtype) if dtype is not None
+                        else contextlib.nullcontext())
+            with autocast:
+                loss = model.loss(model(self.ids, self.mask), self.labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.sync()
+        return time.perf_counter() - start
+
+
+def step_memory(trainer: Trainer, name: tuple[str, str]) -> dict[str, float]:
+    """CUDA memory of 2 steps of a warmed-up candidate: what stays resident, and the peaks
+    above it (allocated) and above the allocator's holding after `empty_cache` (reserved)."""
+    import torch
+
+    torch.cuda.empty_cache()  # reserved = what is allocated (rounded to blocks)
+    torch.cuda.reset_peak_memory_stats()
+    resident = torch.cuda.memory_allocated()  # both models' weights and AdamW state
+    reserved = torch.cuda.memory_reserved()
+    trainer.steps(name, 2)
+    return {
+        "resident_gib": resident / 2**30,
+        "step_peak_allocated_gib": (torch.cuda.max_memory_allocated() - resident) / 2**30,
+        "step_peak_reserved_gib": (torch.cuda.max_memory_reserved() - reserved) / 2**30,
+        "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+    }
+
+
+def time_blocks(trainer: Trainer, names: Sequence[tuple[str, str]], args: argparse.Namespace
+                ) -> dict[tuple[str, str], list[float]]:
+    """Samples/s of each candidate in each block of `args.steps` steps (rotating order)."""
+    rates: dict[tuple[str, str], list[float]] = {name: [] for name in names}
+    for block in range(args.blocks):
+        for name in block_order(block, names):
+            rates[name].append(args.batch * args.steps / trainer.steps(name, args.steps))
+    return rates
+
+
+def candidate_figures(model: Any, seq: int, rates: list[float], peak: float | None
+                      ) -> dict[str, Any]:
+    """One candidate's median samples/s over its blocks, its model FLOPs and MFU."""
+    config = model.encoder.config
+    heads = sum(h.weight.numel() for h in model.heads)
+    flops = train_flops_per_sample(
+        int(config.num_hidden_layers), int(config.hidden_size), seq, heads,
+        used_layers=len(model.encoder.encoder.layer),
+    )
+    rate = median(rates)
+    return {"samples_per_s": rate, "samples_per_s_all_blocks": rates,
+            "train_flops_per_sample": flops, "mfu": rate * flops / peak if peak else None}
+
+
+def variant_ratios(figures: dict[str, dict[str, Any]], precisions: Sequence[str]
+                   ) -> dict[str, float | None]:
+    """Per precision: LAST-SIX over FLAT in throughput and in a step's peak memory (None
+    where FLAT's step peak is 0: a CPU run reads no device memory)."""
+    out: dict[str, float | None] = {}
+    for precision in precisions:
+        flat, last = (figures[f"{v}/{precision}"] for v in VARIANTS)
+        out[f"last_six_over_flat_throughput_{precision}"] = (
+            last["samples_per_s"] / flat["samples_per_s"]
+        )
+        out[f"last_six_over_flat_step_peak_memory_{precision}"] = (
+            last["step_peak_allocated_gib"] / flat["step_peak_allocated_gib"]
+            if flat["step_peak_allocated_gib"] else None
+        )
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize()
-
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 30000, (args.batch, args.seq), generator=generator).to(device)
-    mask = torch.ones_like(ids)
-    labels = (torch.rand(args.batch, sum(EUROVOC_LEVELS), generator=generator) < 0.01).float()
-    labels = labels.to(device)
-    models = {v: build(v, args.model, device).train() for v in VARIANTS}
-    optimizers = {
-        v: torch.optim.AdamW(m.parameters(), lr=2e-5, fused=True) for v, m in models.items()
-    }
+    trainer = Trainer.build(args, device)
     names = candidates(VARIANTS, args.precisions)
-
-    def steps(name: tuple[str, str], count: int) -> float:
-        variant, precision = name
-        model, optimizer = models[variant], optimizers[variant]
-        dtype = set_precision(precision)
-        sync()
-        start = time.perf_counter()
-        for _ in range(count):
-            autocast = (torch.autocast(device.type, dtype=dtype) if dtype is not None
-                        else contextlib.nullcontext())
-            with autocast:
-                loss = model.loss(model(ids, mask), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sync()
-        return time.perf_counter() - start
-
     memory: dict[tuple[str, str], dict[str, float]] = {}
     for name in names:
-        steps(name, args.warmup)
-        if not cuda:  # a smoke run of the code path: no device memory to read
-            memory[name] = dict.fromkeys(MEMORY_KEYS, 0.0)
-            continue
-        torch.cuda.empty_cache()  # reserved = what is allocated (rounded to blocks)
-        torch.cuda.reset_peak_memory_stats()
-        resident = torch.cuda.memory_allocated()  # both models' weights and AdamW state
-        reserved = torch.cuda.memory_reserved()
-        steps(name, 2)
-        memory[name] = {
-            "resident_gib": resident / 2**30,
-            "step_peak_allocated_gib": (torch.cuda.max_memory_allocated() - resident) / 2**30,
-            "step_peak_reserved_gib": (torch.cuda.max_memory_reserved() - reserved) / 2**30,
-            "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
-        }
-    rates: dict[tuple[str, str], list[float]] = {name: [] for name in names}
-    for block in range(args.blocks):
-        for name in block_order(block, names):
-            rates[name].append(args.batch * args.steps / steps(name, args.steps))
+        trainer.steps(name, args.warmup)
+        # a smoke run on the CPU has no device memory to read
+        memory[name] = step_memory(trainer, name) if cuda else dict.fromkeys(MEMORY_KEYS, 0.0)
+    rates = time_blocks(trainer, names, args)
     device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
     peaks = {
         "bf16": peak_flops(device_name, args.peak_tflops, "bf16"),
@@ -212,35 +277,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     medians: dict[str, dict[str, float]] = {v: {} for v in VARIANTS}
     for variant, precision in names:
-        model = models[variant]
-        config = model.encoder.config
-        heads = sum(h.weight.numel() for h in model.heads)
-        flops = train_flops_per_sample(
-            int(config.num_hidden_layers), int(config.hidden_size), args.seq, heads,
-            used_layers=len(model.encoder.encoder.layer),
-        )
-        rate = median(rates[(variant, precision)])
-        medians[variant][precision] = rate
-        peak = peaks[precision]
+        figures = candidate_figures(trainer.models[variant], args.seq,
+                                    rates[(variant, precision)], peaks[precision])
+        medians[variant][precision] = figures["samples_per_s"]
         out["candidates"][f"{variant}/{precision}"] = {
-            "variant": variant,
-            "precision": precision,
-            "samples_per_s": rate,
-            "samples_per_s_all_blocks": rates[(variant, precision)],
-            "train_flops_per_sample": flops,
-            "mfu": rate * flops / peak if peak else None,
+            "variant": variant, "precision": precision, **figures,
             **memory[(variant, precision)],
         }
     out["bf16_over_fp32_throughput"] = precision_ratios(medians)
-    for precision in args.precisions:
-        flat, last = (out["candidates"][f"{v}/{precision}"] for v in VARIANTS)
-        out[f"last_six_over_flat_throughput_{precision}"] = (
-            last["samples_per_s"] / flat["samples_per_s"]
-        )
-        out[f"last_six_over_flat_step_peak_memory_{precision}"] = (
-            last["step_peak_allocated_gib"] / flat["step_peak_allocated_gib"]
-            if flat["step_peak_allocated_gib"] else None
-        )
+    out.update(variant_ratios(out["candidates"], args.precisions))
     return out
 
 

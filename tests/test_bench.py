@@ -268,6 +268,19 @@ def test_gpu_throughput_pairs_every_variant_with_both_precisions() -> None:
         gpu_throughput.parse_precisions("fp8")
 
 
+def test_gpu_throughput_compares_last_six_with_flat_per_precision() -> None:
+    figures = {"FLAT/bf16": {"samples_per_s": 10.0, "step_peak_allocated_gib": 4.0},
+               "LAST-SIX/bf16": {"samples_per_s": 15.0, "step_peak_allocated_gib": 3.0},
+               "FLAT/fp32": {"samples_per_s": 5.0, "step_peak_allocated_gib": 0.0},
+               "LAST-SIX/fp32": {"samples_per_s": 6.0, "step_peak_allocated_gib": 0.0}}
+    assert gpu_throughput.variant_ratios(figures, ("bf16", "fp32")) == {
+        "last_six_over_flat_throughput_bf16": 1.5,
+        "last_six_over_flat_step_peak_memory_bf16": 0.75,
+        "last_six_over_flat_throughput_fp32": 1.2,
+        "last_six_over_flat_step_peak_memory_fp32": None,
+    }
+
+
 def test_gpu_throughput_precisions_switch_tf32_and_autocast() -> None:
     import torch
 
