@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +335,7 @@ def multi_summary(runs: list[dict[str, Any]], trials: int, with_single: bool) ->
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny encoder, 60 docs, 1 rep")
     parser.add_argument("--reps", type=int, default=None)
@@ -349,45 +350,103 @@ def main(argv: list[str] | None = None) -> None:
                              "--quick: auto)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one local fit")
     parser.add_argument("--json", default=None, help="also write the result here")
-    args = parser.parse_args(argv)
-    home = setup_env()
-    events_file = Path(home) / "events.jsonl"
-    os.environ[_timing.EVENTS_ENV] = str(events_file)
-    model = args.model or ("tiny:6x64" if args.quick else "minilm")
-    docs = args.docs or (60 if args.quick else 400)
-    epochs = args.epochs or 2
-    reps = args.reps or (1 if args.quick else 3)
-    trials = args.trials if args.trials is not None else (0 if args.quick else 3)
+    return parser
+
+
+@dataclass(frozen=True)
+class Setup:
+    """The measured trial's sizes and the runs of each repetition."""
+
+    quick: bool
+    model: str
+    docs: int
+    epochs: int
+    reps: int
+    trials: int  # of the multi-trial search; 0: none
+    launchers: tuple[str, ...]  # the one-trial searches
+    util_docs: int
+    batch_size: int = 16
+
+    @property
+    def kinds(self) -> list[str]:
+        """Every run of a repetition: the in-process fit, the one-trial searches, the
+        multi-trial search."""
+        return ["local", *self.launchers, *(["multi"] if self.trials else [])]
+
+
+def resolve_setup(args: argparse.Namespace) -> Setup:
+    """The command line's sizes, their defaults by --quick; ValueError on unknown launchers."""
     launchers_arg = args.launchers or ("auto" if args.quick else ",".join(LAUNCHERS))
-    launchers = [name for name in launchers_arg.split(",") if name]
+    launchers = tuple(name for name in launchers_arg.split(",") if name)
     if not launchers or any(name not in LAUNCHERS for name in launchers):
-        parser.error(f"--launchers: a comma-separated subset of {','.join(LAUNCHERS)}")
-    batch_size = 16
-    util_docs = 8 if args.quick else 32
+        raise ValueError(f"--launchers: a comma-separated subset of {','.join(LAUNCHERS)}")
+    return Setup(
+        quick=args.quick,
+        model=args.model or ("tiny:6x64" if args.quick else "minilm"),
+        docs=args.docs or (60 if args.quick else 400),
+        epochs=args.epochs or 2,
+        reps=args.reps or (1 if args.quick else 3),
+        trials=args.trials if args.trials is not None else (0 if args.quick else 3),
+        launchers=launchers,
+        util_docs=8 if args.quick else 32,
+    )
 
-    import ray
 
-    from hiersearch.search.driver import prepare_data
+def rep_order(kinds: list[str], rep: int) -> list[str]:
+    """The runs of repetition `rep`, rotated by one each repetition."""
+    return kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
+
+
+@dataclass(frozen=True)
+class Runner:
+    """What every run shares: the spaces by kind, the warm corpus, where events and runs go."""
+
+    spaces: dict[str, Any]
+    base: Any
+    data: Any
+    events_file: Path
+    work: Path
+    epoch_samples: int
+
+    def run(self, kind: str, rep: int) -> dict[str, Any]:
+        """One run of `kind` (local, a launcher, multi) -> its breakdown."""
+        if kind == "local":
+            run = run_local(self.base, self.data, self.events_file, self.work, rep)
+            return local_breakdown(run["events"], self.epoch_samples)
+        run = run_ray(self.spaces[kind], self.work / "storage", self.events_file, f"{kind}-{rep}")
+        breakdown = multi_breakdown if kind == "multi" else ray_breakdown
+        return breakdown(run["events"], run["start"], run["end"], self.epoch_samples)
+
+    def repetition(self, setup: Setup, rep: int) -> dict[str, Any]:
+        order = rep_order(setup.kinds, rep)
+        row: dict[str, Any] = {"rep": rep, "order": order}
+        for kind in order:
+            row[kind] = self.run(kind, rep)
+        for launcher in setup.launchers:
+            row[f"throughput_ratio_{launcher}"] = (
+                row[launcher]["steady_samples_per_s"] / row["local"]["steady_samples_per_s"]
+            )
+        print(f"[ray_overhead] rep {rep}: local {row['local']['wall_s']:.1f}s, "
+              + ", ".join(f"{k} {row[k]['wall_s']:.1f}s" for k in setup.kinds[1:]), flush=True)
+        return row
+
+
+def one_trial_spaces(setup: Setup) -> dict[str, Any]:
+    """The parsed space of each kind of Ray run: one per launcher, and the multi-trial one."""
     from hiersearch.search.space import parse_space
 
-    _timing.install_now()
-    spaces = {
-        launcher: parse_space(
-            space_raw(model, docs, epochs, batch_size, 300, util_docs, launcher)
-        )
-        for launcher in LAUNCHERS
-    }
-    if trials:
-        spaces["multi"] = parse_space(
-            space_raw(model, docs, epochs, batch_size, 300, util_docs, "auto", trials)
-        )
-    base = spaces["auto"].base_config()
-    data = prepare_data(spaces["auto"], base, None, os.environ["HIERSEARCH_DATA"])  # warm
-    from hiersearch.data.encode import load_encoded
+    def space(launcher: str, trials: int = 1) -> Any:
+        return parse_space(space_raw(setup.model, setup.docs, setup.epochs, setup.batch_size,
+                                     300, setup.util_docs, launcher, trials))
 
-    train_docs = len(load_encoded(data.encoded_path).splits["train"])
-    epoch_samples = _epoch_samples(train_docs, batch_size)
-    work = Path(tempfile.mkdtemp(prefix="hiersearch-bench-ray-"))
+    spaces = {launcher: space(launcher) for launcher in LAUNCHERS}
+    if setup.trials:
+        spaces["multi"] = space("auto", setup.trials)
+    return spaces
+
+
+def start_ray(events_file: Path) -> float:
+    """Ray with the timing probes in its workers; the seconds its start took."""
     init_start = time.time()
     ray_init(
         num_cpus=2,
@@ -399,76 +458,94 @@ def main(argv: list[str] | None = None) -> None:
         },
         runtime_env={"worker_process_setup_hook": "_timing.install"},
     )
-    ray_init_s = time.time() - init_start
-    runs: list[dict[str, Any]] = []
-    load_averages = []
-    kinds = ["local", *launchers, *(["multi"] if trials else [])]
-    try:
-        for rep in range(reps):
-            load_averages.append([round(x, 2) for x in os.getloadavg()])
-            order = kinds[rep % len(kinds):] + kinds[: rep % len(kinds)]
-            row: dict[str, Any] = {"rep": rep, "order": order}
-            for kind in order:
-                if kind == "local":
-                    run = run_local(base, data, events_file, work, rep)
-                    row["local"] = local_breakdown(run["events"], epoch_samples)
-                elif kind == "multi":
-                    run = run_ray(spaces[kind], work / "storage", events_file, f"{kind}-{rep}")
-                    row[kind] = multi_breakdown(run["events"], run["start"], run["end"],
-                                                epoch_samples)
-                else:
-                    run = run_ray(spaces[kind], work / "storage", events_file, f"{kind}-{rep}")
-                    row[kind] = ray_breakdown(run["events"], run["start"], run["end"],
-                                              epoch_samples)
-            for launcher in launchers:
-                row[f"throughput_ratio_{launcher}"] = (
-                    row[launcher]["steady_samples_per_s"] / row["local"]["steady_samples_per_s"]
-                )
-            runs.append(row)
-            print(f"[ray_overhead] rep {rep}: local {row['local']['wall_s']:.1f}s, "
-                  + ", ".join(f"{k} {row[k]['wall_s']:.1f}s" for k in kinds[1:]), flush=True)
-        profile = profile_fit(base, data, work) if args.profile else None
-    finally:
-        ray.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
-    local_fixed = median([r["local"]["fixed_overhead_s"] for r in runs])
+    return time.time() - init_start
+
+
+def launcher_summary(runs: list[dict[str, Any]], launcher: str) -> dict[str, Any]:
+    """One launcher's medians over the repetitions and its verdicts."""
+    ratio = median([r[f"throughput_ratio_{launcher}"] for r in runs])
+    fixed = median([r[launcher]["fixed_overhead_s"] for r in runs])
+    return {
+        "throughput_ratio_median": ratio,
+        "ray_fixed_overhead_s_median": fixed,
+        "ray_added_overhead_s_median": median(
+            [r[launcher]["fixed_overhead_s"] - r["local"]["fixed_overhead_s"] for r in runs]
+        ),
+        # a phase missing from a run took no time there (e.g. no process bootstrap when
+        # Ray placed the trial on a worker process it had started before the run)
+        "ray_phases_s_median": {
+            name: median([r[launcher]["phases_s"].get(name, 0.0) for r in runs])
+            for name in dict.fromkeys(n for r in runs for n in r[launcher]["phases_s"])
+        },
+        "target_throughput_0.95": verdict(ratio, 0.95, higher_is_better=True),
+        "target_fixed_overhead_10s": verdict(fixed, 10.0, higher_is_better=False),
+    }
+
+
+def summarise(setup: Setup, runs: list[dict[str, Any]], load_averages: list[list[float]],
+              train_docs: int, ray_init_s: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "machine": machine(),
-        "quick": args.quick,
+        "quick": setup.quick,
         "setup": {
-            "model": model, "docs": docs, "train_docs": train_docs, "epochs": epochs,
-            "batch_size": batch_size, "max_length": 128, "variant": VARIANT,
-            "cpus_per_worker": 1, "torch_threads_per_trial": 1, "util_docs": util_docs,
-            "ray_init_once_s": ray_init_s, "multi_trial_search_trials": trials,
+            "model": setup.model, "docs": setup.docs, "train_docs": train_docs,
+            "epochs": setup.epochs, "batch_size": setup.batch_size, "max_length": 128,
+            "variant": VARIANT, "cpus_per_worker": 1, "torch_threads_per_trial": 1,
+            "util_docs": setup.util_docs, "ray_init_once_s": ray_init_s,
+            "multi_trial_search_trials": setup.trials,
         },
         "load_average_per_rep": load_averages,
         "runs": runs,
-        "local_fixed_overhead_s_median": local_fixed,
+        "local_fixed_overhead_s_median": median([r["local"]["fixed_overhead_s"] for r in runs]),
         "local_phases_s_median": {
             name: median([r["local"]["phases_s"][name] for r in runs])
             for name in runs[0]["local"]["phases_s"]
         },
     }
-    for launcher in launchers:  # auto: fit in the Tune trial; train: a TorchTrainer per trial
-        ratio = median([r[f"throughput_ratio_{launcher}"] for r in runs])
-        fixed = median([r[launcher]["fixed_overhead_s"] for r in runs])
-        out[launcher] = {
-            "throughput_ratio_median": ratio,
-            "ray_fixed_overhead_s_median": fixed,
-            "ray_added_overhead_s_median": median(
-                [r[launcher]["fixed_overhead_s"] - r["local"]["fixed_overhead_s"] for r in runs]
-            ),
-            # a phase missing from a run took no time there (e.g. no process bootstrap when
-            # Ray placed the trial on a worker process it had started before the run)
-            "ray_phases_s_median": {
-                name: median([r[launcher]["phases_s"].get(name, 0.0) for r in runs])
-                for name in dict.fromkeys(n for r in runs for n in r[launcher]["phases_s"])
-            },
-            "target_throughput_0.95": verdict(ratio, 0.95, higher_is_better=True),
-            "target_fixed_overhead_10s": verdict(fixed, 10.0, higher_is_better=False),
-        }
-    if trials:
-        out["multi"] = multi_summary(runs, trials, "auto" in launchers)
+    for launcher in setup.launchers:  # auto: fit in the Tune trial; train: a TorchTrainer
+        out[launcher] = launcher_summary(runs, launcher)
+    if setup.trials:
+        out["multi"] = multi_summary(runs, setup.trials, "auto" in setup.launchers)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        setup = resolve_setup(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    home = setup_env()
+    events_file = Path(home) / "events.jsonl"
+    os.environ[_timing.EVENTS_ENV] = str(events_file)
+
+    import ray
+
+    from hiersearch.search.driver import prepare_data
+
+    _timing.install_now()
+    spaces = one_trial_spaces(setup)
+    base = spaces["auto"].base_config()
+    data = prepare_data(spaces["auto"], base, None, os.environ["HIERSEARCH_DATA"])  # warm
+    from hiersearch.data.encode import load_encoded
+
+    train_docs = len(load_encoded(data.encoded_path).splits["train"])
+    work = Path(tempfile.mkdtemp(prefix="hiersearch-bench-ray-"))
+    runner = Runner(spaces, base, data, events_file, work,
+                    _epoch_samples(train_docs, setup.batch_size))
+    ray_init_s = start_ray(events_file)
+    load_averages = []
+    runs: list[dict[str, Any]] = []
+    try:
+        for rep in range(setup.reps):
+            load_averages.append([round(x, 2) for x in os.getloadavg()])
+            runs.append(runner.repetition(setup, rep))
+        profile = profile_fit(base, data, work) if args.profile else None
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    out = summarise(setup, runs, load_averages, train_docs, ray_init_s)
     if profile is not None:
         out["profile_fit_top_cumulative"] = profile
     out["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -214,6 +214,32 @@ def test_multi_trial_breakdown_counts_every_fit_and_the_shared_process() -> None
     assert (space.tune.seeds, space.tune.max_concurrent) == (3, 1)
 
 
+def test_ray_overhead_setup_defaults_by_quick_and_rotates_the_runs() -> None:
+    args = ray_overhead._parser().parse_args(["--quick"])
+    quick = ray_overhead.resolve_setup(args)
+    assert (quick.model, quick.docs, quick.reps, quick.trials, quick.launchers) == (
+        "tiny:6x64", 60, 1, 0, ("auto",))
+    assert quick.kinds == ["local", "auto"]
+    full = ray_overhead.resolve_setup(ray_overhead._parser().parse_args(["--trials", "2"]))
+    assert full.kinds == ["local", "auto", "train", "multi"] and full.util_docs == 32
+    with pytest.raises(ValueError, match="subset of auto,train"):
+        ray_overhead.resolve_setup(ray_overhead._parser().parse_args(["--launchers", "x"]))
+    assert [ray_overhead.rep_order(full.kinds, rep)[0] for rep in range(5)] == [
+        "local", "auto", "train", "multi", "local"]
+
+
+def test_ray_overhead_launcher_summary_takes_medians_over_repetitions() -> None:
+    runs = [{"throughput_ratio_auto": ratio, "local": {"fixed_overhead_s": 2.0},
+             "auto": {"fixed_overhead_s": fixed, "phases_s": phases}}
+            for ratio, fixed, phases in ((0.9, 8.0, {"a": 1.0}), (1.0, 12.0, {"a": 3.0, "b": 2.0}),
+                                         (0.97, 9.0, {"a": 2.0}))]
+    out = ray_overhead.launcher_summary(runs, "auto")
+    assert out["throughput_ratio_median"] == 0.97 and out["ray_fixed_overhead_s_median"] == 9.0
+    assert out["ray_added_overhead_s_median"] == 7.0
+    assert out["ray_phases_s_median"] == {"a": 2.0, "b": 0.0}  # missing: took no time
+    assert out["target_throughput_0.95"] == ray_overhead.verdict(0.97, 0.95, True)
+
+
 def test_timing_probe_records_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "events.jsonl"
     monkeypatch.setenv(_timing.EVENTS_ENV, str(path))
