@@ -235,31 +235,45 @@ def finalize(
                 dropped[split].append(str(doc_id))
         unlabelled[split] = len(raw_splits.get(split, ())) - len(docs) - empty[split]
         splits[split] = tuple(docs)
-    if not seen:
+    report = LoadReport(dict(unknown), unlabelled, dict(outside), dropped, empty, empty_examples)
+    _refuse_unusable(splits, report, len(seen), hierarchy.name, where)
+    return Corpus(splits, hierarchy, synthetic, report, generator)
+
+
+def _refuse_unusable(
+    splits: Mapping[str, Sequence[Document]],
+    report: LoadReport,
+    documents: int,
+    hierarchy_name: str,
+    where: str | None,
+) -> None:
+    """An InputError naming `where` for a corpus left with nothing to train or score on: no
+    documents, only empty texts, no known label, or a split without a labelled document."""
+    if not documents:
         raise InputError("the corpus has no documents", where=where)
-    if sum(empty.values()) == len(seen):
-        examples = ", ".join(i for s in SPLITS for i in empty_examples.get(s, []))
+    if sum(report.empty_docs.values()) == documents:
+        examples = ", ".join(i for s in SPLITS for i in report.empty_examples.get(s, []))
         raise InputError(
             f"every document's text is empty or only whitespace (e.g. {examples})", where=where
         )
+    unknown = report.unknown_labels
     if not any(splits.values()) and unknown:
         examples = ", ".join(sorted(unknown)[:5])
         raise InputError(
             f"none of the {len(unknown)} distinct labels is in the hierarchy "
-            f"{hierarchy.name!r} (e.g. {examples})",
+            f"{hierarchy_name!r} (e.g. {examples})",
             where=where,
         )
     for split, docs in splits.items():
         if not docs:
-            why = [f"{n} {what}" for n, what in ((unlabelled[split], "without a known label"),
-                                                  (empty[split], "with an empty text")) if n]
+            why = [f"{n} {what}" for n, what in
+                   ((report.unlabelled_docs[split], "without a known label"),
+                    (report.empty_docs[split], "with an empty text")) if n]
             raise InputError(
                 f"the {split} split has no labelled documents"
                 + (f" (dropped: {', '.join(why)})" if why else ""),
                 where=where,
             )
-    report = LoadReport(dict(unknown), unlabelled, dict(outside), dropped, empty, empty_examples)
-    return Corpus(splits, hierarchy, synthetic, report, generator)
 
 
 # -- readers ------------------------------------------------------------------------------------
