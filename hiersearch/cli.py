@@ -547,7 +547,7 @@ def _prepare_env() -> None:
 
 
 def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
 
     default_name = extra.pop("default_name", None)
     return run_search(
