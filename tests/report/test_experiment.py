@@ -1,6 +1,5 @@
 """An experiment's hiersearch.json: one writer, one reader; what the reader says when the
-file is absent or broken, on local paths and URIs; and the one JSON parser every JSON file
-reader calls (`hiersearch.typed`)."""
+file is absent or broken, on local paths and URIs."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from hiersearch.data.hierarchy import read_json_object
 from hiersearch.errors import InputError
 from hiersearch.report.experiment import (
     META_FILE,
@@ -18,7 +16,6 @@ from hiersearch.report.experiment import (
     read_meta,
     write_experiment_meta,
 )
-from hiersearch.typed import parse_json, parse_json_object
 
 
 def _write(experiment: str, **extra: Any) -> None:
@@ -63,22 +60,3 @@ def test_a_meta_file_that_is_not_an_object_is_an_input_error(tmp_path: Path) -> 
     with pytest.raises(InputError, match=f"^{tmp_path / META_FILE}: expected a JSON object"):
         read_meta(str(tmp_path))
     assert read_experiment_json(str(tmp_path), "absent.json") is None
-
-
-def test_the_json_parser_names_the_file_and_line_of_bad_json() -> None:
-    assert parse_json("[1]", "a.json") == [1]
-    with pytest.raises(InputError, match=r"^a\.json:2: invalid JSON: Expecting value"):
-        parse_json('{"a":\n', "a.json")
-    with pytest.raises(InputError, match=r"^a\.json: expected a JSON object"):
-        parse_json_object('"text"', "a.json")
-    assert parse_json_object('{"a": 1}', "a.json") == {"a": 1}
-
-
-def test_a_local_json_file_must_hold_an_object(tmp_path: Path) -> None:
-    path = tmp_path / "model.json"
-    path.write_text("[1]")
-    with pytest.raises(InputError, match="model.json: expected a JSON object"):
-        read_json_object(path)
-    path.write_text('{"levels": 3,\n  oops}')
-    with pytest.raises(InputError, match="model.json:2: invalid JSON"):
-        read_json_object(path)
