@@ -1,7 +1,7 @@
 """Timing probes for the Ray-overhead benchmark: wrap the phases of a trial (`recipe.fit`, the
-phases of its `TrialRecipe` and what they call, `search.trial_driver`) so that every process
-running them appends one JSON line per call (pid, name, wall-clock start and end) to the file
-named by HIERSEARCH_BENCH_EVENTS.
+phases of its `TrialRecipe` and what they call, `search.trainable.trial_with_trainer`) so
+that every process running them appends one JSON line per call (pid, name, wall-clock start
+and end) to the file named by HIERSEARCH_BENCH_EVENTS.
 
 In the benchmark's own process the wrappers are installed directly (`install_now`). In Ray
 worker processes `install` runs as Ray's `worker_process_setup_hook` (this directory is put on
@@ -107,18 +107,27 @@ def patch_train(module: Any) -> None:
     setattr(module, _PATCHED, True)
 
 
-def patch_search(module: Any) -> None:
+def patch_trainable(module: Any) -> None:
+    """search/trainable.py: the two ways a Tune trial trains (looked up there by `trainable`)."""
     if getattr(module, _PATCHED, False):
         return
-    module.trial_driver = _timed("trial_driver", module.trial_driver)
+    module.trial_with_trainer = _timed("trial_with_trainer", module.trial_with_trainer)
     module.trial_in_process = _timed("trial_in_process", module.trial_in_process)
+    setattr(module, _PATCHED, True)
+
+
+def patch_run(module: Any) -> None:
+    """search/run.py: the corpus preparation before Ray starts (looked up there)."""
+    if getattr(module, _PATCHED, False):
+        return
     module.prepare_data = _timed("prepare_data", module.prepare_data)
     setattr(module, _PATCHED, True)
 
 
 _PATCHERS: dict[str, Callable[[Any], None] | None] = {
     "hiersearch.trial.recipe": patch_train,
-    "hiersearch.search.driver": patch_search,
+    "hiersearch.search.trainable": patch_trainable,
+    "hiersearch.search.run": patch_run,
     # only timed: where a worker's heavy imports happen (ray.train.torch imports torch)
     "torch": None,
     "transformers": None,
@@ -179,11 +188,13 @@ def install() -> None:
 
 def install_now() -> None:
     """In this process: patch the hiersearch modules directly."""
-    import hiersearch.search.driver
+    import hiersearch.search.run
+    import hiersearch.search.trainable
     import hiersearch.trial.recipe
 
     patch_train(hiersearch.trial.recipe)
-    patch_search(hiersearch.search.driver)
+    patch_trainable(hiersearch.search.trainable)
+    patch_run(hiersearch.search.run)
 
 
 def load_events(path: str | Path) -> list[dict[str, Any]]:

@@ -207,7 +207,7 @@ def compute_budget(budget_epochs: int) -> Any:
 
 def run_space(raw: dict[str, Any], storage: Path, budget: int | None = None) -> Ran:
     """One experiment through `run_search` (stopped at `budget` epochs when given)."""
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
     from hiersearch.search.space import parse_space
 
     load = [round(x, 2) for x in os.getloadavg()]

@@ -165,28 +165,28 @@ def ray_breakdown(events: list[dict[str, Any]], start: float, end: float,
     window = _within(events, start, end)
     fit = next(e for e in window if e["name"] == "fit")
     worker = [e for e in window if e["pid"] == fit["pid"]]
-    driver = next(e for e in window if e["name"] in ("trial_driver", "trial_in_process"))
+    trial_fn = next(e for e in window if e["name"] in ("trial_with_trainer", "trial_in_process"))
     hook = next((e for e in worker if e["name"] == "worker_setup_hook"), None)
     phases = fit_phases(worker, epoch_samples)
     prepare = _sum(window, "prepare_data")
     segments: dict[str, float] = {"prepare_data_cache_hit": prepare}
-    if driver["name"] == "trial_in_process":  # launcher auto: fit runs in the Tune trial
-        began = hook["start"] if hook is not None else driver["start"]
+    if trial_fn["name"] == "trial_in_process":  # launcher auto: fit runs in the Tune trial
+        began = hook["start"] if hook is not None else trial_fn["start"]
         segments["tune_start_and_trial_scheduling"] = began - start - prepare
         if hook is not None:
             segments["trial_process_bootstrap"] = _dur(hook)
         segments["trial_imports_and_setup_until_fit"] = fit["start"] - (
-            hook["end"] if hook is not None else driver["start"]
+            hook["end"] if hook is not None else trial_fn["start"]
         )
-        finish = {"trial_finish": driver["end"] - fit["end"]}
+        finish = {"trial_finish": trial_fn["end"] - fit["end"]}
     else:  # launcher train: the trial drives a TorchTrainer whose worker runs fit
-        segments["tune_start_and_trial_scheduling"] = driver["start"] - start - prepare
-        segments.update(_train_worker_setup(worker, driver, hook, fit))
-        finish = {"worker_group_shutdown": driver["end"] - fit["end"]}
+        segments["tune_start_and_trial_scheduling"] = trial_fn["start"] - start - prepare
+        segments.update(_train_worker_setup(worker, trial_fn, hook, fit))
+        finish = {"worker_group_shutdown": trial_fn["end"] - fit["end"]}
     segments.update({f"fit/{k}": v for k, v in phases.items()
                      if k not in ("fit_total", "epochs")})
     segments.update(finish)
-    segments["tune_finish"] = end - driver["end"]
+    segments["tune_finish"] = end - trial_fn["end"]
     wall = end - start
     reports = [e for e in worker if e["name"] == "RaySession.report"]
     # where the worker's heavy imports fall: torch inside the Ray Train setup (ray.train.torch
@@ -232,14 +232,14 @@ def multi_breakdown(events: list[dict[str, Any]], start: float, end: float,
     }
 
 
-def _train_worker_setup(worker: list[dict[str, Any]], driver: dict[str, Any],
+def _train_worker_setup(worker: list[dict[str, Any]], trial_fn: dict[str, Any],
                         hook: dict[str, Any] | None, fit: dict[str, Any]) -> dict[str, float]:
-    """From the trial driver's start to the Ray Train worker's call of fit."""
+    """From the Tune trial function's start to the Ray Train worker's call of fit."""
     segments: dict[str, float] = {}
     imported = next((e for e in worker if e["name"] == "import hiersearch.trial.recipe"), None)
-    after_hook = driver["start"]  # if the worker process existed before (not seen)
+    after_hook = trial_fn["start"]  # if the worker process existed before (not seen)
     if hook is not None:
-        segments["train_controller_and_worker_spawn"] = hook["start"] - driver["start"]
+        segments["train_controller_and_worker_spawn"] = hook["start"] - trial_fn["start"]
         segments["worker_process_bootstrap"] = _dur(hook)
         after_hook = hook["end"]
     if imported is not None:
@@ -282,7 +282,7 @@ def run_local(base: Any, data: Any, events_file: Path, work: Path, rep: int) -> 
 
 
 def run_ray(space: Any, storage: Path, events_file: Path, rep: str) -> dict[str, Any]:
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
 
     start = time.time()
     path = run_search(space, storage=str(storage), name=f"ray-{rep}", verbose=0)
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from hiersearch.search.driver import prepare_data
+    from hiersearch.search.preflight import prepare_data
 
     _timing.install_now()
     spaces = one_trial_spaces(setup)

@@ -1,5 +1,6 @@
 """Plain values (YAML, JSON, a Tune config) -> a checked frozen dataclass: the one place a
-mapping is checked against a dataclass's fields and type hints.
+mapping is checked against a dataclass's fields and type hints; and the one place JSON text is
+parsed into a value (`parse_json`, `parse_json_object`), whoever read the file.
 
 Every error is an `InputError` naming where the mapping was written (file and section) and the
 key: "quick.yaml: trial: lr: expected float, got 'fast'". A dataclass's own checks
@@ -9,6 +10,7 @@ key: "quick.yaml: trial: lr: expected float, got 'fast'". A dataclass's own chec
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -25,6 +27,25 @@ def as_mapping(values: Any, where: str) -> dict[str, Any]:
     if not isinstance(values, Mapping):
         raise InputError("must be a mapping", where=where)
     return dict(values)
+
+
+def parse_json(text: str, where: str) -> Any:
+    """JSON text as a value; bad JSON is an InputError naming `where` (a file) and the line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"invalid JSON: {err.msg} (column {err.colno})", where=f"{where}:{err.lineno}"
+        ) from None
+
+
+def parse_json_object(text: str, where: str) -> dict[str, Any]:
+    """JSON text that must hold an object (`parse_json`); anything else is an InputError
+    naming `where`."""
+    value = parse_json(text, where)
+    if not isinstance(value, dict):
+        raise InputError("expected a JSON object", where=where)
+    return value
 
 
 def check_keys(values: Any, known: Iterable[str], where: str) -> None:

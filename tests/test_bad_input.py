@@ -1,7 +1,7 @@
 """Bad input through the command line: exit code 2, one line naming the file, line, option or
 key, no traceback, nothing partially written, and never a Ray start.
 
-`reproduce` and `search` are run in-process with `hiersearch.search.driver.connect` replaced by a
+`reproduce` and `search` are run in-process with `hiersearch.search.run.connect` replaced by a
 tripwire: a test passes only if the bad input is refused before Ray would start. Loaders that
 the command line does not reach (CSV, EURLEX57K, MIMIC-III) are tested in test_corpus.py.
 """
@@ -74,7 +74,7 @@ def _space(tmp_path: Path, **sections: Any) -> Path:
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
     """Replace the Ray start of `run_search` by a tripwire: it records the attempt and stops
     the command there (an AssertionError is not an InputError: the test fails)."""
-    import hiersearch.search.driver
+    import hiersearch.search.run
 
     attempts: list[str | None] = []
 
@@ -82,7 +82,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
         attempts.append(address)
         raise AssertionError("Ray would start")
 
-    monkeypatch.setattr(hiersearch.search.driver, "connect", tripwire)
+    monkeypatch.setattr(hiersearch.search.run, "connect", tripwire)
     return attempts
 
 

@@ -159,7 +159,7 @@ def test_ray_overhead_breakdown_accounts_for_the_wall_time() -> None:
         _event("utilization", 34.0, 36.0, pid=2),
         _event("RaySession.report", 38.0, 39.0, pid=2, epoch=1, final=1, samples_per_s=None),
     ]
-    events = [_event("prepare_data", 0.5, 1.0), _event("trial_driver", 10.0, 42.0, pid=3),
+    events = [_event("prepare_data", 0.5, 1.0), _event("trial_with_trainer", 10.0, 42.0, pid=3),
               *worker]
     out = ray_overhead.ray_breakdown(events, 0.0, 45.0, epoch_samples=96)
     assert out["training_loops_s"] == pytest.approx(6.0)

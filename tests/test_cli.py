@@ -297,10 +297,10 @@ _WARNING_RUN = f"""
 import sys, time
 import ray
 from ray._private.utils import publish_error_to_driver
-import hiersearch.search.driver as driver
+import hiersearch.search.run as run
 from hiersearch.cli import main
 
-run_search = driver.run_search
+run_search = run.run_search
 
 def warned(*args, **kwargs):
     path = run_search(*args, **kwargs)
@@ -310,7 +310,7 @@ def warned(*args, **kwargs):
     time.sleep(2)  # both reach the driver before the command goes on
     return path
 
-driver.run_search = warned
+run.run_search = warned
 sys.exit(main(sys.argv[1:]))
 """
 

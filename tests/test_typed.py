@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from hiersearch.errors import InputError
-from hiersearch.typed import coerce, from_mapping
+from hiersearch.typed import coerce, from_mapping, parse_json, parse_json_object
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,12 @@ def test_lossy_conversions_are_refused() -> None:
         coerce(2.5, int, "k")
     with pytest.raises(InputError, match="expected a list of 2 values"):
         coerce([1, 2, 3], tuple[int, int], "k")
+
+
+def test_the_json_parser_names_the_file_and_line_of_bad_json() -> None:
+    assert parse_json("[1]", "a.json") == [1]
+    with pytest.raises(InputError, match=r"^a\.json:2: invalid JSON: Expecting value"):
+        parse_json('{"a":\n', "a.json")
+    with pytest.raises(InputError, match=r"^a\.json: expected a JSON object"):
+        parse_json_object('"text"', "a.json")
+    assert parse_json_object('{"a": 1}', "a.json") == {"a": 1}

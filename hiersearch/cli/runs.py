@@ -141,7 +141,7 @@ def _prepare_env() -> None:
 def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
     """The experiment run with the command's options, its Ray left (see the module's
     docstring) before the path to the experiment is returned."""
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
 
     default_name = extra.pop("default_name", None)
     with _ray_left_as_found():

@@ -28,6 +28,7 @@ from typing import Any
 
 from hiersearch.errors import InputError
 from hiersearch.textfile import decode_utf8
+from hiersearch.typed import parse_json, parse_json_object
 
 
 @dataclass(frozen=True)
@@ -337,13 +338,14 @@ def read_json_file(path: str | Path) -> Any:
     """Parse a JSON file; a missing/unreadable file or bad JSON is an InputError naming the file
     (and the line for bad JSON)."""
     path = Path(path)
-    text = read_text_file(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(
-            f"invalid JSON: {err.msg} (column {err.colno})", where=f"{path}:{err.lineno}"
-        ) from None
+    return parse_json(read_text_file(path), str(path))
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file that must hold an object (`read_json_file`; anything else is an InputError
+    naming the file)."""
+    path = Path(path)
+    return parse_json_object(read_text_file(path), str(path))
 
 
 def read_text_file(path: Path) -> str:

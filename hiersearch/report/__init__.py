@@ -9,7 +9,7 @@ from hiersearch.report.baseline import (
     read_baseline,
     write_baseline,
 )
-from hiersearch.report.experiment import META_FILE, read_meta, write_meta
+from hiersearch.report.experiment import META_FILE, read_meta, write_experiment_meta
 from hiersearch.report.leaderboard import (
     FORMATS,
     export,
@@ -46,5 +46,5 @@ __all__ = [
     "sort_rows",
     "top",
     "write_baseline",
-    "write_meta",
+    "write_experiment_meta",
 ]

@@ -8,7 +8,7 @@ similarities of the `k` nearest training documents that carry it (a similarity-w
 the usual multi-label k-NN). Its metrics are `hiersearch.metrics.evaluate`'s, as every
 trial's are, under the same keys (`dev/rp_L1`, `test/rp_macro`, ...).
 
-The search driver computes it once per experiment (seconds, no GPU) and writes it beside
+A search (search/run.py) computes it once per experiment (seconds, no GPU) and writes it beside
 `hiersearch.json` as `baseline.json`; the results table shows it as a row of status
 "baseline" with no checkpoint, so it is never the best trial and never exported, and a
 fine-tuned model that does not beat it is visible at a glance.
@@ -26,7 +26,7 @@ import numpy as np
 from hiersearch import metrics as M
 from hiersearch.data.corpus import Corpus
 from hiersearch.errors import InputError
-from hiersearch.report.experiment import open_location, read_json_object, write_text
+from hiersearch.report.experiment import open_location, read_experiment_json, write_text
 
 BASELINE_FILE = "baseline.json"
 STATUS_BASELINE = "baseline"
@@ -117,7 +117,7 @@ def read_baseline(experiment: str) -> dict[str, Any] | None:
     """The experiment's `baseline.json`, or None (none written, or unreadable: the table
     stands without it)."""
     try:
-        baseline = read_json_object(experiment, BASELINE_FILE)
+        baseline = read_experiment_json(experiment, BASELINE_FILE)
     except InputError:
         return None
     return baseline if baseline and isinstance(baseline.get("metrics"), dict) else None

@@ -1,23 +1,29 @@
 """An experiment directory (a local path or a URI: s3://, gs://, file://) read and written
 through `pyarrow.fs`, and its `hiersearch.json`: what the search was started with (the space,
-the base config, the corpus, the metric). The search driver writes it; the driver (on resume),
-the command line and the results table read it, each deciding what a missing or broken file
-means to it.
+the base config, the corpus, the metric). It is written here (`write_experiment_meta`, called
+by search/run.py when an experiment starts) and read here (`read_meta`: by a resume, the
+command line and the results table, each deciding what a missing or broken file means to it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_text
+from hiersearch.typed import parse_json_object
 
 if TYPE_CHECKING:  # imported when used: `import hiersearch.report` stays light
     import pyarrow.fs
 
 META_FILE = "hiersearch.json"
+# hiersearch.json's key for a PBT search's initial population (its members' parameters).
+PBT_POPULATION = "pbt_population"
 
 
 def open_location(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -63,27 +69,62 @@ def read_meta(experiment: str) -> dict[str, Any] | None:
     """The experiment's `hiersearch.json`; None when there is none (or it cannot be read).
     A file that is not a JSON object is an InputError naming it: a caller that can do
     without it (the results table) warns and goes on."""
-    return read_json_object(experiment, META_FILE)
+    return read_experiment_json(experiment, META_FILE)
 
 
-def read_json_object(experiment: str, name: str) -> dict[str, Any] | None:
-    """The experiment's file `name` as a JSON object; None when there is none (or it cannot
-    be read); an InputError naming the file when it is no JSON object."""
+def read_experiment_json(experiment: str, name: str) -> dict[str, Any] | None:
+    """The experiment's file `name` as a JSON object (`read_stored_json`)."""
     filesystem, path = open_location(experiment)
-    text = read_text(filesystem, f"{path}/{name}")
-    if text is None:
-        return None
-    where = f"{experiment.rstrip('/')}/{name}"
-    try:
-        obj = json.loads(text)
-    except ValueError as exc:
-        raise InputError(f"not JSON ({exc})", where=where) from None
-    if not isinstance(obj, dict):
-        raise InputError("expected a JSON object", where=where)
-    return obj
+    return read_stored_json(filesystem, f"{path}/{name}", f"{experiment.rstrip('/')}/{name}")
 
 
-def write_meta(experiment: str, meta: dict[str, Any]) -> None:
+def read_stored_json(
+    filesystem: pyarrow.fs.FileSystem, path: str, where: str | None = None
+) -> dict[str, Any] | None:
+    """A small JSON object file on `filesystem`; None when there is none (or it cannot be
+    read); an InputError naming it (`where`, else `path`) when it is no JSON object."""
+    text = read_text(filesystem, path)
+    return None if text is None else parse_json_object(text, where or path)
+
+
+def write_experiment_meta(
+    experiment: str,
+    *,
+    metrics: Sequence[str],
+    modes: Sequence[str],
+    study: Mapping[str, Any],
+    space_file: str | None,
+    space: Mapping[str, Any],
+    base_config: Mapping[str, Any],
+    corpus: str,
+    synthetic: bool,
+    label_counts: Sequence[int],
+    num_layers: int,
+    stage: str | None = None,
+    kept: Mapping[str, Any] | None = None,
+) -> None:
+    """hiersearch.json: what the experiment was started with (read on resume and by the
+    results table); the first metric and mode order its tables. `stage`: which stage of a
+    two-stage search it is; `kept`: what its search keeps for a resume (a PBT search's
+    population, `PBT_POPULATION`, which its trials' parameters point into)."""
+    meta = {
+        "name": PurePosixPath(experiment.rstrip("/")).name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "metric": metrics[0],
+        "mode": modes[0],
+        "metrics": list(metrics),
+        "modes": list(modes),
+        "study": dict(study),
+        "space_file": space_file,
+        "space": dict(space),
+        "base_config": dict(base_config),
+        "corpus": corpus,
+        "synthetic": synthetic,
+        "label_counts": list(label_counts),
+        "num_layers": num_layers,
+        **({"stage": stage} if stage else {}),
+        **(kept or {}),
+    }
     filesystem, path = open_location(experiment)
     text = json.dumps(meta, indent=2, default=str) + "\n"
     write_text(filesystem, f"{path}/{META_FILE}", text)

@@ -3,7 +3,7 @@ metrics at once (`scheduler: asha` with a list `metric`). Ray's ASHA ranks a run
 this one ranks it by non-dominated sorting, then crowding distance (the decision and its ties:
 `search/rungs.py`).
 
-Imported by the search driver when it builds a scheduler (it imports Ray).
+Imported by the Tune builder (search/tuner.py) when it builds a scheduler (it imports Ray).
 
 A stopped trial reaches the searcher as with Ray's ASHA: Tune hands OptunaSearch the trial's
 last result (the rung's report) in `on_trial_complete`, which tells the study that result's
@@ -65,7 +65,7 @@ class MOASHAScheduler(FIFOScheduler):
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         """Tune passes TuneConfig's metric and mode: accepted when they are the first of ours
-        (the driver's TuneConfig names the first metric, which orders the progress table)."""
+        (search/tuner.py's TuneConfig names the first metric, which orders the progress table)."""
         return metric in (None, self._metrics[0]) and mode in (None, self._modes[0])
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:

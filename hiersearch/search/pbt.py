@@ -8,18 +8,20 @@ what a hiersearch population needs (`tune.scheduler: pbt`, settings `PbtSpec`).
   reports its own checkpoints (`_checkpoint_or_exploit`).
 - An exploit pins that checkpoint: it is copied into the recipient's own trial directory
   (`pbt_donor_<n>/`) when the exploit is decided. Tune keeps only a trial's newest few
-  checkpoints (the driver's `checkpoint_policy`), and a recipient that waits for resources
+  checkpoints (`Population.checkpoint_policy`), and a recipient that waits for resources
   while its donor trains on would otherwise find the donor's checkpoint deleted (Ray issues
   8441, 9036). The previous copy goes at the recipient's next exploit, or when it ends.
 - A trial's final report (test metrics, after training) decides nothing: there is no
   training left to exploit into.
 - A Ray Train (DDP) trial gives the checkpoint its last report names (Tune holds none of its
-  checkpoints); an exploiting one starts a Train run of its own from the copy (the driver's
-  `train_run_name`), whose workers read it (`RaySession`).
+  checkpoints); an exploiting one starts a Train run of its own from the copy
+  (search/trainable.py's `train_run_name`), whose workers read it (`RaySession`).
 
 What the recipient does with the donor's checkpoint (weights, optimizer, schedule, RNG, the
 best-epoch bookkeeping; the exploit recorded as `pbt/exploits`) is the recipe's restore
-(trial/recipe.py). Imported by the search driver when it builds a scheduler (it imports Ray).
+(trial/recipe.py); the checkpoint's files, the donor copy's name and the lineage are
+trial/checkpoint.py's. What the Tune builder (search/tuner.py) and a trial (search/trainable.py)
+ask of a PBT search is one object, `Population`. This module imports Ray.
 """
 
 from __future__ import annotations
@@ -28,19 +30,24 @@ import logging
 import math
 import random
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from hiersearch import metrics as M
+from hiersearch.report.experiment import PBT_POPULATION
 from hiersearch.search.dimension import Dimension
 from hiersearch.search.space import MEMBER_PARAM as MEMBER
-from hiersearch.search.space import PbtSpec
+from hiersearch.search.space import PbtSpec, SpaceFile
+from hiersearch.trial.checkpoint import DONOR_PREFIX, donor_copy_path
+from hiersearch.trial.config import TrialConfig
 
 __all__ = [
     "DONOR_PREFIX",
     "PinnedPBT",
+    "Population",
     "initial_population",
     "member_params",
     "mutations",
@@ -49,8 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The recipient's copy of a donor's checkpoint, in the recipient's trial directory.
-DONOR_PREFIX = "pbt_donor_"
 # What a top trial offers its population at a perturbation (Ray's `last_checkpoint`): its
 # newest checkpoint when a recipient takes it, not one saved for the occasion.
 NEWEST = "newest"
@@ -224,7 +229,7 @@ class PinnedPBT(PopulationBasedTraining):
         storage = trial.storage
         filesystem = storage.storage_filesystem
         number = self._num_perturbations
-        target = f"{storage.trial_fs_path}/{DONOR_PREFIX}{number:04d}"
+        target = donor_copy_path(storage.trial_fs_path, number)
         filesystem.create_dir(target, recursive=True)
         try:
             pyarrow.fs.copy_files(
@@ -270,3 +275,74 @@ def _newest(trial: Any) -> tuple[Any, dict[str, Any]]:
         if latest is not None:
             checkpoint, result = latest.checkpoint, latest.metrics
     return (None if result.get(M.TRIAL_FINAL) else checkpoint), result
+
+
+@dataclass(frozen=True)
+class Population:
+    """A PBT search (`tune.scheduler: pbt`) as the Tune builder (search/tuner.py) and its
+    trials (search/trainable.py) ask it: its members, drawn once up front, each one Tune trial
+    that PBT then mutates. Every other search asks tuner.py's `IndependentTrials` instead."""
+
+    members: tuple[dict[str, Any], ...]  # each member's starting parameters
+    spec: PbtSpec
+    search: dict[str, Any]  # the `search:` section: what PBT mutates
+
+    exploits: ClassVar[bool] = True  # a recipient goes on from its donor's checkpoint
+
+    @classmethod
+    def draw(
+        cls,
+        space: SpaceFile,
+        define: Any,
+        points: list[dict[str, Any]],
+        size: int,
+        sampler: Any,
+    ) -> Population:
+        """A new search's population (`initial_population`)."""
+        members = initial_population(define, points, size, sampler)
+        return cls(tuple(members), space.tune.pbt, space.search)
+
+    @classmethod
+    def kept_in(cls, meta: dict[str, Any] | None, space: SpaceFile) -> Population | None:
+        """The population a resumed experiment's hiersearch.json keeps (None: no PBT)."""
+        members = (meta or {}).get(PBT_POPULATION)
+        return None if members is None else cls(tuple(members), space.tune.pbt, space.search)
+
+    def kept(self) -> dict[str, Any]:
+        """What hiersearch.json keeps: the members, which the trials' parameters point into."""
+        return {PBT_POPULATION: list(self.members)}
+
+    def trial_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return member_params(params, list(self.members))
+
+    def checkpoint_policy(self, base: TrialConfig) -> dict[str, Any]:
+        """A trial's newest checkpoints, at least one more than the perturbation interval: an
+        exploit copies the donor's newest, and the one a DDP donor's last report named is
+        still there while its Train run prunes in the background."""
+        return {"num_to_keep": max(base.keep_checkpoints, self.spec.perturbation_interval + 1)}
+
+    def tune_search(
+        self, optuna: Callable[[], Any], num_samples: int, concurrent: int
+    ) -> dict[str, Any]:
+        """TuneConfig's search settings: one trial per member through Tune's basic generator.
+        Ray's PBT takes no searcher (`optuna` is never called: the sampler drew the members),
+        and Tune's max_concurrent_trials limits a Searcher only: the generator takes it."""
+        from ray.tune.search import BasicVariantGenerator
+
+        return {
+            "search_alg": BasicVariantGenerator(max_concurrent=concurrent),
+            "num_samples": 1,  # the param space is a grid of the members, once each
+            "max_concurrent_trials": None,
+        }
+
+    def param_space(self) -> dict[str, Any]:
+        return population_space(list(self.members), self.search)
+
+    def scheduler(self, base: TrialConfig) -> PinnedPBT:
+        return PinnedPBT(self.spec, self.search)
+
+    def report_columns(self, columns: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        """The progress table's (metric, parameter) columns: a trial's variant and seed are
+        its member's, so its reports name the assignment; and its exploits."""
+        columns = {M.TRIAL_ASSIGNMENT: "assignment", **columns, M.PBT_EXPLOITS: "exploits"}
+        return columns, [MEMBER, *self.search]

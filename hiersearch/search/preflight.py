@@ -193,8 +193,9 @@ def check_trials(
     data: PreparedData | DataPlan,
     points: list[dict[str, Any]],
 ) -> None:
-    """Resolve every fixed trial as its driver will, and every searched backbone, against the
-    model depth and the corpus levels: an InputError here costs no Ray start."""
+    """Resolve every fixed trial as the trial will (search/trainable.py), and every searched
+    backbone, against the model depth and the corpus levels: an InputError here costs no Ray
+    start."""
     from hiersearch.trial.recipe import resolve_assignment
 
     for point in points:

@@ -9,7 +9,7 @@ storage anymore"), on every retry. The checkpoint that replaced it is still besi
 
 Tune also copies its state files into the experiment directory in place, so a driver killed
 during the copy leaves one cut short; `check_saved_state` says so before Ray starts, instead of
-Tune's traceback after. Imported by the search driver (it imports Ray).
+Tune's traceback after. Imported by search/run.py and search/tuner.py (it imports Ray).
 """
 
 from __future__ import annotations

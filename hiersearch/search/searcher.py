@@ -1,7 +1,7 @@
 """Ray Tune's OptunaSearch over a study that outlives the driver (an RDB study: SQLite in the
 experiment directory or `--study-storage`).
 
-Imported by the search driver when it builds a searcher (it imports Ray).
+Imported by the Tune builder (search/tuner.py) when it builds a searcher (it imports Ray).
 """
 
 from __future__ import annotations

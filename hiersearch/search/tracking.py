@@ -8,7 +8,7 @@ trial ends: the trial's artifacts (the heatmaps, the utilization numbers, the re
 config.json, the final metrics), read from the trial's directory in the experiment storage (a
 bucket included), and its variant, assignment and stop reason as run tags.
 
-Imported by the search driver only when a tracking URI is given (it imports Ray).
+Imported by search/run.py only when a tracking URI is given (it imports Ray).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import torch
 
 from hiersearch import metrics as M
 from hiersearch.data.corpus import load_corpus_header
-from hiersearch.data.hierarchy import Hierarchy, read_json_file
+from hiersearch.data.hierarchy import Hierarchy, read_json_object
 from hiersearch.errors import InputError
 from hiersearch.files import (
     atomic_directory,
@@ -140,14 +140,6 @@ def _local_checkpoint(location: str) -> Iterator[Path]:
         pyarrow.fs.copy_files(path, tmp, source_filesystem=filesystem,
                               destination_filesystem=pyarrow.fs.LocalFileSystem())
         yield Path(tmp)
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    """A JSON object from a file (`read_json_file` names the file and line of bad JSON)."""
-    value = read_json_file(path)
-    if not isinstance(value, dict):
-        raise InputError("expected a JSON object", where=str(path))
-    return value
 
 
 def _read_config(checkpoint: Path) -> TrialConfig:

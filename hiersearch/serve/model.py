@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hiersearch.data.batching import batches, by_length
-from hiersearch.data.hierarchy import Hierarchy
+from hiersearch.data.hierarchy import Hierarchy, read_json_object
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.serve.export import (
@@ -30,14 +30,14 @@ from hiersearch.serve.export import (
     MODEL_FILE,
     MODEL_FORMAT,
     TOKENIZER_DIR,
-    read_json_object,
 )
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.precision import Precision
 from hiersearch.trial.recipe import resolve_assignment
 
 
-def _read_json(path: Path, directory: Path) -> dict[str, Any]:
+def _read_model_file(path: Path, directory: Path) -> dict[str, Any]:
+    """One of an exported model's JSON files; a missing one says the directory is none."""
     if not path.is_file():
         raise InputError(f"not an exported model (no {path.name})", where=str(directory))
     return read_json_object(path)
@@ -144,14 +144,14 @@ class ExportedModel:
         directory = Path(directory)
         if not directory.is_dir():
             raise InputError("no such model directory", where=str(directory))
-        info = _read_json(directory / MODEL_FILE, directory)
+        info = _read_model_file(directory / MODEL_FILE, directory)
         if info.get("format") != MODEL_FORMAT:
             raise InputError(f"format {info.get('format')!r} is not {MODEL_FORMAT!r}",
                              where=str(directory / MODEL_FILE))
         config = TrialConfig.from_dict(info["config"], where=str(directory / MODEL_FILE))
         counts = [int(c) for c in info["label_counts"]]
         labels, descriptions = _labels(
-            _read_json(directory / LABELS_FILE, directory), directory / LABELS_FILE, counts
+            _read_model_file(directory / LABELS_FILE, directory), directory / LABELS_FILE, counts
         )
         encoder = _load_encoder(directory)
         layers = int(encoder.config.num_hidden_layers)
@@ -172,7 +172,7 @@ class ExportedModel:
         """The hierarchy the model was trained on (`hierarchy.json`, cut to its levels): the
         labels' parents for the consistency rule. Read when asked for."""
         path = self.directory / HIERARCHY_FILE
-        return Hierarchy.from_json(_read_json(path, self.directory), where=str(path))
+        return Hierarchy.from_json(_read_model_file(path, self.directory), where=str(path))
 
     @property
     def num_layers(self) -> int:

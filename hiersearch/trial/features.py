@@ -242,11 +242,11 @@ def _build(
                 _encode_split(encoder, split, split_name, out, captured, run, state_layer,
                               config.eval_batch_size, device, precision)
             for directory in out.values():
-                _write_meta(directory, config)
+                _write_cache_meta(directory, config)
         _checked.difference_update({s for s in _checked if s[0].startswith(str(path))})
 
 
-def _write_meta(directory: Path, config: TrialConfig) -> None:
+def _write_cache_meta(directory: Path, config: TrialConfig) -> None:
     """`meta.json`, written last: what was built, and every file's size and CRC-32."""
     files = sorted(directory.iterdir())
     atomic_write_json(

@@ -530,7 +530,7 @@ class TrialRecipe:
         checkpoint, just the reason."""
         final = {**self.identity, M.EPOCH: epoch, M.TRIAL_STOP_REASON: STOP_NAN, M.TRIAL_FINAL: 1}
         self.session.report(final, None)
-        # Ray Train V2 keeps only the metrics that come with a checkpoint: the trial's driver
+        # Ray Train V2 keeps only the metrics that come with a checkpoint: its Train controller
         # learns why the trial stopped from the artifacts' copy (as for a completed trial).
         self._close_artifacts(final)
         return final

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from hiersearch.data.hierarchy import Hierarchy, Node, load_levels_file, load_parent_file
+from hiersearch.data.hierarchy import (
+    Hierarchy,
+    Node,
+    load_levels_file,
+    load_parent_file,
+    read_json_object,
+)
 from hiersearch.data.vocabularies import (
     eurovoc_hierarchy,
     icd9_hierarchy,
@@ -446,3 +452,13 @@ def test_a_tree_has_no_poly_key_and_keeps_its_fingerprint() -> None:
     tree = Hierarchy([Node("a", "a", (), 1), Node("b", "b", ("a",), 2)])
     assert not tree.poly and "poly" not in tree.to_json()
     assert tree.truncate(2, 2).to_json()["nodes"][0]["parents"] == []
+
+
+def test_a_local_json_file_must_hold_an_object(tmp_path: Path) -> None:
+    path = tmp_path / "model.json"
+    path.write_text("[1]")
+    with pytest.raises(InputError, match="model.json: expected a JSON object"):
+        read_json_object(path)
+    path.write_text('{"levels": 3,\n  oops}')
+    with pytest.raises(InputError, match="model.json:2: invalid JSON"):
+        read_json_object(path)

@@ -24,7 +24,7 @@ class _Trial:
 
 
 def _scheduler(**settings: float) -> MOASHAScheduler:
-    # the driver's settings for 3 epochs: max_t = epochs + 2
+    # the Tune builder's settings for 3 epochs: max_t = epochs + 2
     return MOASHAScheduler([RP, LAYERS], ["max", "min"], max_t=5, **settings)
 
 

@@ -174,7 +174,7 @@ def test_two_node_cluster_runs_a_job_on_both_nodes() -> None:
 
 def _search_available() -> bool:
     try:
-        import hiersearch.search.driver  # noqa: F401
+        import hiersearch.search.run  # noqa: F401
     except ImportError:
         return False
     return True

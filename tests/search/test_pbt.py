@@ -120,12 +120,15 @@ def test_a_final_report_decides_nothing() -> None:
 
 
 def test_pbt_keeps_each_trials_newest_checkpoints_past_a_perturbation() -> None:
-    from hiersearch.search.driver import checkpoint_policy
+    from hiersearch.search.pbt import Population
+    from hiersearch.search.tuner import IndependentTrials
 
     space = _space({"lr": LR}, pbt={"perturbation_interval": 3})
-    assert checkpoint_policy(space, space.base_config(keep_checkpoints=1)) == {"num_to_keep": 4}
+    pbt = Population((), space.tune.pbt, space.search)
+    assert pbt.checkpoint_policy(space.base_config(keep_checkpoints=1)) == {"num_to_keep": 4}
     plain = parse_space({}, "plain.yaml")
-    assert checkpoint_policy(plain, plain.base_config(keep_checkpoints=1)) == {
+    independent = IndependentTrials(plain)
+    assert independent.checkpoint_policy(plain.base_config(keep_checkpoints=1)) == {
         "num_to_keep": 1,
         "checkpoint_score_attribute": "dev/loss",
         "checkpoint_score_order": "min",
@@ -159,9 +162,9 @@ def test_an_exploit_pins_a_copy_of_the_donors_checkpoint_and_releases_the_last(
 
 
 def test_the_population_is_the_fixed_points_then_the_samplers_draws() -> None:
-    from hiersearch.search.driver import sampler
     from hiersearch.search.pbt import initial_population, member_params, population_space
     from hiersearch.search.space import MEMBER_PARAM, define_by_run, fixed_points
+    from hiersearch.search.tuner import sampler
 
     space = load_space("pbt")
     counts = [22, 88, 285, 933]
@@ -326,7 +329,7 @@ def test_a_train_run_goes_on_from_a_donated_checkpoint_in_a_run_of_its_own(
 ) -> None:
     import ray.train
 
-    from hiersearch.search.driver import train_run_name
+    from hiersearch.search.trainable import train_run_name
     from hiersearch.trial.session import RaySession
 
     donated = SimpleNamespace(path="/runs/pbt/trial_a/pbt_donor_0003")
@@ -395,7 +398,7 @@ def test_a_pbt_search_exploits_records_it_and_goes_on_after_a_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int, cut: bool
 ) -> None:
     from hiersearch.cli import main
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
     from hiersearch.search.space import load_space
 
     space = load_space(_pbt_file(tmp_path, workers, epochs=6 if cut else 3))

@@ -96,7 +96,7 @@ def test_a_resume_goes_on_past_a_checkpoint_pruned_after_the_state_was_saved(
     import yaml
     from ray.tune import Callback
 
-    import hiersearch.search.driver as driver
+    import hiersearch.search.run as run
     from hiersearch import metrics as M
     from hiersearch.search.space import load_space, preset_path
 
@@ -121,9 +121,9 @@ def test_a_resume_goes_on_past_a_checkpoint_pruned_after_the_state_was_saved(
     path = tmp_path / "pruned.yaml"
     path.write_text("# Launch: hiersearch search --space pruned.yaml\n" + yaml.safe_dump(raw))
     space = load_space(path)
-    monkeypatch.setattr(driver, "_tracking", lambda *args: [Interrupt()])
+    monkeypatch.setattr(run, "_tracking", lambda *args: [Interrupt()])
     storage = str(tmp_path / "storage")
-    driver.run_search(space, storage=storage, verbose=0)
+    run.run_search(space, storage=storage, verbose=0)
     (trial_dir,) = (tmp_path / "storage" / "pruned").glob("trial_*")
     reported = (trial_dir / "result.json").read_text().splitlines()
     assert json.loads(reported[-1])[M.TRIAL_FINAL] == 0  # stopped mid-way
@@ -131,7 +131,7 @@ def test_a_resume_goes_on_past_a_checkpoint_pruned_after_the_state_was_saved(
     for checkpoint in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
         number = int(checkpoint.name.removeprefix("checkpoint_"))
         checkpoint.rename(trial_dir / f"checkpoint_{number + 10:06d}")
-    driver.run_search(space, storage=storage, resume=True, verbose=0)
+    run.run_search(space, storage=storage, resume=True, verbose=0)
     rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
     assert rows[-1][M.TRIAL_FINAL] == 1 and rows[-1][M.EPOCH] == 3
 

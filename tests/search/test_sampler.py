@@ -1,4 +1,4 @@
-"""The search's Optuna sampler (driver.sampler): what it models and what it never chooses."""
+"""The search's Optuna sampler (tuner.sampler): what it models and what it never chooses."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 import optuna
 import pytest
 
-from hiersearch.search.driver import sampler
 from hiersearch.search.space import load_space
+from hiersearch.search.tuner import sampler
 
 
 def _objective(trial: optuna.Trial) -> float:
@@ -35,6 +35,6 @@ def test_sampled_trials_never_choose_the_seed_and_enqueued_ones_keep_theirs(
 def test_tpe_models_the_parameters_jointly_and_by_group() -> None:
     chosen = sampler(load_space("layerwise").tune)
     assert isinstance(chosen, optuna.samplers.PartialFixedSampler)
-    base = chosen._base_sampler  # Optuna exposes no getter; what the driver built
+    base = chosen._base_sampler  # Optuna exposes no getter; what the builder built
     assert isinstance(base, optuna.samplers.TPESampler)
     assert base._multivariate and base._group and base._constant_liar

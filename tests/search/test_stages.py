@@ -1,4 +1,4 @@
-"""The two-stage search (`hiersearch.search.stages`, `driver.run_two_stage`): head-only
+"""The two-stage search (`hiersearch.search.stages`, `run.run_two_stage`): head-only
 screening of every assignment, then fine-tuning of exactly the screen's best few."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _board(root: Path, capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any
 def test_a_two_stage_search_resumes_in_either_stage_and_fine_tunes_the_screens_best(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], cut_in: str
 ) -> None:
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
     from hiersearch.search.space import load_space
 
     # four TPE draws to cut stage 1 in (head-only trials take seconds: two could both end
@@ -174,7 +174,7 @@ def test_a_two_stage_search_resumes_in_either_stage_and_fine_tunes_the_screens_b
 
 
 def test_resuming_a_two_stage_search_that_never_began_is_refused(tmp_path: Path) -> None:
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
     from hiersearch.search.space import load_space
 
     space = load_space(_two_stage_file(tmp_path))

@@ -10,7 +10,7 @@ import pytest
 
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
-from hiersearch.search.driver import run_search
+from hiersearch.search.run import run_search
 from hiersearch.search.space import SpaceFile, load_space, parse_space
 
 pytestmark = [

@@ -273,7 +273,7 @@ def test_export_of_a_real_smoke_trial_reproduces_its_dev_r_precision(
     """Ray Train's layout (train_*/checkpoint_*, DDP workers), found by the leaderboard and
     exported; its dev scores give the leaderboard's dev R-Precision."""
     from hiersearch.data.encode import Split, load_encoded
-    from hiersearch.search.driver import run_search
+    from hiersearch.search.run import run_search
     from hiersearch.search.space import load_space
 
     path = run_search(load_space("smoke"), storage=str(tmp_path / "runs"), name="smoke",

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from hiersearch.report import results
-from hiersearch.search.driver import run_search
+from hiersearch.search.run import run_search
 from hiersearch.search.space import load_space
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
@@ -104,7 +104,7 @@ def test_diverging_trial_is_errored_with_the_non_finite_loss_line(board: pd.Data
     assert row["status"] == results.STATUS_ERRORED
     assert row["stop_reason"] == "nan_loss"
     assert row["error"] == (
-        "hiersearch.search.driver.NonFiniteLossError: "
+        "hiersearch.search.trainable.NonFiniteLossError: "
         "non-finite training loss or weights in epoch 1: "
         "trial stopped, not retried (lr=1e+30, assignment=FLAT)"
     )

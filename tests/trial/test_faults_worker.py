@@ -27,7 +27,7 @@ import yaml
 
 from hiersearch import metrics as M
 from hiersearch.report import results
-from hiersearch.search.driver import run_search
+from hiersearch.search.run import run_search
 from hiersearch.search.space import load_space
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.recipe import fit

