@@ -57,13 +57,6 @@ def _leaderboard_json(path: str, capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@pytest.fixture(scope="module")
-def smoke_experiment(tmp_path_factory: pytest.TempPathFactory) -> str:
-    storage = tmp_path_factory.mktemp("storage")
-    return run_search(load_space("smoke"), storage=str(storage), name="smoke",
-                      fixed_only=True, verbose=0)
-
-
 def test_smoke_preset_runs_the_five_variants_with_ddp_workers(
     smoke_experiment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
