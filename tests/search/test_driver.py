@@ -1,7 +1,8 @@
 """Ray-backed end-to-end tests: the smoke preset, a layerwise search with ASHA, resume.
 
-They share one local Ray (the `ray_session` fixture) and the smallest settings that still
-exercise the real path: Ray Tune trials driving Ray Train runs of DDP workers.
+They share one local Ray (the `ray_session` fixture), the session's smoke experiment
+(`smoke_experiment`, tests/conftest.py) and the smallest settings that still exercise the real
+path: Ray Tune trials driving Ray Train runs of DDP workers.
 """
 
 from __future__ import annotations
