@@ -1,4 +1,5 @@
-"""Test environment: offline, loopback-only Ray without token auth, one shared Ray session.
+"""Test environment: offline, loopback-only Ray without token auth, one shared Ray session
+and one shared smoke experiment.
 
 Everything here is set before any test imports Ray or transformers: nothing is fetched from a
 hub, Ray binds 127.0.0.1, and `~/.ray` is never read or written (HOME points at a temp dir).
@@ -46,6 +47,18 @@ def ray_session() -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_experiment(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The smoke preset's five variants, each a Ray Train run of two DDP workers: one run
+    (about a minute and a half on 2 cores) read by every test of a real DDP experiment
+    (search/test_run.py, serve/test_export.py). Readers must not write into it."""
+    from hiersearch.search import load_space, run_search
+
+    storage = tmp_path_factory.mktemp("smoke-storage")
+    return run_search(load_space("smoke"), storage=str(storage), name="smoke",
+                      fixed_only=True, verbose=0)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

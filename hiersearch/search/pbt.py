@@ -285,7 +285,7 @@ class Population:
 
     members: tuple[dict[str, Any], ...]  # each member's starting parameters
     spec: PbtSpec
-    search: dict[str, Any]  # the `search:` section: what PBT mutates
+    search: Mapping[str, Dimension]  # the `search:` section: what PBT mutates
 
     exploits: ClassVar[bool] = True  # a recipient goes on from its donor's checkpoint
 

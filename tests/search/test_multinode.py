@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -101,47 +102,59 @@ def _namespaces() -> str:
     ).stdout
 
 
-def test_two_node_cluster_runs_a_job_on_both_nodes() -> None:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[TwoNodeCluster]:
+    """One cluster for both tests (a start costs 10-20 s): one CPU a node, so that the search's
+    two 1-CPU trials can only run at the same time on different nodes. Torn down, it must leave
+    no namespace (the veth pair goes with them), ~/.ray untouched and no directory behind."""
     user_token = Path.home() / ".ray" / "auth_token"
     had_user_token = user_token.exists()
-    with two_node_cluster() as cluster:
-        names = (cluster.head.ns, cluster.worker.ns)
-        assert all(name in _namespaces() for name in names)
-        workdir = cluster.client / "job"
-        workdir.mkdir()
-        (workdir / "job.py").write_text(JOB)
-        (workdir / "probe_mod.py").write_text(f"VALUE = {cluster.tag!r}\n")
-        (cluster.head.private / "marker").write_text("head only")
+    with two_node_cluster(num_cpus=1) as started:
+        names = (started.head.ns, started.worker.ns)
+        yield started
+    assert not any(name in _namespaces() for name in names)
+    assert user_token.exists() == had_user_token
+    assert not started.root.exists()
 
-        proc = cluster.submit(
-            ["python", "job.py", str(cluster.storage), str(cluster.head.private / "marker")],
-            extra=["--working-dir", str(workdir)],
-            timeout=150,
-        )
-        assert proc.returncode == 0, _job_log(proc, cluster)
-        result = json.loads((cluster.storage / "result.json").read_text())
 
-        # A client holding a different token is turned away: auth is really on.
-        wrong = cluster.client / "wrong_token"
-        wrong.write_text("0" * 64)
-        refused = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                cluster.head.ns,
-                str(VENV_BIN / "ray"),
-                "job",
-                "list",
-                "--address",
-                cluster.dashboard_url,
-            ],
-            env={**cluster.env(), "RAY_AUTH_TOKEN_PATH": str(wrong)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        written = sorted(p.name for p in cluster.storage.iterdir())
+def test_two_node_cluster_runs_a_job_on_both_nodes(cluster: TwoNodeCluster) -> None:
+    names = (cluster.head.ns, cluster.worker.ns)
+    assert all(name in _namespaces() for name in names)
+    workdir = cluster.client / "job"
+    workdir.mkdir()
+    (workdir / "job.py").write_text(JOB)
+    (workdir / "probe_mod.py").write_text(f"VALUE = {cluster.tag!r}\n")
+    (cluster.head.private / "marker").write_text("head only")
+
+    proc = cluster.submit(
+        ["python", "job.py", str(cluster.storage), str(cluster.head.private / "marker")],
+        extra=["--working-dir", str(workdir)],
+        timeout=150,
+    )
+    assert proc.returncode == 0, _job_log(proc, cluster)
+    result = json.loads((cluster.storage / "result.json").read_text())
+
+    # A client holding a different token is turned away: auth is really on.
+    wrong = cluster.client / "wrong_token"
+    wrong.write_text("0" * 64)
+    refused = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            cluster.head.ns,
+            str(VENV_BIN / "ray"),
+            "job",
+            "list",
+            "--address",
+            cluster.dashboard_url,
+        ],
+        env={**cluster.env(), "RAY_AUTH_TOKEN_PATH": str(wrong)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    written = sorted(p.name for p in cluster.storage.iterdir())
 
     assert refused.returncode != 0, refused.stdout
     assert "403" in refused.stdout + refused.stderr or "nvalid" in refused.stderr
@@ -166,58 +179,52 @@ def test_two_node_cluster_runs_a_job_on_both_nodes() -> None:
     assert result["driver_env"]["RAY_ADDRESS"] == cluster.gcs_address
     assert result["driver_env"]["HOME"] == str(cluster.head.home)
 
-    # Torn down: namespaces gone (the veth pair with them), ~/.ray untouched.
-    assert not any(name in _namespaces() for name in names)
-    assert user_token.exists() == had_user_token
-    assert not cluster.root.exists()
-
 
 def _search_available() -> bool:
     try:
-        import hiersearch.search.run  # noqa: F401
+        from hiersearch.search import run_search  # noqa: F401
     except ImportError:
         return False
     return True
 
 
 @pytest.mark.skipif(not _search_available(), reason="hiersearch search not available")
-def test_search_runs_trials_on_both_nodes() -> None:
+def test_search_runs_trials_on_both_nodes(cluster: TwoNodeCluster) -> None:
     # One CPU per node and two 1-CPU trials (2 workers x 0.5 CPU): they can only run at the
     # same time on different nodes, which Tune does as soon as both are pending.
-    with two_node_cluster(num_cpus=1) as cluster:
-        # docs/cluster.md's command, the shared directory standing in for NFS: the storage, and
-        # (by default under it) the generated corpus that the trials on both nodes read.
-        proc = cluster.submit(
-            [
-                "hiersearch",
-                "search",
-                "--space",
-                "search_spaces/smoke.yaml",
-                "--trials",
-                "2",
-                "--storage",
-                str(cluster.storage),
-                "--name",
-                "multinode",
-            ],
-            extra=["--working-dir", str(REPO)],
-            timeout=300,
-        )
-        assert proc.returncode == 0, _job_log(proc, cluster)
-        board = subprocess.run(
-            [
-                str(VENV_BIN / "hiersearch"),
-                "leaderboard",
-                str(cluster.storage / "multinode"),
-                "--format",
-                "json",
-            ],
-            env=cluster.env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=REPO,
-        )
+    # docs/cluster.md's command, the shared directory standing in for NFS: the storage, and
+    # (by default under it) the generated corpus that the trials on both nodes read.
+    proc = cluster.submit(
+        [
+            "hiersearch",
+            "search",
+            "--space",
+            "search_spaces/smoke.yaml",
+            "--trials",
+            "2",
+            "--storage",
+            str(cluster.storage),
+            "--name",
+            "multinode",
+        ],
+        extra=["--working-dir", str(REPO)],
+        timeout=300,
+    )
+    assert proc.returncode == 0, _job_log(proc, cluster)
+    board = subprocess.run(
+        [
+            str(VENV_BIN / "hiersearch"),
+            "leaderboard",
+            str(cluster.storage / "multinode"),
+            "--format",
+            "json",
+        ],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert board.returncode == 0, board.stderr
     rows = [r for r in json.loads(board.stdout)["rows"] if r["status"] != "baseline"]
     assert len(rows) == 2, rows

@@ -386,22 +386,17 @@ def _reports(experiment: Path) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
-@pytest.mark.parametrize(
-    ("workers", "cut"),
-    # a DDP trial's worker group starts in ~20 s, and again at each exploit: its search runs
-    # once through, 3 epochs (Ray's PBT scores a trial only at its perturbations: with one
-    # every 2 epochs, side-by-side trials could each find the other unscored, and never exploit)
-    [(1, True), (2, False)],
-    ids=["in-trial-resumed", "ddp"],
-)
 def test_a_pbt_search_exploits_records_it_and_goes_on_after_a_resume(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], workers: int, cut: bool
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """In their Tune trials (one worker each). A DDP trial's side of an exploit (a Train run
+    of its own, started from the donated checkpoint) is the next test's; Ray Train trials run
+    end to end in the smoke experiment (search/test_run.py)."""
     from hiersearch.cli import main
     from hiersearch.search.run import run_search
     from hiersearch.search.space import load_space
 
-    space = load_space(_pbt_file(tmp_path, workers, epochs=6 if cut else 3))
+    space = load_space(_pbt_file(tmp_path, workers=1, epochs=6))
     experiment = tmp_path / "storage" / "pbt"
 
     def second_epoch_reported() -> bool:
@@ -414,12 +409,10 @@ def test_a_pbt_search_exploits_records_it_and_goes_on_after_a_resume(
         os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does
 
     watcher = threading.Thread(target=interrupt, daemon=True)
-    if cut:
-        watcher.start()
+    watcher.start()
     run_search(space, storage=str(tmp_path / "storage"), verbose=0)
-    if cut:
-        watcher.join(timeout=1)
-        run_search(space, storage=str(tmp_path / "storage"), resume=True, verbose=0)
+    watcher.join(timeout=1)
+    run_search(space, storage=str(tmp_path / "storage"), resume=True, verbose=0)
 
     reports = _reports(experiment)
     assert len(reports) == 2
@@ -437,9 +430,67 @@ def test_a_pbt_search_exploits_records_it_and_goes_on_after_a_resume(
         config = json.loads((trial_dir / "config.json").read_text())
         assert row["head_lr"] == config["head_lr"]
         assert row[M.PBT_EXPLOITS] == finals[row["trial_id"]][M.PBT_EXPLOITS]
-        if workers > 1:  # a DDP trial starts a Train run of its own at each exploit
-            runs = list(trial_dir.glob("train_*_pbt_donor_*"))
-            assert len(runs) == row[M.PBT_EXPLOITS]
     assert main(["leaderboard", str(experiment)]) == 0
     table = capsys.readouterr().out
     assert M.PBT_EXPLOITS in table and "pbt_member" not in table
+
+
+@pytest.mark.parametrize("scheduler", ["pbt", "none"])
+def test_a_ddp_trial_trains_on_from_the_donated_checkpoint_in_a_train_run_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scheduler: str
+) -> None:
+    """The Train controller of a DDP trial under PBT hands Tune's checkpoint (the donor's
+    pinned copy) to a Train run named for it, whose workers get it in their loop config
+    (`RaySession._latest` reads it, tested above); without PBT it asks Tune for none. The
+    TorchTrainer is recorded, not started: two-worker Train runs are the smoke experiment's."""
+    import pyarrow.fs
+    import ray.train.torch
+    import ray.tune.integration.ray_train
+    from ray import tune
+
+    import hiersearch.search.trainable as trainable
+    from hiersearch.data.prepare import PreparedData
+    from hiersearch.search.pbt import Population
+    from hiersearch.search.tuner import IndependentTrials
+
+    raw = yaml.safe_load(_pbt_file(tmp_path, workers=2, epochs=3).read_text())
+    if scheduler == "none":
+        raw["tune"] = {k: v for k, v in raw["tune"].items() if k != "pbt"} | {"scheduler": "none"}
+    space = parse_space(raw, "pbt.yaml")
+    config = space.base_config()
+    donated = SimpleNamespace(path=str(tmp_path / "trial_a" / "pbt_donor_0002"))
+    storage = SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem(),
+                              trial_fs_path=str(tmp_path / "trial_a"))
+    context = SimpleNamespace(get_trial_id=lambda: "a", get_storage=lambda: storage)
+    monkeypatch.setattr(tune, "get_context", lambda: context)
+    asked: list[bool] = []
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: asked.append(True) or donated)
+    monkeypatch.setattr(trainable, "_resolve", lambda *args: config)
+    started: list[dict[str, Any]] = []
+
+    class Trainer:  # what the trial would start
+        def __init__(self, loop: Any, **kwargs: Any) -> None:
+            started.append({"loop": kwargs["train_loop_config"],
+                            "name": kwargs["run_config"].name,
+                            "workers": kwargs["scaling_config"].num_workers})
+
+        def fit(self) -> Any:
+            return SimpleNamespace(metrics={})
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", Trainer)
+    # outside a Tune session Tune's report callback refuses to be built: any Train callback
+    monkeypatch.setattr(
+        ray.tune.integration.ray_train, "TuneReportCallback", ray.train.UserCallback
+    )
+    data = PreparedData("corpus", "encoded", [2, 3], 3, synthetic=True)
+    plan = (Population((), space.tune.pbt, space.search) if scheduler == "pbt"
+            else IndependentTrials(space))
+    trainable.trial_with_trainer({}, base=config, data=data, space=space, plan=plan)
+    (run,) = started
+    assert run["workers"] == 2
+    if scheduler == "pbt":
+        assert asked and run["loop"]["donated"] is donated and run["loop"]["pbt"]
+        assert run["name"] == "train_a_pbt_donor_0002"
+    else:
+        assert not asked and run["loop"]["donated"] is None and not run["loop"]["pbt"]
+        assert run["name"] == "train_a"

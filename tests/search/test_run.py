@@ -1,9 +1,10 @@
 """Running an experiment (`hiersearch.search.run`). Ray-backed end-to-end tests: the smoke
 preset, a layerwise search with ASHA, resume, multi-objective searches.
 
-They share one local Ray (the `ray_session` fixture) and the smallest settings that still
-exercise the real path: Ray Tune trials running Ray Train runs of DDP workers. The run's
-options (`RunOptions`) and the refusals before Ray starts need no Ray.
+They share one local Ray (the `ray_session` fixture), the session's smoke experiment
+(`smoke_experiment`, tests/conftest.py) and the smallest settings that still exercise the real
+path: Ray Tune trials running Ray Train runs of DDP workers. The run's options (`RunOptions`)
+and the refusals before Ray starts need no Ray.
 """
 
 from __future__ import annotations
@@ -48,13 +49,6 @@ def _leaderboard_json(path: str, capsys: pytest.CaptureFixture[str]) -> dict:
     capsys.readouterr()
     assert main(["leaderboard", path, "--format", "json"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-@pytest.fixture(scope="module")
-def smoke_experiment(tmp_path_factory: pytest.TempPathFactory) -> str:
-    storage = tmp_path_factory.mktemp("storage")
-    return run_search(load_space("smoke"), storage=str(storage), name="smoke",
-                      fixed_only=True, verbose=0)
 
 
 @e2e[0]

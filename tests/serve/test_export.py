@@ -266,21 +266,20 @@ def test_loading_something_else_names_the_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("ray_session")
 def test_export_of_a_real_smoke_trial_reproduces_its_dev_r_precision(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    smoke_experiment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Ray Train's layout (train_*/checkpoint_*, DDP workers), found by the leaderboard and
-    exported; its dev scores give the leaderboard's dev R-Precision."""
+    exported; its dev scores give the leaderboard's dev R-Precision. The smoke experiment is
+    the session's (tests/conftest.py), shared with search/test_run.py."""
     from hiersearch.data.encode import Split, load_encoded
-    from hiersearch.search.run import run_search
-    from hiersearch.search.space import load_space
 
-    path = run_search(load_space("smoke"), storage=str(tmp_path / "runs"), name="smoke",
-                      fixed_only=True, trials=1, verbose=0)
-    row = load_experiments([path]).iloc[0]
+    path = smoke_experiment
+    board = load_experiments([path])
+    row = board[board["status"] != "baseline"].iloc[0]
     assert row["status"] == "terminated" and "/train_" in row["checkpoint"]
-    assert main(["export", path, "--out", str(tmp_path / "model")]) == 0
+    out = str(tmp_path / "model")
+    assert main(["export", path, "--trial", row["trial_id"], "--out", out]) == 0
     model = ExportedModel.load(tmp_path / "model")
     meta = json.loads((Path(path) / "hiersearch.json").read_text())
     encoded = load_encoded(next(Path(meta["corpus"]).glob(".hiersearch-cache/encoded-*")))
