@@ -16,6 +16,7 @@ plan's answer (`TrialPlan`: search/pbt.py's `Population`, search/tuner.py's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ from hiersearch.trial.config import TrialConfig
 __all__ = [
     "CONTROLLER_CPUS",
     "NonFiniteLossError",
+    "TrialInputs",
     "TrialPlan",
     "in_trial",
     "scaling_config",
@@ -61,6 +63,17 @@ class TrialPlan(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial of a search is given besides its parameters (Tune's `with_parameters`
+    puts it in Ray's object store once)."""
+
+    base: TrialConfig  # the space's trial: section, resolved
+    data: PreparedData  # the corpus, encoded once before Ray started
+    space: SpaceFile
+    plan: TrialPlan
+
+
 def in_trial(space: SpaceFile, base: TrialConfig) -> bool:
     """Whether every trial runs the recipe in the Tune trial itself (one worker, no DDP)."""
     return base.launcher == "auto" and base.num_workers == 1 and "num_workers" not in space.search
@@ -77,42 +90,28 @@ def trainable(space: SpaceFile, base: TrialConfig, data: PreparedData, plan: Tri
     return tune.with_resources(
         tune.with_parameters(
             trial_in_process if direct else trial_with_trainer,
-            base=base,
-            data=data,
-            space=space,
-            plan=plan,
+            inputs=TrialInputs(base, data, space, plan),
         ),
         resources,
     )
 
 
-def _resolve(
-    params: dict[str, Any],
-    base: TrialConfig,
-    data: PreparedData,
-    space: SpaceFile,
-    plan: TrialPlan,
-) -> TrialConfig:
+def _resolve(params: dict[str, Any], inputs: TrialInputs) -> TrialConfig:
     """The running trial's config from its parameters (a PBT trial's: its member's, under
     what PBT mutated), saved into its directory."""
     from ray.tune.utils import flatten_dict
 
+    data = inputs.data
     # Tune nests "assign/L1_start"-style keys into {"assign": {...}}: undo that.
-    params = plan.trial_params(flatten_dict(params, delimiter="/"))
-    assignment = assignment_of(params, data.num_layers, data.label_counts, space)
-    config = trial_config(base, params, assignment).replace(corpus=data.corpus_dir)
+    params = inputs.plan.trial_params(flatten_dict(params, delimiter="/"))
+    assignment = assignment_of(params, data.num_layers, data.label_counts, inputs.space)
+    config = trial_config(inputs.base, params, assignment).replace(corpus=data.corpus_dir)
     filesystem, trial_path = _trial_storage()
     write_text(filesystem, checkpoint.config_path(trial_path), config.dumps())
     return config
 
 
-def _loop_config(
-    config: TrialConfig,
-    data: PreparedData,
-    space: SpaceFile,
-    plan: TrialPlan,
-    donated: Any = None,
-) -> dict[str, Any]:
+def _loop_config(config: TrialConfig, inputs: TrialInputs, donated: Any = None) -> dict:
     """What the recipe's workers need; `donated`: a PBT donor's checkpoint that a Ray Train
     run starts from (Train V2 has no `resume_from_checkpoint`: the workers read it)."""
     from ray import tune
@@ -121,12 +120,12 @@ def _loop_config(
     return {
         # whose checkpoint a restore reads: another trial's is a PBT exploit
         "trial_id": tune.get_context().get_trial_id(),
-        "pbt": plan.exploits,  # the reports say how the weights came about (pbt/*)
+        "pbt": inputs.plan.exploits,  # the reports say how the weights came about (pbt/*)
         "trial": config.to_json(),
-        "encoded": data.encoded_path,
+        "encoded": inputs.data.encoded_path,
         "artifacts_path": _artifacts_path(trial_path),
         "filesystem": filesystem,
-        "required_metrics": list(space.tune.metrics),
+        "required_metrics": list(inputs.space.tune.metrics),
         "donated": donated,
     }
 
@@ -146,20 +145,13 @@ def _raise_if_diverged(final: dict[str, Any], config: TrialConfig) -> None:
         )
 
 
-def trial_in_process(
-    params: dict[str, Any],
-    *,
-    base: TrialConfig,
-    data: PreparedData,
-    space: SpaceFile,
-    plan: TrialPlan,
-) -> None:
+def trial_in_process(params: dict[str, Any], *, inputs: TrialInputs) -> None:
     """One Tune trial that trains in its own process (one worker): the recipe reports to
     Tune directly."""
     from hiersearch.trial.recipe import tune_worker
 
-    config = _resolve(params, base, data, space, plan)
-    loop = _loop_config(config, data, space, plan)
+    config = _resolve(params, inputs)
+    loop = _loop_config(config, inputs)
     # Tune retries a failed trial here (no Ray Train to tell a crash from divergence): a
     # diverged trial fails again at once instead of training into the same NaN.
     earlier = read_stored_json(
@@ -169,23 +161,16 @@ def trial_in_process(
     _raise_if_diverged(tune_worker(loop), config)
 
 
-def trial_with_trainer(
-    params: dict[str, Any],
-    *,
-    base: TrialConfig,
-    data: PreparedData,
-    space: SpaceFile,
-    plan: TrialPlan,
-) -> None:
+def trial_with_trainer(params: dict[str, Any], *, inputs: TrialInputs) -> None:
     """One Tune trial as its Train controller: resolve its config, run a TorchTrainer, surface
     its failure."""
     from ray import tune
 
-    config = _resolve(params, base, data, space, plan)
+    config = _resolve(params, inputs)
     # A PBT exploit hands the trial its donor's checkpoint through Tune (search/pbt.py); no
     # other Tune checkpoint exists for a Ray Train trial (its own are its run's)
-    donated = tune.get_checkpoint() if plan.exploits else None
-    trainer = _torch_trainer(config, data, space, plan, donated)
+    donated = tune.get_checkpoint() if inputs.plan.exploits else None
+    trainer = _torch_trainer(config, inputs, donated)
     result = trainer.fit()
     # Train V2's result holds only metrics reported with a checkpoint; a diverged trial's final
     # report has none, so rank 0 leaves its final report in the artifacts as well.
@@ -207,13 +192,7 @@ def train_run_name(trial_id: str, donated: Any = None) -> str:
     return f"train_{trial_id}_{PurePosixPath(donated.path).name}"
 
 
-def _torch_trainer(
-    config: TrialConfig,
-    data: PreparedData,
-    space: SpaceFile,
-    plan: TrialPlan,
-    donated: Any = None,
-) -> Any:
+def _torch_trainer(config: TrialConfig, inputs: TrialInputs, donated: Any = None) -> Any:
     """The trial's Ray Train run (`train_run_name`), stored in the trial's directory,
     reporting to Tune; `donated`: a PBT donor's checkpoint to go on from."""
     import ray.train
@@ -226,15 +205,19 @@ def _torch_trainer(
     filesystem, trial_path = _trial_storage()
     return TorchTrainer(
         train_worker,
-        train_loop_config=_loop_config(config, data, space, plan, donated),
+        train_loop_config=_loop_config(config, inputs, donated),
         torch_config=TorchConfig(backend="nccl" if config.use_gpu else "gloo"),
         scaling_config=scaling_config(config),
         run_config=ray.train.RunConfig(
             name=train_run_name(tune.get_context().get_trial_id(), donated),
             storage_path=trial_path,
             storage_filesystem=filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=space.tune.worker_failures),
-            checkpoint_config=ray.train.CheckpointConfig(**plan.checkpoint_policy(config)),
+            failure_config=ray.train.FailureConfig(
+                max_failures=inputs.space.tune.worker_failures
+            ),
+            checkpoint_config=ray.train.CheckpointConfig(
+                **inputs.plan.checkpoint_policy(config)
+            ),
             callbacks=[TuneReportCallback()],
         ),
     )

@@ -485,7 +485,8 @@ def test_a_ddp_trial_trains_on_from_the_donated_checkpoint_in_a_train_run_of_its
     data = PreparedData("corpus", "encoded", [2, 3], 3, synthetic=True)
     plan = (Population((), space.tune.pbt, space.search) if scheduler == "pbt"
             else IndependentTrials(space))
-    trainable.trial_with_trainer({}, base=config, data=data, space=space, plan=plan)
+    inputs = trainable.TrialInputs(config, data, space, plan)
+    trainable.trial_with_trainer({}, inputs=inputs)
     (run,) = started
     assert run["workers"] == 2
     if scheduler == "pbt":
