@@ -292,6 +292,25 @@ def slim_summary(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _search_line(search: dict[str, Any]) -> str:
+    return (f"  search: {search.get('finished')}/{search.get('trials')} trials "
+            f"finished, {search.get('max_running_at_once')} at once for "
+            f"{search.get('seconds_at_max')} s (expected {search.get('expected_at_once')})")
+
+
+def _compare_line(compared: dict[str, Any]) -> str:
+    nan = float("nan")
+    return (f"  predict {compared.get('device')} vs cpu ({compared.get('precision')}): "
+            f"max |diff| {compared.get('max_abs_diff', nan):.2e} "
+            f"(tolerance {compared.get('tolerance')}), top-5 sets "
+            f"{compared.get('top5_set_agreement', nan):.1%}, top-1 "
+            f"{compared.get('top1_agreement', nan):.1%}")
+
+
+# The figures summarized in one line each, in the order they print.
+_FIGURE_LINES = {"search_check": _search_line, "compare": _compare_line}
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """The few lines gpu_check.sh prints at its end."""
     figures = report["figures"]
@@ -309,19 +328,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"  throughput {name:<14} {c['samples_per_s']:8.1f} samples/s  MFU {mfu:>6}"
                      f"  peak alloc {c['peak_allocated_gib']:.1f} GiB"
                      f"  reserved {c['peak_reserved_gib']:.1f} GiB")
-    search = figures.get("search_check") or {}
-    if search:
-        lines.append(f"  search: {search.get('finished')}/{search.get('trials')} trials "
-                     f"finished, {search.get('max_running_at_once')} at once for "
-                     f"{search.get('seconds_at_max')} s "
-                     f"(expected {search.get('expected_at_once')})")
-    compared = figures.get("compare") or {}
-    if compared:
-        lines.append(f"  predict {compared.get('device')} vs cpu ({compared.get('precision')}): "
-                     f"max |diff| {compared.get('max_abs_diff', float('nan')):.2e} "
-                     f"(tolerance {compared.get('tolerance')}), top-5 sets "
-                     f"{compared.get('top5_set_agreement', float('nan')):.1%}, top-1 "
-                     f"{compared.get('top1_agreement', float('nan')):.1%}")
+    lines += [line(figures[key]) for key, line in _FIGURE_LINES.items() if figures.get(key)]
     lines.append("  verdicts: " + ", ".join(f"{k} {v}" for k, v in report["verdicts"].items()))
     return lines
 
