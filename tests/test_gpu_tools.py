@@ -317,7 +317,7 @@ def test_the_report_gives_each_step_a_status_and_each_check_a_verdict(tmp_path: 
     assert gpu_verdict.slim_summary(summary)["best"]["metrics"] == {"dev/rp_macro": 0.5}
     text = "\n".join(gpu_verdict.summary_lines(report))
     assert "FAIL" in text and "FLAT/bf16" in text and "MFU  40.0%" in text
-    assert "  search: None/4 trials finished" in text and "predict" not in text  # no compare
+    assert "  search: None/4 trials finished" in text and "  predict " not in text  # no compare
     tarball = tmp_path / "logs.tar.gz"
     assert gpu_verdict.pack_logs(tmp_path, tarball, per_file=100) >= 5
     import tarfile
