@@ -1,5 +1,5 @@
 # Run: python examples/one_trial.py [OUT_DIR]
-"""One trial, in-process, no Ray: the pipeline's stages called by hand.
+"""One trial, in-process, no Ray: the pipeline's steps called by hand.
 
 The same steps `hiersearch search` runs for every trial, on a tiny random-init BERT so that it
 finishes in seconds on a CPU. Swap `model="tiny:12x32"` for `"minilm"` (the packaged pretrained

@@ -1,4 +1,4 @@
-"""Project rules that span modules: the pure pipeline stages never import Ray.
+"""Project rules that span modules: the pure pipeline steps never import Ray.
 
 import-linter (`lint-imports` in CI) checks the same statically; this checks what actually gets
 imported at run time, where a module-level import hidden behind a helper would show."""
@@ -12,7 +12,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-# Pure stages (and the trial loop, whose Ray runners import Ray only when used).
+# Pure steps (and the trial loop, whose Ray runners import Ray only when used).
 PURE = [
     "data", "model", "metrics", "report", "trial", "search.space", "search.assignment_space",
     "search.dimension", "cli",

@@ -1,5 +1,5 @@
 """Data: label hierarchies, corpora and their loaders, the real HPO corpus, the SYNTHETIC
-corpus, tokenize-once encoding. Pure (no Ray): every stage above reads what this package
+corpus, tokenize-once encoding. Pure (no Ray): every step above reads what this package
 prepares."""
 
 from __future__ import annotations
