@@ -73,3 +73,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=f"no CUDA device (torch {torch.__version__})")
     for item in gpu_tests:
         item.add_marker(skip)
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Replace the Ray start of `run_search` by a tripwire: it records the attempt and stops
+    the command there (an AssertionError is not an InputError: the test fails). The bad-input
+    tests (test_*_input.py) take it: they pass only if the input is refused before Ray."""
+    import hiersearch.search.run
+
+    attempts: list[str | None] = []
+
+    def tripwire(address: str | None) -> None:
+        attempts.append(address)
+        raise AssertionError("Ray would start")
+
+    monkeypatch.setattr(hiersearch.search.run, "connect", tripwire)
+    return attempts
