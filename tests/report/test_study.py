@@ -19,8 +19,8 @@ import pytest
 
 from hiersearch.errors import InputError
 from hiersearch.report.study import (
-    ConstantObjective,
     STUDY_FILE,
+    ConstantObjective,
     default_url,
     group_importances,
     importances,
