@@ -140,10 +140,11 @@ def test_importance_with_a_missing_sqlite_study_storage_creates_no_file(
     assert not list(Path(experiment).glob("*.db"))
 
 
-def _block_assignment_study(experiment: Path, trials: int = 24) -> None:
+def _block_assignment_study(experiment: Path, trials: int = 24, constant: bool = False) -> None:
     """The experiment's Optuna study as the `layerwise` preset's search writes it: a monotone
     assignment space drawn define-by-run, so the block-assignment trials share parameters the
-    FLAT trials lack (a group); the objective rewards a low top layer."""
+    FLAT trials lack (a group); the objective rewards a low top layer (`constant`: every
+    trial gets the same value, as tiny runs that all score zero do)."""
     import optuna
 
     from hiersearch.report.study import default_url
@@ -153,6 +154,8 @@ def _block_assignment_study(experiment: Path, trials: int = 24) -> None:
 
     def objective(trial: optuna.Trial) -> float:
         define(trial)
+        if constant:
+            return 0.0
         return 1.0 - trial.params.get("assign/L3_end", 6) / 10 + trial.number * 1e-3
 
     study = optuna.create_study(
@@ -176,6 +179,18 @@ def test_importance_of_a_search_whose_block_trials_form_a_group(
     assert re.search(r"^    assign/L3_end +\d\.\d{3}$", out, re.M)
     for picture in ("importance.png", "history.png"):
         assert f"wrote {experiment / picture}" in out and (experiment / picture).is_file()
+
+
+def test_importance_of_a_search_whose_trials_all_have_one_value_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = Path(shutil.copytree(FIXTURES / "finished", tmp_path / "finished"))
+    _block_assignment_study(experiment, trials=8, constant=True)
+    capsys.readouterr()
+    assert main(["leaderboard", str(experiment), "--importance"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("hiersearch: error: --importance: not computable: every completed trial "
+                   "has the same value\n")
 
 
 def test_leaderboard_out_takes_its_format_from_the_suffix(

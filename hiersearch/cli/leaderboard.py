@@ -100,6 +100,7 @@ def _importance(location: str, study_storage: str | None) -> None:
     """Parameter importances per searched metric, and the study's pictures beside it."""
     from hiersearch.report.experiment import read_meta
     from hiersearch.report.study import (
+        ConstantObjective,
         group_importances,
         importances,
         load_study,
@@ -109,8 +110,18 @@ def _importance(location: str, study_storage: str | None) -> None:
     meta = read_meta(location) or {}
     study = load_study(location, meta, study_storage)
     metrics = meta.get("metrics") or [meta.get("metric") or "objective"]
-    per_metric = [importances(study, index) for index in range(len(metrics))]
+    per_metric: list[dict[str, float] | ConstantObjective] = []
+    for index in range(len(metrics)):
+        try:
+            per_metric.append(importances(study, index))
+        except ConstantObjective as exc:
+            per_metric.append(exc)
+    if all(isinstance(found, ConstantObjective) for found in per_metric):
+        raise per_metric[0]  # nothing to show: refused as the other importance refusals are
     for index, (metric, found) in enumerate(zip(metrics, per_metric, strict=True)):
+        if isinstance(found, ConstantObjective):  # the other metric(s) still have theirs
+            print(f"\nparameter importances for {metric} ({location}): {found.message}")
+            continue
         print(f"\nparameter importances for {metric} ({location}):")
         for param, value in found.items():
             print(f"  {param:<24} {value:.3f}")
@@ -120,7 +131,8 @@ def _importance(location: str, study_storage: str | None) -> None:
                 print(f"    {param:<22} {value:.3f}")
     if "://" in location and not location.startswith("file://"):
         return  # pictures are written next to a local experiment only
-    for path in write_pictures(study, location.removeprefix("file://"), metrics, per_metric[0]):
+    first = {} if isinstance(per_metric[0], ConstantObjective) else per_metric[0]
+    for path in write_pictures(study, location.removeprefix("file://"), metrics, first):
         print(f"wrote {path}")
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "STUDY_FILE",
     "StudyStorage",
     "default_url",
+    "ConstantObjective",
     "group_importances",
     "importances",
     "load_study",
@@ -155,6 +156,11 @@ def _missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
+class ConstantObjective(InputError):
+    """The objective has one value in every completed trial: no parameter explains any of
+    it, and fANOVA's forest has no variance to split (Optuna raises a RuntimeError)."""
+
+
 def _complete(study: Any) -> list[Any]:
     import optuna
 
@@ -179,6 +185,10 @@ def importances(study: Any, index: int = 0) -> dict[str, float]:
     varied = _varied(complete, set.intersection(*(set(t.params) for t in complete)))
     if not varied:
         raise InputError("no parameter varies across the completed trials", where="--importance")
+    if _constant(complete, index):
+        raise ConstantObjective(
+            "not computable: every completed trial has the same value", where="--importance"
+        )
     return _evaluate(study, complete, varied, index)
 
 
@@ -186,7 +196,7 @@ def group_importances(study: Any, index: int = 0) -> list[tuple[int, dict[str, f
     """The importances within each group of completed trials that share parameters the
     others lack (e.g. the block-assignment trials of a monotone space, whose block bounds
     decide the encoder layers run), over all their varied parameters: (trials, importances)
-    per group of at least 3 trials."""
+    per group of at least 3 trials whose values vary."""
     complete = _complete(study)
     if not complete:
         return []
@@ -198,7 +208,7 @@ def group_importances(study: Any, index: int = 0) -> list[tuple[int, dict[str, f
     found = []
     for names, trials in sorted(groups.items(), key=lambda g: sorted(g[0])):
         varied = _varied(trials, set(names))
-        if len(trials) >= 3 and set(varied) - shared:
+        if len(trials) >= 3 and set(varied) - shared and not _constant(trials, index):
             found.append((len(trials), _evaluate(study, trials, varied, index)))
     return found
 
@@ -207,6 +217,10 @@ def _varied(trials: list[Any], names: set[str]) -> list[str]:
     return sorted(
         p for p in names - {SEED_PARAM} if len({repr(t.params[p]) for t in trials}) > 1
     )
+
+
+def _constant(trials: list[Any], index: int) -> bool:
+    return len({repr(t.values[index]) for t in trials}) == 1
 
 
 def _evaluate(study: Any, trials: list[Any], params: list[str], index: int) -> dict[str, float]:
@@ -263,7 +277,8 @@ def write_pictures(
 ) -> list[str]:
     """PNGs of the importances and the optimization history of the first metric, and of the
     Pareto front when the study has several, also as TensorBoard images (`tensorboard-study/`);
-    returns the PNGs' paths. `found`: the first metric's `importances`, if already computed."""
+    returns the PNGs' paths. `found`: the first metric's `importances`, if already computed;
+    empty when they are not computable (then no importance picture)."""
     import warnings
 
     import matplotlib
@@ -277,7 +292,7 @@ def write_pictures(
     bars = importances(study) if found is None else found
     plots = [
         # the bars of the importances computed above (fANOVA over a widened copy, see there)
-        (IMPORTANCE_PNG, lambda: _importance_bars(bars, metrics[0])),
+        *([(IMPORTANCE_PNG, lambda: _importance_bars(bars, metrics[0]))] if bars else []),
         (HISTORY_PNG, lambda: vis.plot_optimization_history(
             study, target=_objective(0), target_name=metrics[0])),
     ]

@@ -20,6 +20,7 @@ import pytest
 from hiersearch.errors import InputError
 from hiersearch.report.study import (
     STUDY_FILE,
+    ConstantObjective,
     default_url,
     group_importances,
     importances,
@@ -142,6 +143,7 @@ def test_within_the_block_trials_the_block_bounds_decide_the_layers_run() -> Non
     # the bounds are correlated (each block starts above the last): they share the importance
     assert sum(v for k, v in found.items() if k.startswith("assign/L")) > 0.9
     assert found["head_lr"] < 0.05 and found["assign/L3_end"] > 0.2
+    assert group_importances(study, 0) == []  # every trial scores 0.5: nothing to explain
 
 
 def test_importances_need_two_completed_trials() -> None:
@@ -149,6 +151,23 @@ def test_importances_need_two_completed_trials() -> None:
     _fill(study, 1)
     with pytest.raises(InputError, match="^--importance: importances need at least 2"):
         importances(study)
+
+
+def test_importances_of_an_objective_with_one_value_in_every_trial_are_refused(
+    tmp_path: Path,
+) -> None:
+    """fANOVA's forest has no variance to split there (Optuna raises a RuntimeError): a
+    refusal for that objective, while the other objective's importances are computed."""
+    study = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0)
+    )
+    study.optimize(lambda t: (0.25, t.suggest_float("lr", 0, 1) + t.suggest_int("n", 1, 3)),
+                   n_trials=8)
+    with pytest.raises(ConstantObjective, match="^--importance: not computable: every"):
+        importances(study, 0)
+    assert set(importances(study, 1)) == {"lr", "n"}
+    written = write_pictures(study, str(tmp_path), ["dev/rp_macro", "cost/layers"], {})
+    assert [Path(p).name for p in written] == ["history.png", "pareto_front.png"]
 
 
 def test_pictures_of_a_multi_objective_study_include_its_pareto_front(tmp_path: Path) -> None:

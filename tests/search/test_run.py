@@ -33,6 +33,7 @@ from hiersearch.report import leaderboard as lb
 from hiersearch.report import results
 from hiersearch.search import run
 from hiersearch.search.run import RunOptions, run_search
+from hiersearch.search.searcher import TUNE_TRIAL_ATTR
 from hiersearch.search.space import SpaceFile, load_space, parse_space, preset_path
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.evaluation import evaluate_split, split_metrics
@@ -234,25 +235,38 @@ def _study_numbers(experiment: Path, name: str) -> dict[int, str]:
     return {t.number: t.state.name for t in study.trials}
 
 
-@e2e[0]
-@e2e[1]
-def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    objectives = [M.rp_macro_key("dev"), M.COST_ENCODER_LAYERS]
+OBJECTIVES = [M.rp_macro_key("dev"), M.COST_ENCODER_LAYERS]
+
+
+@pytest.fixture(scope="module")
+def mo_asha_storage(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One multi-objective search with MO-ASHA, read by the multi-objective tests below: six
+    trials drawn by the sampler (no variant enqueued, so that the parameters and both
+    objectives vary), three epochs for ASHA to stop some."""
+    tmp_path = tmp_path_factory.mktemp("mo")
     space_file = _layerwise_smoke(
-        tmp_path, trial={"epochs": 1}, enqueue=False, num_samples=4, scheduler="none",
-        metric=objectives, mode=["max", "min"],
+        tmp_path, enqueue=False, num_samples=6, scheduler="asha", reduction_factor=2,
+        metric=OBJECTIVES, mode=["max", "min"],
     )
     storage = tmp_path / "storage"
     code = main(["search", "--space", str(space_file), "--storage", str(storage), "--name", "mo"])
     assert code == 0
+    return storage
+
+
+@e2e[0]
+@e2e[1]
+def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
+    mo_asha_storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objectives, storage = OBJECTIVES, mo_asha_storage
     experiment = storage / "mo"
     board = _leaderboard_json(str(experiment), capsys)
     assert "pareto" in board["columns"]
     rows = [r for r in board["rows"] if r["status"] != "baseline"]
     front = [r for r in rows if r["pareto"]]
-    assert front and all(r[M.COST_FORWARD_MS] > 0 for r in rows)
+    finished = [r for r in rows if r["status"] == "terminated"]  # ASHA stopped the others
+    assert front and finished and all(r[M.COST_FORWARD_MS] > 0 for r in finished)
     for row in front:  # nothing in the table beats a front row on both metrics
         assert not any(
             o[objectives[0]] >= row[objectives[0]] and o[objectives[1]] <= row[objectives[1]]
@@ -268,7 +282,7 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
     study = optuna.load_study(study_name="mo", storage=f"sqlite:///{experiment}/optuna.db")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 4 and all(len(t.values) == 2 for t in complete)
+    assert len(complete) == 6 and all(len(t.values) == 2 for t in complete)
     assert {t.params["seed"] for t in complete} == {0}  # never searched
     meta = json.loads((experiment / "hiersearch.json").read_text())
     assert (meta["metrics"], meta["modes"]) == (objectives, ["max", "min"])
@@ -276,7 +290,7 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
     # a storage root stands for its experiments here too
     assert main(["leaderboard", str(storage), "--importance"]) == 0
     out = capsys.readouterr().out
-    assert f"parameter importances for {objectives[1]}" in out
+    assert f"parameter importances for {objectives[1]} ({experiment}):\n" in out
     for picture in ("importance.png", "history.png", "pareto_front.png"):
         assert (experiment / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
 
@@ -284,25 +298,21 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
 @e2e[0]
 @e2e[1]
 def test_mo_asha_stops_trials_on_two_metrics_and_the_study_gets_their_values(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    mo_asha_storage: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    objectives = [M.rp_macro_key("dev"), M.COST_ENCODER_LAYERS]
-    space_file = _layerwise_smoke(
-        tmp_path, num_samples=6, scheduler="asha", reduction_factor=2,
-        metric=objectives, mode=["max", "min"],
-    )
-    storage = tmp_path / "storage"
-    code = main(["search", "--space", str(space_file), "--storage", str(storage), "--name", "mo"])
-    assert code == 0
-    rows = _leaderboard_json(str(storage / "mo"), capsys)["rows"]
+    rows = _leaderboard_json(str(mo_asha_storage / "mo"), capsys)["rows"]
     stopped = [r for r in rows if r["status"] == "stopped early"]
     assert stopped, [r["status"] for r in rows]
     # a stopped trial's epoch report carries both metrics: the Pareto mark and the study
     # (OptunaSearch tells it the trial's last result, as with one-metric ASHA) have them
     assert all(r[M.COST_ENCODER_LAYERS] >= 1 for r in stopped)
-    study = optuna.load_study(study_name="mo", storage=f"sqlite:///{storage}/mo/optuna.db")
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 6 and all(len(t.values) == 2 for t in complete)
+    study = optuna.load_study(
+        study_name="mo", storage=f"sqlite:///{mo_asha_storage}/mo/optuna.db"
+    )
+    by_tune_id = {t.user_attrs.get(TUNE_TRIAL_ATTR): t for t in study.trials}
+    for row in stopped:
+        trial = by_tune_id[row["trial_id"]]
+        assert trial.state == optuna.trial.TrialState.COMPLETE and len(trial.values) == 2
 
 
 def _metrics_only(result: dict[str, Any]) -> str:
