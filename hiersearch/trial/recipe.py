@@ -491,7 +491,8 @@ class TrialRecipe:
             }
         )
         final.update(self._pbt_metrics())
-        saved = FinalCheckpoint(model=self.core.state_dict(), metrics=final)
+        scores = self._final_scores()
+        saved = FinalCheckpoint(model=self.core.state_dict(), metrics=final, scores=scores)
         self._close_artifacts(final)
         self._report(final, lambda: saved)
         return final
@@ -500,6 +501,7 @@ class TrialRecipe:
         """Test metrics (F1 at the best epoch's dev thresholds) and utilization, on rank 0 ({}
         on the others)."""
         test, seconds = self._evaluate_split(self.sources["test"])
+        self._test_scores = None if test is None else test[0]
         out: dict[str, Any] = {}
         if test is not None and len(self.test) > 0:
             thresholds = self.dev_thresholds()
@@ -519,6 +521,15 @@ class TrialRecipe:
                 )
             out.update(util)
         return out
+
+    def _final_scores(self) -> dict[str, np.ndarray] | None:
+        """The best weights' dev and test scores on rank 0 (None on the others), kept in the
+        final checkpoint for ensembles of trials. Dev is scored again (one more dev pass):
+        the best epoch's own scores are gone once a later epoch ran."""
+        dev, _ = self._evaluate_split(self.sources["dev"])
+        if dev is None or self._test_scores is None:
+            return None
+        return {"dev": dev[0], "test": self._test_scores}
 
     def dev_thresholds(self) -> list[float] | None:
         """Each level's F1 threshold tuned on dev at the best epoch (its report carries them);
