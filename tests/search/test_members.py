@@ -217,3 +217,43 @@ def test_leaderboard_ensemble_fits_and_shows_the_row(
     (row,) = [r for r in board["rows"] if r["status"] == "ensemble"]
     assert row["members"] and isinstance(row[M.rp_macro_key("test")], float)
     assert len(E.read_ensemble(str(experiment)).members) == 3  # the best 2 and the baseline
+
+
+def test_search_fits_the_ensemble_at_its_end_and_its_summary_reports_both_selections(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    import jsonschema
+
+    from hiersearch.cli import runs
+    from hiersearch.report.summary import SUMMARY_JSON_SCHEMA
+    from hiersearch.search import run
+
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS)
+    monkeypatch.setattr(runs, "_prepare_env", lambda: None)
+    monkeypatch.setattr(run, "run_search", lambda *_, **__: str(experiment))  # no Ray
+    assert main(["search", "--space", "smoke", "--json"]) == 0
+    captured = capfd.readouterr()
+    summary = json.loads(captured.out)
+    jsonschema.validate(summary, SUMMARY_JSON_SCHEMA)
+    ensemble = summary["ensemble"]
+    assert ensemble["mode"] in E.MODES and ensemble["members"]
+    assert set(ensemble["others"]) == set(E.MODES) - {ensemble["mode"]}
+    assert summary["trials"]["total"] == 3  # the ensemble and the baseline are no trials
+    assert "the leaderboard's 'ensemble' row" in captured.err
+    assert (experiment / E.ENSEMBLE_FILE).is_file()
+
+
+def test_ensemble_members_zero_fits_none(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hiersearch.cli import runs
+    from hiersearch.search import run
+
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS[:1])
+    monkeypatch.setattr(runs, "_prepare_env", lambda: None)
+    monkeypatch.setattr(run, "run_search", lambda *_, **__: str(experiment))
+    assert main(["search", "--space", "smoke", "--ensemble-members", "0"]) == 0
+    assert not (experiment / E.ENSEMBLE_FILE).exists()
+    assert main(["search", "--space", "smoke", "--ensemble-members", "-1"]) == 2
