@@ -19,6 +19,7 @@ from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
 from hiersearch.model.encoder import tokenizer_path
 from hiersearch.report import ensemble as E
+from hiersearch.report import leaderboard as lb
 from hiersearch.report.baseline import (
     BASELINE_SCORES_FILE,
     compute_baseline,
@@ -124,6 +125,10 @@ def test_the_ensemble_row_is_in_the_leaderboard_and_no_trial(
     assert row["trial_id"] == "ensemble" and row["members"]
     assert row[M.rp_macro_key("test")] == fitted.ensemble.metrics[M.rp_macro_key("test")]
     assert len(trial_rows(table)) == 3
+    paper = lb.paper_table(table, "test")  # reproduce's tables: the baseline, then the ensemble
+    assert paper["variant"].iloc[-2].endswith("(baseline)")
+    assert paper["variant"].iloc[-1].startswith("ensemble of")
+    assert paper["L1"].iloc[-1] == f"{100 * row[M.rp_level_key('test', 1)]:.1f}"
 
 
 def test_the_ensemble_is_not_worse_on_dev_than_its_best_member(
