@@ -41,16 +41,24 @@ from hiersearch.report.ensemble import (
     SEED,
     STEPS,
     TOP,
+    Ensemble,
     EnsembleFile,
     EnsembleMember,
     choose_served,
+    combine,
     fit_ensemble,
     write_ensemble,
 )
 from hiersearch.report.experiment import read_meta
 from hiersearch.report.results import STATUS_TERMINATED, experiment_locations, load_experiments
 
-__all__ = ["Candidate", "fit_experiment_ensemble", "member_candidates"]
+__all__ = [
+    "Candidate",
+    "ensemble_scores",
+    "experiment_golds",
+    "fit_experiment_ensemble",
+    "member_candidates",
+]
 
 SPLITS = ("dev", "test")
 
@@ -101,8 +109,7 @@ def fit_experiment_ensemble(
         raise InputError("must be >= 1", where="--ensemble-members")
     candidates, metric, _ = member_candidates(experiment, top)
     corpus = _experiment_corpus(experiment)
-    golds = {s: gold_levels([d.labels for d in corpus.splits[s]], _label_index(corpus))
-             for s in SPLITS}
+    golds = _golds(corpus)
     members: list[EnsembleMember] = []
     scores: dict[str, list[list[np.ndarray]]] = {s: [] for s in SPLITS}
     skipped: list[tuple[str, str]] = []
@@ -130,6 +137,41 @@ def fit_experiment_ensemble(
     fitted = EnsembleFile(ensembles, choose_served(ensembles), tuple(skipped), seconds, top)
     write_ensemble(experiment, fitted)
     return fitted
+
+
+def ensemble_scores(experiment: str, ensemble: Ensemble) -> dict[str, list[np.ndarray]]:
+    """The fitted `ensemble`'s own scores per split ("dev", "test") and level, from its
+    members' kept scores (members of weight 0 are not read): what its metrics came from, and
+    what an export tunes its thresholds on (dev) and predict reproduces (test)."""
+    corpus = _experiment_corpus(experiment)
+    used = set(ensemble.used())
+    found: list[dict[str, list[np.ndarray]] | None] = []
+    for index, member in enumerate(ensemble.members):
+        if index not in used:
+            found.append(None)
+        elif member.kind == KIND_BASELINE:
+            scores = read_baseline_scores(member.experiment)
+            if scores is None:
+                raise InputError("the baseline's scores are gone: refit the ensemble",
+                                 where=member.experiment)
+            found.append(scores)
+        else:
+            found.append(_trial_scores(member, corpus))
+    return {
+        split: combine([None if f is None else f[split] for f in found], ensemble)
+        for split in SPLITS
+    }
+
+
+def experiment_golds(experiment: str) -> dict[str, list[np.ndarray]]:
+    """Per split ("dev", "test") and level, the gold multi-hot [docs, labels of the level] of
+    the experiment's corpus, in the order of the members' scores."""
+    return _golds(_experiment_corpus(experiment))
+
+
+def _golds(corpus: Corpus) -> dict[str, list[np.ndarray]]:
+    return {s: gold_levels([d.labels for d in corpus.splits[s]], _label_index(corpus))
+            for s in SPLITS}
 
 
 def _add(members: list, scores: dict, member: EnsembleMember, levels: dict) -> None:

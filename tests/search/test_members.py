@@ -262,3 +262,14 @@ def test_ensemble_members_zero_fits_none(
     assert main(["search", "--space", "smoke", "--ensemble-members", "0"]) == 0
     assert not (experiment / E.ENSEMBLE_FILE).exists()
     assert main(["search", "--space", "smoke", "--ensemble-members", "-1"]) == 2
+
+
+def test_the_ensembles_scores_give_its_metrics(trained: dict[str, Path], tmp_path: Path) -> None:
+    from hiersearch.search.members import ensemble_scores, experiment_golds
+
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS)
+    fitted = fit_experiment_ensemble(str(experiment), steps=10)
+    scores = ensemble_scores(str(experiment), fitted.ensemble)
+    golds = experiment_golds(str(experiment))
+    again = M.evaluate(golds["test"], scores["test"], "test")
+    assert again[M.rp_macro_key("test")] == fitted.ensemble.metrics[M.rp_macro_key("test")]
