@@ -66,6 +66,8 @@ def _rows(experiment: str) -> dict[str, Any]:
         "best_trial": {"trial_id": str(best["trial_id"]), "variant": str(best["variant"]),
                        "assignment": str(best["assignment"]), **pick(best)},
         "best_test_trial_macro": float(done[M.rp_macro_key("test")].max()),
+        # a dev pass: what keeping a trial's scores adds at its end (the dev split again)
+        "dev_eval_s_median": float(done[M.eval_seconds_key("dev")].median()),
         "baseline": {"name": str(baseline["variant"]), **pick(baseline)},
     }
 
@@ -102,6 +104,32 @@ def _normalizations(experiment: str, members: int) -> dict[str, Any]:
         finally:
             E.normalize = kept
     return out
+
+
+def _float16(experiment: str, members: int) -> dict[str, Any]:
+    """What float16 scores would change: each trial's test macro R-Precision from its kept
+    float32 logits against the same logits rounded to float16 (near-ties may reorder)."""
+    from hiersearch import metrics as M
+    from hiersearch.search import members as S
+    from hiersearch.trial import checkpoint
+
+    candidates, _, _ = S.member_candidates(experiment, members)
+    corpus = S._experiment_corpus(experiment)
+    golds = S._golds(corpus)["test"]
+    slices = S._level_slices(corpus.hierarchy.label_counts())
+    diffs = []
+    for candidate in candidates:
+        kept = checkpoint.read_scores(Path(str(candidate.member.checkpoint)))
+        if kept is None:
+            continue
+        full = kept["test"]
+        half = full.astype(np.float16).astype(np.float32)
+        key = M.rp_macro_key("test")
+        exact = M.evaluate(golds, [full[:, s] for s in slices], "test")[key]
+        rounded = M.evaluate(golds, [half[:, s] for s in slices], "test")[key]
+        diffs.append(abs(exact - rounded))
+    return {"trials": len(diffs), "max_abs_test_macro_change": max(diffs, default=0.0),
+            "mean_abs_test_macro_change": float(np.mean(diffs)) if diffs else 0.0}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
              for m in fitted.ensemble.members if m.checkpoint]
     result["scores_npz_mb_per_trial"] = round(float(np.mean(sizes)) / 1e6, 2) if sizes else None
     result["normalizations"] = _normalizations(args.experiment, args.members)
+    result["float16_scores"] = _float16(args.experiment, args.members)
     result["load_after"] = load_average()
     assert read_ensemble_file(args.experiment) is not None
     text = json.dumps(result, indent=2)
