@@ -24,6 +24,7 @@ from hiersearch.files import atomic_write_text, check_writable_dir
 from hiersearch.metrics.pareto import minimized, nondominated_ranks
 from hiersearch.report.results import (
     HEAD_OPTION_COLUMNS,
+    MEMBERS_COLUMN,
     NOT_TRIALS,
     STATUS_TERMINATED,
     metric_columns,
@@ -193,7 +194,7 @@ def summary_columns(df: pd.DataFrame) -> list[str]:
     # a PBT trial's place in its population (search.space.MEMBER_PARAM) says nothing here
     params = [c for c in params if c not in (PARETO_COLUMN, "param/variant", "pbt_member")]
     pbt = [c for c in (M.PBT_EXPLOITS, M.PBT_DONOR) if c in df.columns]
-    tail = [PARETO_COLUMN] if PARETO_COLUMN in df.columns else []
+    tail = [c for c in (PARETO_COLUMN, MEMBERS_COLUMN) if c in df.columns]  # members: long
     return [*ids, *params, *pbt, *metrics, *tail]
 
 
