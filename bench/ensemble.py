@@ -88,13 +88,23 @@ def _normalizations(experiment: str, members: int) -> dict[str, Any]:
     if baseline is not None:
         found.append(baseline)
     scores = {s: [levels[s] for _, levels in found] for s in S.SPLITS}
+    # min-max of the trials' logits instead of their sigmoid probabilities
+    from hiersearch.trial import checkpoint
+
+    slices = S._level_slices(corpus.hierarchy.label_counts())
+    logits = {s: list(scores[s]) for s in S.SPLITS}
+    for index, candidate in enumerate(candidates):
+        kept_scores = checkpoint.read_scores(Path(str(candidate.member.checkpoint)))
+        for s in S.SPLITS:
+            logits[s][index] = [kept_scores[s][:, part] for part in slices]
     out: dict[str, Any] = {}
     kept = E.normalize
-    for name, function in (("minmax", kept), ("rank", _rank), ("none", _raw)):
+    for name, function, inputs in (("minmax", kept, scores), ("minmax_logits", kept, logits),
+                                   ("rank", _rank, scores), ("none", _raw, scores)):
         E.normalize = function
         try:
             for mode in E.MODES:
-                fitted = E.fit_ensemble([m for m, _ in found], scores, golds, mode=mode,
+                fitted = E.fit_ensemble([m for m, _ in found], inputs, golds, mode=mode,
                                         metric=metric)
                 out[f"{name}/{mode}"] = {
                     "dev_macro": fitted.metrics[M.rp_macro_key("dev")],
