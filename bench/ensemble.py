@@ -97,7 +97,7 @@ def _normalizations(experiment: str, members: int) -> dict[str, Any]:
         kept_scores = checkpoint.read_scores(Path(str(candidate.member.checkpoint)))
         for s in S.SPLITS:
             logits[s][index] = [kept_scores[s][:, part] for part in slices]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"fit_seconds_20_members": _timed_20(found, scores, golds, metric)}
     kept = E.normalize
     for name, function, inputs in (("minmax", kept, scores), ("minmax_logits", kept, logits),
                                    ("rank", _rank, scores), ("none", _raw, scores)):
@@ -113,6 +113,25 @@ def _normalizations(experiment: str, members: int) -> dict[str, Any]:
                 }
         finally:
             E.normalize = kept
+    return out
+
+
+def _timed_20(found: list, scores: dict, golds: dict, metric: str) -> dict[str, float]:
+    """Both selections' seconds over 20 trial members and the baseline: the experiment's
+    trials repeated to 20 (the same arrays, so the same cost as 20 distinct ones)."""
+    from hiersearch.report import ensemble as E
+
+    trials = [i for i, (m, _) in enumerate(found) if m.kind == E.KIND_TRIAL]
+    rest = [i for i, (m, _) in enumerate(found) if m.kind != E.KIND_TRIAL]
+    picked = [trials[i % len(trials)] for i in range(20)] + rest
+    members = [E.EnsembleMember(E.KIND_TRIAL, str(n), "x", None) for n in range(20)]
+    members += [found[i][0] for i in rest]
+    tiled = {s: [scores[s][i] for i in picked] for s in scores}
+    out = {}
+    for mode in E.MODES:
+        started = time.perf_counter()
+        E.fit_ensemble(members, tiled, golds, mode=mode, metric=metric)
+        out[mode] = round(time.perf_counter() - started, 2)
     return out
 
 
