@@ -4,6 +4,7 @@ parameter importances of each experiment's search with its study's pictures."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,15 @@ def add_parsers(sub: Any) -> None:
         "importance.png and history.png (and pareto_front.png) into the experiment directory",
     )
     board.add_argument(
+        "--ensemble", action="store_true",
+        help="fit (or refit) each experiment's ensemble over its best trials and its baseline "
+        "first: the table's 'ensemble' row, kept as ensemble.json",
+    )
+    board.add_argument(
+        "--ensemble-members", type=int, default=None, metavar="M",
+        help="with --ensemble: the M best finished trials by the search metric (default 20)",
+    )
+    board.add_argument(
         "--study-storage", default=None, metavar="URL",
         help="the Optuna study's URL, when hiersearch.json hides its password",
     )
@@ -51,6 +61,12 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
     if args.out:
         _refuse_experiment_files(args.out, args.dirs)
+    if args.ensemble or args.ensemble_members is not None:
+        from hiersearch.cli.runs import ensemble_members, fit_ensemble
+
+        members = ensemble_members(args.ensemble_members)
+        for location in args.dirs if members else []:  # stdout holds the table only
+            fit_ensemble(location, members, sys.stderr)
     table = lb.mark_pareto(results.load_experiments(args.dirs))
     if args.pareto:
         table = lb.keep_pareto(table)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -80,6 +81,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="end with one JSON summary object on stdout (the progress goes to stderr)",
     )
     p.add_argument(
+        "--ensemble-members", type=int, default=None, metavar="M",
+        help="fit an ensemble (the leaderboard's 'ensemble' row) over the M best finished "
+        "trials and the baseline once the run ends (default 20; 0: none)",
+    )
+    p.add_argument(
         "--mlflow", default=None, metavar="URI",
         help="log every trial as an MLflow run (default: HIERSEARCH_MLFLOW_URI); "
         "pip install 'hiersearch[mlflow]'",
@@ -144,8 +150,9 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
     from hiersearch.search.run import run_search
 
     default_name = extra.pop("default_name", None)
+    members = ensemble_members(args.ensemble_members)
     with _ray_left_as_found():
-        return run_search(
+        path = run_search(
             space,
             storage=args.storage,
             name=args.name or default_name,
@@ -157,6 +164,42 @@ def _run(args: argparse.Namespace, space: Any, **extra: Any) -> str:
             mlflow=args.mlflow,
             **extra,
         )
+    if members:
+        fit_ensemble(path, members)
+    return path
+
+
+def ensemble_members(given: int | None) -> int:
+    """--ensemble-members: the trials an ensemble chooses from (0: no ensemble)."""
+    from hiersearch.report.ensemble import TOP
+
+    if given is not None and given < 0:
+        raise InputError("must be >= 0", where="--ensemble-members")
+    return TOP if given is None else given
+
+
+def fit_ensemble(path: str, members: int, out: TextIO | None = None) -> None:
+    """Fit the experiment's ensemble (search/members.py) and say what it gave on `out`
+    (default stdout); an experiment with nothing to fit on says so and goes on (the run
+    itself succeeded)."""
+    from hiersearch import metrics as M
+    from hiersearch.search.members import fit_experiment_ensemble
+
+    try:
+        fitted = fit_experiment_ensemble(path, members)
+    except InputError as exc:
+        print(f"[hiersearch] no ensemble: {exc.where}: {exc.message}", file=sys.stderr)
+        return
+    for mode, ensemble in fitted.ensembles.items():
+        dev, test = (ensemble.metrics.get(M.rp_macro_key(s), math.nan) for s in ("dev", "test"))
+        served = " (the leaderboard's 'ensemble' row)" if mode == fitted.served else ""
+        print(f"[hiersearch] ensemble, {mode.replace('_', ' ')} selection of "
+              f"{len(ensemble.used())} members: dev macro {dev:.3f}, test macro {test:.3f}"
+              f"{served}", file=out, flush=True)
+    skipped = f"; skipped {len(fitted.skipped)}" if fitted.skipped else ""
+    print(f"[hiersearch] ensemble fitted in {fitted.seconds:.1f}s over the {fitted.top} best "
+          f"trials and the baseline{skipped}: {path.rstrip('/')}/ensemble.json", file=out,
+          flush=True)
 
 
 @contextlib.contextmanager

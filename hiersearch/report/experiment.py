@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_write_text
+from hiersearch.files import atomic_open
 from hiersearch.typed import parse_json_object
 
 if TYPE_CHECKING:  # imported when used: `import hiersearch.report` stays light
@@ -48,16 +48,31 @@ def read_text(filesystem: pyarrow.fs.FileSystem, path: str) -> str | None:
         return None
 
 
+def read_bytes(filesystem: pyarrow.fs.FileSystem, path: str) -> bytes | None:
+    """A file's bytes; None when it is absent or cannot be read."""
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except OSError:  # FileNotFoundError included; pyarrow raises OSError for a bucket too
+        return None
+
+
 def write_text(filesystem: pyarrow.fs.FileSystem, path: str, text: str) -> None:
     """Write a small file: atomically on a local disk, in one upload to a bucket."""
+    write_bytes(filesystem, path, text.encode())
+
+
+def write_bytes(filesystem: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
+    """Write a file: atomically on a local disk, in one upload to a bucket."""
     import pyarrow.fs
 
     if isinstance(filesystem, pyarrow.fs.LocalFileSystem):
-        atomic_write_text(path, text)
+        with atomic_open(path, "wb") as handle:
+            handle.write(data)  # type: ignore[arg-type]
         return
     filesystem.create_dir(os.path.dirname(path), recursive=True)
     with filesystem.open_output_stream(path) as stream:
-        stream.write(text.encode())
+        stream.write(data)
 
 
 def meta_location(experiment: str) -> str:

@@ -22,9 +22,10 @@ from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_write_text, check_writable_dir
 from hiersearch.metrics.pareto import minimized, nondominated_ranks
-from hiersearch.report.baseline import STATUS_BASELINE
 from hiersearch.report.results import (
     HEAD_OPTION_COLUMNS,
+    MEMBERS_COLUMN,
+    NOT_TRIALS,
     STATUS_TERMINATED,
     metric_columns,
     param_columns,
@@ -122,8 +123,8 @@ def pareto_front(df: pd.DataFrame, objectives: Sequence[tuple[str, str]]) -> pd.
         _require_column(df, metric, "--pareto")
     values = df[[m for m, _ in objectives]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
     known = ~np.isnan(values).any(axis=1)
-    if "status" in df.columns:  # the baseline is no trial: it neither joins nor hides the front
-        known &= (df["status"] != STATUS_BASELINE).to_numpy()
+    if "status" in df.columns:  # the baseline and the ensemble are no trials of the search:
+        known &= (~df["status"].isin(NOT_TRIALS)).to_numpy()  # neither joins nor hides the front
     front = np.zeros(len(df), dtype=bool)
     points = minimized(values[known], [mode for _, mode in objectives])
     front[known] = nondominated_ranks(points) == 0
@@ -193,7 +194,7 @@ def summary_columns(df: pd.DataFrame) -> list[str]:
     # a PBT trial's place in its population (search.space.MEMBER_PARAM) says nothing here
     params = [c for c in params if c not in (PARETO_COLUMN, "param/variant", "pbt_member")]
     pbt = [c for c in (M.PBT_EXPLOITS, M.PBT_DONOR) if c in df.columns]
-    tail = [PARETO_COLUMN] if PARETO_COLUMN in df.columns else []
+    tail = [c for c in (PARETO_COLUMN, MEMBERS_COLUMN) if c in df.columns]  # members: long
     return [*ids, *params, *pbt, *metrics, *tail]
 
 
@@ -269,8 +270,8 @@ def _with_heads(table: pd.DataFrame, heads: list[dict[str, str]]) -> pd.DataFram
 def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.DataFrame:
     """The paper's Table 1: per variant, R-Precision (%) as "mean ± std" over seeds.
 
-    Only finished trials ("terminated") with a variant count; the experiment's baseline, if
-    computed, is the last row. Per variant the configuration
+    Only finished trials ("terminated") with a variant count; the experiment's baseline and
+    its ensemble, where computed, are the last rows. Per variant the configuration
     (hyper-parameters except seed) with the best mean dev/rp_macro is selected, and its `split`
     numbers over seeds are shown, so the dev and test tables describe the same configuration.
     `levels` defaults to the deepest `<split>/rp_L<n>` column present. The head options the
@@ -286,7 +287,7 @@ def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.D
     keys = [*M.rp_level_keys(split, levels), M.rp_micro_key(split), M.rp_macro_key(split)]
     select = M.rp_macro_key("dev")
     done = df[(df["status"] == STATUS_TERMINATED) & df["variant"].notna()].copy()
-    baselines = df[df["status"] == STATUS_BASELINE]
+    baselines = df[df["status"].isin(NOT_TRIALS)]
     if done.empty:
         return _with_baseline(pd.DataFrame(columns=["variant", *names, "seeds"]), baselines,
                               names, keys)
@@ -313,20 +314,25 @@ def paper_table(df: pd.DataFrame, split: str, levels: int | None = None) -> pd.D
 
 
 def _with_baseline(
-    table: pd.DataFrame, baselines: pd.DataFrame, names: list[str], keys: list[str]
+    table: pd.DataFrame, extra: pd.DataFrame, names: list[str], keys: list[str]
 ) -> pd.DataFrame:
-    """The experiment's baseline as the table's last row, named "(baseline)" and trained on no
-    seed: what every variant above it has to beat."""
-    if baselines.empty:
+    """The experiment's baseline, then its ensemble, as the table's last rows, named
+    "(baseline)" and "(ensemble)" and trained on no seed of their own: what every variant
+    above has to beat, and what the variants give together."""
+    if extra.empty:
         return table
-    row: dict[str, Any] = {column: "-" for column in table.columns}
-    baseline = baselines.iloc[0]
-    row["variant"] = f"{baseline['variant']} (baseline)"
-    for name, key in zip(names, keys, strict=True):
-        value = baseline.get(key)
-        row[name] = "n/a" if _missing(value) else f"{100.0 * float(value):.1f}"
+    rows = []
+    for status in NOT_TRIALS:
+        for _, found in extra[extra["status"] == status].head(1).iterrows():
+            row: dict[str, Any] = {column: "-" for column in table.columns}
+            name = str(found["variant"])
+            row["variant"] = name if name.startswith(status) else f"{name} ({status})"
+            for name, key in zip(names, keys, strict=True):
+                value = found.get(key)
+                row[name] = "n/a" if _missing(value) else f"{100.0 * float(value):.1f}"
+            rows.append(row)
     attrs = dict(table.attrs)
-    out = pd.concat([table, pd.DataFrame([row], columns=table.columns)], ignore_index=True)
+    out = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
     out.attrs.update(attrs)
     return out
 

@@ -30,7 +30,10 @@ its last report with train/ and dev/ metrics from its best report by the experim
 (hiersearch.json's metric and mode, else dev/rp_macro, max).
 
 The experiment's baseline (`baseline.json`, `baseline.py`: TF-IDF k-NN on its training
-documents) is one more row, of status "baseline", named in the variant column.
+documents) is one more row, of status "baseline", named in the variant column; its ensemble
+(`ensemble.json`, `ensemble.py`: in an experiment directory, or a two-stage search's
+directory over both stages) one more, of status "ensemble", its members and weights in the
+`members` column. Neither is a trial of the search (`trial_rows`).
 
 Status: "terminated" (a final report exists), "errored" (Ray says ERROR, or error.txt and no final
 report), "stopped early" (Ray says TERMINATED, no final report: the scheduler stopped it),
@@ -56,6 +59,7 @@ from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.metrics import is_metric_column
 from hiersearch.report.baseline import STATUS_BASELINE, read_baseline
+from hiersearch.report.ensemble import MODES, STATUS_ENSEMBLE, read_ensemble_file
 from hiersearch.report.experiment import META_FILE, open_location, read_meta, read_text
 
 STATUS_TERMINATED = "terminated"
@@ -86,6 +90,12 @@ ID_COLUMNS = (
 # only in tables that hold one.
 STAGE_COLUMN = "stage"
 
+# An ensemble row's members and weights (`Ensemble.describe`), after `checkpoint`; only in
+# tables that hold one.
+MEMBERS_COLUMN = "members"
+# Rows that are no trial of the search: never counted, ranked or exported as one.
+NOT_TRIALS = (STATUS_BASELINE, STATUS_ENSEMBLE)
+
 # TrialConfig fields every trial shows even when fixed: they decide what a head can learn
 HEAD_OPTION_COLUMNS = ("pooling", "head_norm", "head_hidden", "freeze_layers")
 
@@ -113,8 +123,15 @@ def param_columns(df: pd.DataFrame) -> list[str]:
     return [
         c
         for c in df.columns
-        if c not in ID_COLUMNS and not is_metric_column(c) and not c.startswith("trial/")
+        if c not in (*ID_COLUMNS, MEMBERS_COLUMN)
+        and not is_metric_column(c)
+        and not c.startswith("trial/")
     ]
+
+
+def trial_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows that are trials of the search: not the baseline's, not the ensemble's."""
+    return df[~df["status"].isin(NOT_TRIALS)] if "status" in df.columns else df
 
 
 class _Store:
@@ -439,6 +456,32 @@ def baseline_row(baseline: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ensemble_row(location: str) -> dict[str, Any] | None:
+    """The row of the ensemble fitted in `location` (`ensemble.json`): status "ensemble", no
+    checkpoint, its members and weights in `members`; None when there is none (a damaged
+    file is warned about and left out)."""
+    try:
+        fitted = read_ensemble_file(location)
+    except InputError as exc:
+        _warn(exc.where or location, f"{exc.message}, skipped")
+        return None
+    if fitted is None:
+        return None
+    ensemble = fitted.ensemble
+    others = ", ".join(
+        f"{mode} {100 * e.metrics.get(M.rp_macro_key('test'), math.nan):.1f}"
+        for mode, e in fitted.ensembles.items() if mode != fitted.served and mode in MODES
+    )
+    return {
+        "experiment": os.path.basename(location.rstrip("/")) or location,
+        "trial_id": STATUS_ENSEMBLE,
+        "status": STATUS_ENSEMBLE,
+        "variant": f"ensemble of {len(ensemble.used())} ({ensemble.mode.replace('_', ' ')})",
+        MEMBERS_COLUMN: ensemble.describe() + (f" [test macro: {others}]" if others else ""),
+        **{k: v for k, v in ensemble.metrics.items() if is_metric_column(k)},
+    }
+
+
 def _objectives(meta: dict[str, Any]) -> list[tuple[str, str]]:
     """(metric, mode) of every metric a multi-objective search optimized; [] for one metric."""
     metrics, modes = meta.get("metrics"), meta.get("modes")
@@ -484,12 +527,15 @@ def load_experiments(dirs: Sequence[str]) -> pd.DataFrame:
         # several metrics, the Pareto front's
         attrs = attrs or meta
         attrs["objectives"] = attrs.get("objectives") or meta.get("objectives") or []
+    for location in dict.fromkeys(str(d).rstrip("/") for d in [*dirs, *locations]):
+        if (row := ensemble_row(location)) is not None:
+            rows.append(row)
     df = _one_baseline_per_corpus(pd.DataFrame.from_records(rows))
     for column in ID_COLUMNS:
         if column not in df.columns:
             df[column] = None
     ids = [*ID_COLUMNS[:1], *([STAGE_COLUMN] if STAGE_COLUMN in df.columns else []),
-           *ID_COLUMNS[1:]]
+           *ID_COLUMNS[1:], *([MEMBERS_COLUMN] if MEMBERS_COLUMN in df.columns else [])]
     columns = list(df.columns)
     metrics = sorted((c for c in columns if is_metric_column(c)), key=_metric_order)
     others = [c for c in columns if c not in ids and not is_metric_column(c)]

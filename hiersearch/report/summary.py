@@ -8,6 +8,9 @@ object, its shape fixed by `SUMMARY_JSON_SCHEMA` (schema "hiersearch.summary/1")
               "checkpoint": PATH_OR_URI, "config": {TrialConfig fields},
               "metrics": {"dev/rp_macro": 0.61, ...}} or null,
      "baseline": {"name": "TF-IDF 20-NN", "metrics": {...}} or null,
+     "ensemble": {"mode": "per_level", "members": [{"kind", "trial_id", "weights"}, ...],
+                  "metrics": {...}, "seconds": 3.1, "skipped": [{"member", "reason"}],
+                  "others": {"global": {"members": [...], "metrics": {...}}}} or null,
      "export_command": "hiersearch export PATH --trial ID --out models/ID" or null}
 
 "best" is the trial `hiersearch export --best` picks (the best finished trial with a
@@ -15,6 +18,10 @@ checkpoint by the experiment's metric), null when there is none; its metrics are
 numbers among its leaderboard metric columns, its config the resolved `config.json` of its
 final checkpoint. "baseline" is the experiment's TF-IDF k-NN row (`baseline.py`), not counted
 among the trials: {"name": "TF-IDF 20-NN", "metrics": {...}}, or null when none was computed.
+"ensemble" is the experiment's `ensemble.json` (`ensemble.py`), not counted among the trials
+either: the served selection (the leaderboard's row: its mode, members with their weights per
+level, metrics, fit seconds, members skipped and why) and the other selection under "others"
+(per level or global: both are reported); null when none was fitted.
 A two-stage search's summary also has "stages": {"screen": {"trials": N, "best": {"trial_id",
 "assignment", "metric"} or null}, "finetune": {...}}.
 """
@@ -28,19 +35,53 @@ from typing import Any
 import pandas as pd
 
 from hiersearch import metrics as M
+from hiersearch.errors import InputError
 from hiersearch.report.baseline import STATUS_BASELINE
+from hiersearch.report.ensemble import (
+    KIND_BASELINE,
+    KIND_TRIAL,
+    MODES,
+    Ensemble,
+    read_ensemble_file,
+)
 from hiersearch.report.experiment import open_location, read_meta, read_text
-from hiersearch.report.results import STAGE_COLUMN, metric_columns
+from hiersearch.report.results import STAGE_COLUMN, metric_columns, trial_rows
 
 SCHEMA = "hiersearch.summary/1"
 
 _TEXT_OR_NULL = {"type": ["string", "null"]}
+_METRICS = {"type": "object", "additionalProperties": {"type": "number"}}
+_SELECTION = {
+    "type": "object",
+    "required": ["mode", "members", "metrics"],
+    "properties": {
+        "mode": {"enum": list(MODES)},
+        "members": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "trial_id", "weights"],
+                "properties": {
+                    "kind": {"enum": [KIND_TRIAL, KIND_BASELINE]},
+                    "trial_id": _TEXT_OR_NULL,
+                    "weights": {"type": "array", "items": {"type": "number"}},
+                },
+            },
+        },
+        "metrics": _METRICS,
+        "seconds": {"type": "number"},
+        "skipped": {"type": "array"},
+        "others": {"type": "object"},
+    },
+}
+_ENSEMBLE = _SELECTION
 SUMMARY_JSON_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "additionalProperties": False,
     "required": ["schema", "command", "experiment", "metric", "mode", "trials", "best",
-                 "baseline", "export_command"],
+                 "baseline", "ensemble", "export_command"],
     "properties": {
         "schema": {"const": SCHEMA},
         "command": {"enum": ["search", "reproduce"]},
@@ -99,6 +140,7 @@ SUMMARY_JSON_SCHEMA: dict[str, Any] = {
                 },
             ]
         },
+        "ensemble": {"oneOf": [{"type": "null"}, _ENSEMBLE]},
         "export_command": _TEXT_OR_NULL,
         "stages": {
             "type": "object",
@@ -126,7 +168,7 @@ def run_summary(
     """The summary object of `experiment` (its leaderboard `table`, its `best` row)."""
     meta = read_meta(experiment) or {}
     baselines = table[table["status"] == STATUS_BASELINE]
-    trials = table[table["status"] != STATUS_BASELINE]
+    trials = trial_rows(table)
     counts = trials["status"].value_counts(sort=False)
     return {
         "schema": SCHEMA,
@@ -140,6 +182,7 @@ def run_summary(
         },
         "best": None if best is None else _best(best, metric_columns(table)),
         "baseline": None if baselines.empty else _baseline(baselines.iloc[0], table),
+        "ensemble": _ensemble(experiment),
         "export_command": export_command,
         **({"stages": _stages(trials, meta)} if STAGE_COLUMN in table.columns else {}),
     }
@@ -161,6 +204,36 @@ def _stages(trials: pd.DataFrame, meta: dict[str, Any]) -> dict[str, Any]:
                     "metric": float(top[metric])}
         out[str(stage)] = {"trials": len(rows), "best": best}
     return out
+
+
+def _ensemble(experiment: str) -> dict[str, Any] | None:
+    """The experiment's ensemble.json as the summary shows it; None when there is none (or it
+    cannot be read: the leaderboard warns)."""
+    try:
+        fitted = read_ensemble_file(experiment)
+    except InputError:
+        return None
+    if fitted is None:
+        return None
+    out = _selection(fitted.ensemble)
+    out["seconds"] = fitted.seconds
+    out["skipped"] = [{"member": m, "reason": r} for m, r in fitted.skipped]
+    out["others"] = {mode: _selection(e) for mode, e in fitted.ensembles.items()
+                     if mode != fitted.served}
+    return out
+
+
+def _selection(ensemble: Ensemble) -> dict[str, Any]:
+    """One selection: its used members with their weight per level, and its metrics."""
+    return {
+        "mode": ensemble.mode,
+        "members": [
+            {"kind": ensemble.members[m].kind, "trial_id": ensemble.members[m].trial_id,
+             "weights": [level[m] for level in ensemble.weights]}
+            for m in ensemble.used()
+        ],
+        "metrics": {k: v for k, v in ensemble.metrics.items() if math.isfinite(v)},
+    }
 
 
 def _baseline(row: pd.Series, table: pd.DataFrame) -> dict[str, Any]:

@@ -221,11 +221,17 @@ def _tracking(uri: str | None, name: str, path: str) -> list[Any]:
 def _baseline(path: str, corpus: Corpus) -> None:
     """The experiment's baseline row (TF-IDF k-NN on its training documents,
     report/baseline.py), computed once: seconds, before the first trial starts."""
-    from hiersearch.report.baseline import compute_baseline, read_baseline, write_baseline
+    from hiersearch.report.baseline import (
+        baseline_with_scores,
+        read_baseline,
+        write_baseline,
+        write_baseline_scores,
+    )
 
     if read_baseline(path) is not None:
         return
-    baseline = compute_baseline(corpus)
+    baseline, scores = baseline_with_scores(corpus)
+    write_baseline_scores(path, scores)  # an ensemble's member (report/ensemble.py)
     write_baseline(path, baseline)
     macro = baseline["metrics"].get(M.rp_macro_key("dev"), math.nan)
     print(

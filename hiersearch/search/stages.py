@@ -122,7 +122,9 @@ def top_assignments(table: Any, metric: str, mode: str, k: int) -> list[str]:
 def unfinished(table: Any, expected: int) -> bool:
     """Whether a stage ended short of its `expected` trials: one has not ended, or fewer were
     made (a search's trials are made as it goes: Ctrl-C leaves the rest unmade)."""
-    trials = table[table["status"] != "baseline"]
+    from hiersearch.report.results import trial_rows
+
+    trials = trial_rows(table)
     return bool(trials["status"].isin(_UNFINISHED).any()) or len(trials) < expected
 
 

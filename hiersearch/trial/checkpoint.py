@@ -12,10 +12,13 @@ experiment, a PBT exploit):
     config.json      the resolved `TrialConfig`
 
 A trial's final checkpoint (what `hiersearch export` reads) holds the weights of its best
-epoch, `config.json` and `final_metrics.json`: the final report, strict JSON (a non-finite
-value is null). The trial's artifacts hold `config.json` and `final_metrics.json` as well: a
-diverged trial reports without a checkpoint, and Ray Train V2 keeps only the metrics reported
-with one, so its Tune trial reads why it stopped there (`final_metrics_path`).
+epoch, `config.json`, `final_metrics.json` (the final report, strict JSON: a non-finite value
+is null) and `scores.npz`: those weights' dev and test scores (logits [docs, labels], float32,
+in the encoded corpus's document order: exactly what the trial's R-Precision was computed
+from), which an ensemble of trials is fitted on (report/ensemble.py). The trial's artifacts
+hold `config.json` and `final_metrics.json` as well: a diverged trial reports without a
+checkpoint, and Ray Train V2 keeps only the metrics reported with one, so its Tune trial reads
+why it stopped there (`final_metrics_path`).
 
 PBT lineage: `LoopState.exploits` are the exploits the weights went through, oldest first; a
 checkpoint that another trial wrote appends one when it is restored (`LoopState.exploited`).
@@ -32,6 +35,7 @@ import pickle
 import random
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +45,7 @@ import torch
 
 from hiersearch.data.hierarchy import read_json_file
 from hiersearch.errors import InputError
-from hiersearch.files import atomic_write_json, atomic_write_text, dir_mode
+from hiersearch.files import atomic_open, atomic_write_json, atomic_write_text, dir_mode
 from hiersearch.trial.config import TrialConfig
 
 MODEL_FILE = "model.pt"
@@ -49,6 +53,9 @@ BEST_MODEL_FILE = "best_model.pt"
 TRAIN_STATE_FILE = "train_state.pt"
 CONFIG_FILE = "config.json"
 FINAL_METRICS_FILE = "final_metrics.json"
+SCORES_FILE = "scores.npz"
+# The splits a final checkpoint keeps scores of (`SCORES_FILE`).
+SCORED_SPLITS = ("dev", "test")
 # A PBT recipient's copy of its donor's checkpoint, in the recipient's trial directory.
 DONOR_PREFIX = "pbt_donor_"
 
@@ -113,10 +120,12 @@ class EpochCheckpoint:
 
 @dataclass(frozen=True)
 class FinalCheckpoint:
-    """A finished trial's checkpoint: its best weights and its final report."""
+    """A finished trial's checkpoint: its best weights, its final report and those weights'
+    scores of each split in `SCORED_SPLITS` (None: not kept)."""
 
     model: dict[str, Any]
     metrics: dict[str, Any]
+    scores: dict[str, np.ndarray] | None = None
 
 
 def save(directory: Path, content: EpochCheckpoint | FinalCheckpoint, config: TrialConfig) -> None:
@@ -125,6 +134,8 @@ def save(directory: Path, content: EpochCheckpoint | FinalCheckpoint, config: Tr
     if isinstance(content, FinalCheckpoint):
         write_config(directory, config)
         write_final_metrics(directory, content.metrics)
+        if content.scores is not None:
+            write_scores(directory, content.scores)
         return
     training = content.training
     if training.best_model is not None:
@@ -231,6 +242,32 @@ def read_final_metrics(directory: Path) -> dict[str, Any] | None:
     if not isinstance(saved, dict):
         raise CheckpointError("expected a JSON object", where=str(path))
     return {k: math.nan if v is None else v for k, v in saved.items()}
+
+
+def write_scores(directory: Path, scores: dict[str, np.ndarray]) -> None:
+    """`scores.npz`: per split, the float32 scores [docs, labels] (uncompressed: logits barely
+    compress, and a member's scores are read whole at every ensemble fit)."""
+    arrays = {split: np.ascontiguousarray(scores[split], np.float32) for split in SCORED_SPLITS}
+    with atomic_open(directory / SCORES_FILE, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_scores(directory: Path) -> dict[str, np.ndarray] | None:
+    """The scores a final checkpoint keeps (`write_scores`); None when it keeps none (a
+    trial from before they were kept). A file that cannot be read is a `CheckpointError`
+    naming it."""
+    path = directory / SCORES_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            scores = {split: np.asarray(saved[split], np.float32) for split in SCORED_SPLITS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot read the scores: {first}", where=str(path)) from None
+    if any(a.ndim != 2 for a in scores.values()):
+        raise CheckpointError("scores are not [docs, labels] arrays", where=str(path))
+    return scores
 
 
 def donor_copy_path(trial_dir: str, number: int) -> str:

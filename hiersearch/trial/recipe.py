@@ -479,7 +479,8 @@ class TrialRecipe:
         if self.best_weights is not None:
             device = self.session.device
             self.core.load_state_dict({k: v.to(device) for k, v in self.best_weights.items()})
-        final = broadcast_from_rank0(self.session, self._test_metrics())
+        test, seconds = self._evaluate_split(self.sources["test"])
+        final = broadcast_from_rank0(self.session, self._test_metrics(test, seconds))
         final.update(self.state.best_metrics)
         final.update(self.identity)
         final.update(
@@ -491,15 +492,17 @@ class TrialRecipe:
             }
         )
         final.update(self._pbt_metrics())
-        saved = FinalCheckpoint(model=self.core.state_dict(), metrics=final)
+        # what ensembles fit on (checkpoint.SCORES_FILE); dev again: the best epoch's are gone
+        dev, _ = self._evaluate_split(self.sources["dev"])
+        scores = None if dev is None or test is None else {"dev": dev[0], "test": test[0]}
+        saved = FinalCheckpoint(model=self.core.state_dict(), metrics=final, scores=scores)
         self._close_artifacts(final)
         self._report(final, lambda: saved)
         return final
 
-    def _test_metrics(self) -> dict[str, Any]:
-        """Test metrics (F1 at the best epoch's dev thresholds) and utilization, on rank 0 ({}
-        on the others)."""
-        test, seconds = self._evaluate_split(self.sources["test"])
+    def _test_metrics(self, test: tuple | None, seconds: float) -> dict[str, Any]:
+        """Test metrics of the scored test split (F1 at the best epoch's dev thresholds) and
+        utilization, on rank 0 ({} on the others)."""
         out: dict[str, Any] = {}
         if test is not None and len(self.test) > 0:
             thresholds = self.dev_thresholds()

@@ -104,6 +104,14 @@ def test_ddp_dev_metrics_equal_a_single_process_evaluation(smoke_experiment: str
     for key in (M.rp_level_key("dev", 1), M.rp_micro_key("dev"), M.rp_macro_key("dev"),
                 M.loss_key("dev")):
         assert single[key] == pytest.approx(final[key], abs=1e-5), key
+    # the scores the final checkpoint keeps for ensembles: the whole split, gathered from
+    # both DDP ranks in document order, the same as one process's
+    from hiersearch.trial.checkpoint import read_scores
+
+    kept = read_scores(checkpoint)
+    assert kept is not None and kept["dev"].shape == result[0].shape
+    np.testing.assert_allclose(kept["dev"], result[0], atol=1e-5)
+    assert kept["test"].shape == (len(encoded.splits["test"]), encoded.num_labels)
 
 
 def _null() -> object:
