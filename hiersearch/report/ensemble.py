@@ -18,7 +18,7 @@ from hiersearch.errors import InputError
 from hiersearch.report.experiment import read_experiment_json
 
 ENSEMBLE_FILE = "ensemble.json"
-MEMBER_TRIAL, MEMBER_BASELINE = "trial", "baseline"
+KIND_TRIAL, KIND_BASELINE = "trial", "baseline"
 
 
 def normalize(scores: np.ndarray) -> np.ndarray:
@@ -87,8 +87,14 @@ def combine(level_scores: Sequence[Sequence[np.ndarray]], ensemble: Ensemble) ->
 
 
 def read_ensemble(experiment: str) -> Ensemble | None:
-    """The experiment's `ensemble.json`, or None when it has none."""
+    """The served ensemble of the experiment's `ensemble.json` (`{"schema", "served",
+    "ensembles": {mode: ensemble}}`, as e1's fit writes it), or None when it has none."""
     obj = read_experiment_json(experiment, ENSEMBLE_FILE)
     if obj is None:
         return None
-    return Ensemble.from_json(obj, f"{experiment.rstrip('/')}/{ENSEMBLE_FILE}")
+    where = f"{experiment.rstrip('/')}/{ENSEMBLE_FILE}"
+    try:
+        served = obj["ensembles"][obj["served"]]
+    except (KeyError, TypeError):
+        raise InputError("not an ensemble file (no served ensemble)", where=where) from None
+    return Ensemble.from_json(served, where)

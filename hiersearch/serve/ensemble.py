@@ -7,8 +7,9 @@ The directory:
                    counts, the corpus, `thresholds` (each level's F1 threshold tuned on dev for
                    the ensemble's own scores) and `metrics` (the ensemble's dev and test
                    R-Precision and F1, measured with the exported members)
-    ensemble.json  the ensemble (`hiersearch.report.ensemble.Ensemble`): members, weights per
-                   level, how it was fitted
+    ensemble.json  the served ensemble (one `hiersearch.report.ensemble.Ensemble`, not the
+                   experiment's file of both selections): members, weights per level, how it
+                   was fitted
     encoders/<g>/  encoder/ and tokenizer/ of one shared encoder: every member whose encoder
                    weights equal a prefix of it (head-only members on one frozen backbone) reads
                    it, cut at the highest layer any of them reads
@@ -49,7 +50,7 @@ from hiersearch.serve.model import (
 )
 
 # model.json's "format" of an exported ensemble
-ENSEMBLE_FORMAT = "hiersearch.ensemble/1"
+ENSEMBLE_FORMAT = "hiersearch.ensemble_model/1"
 MEMBERS_DIR, ENCODERS_DIR, BASELINE_DIR = "members", "encoders", "baseline"
 
 

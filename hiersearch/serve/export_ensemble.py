@@ -29,8 +29,8 @@ from hiersearch.files import atomic_directory, atomic_write_json, atomic_write_t
 from hiersearch.report.baseline import TfidfKnnIndex, baseline_name, fit_index, gold_levels
 from hiersearch.report.ensemble import (
     ENSEMBLE_FILE,
-    MEMBER_BASELINE,
-    MEMBER_TRIAL,
+    KIND_BASELINE,
+    KIND_TRIAL,
     Ensemble,
     EnsembleMember,
     read_ensemble,
@@ -62,7 +62,7 @@ def export_ensemble(experiment: str, out: str) -> Path:
     kept = [i for i in range(len(ensemble.members))
             if any(level[i] != 0 for level in ensemble.weights)]
     trials = {i: _read_member(ensemble.members[i], experiment) for i in kept
-              if ensemble.members[i].kind == MEMBER_TRIAL}
+              if ensemble.members[i].kind == KIND_TRIAL}
     corpus = _corpus(experiment, list(trials.values()))
     for i, trial in trials.items():
         if trial.hierarchy.label_index() != corpus.hierarchy.label_index():
@@ -70,7 +70,7 @@ def export_ensemble(experiment: str, out: str) -> Path:
                              f"than its corpus {trial.config.corpus}",
                              where=str(ensemble.members[i].checkpoint))
     index = None
-    if any(ensemble.members[i].kind == MEMBER_BASELINE for i in kept):
+    if any(ensemble.members[i].kind == KIND_BASELINE for i in kept):
         index = fit_index(corpus)
     with atomic_directory(target) as tmp:
         places = _write_members(tmp, ensemble, trials, index)
@@ -199,7 +199,7 @@ def _write_members(
         (tmp / BASELINE_DIR).mkdir()
         index.save(tmp / BASELINE_DIR)
         for i, member in enumerate(ensemble.members):
-            if member.kind == MEMBER_BASELINE:
+            if member.kind == KIND_BASELINE:
                 places[i].update({"dir": BASELINE_DIR, "name": baseline_name(index.k)})
     return places
 

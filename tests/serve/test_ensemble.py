@@ -89,8 +89,16 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> Experiment:
     members = tuple(EnsembleMember("trial", t, str(path), str(c)) for t, c in checkpoints.items())
     ensemble = Ensemble(members + (EnsembleMember("baseline", None, str(path), None),), WEIGHTS,
                         "per_level", 20, 0, M.rp_macro_key("dev"), {})
-    (path / ENSEMBLE_FILE).write_text(json.dumps(ensemble.to_json()))
+    _write_ensemble(path, ensemble)
     return Experiment(path, corpus_dir, checkpoints, ensemble)
+
+
+def _write_ensemble(experiment: Path, ensemble: Ensemble) -> None:
+    """The experiment's ensemble.json as the fit writes it: its selections by mode, the one
+    served named."""
+    (experiment / ENSEMBLE_FILE).write_text(json.dumps({
+        "schema": "hiersearch.ensemble/1", "served": ensemble.mode,
+        "ensembles": {ensemble.mode: ensemble.to_json()}}))
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +237,7 @@ def test_a_damaged_or_missing_member_checkpoint_is_named_not_skipped(
     moved = {t: path / c.relative_to(experiment.path) for t, c in experiment.checkpoints.items()}
     members = tuple(EnsembleMember("trial", t, str(path), str(c)) for t, c in moved.items())
     ensemble = replace(experiment.ensemble, members=members + experiment.ensemble.members[4:])
-    (path / ENSEMBLE_FILE).write_text(json.dumps(ensemble.to_json()))
+    _write_ensemble(path, ensemble)
     (moved[FLAT] / "model.pt").write_bytes(b"cut short")
     err = _error(capsys, ["export", str(path), "--ensemble", "--out", str(tmp_path / "m")])
     assert f"member trial {FLAT}" in err and str(moved[FLAT] / "model.pt") in err
