@@ -17,7 +17,9 @@ or the experiment directory:
     README.md      a short model card
 
 The trial's final checkpoint holds the weights of its best epoch (by dev loss, see the recipe's
-`finish`), the ones its dev and test metrics were measured with.
+`finish`), the ones its dev and test metrics were measured with. An experiment's ensemble
+exports through `export_ensemble.py`, from the pieces here (`read_trial`, `write_encoder`,
+`write_model_files`).
 """
 
 from __future__ import annotations

@@ -268,3 +268,13 @@ def test_shared_encoder_forward_equals_each_members_own(exported: Path) -> None:
     encoder = shared[0][1].core.encoder
     assert len(encoder.encoder.layer) == 12 and encoder.config.num_hidden_layers == 12
     assert {m.layers_needed([1, 2, 3]) for _, m in shared} == {6, 12}
+
+
+def test_a_member_reading_more_layers_than_its_encoder_holds_is_refused(exported: Path) -> None:
+    from hiersearch.errors import InputError
+
+    model = EnsembleModel.load(exported)
+    (tuned,) = [m for g in model.groups for i, m in g if i == 2]  # its own 3-layer encoder
+    with pytest.raises(InputError, match="reads 6 encoder layers; its encoder has 3"):
+        ExportedModel.on_encoder(exported / "members" / "0", tuned.core.encoder, tuned.tokenizer)
+    assert len(tuned.core.encoder.encoder.layer) == 3  # left as it was
