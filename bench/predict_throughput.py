@@ -25,6 +25,21 @@ ratios; documents per second follow from the medians), wall and CPU time. Target
 layers / layers needed).
 
     python bench/predict_throughput.py [--quick] [--docs N] [--threads T] [--json OUT]
+
+An exported ensemble against a single exported trial (issue 36; `--ensemble DIR --single DIR
+--input DOCS.jsonl`): the documents of DOCS (the first `--docs`), candidates timed as above:
+
+- `single_scores`: `ExportedModel.scores` of the single trial's export (the best trial);
+- `ensemble_scores`: `EnsembleModel.scores` of the ensemble's export (every member weighted at
+  some level runs; members on a shared encoder in one forward per batch);
+- `ensemble_baseline_member`: its TF-IDF member's `level_scores` alone (part of the above).
+
+Figure: documents per second of the ensemble / of the single trial (single time / ensemble
+time, median of the per-repetition ratios). Target >= 0.8 for head-only members on one frozen
+encoder.
+
+    python bench/predict_throughput.py --ensemble DIR --single DIR --input DOCS.jsonl
+        [--docs N] [--reps R] [--threads T] [--json OUT]
 """
 
 from __future__ import annotations
@@ -44,6 +59,8 @@ from _common import alternate, emit, machine, median, setup_env, verdict  # noqa
 LEVEL_SUBSETS = {"scores_L1": [1], "scores_L1-2": [1, 2]}
 BASELINE = "hf_forward"
 TARGET_RATIO = 0.95
+SINGLE, ENSEMBLE = "single_scores", "ensemble_scores"
+TARGET_ENSEMBLE = 0.8  # ensemble docs/s over the single trial's
 TARGET_EARLY_EXIT = 0.9  # x (encoder layers / layers needed)
 
 
@@ -147,6 +164,56 @@ def summarize(times: dict[str, list[float]], docs: int, layers: int,
     }
 
 
+def summarize_ensemble(times: dict[str, list[float]], docs: int) -> dict[str, Any]:
+    """Docs per second of every candidate, and the ensemble's over the single trial's."""
+    ratio = paired_ratio(times, SINGLE, ENSEMBLE)
+    return {
+        "docs_per_s": {k: docs / median(v) for k, v in times.items()},
+        "ensemble_over_single": ratio,
+        "target": TARGET_ENSEMBLE,
+        "verdict": verdict(ratio, TARGET_ENSEMBLE, True),
+    }
+
+
+def compare_ensemble(args: argparse.Namespace) -> dict[str, Any]:
+    """The ensemble's export against the single trial's, on the documents of `args.input`."""
+    from hiersearch.serve.ensemble import EnsembleModel
+    from hiersearch.serve.model import ExportedModel
+    from hiersearch.serve.predict import open_documents
+
+    texts = [text for _, text in open_documents(args.input)][: args.docs or None]
+    single = ExportedModel.load(args.single)
+    ensemble = EnsembleModel.load(args.ensemble)
+    batch = args.batch
+    named: dict[str, Callable[[], Any]] = {
+        SINGLE: lambda: single.scores(texts, batch_size=batch),
+        ENSEMBLE: lambda: ensemble.scores(texts, batch_size=batch),
+    }
+    if ensemble.baseline is not None:
+        index = ensemble.baseline[1]
+        named["ensemble_baseline_member"] = lambda: index.level_scores(texts)
+    for fn in named.values():  # warm-up
+        fn()
+    before = machine()
+    timings = alternate(named, args.reps or 5)
+    return {
+        "single": str(args.single),
+        "single_trial": single.info.get("trial_id"),
+        "single_variant": single.info.get("variant"),
+        "ensemble": str(args.ensemble),
+        "members": [dict(p) for p in ensemble.info["members"]],
+        "shared_encoders": [len(g) for g in ensemble.groups],
+        "docs": len(texts),
+        "batch": batch,
+        "threads": args.threads,
+        "machine_before": before,
+        "load_after": machine()["load_average_1_5_15"],
+        "wall": summarize_ensemble(timings.wall, len(texts)),
+        "cpu": summarize_ensemble(timings.cpu, len(texts)),
+        **timings.to_json(),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, a few documents")
@@ -154,7 +221,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--ensemble", default=None, help="an exported ensemble's directory")
+    parser.add_argument("--single", default=None, help="an exported trial's directory")
+    parser.add_argument("--input", default=None, help="documents (JSONL with a text field)")
+    parser.add_argument("--batch", type=int, default=32, help="with --ensemble: batch size")
     args = parser.parse_args(argv)
+    if args.ensemble is not None:
+        if args.single is None or args.input is None:
+            parser.error("--ensemble needs --single and --input")
+        setup_env()
+        import torch
+
+        torch.set_num_threads(args.threads)
+        result = compare_ensemble(args)
+        emit("predict_throughput_ensemble", result, args.json)
+        return result
     setup = QUICK if args.quick else FULL
     setup = Setup(setup.encoder, args.docs or setup.docs, setup.max_length, setup.batch,
                   args.reps or setup.reps)

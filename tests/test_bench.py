@@ -277,6 +277,14 @@ def test_predict_throughput_ratio_is_paired_per_repetition() -> None:
     assert predict_throughput.paired_ratio(times, "hf_forward", "scores_all") == 1.0
 
 
+def test_predict_throughput_ensemble_ratio_is_its_docs_per_second_over_the_single_trials(
+) -> None:
+    times = {"single_scores": [1.0, 2.0, 1.0], "ensemble_scores": [1.25, 2.0, 2.0]}
+    out = predict_throughput.summarize_ensemble(times, docs=10)
+    assert out["ensemble_over_single"] == 0.8 and out["verdict"] == "MET"
+    assert out["docs_per_s"] == {"single_scores": 10.0, "ensemble_scores": 5.0}
+
+
 def test_gpu_throughput_pairs_every_variant_with_both_precisions() -> None:
     names = gpu_throughput.candidates(gpu_throughput.VARIANTS, gpu_throughput.PRECISIONS)
     assert names == [("FLAT", "bf16"), ("FLAT", "fp32"), ("LAST-SIX", "bf16"),

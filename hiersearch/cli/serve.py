@@ -15,13 +15,19 @@ __all__ = ["COMMANDS", "add_parsers"]
 
 
 def add_parsers(sub: Any) -> None:
-    export = sub.add_parser("export", help="a finished trial -> a self-contained model dir")
+    export = sub.add_parser(
+        "export", help="a finished trial (or the ensemble) -> a self-contained model dir"
+    )
     export.add_argument("experiment", help="experiment directory (path or URI)")
     pick = export.add_mutually_exclusive_group()
     pick.add_argument("--trial", default=None, help="trial id (see the leaderboard)")
     pick.add_argument(
         "--best", default=None, metavar="METRIC",
         help="the best finished trial by METRIC (default: the experiment's metric and mode)",
+    )
+    pick.add_argument(
+        "--ensemble", action="store_true",
+        help="the experiment's ensemble (its ensemble.json) as one model directory",
     )
     export.add_argument("--out", required=True, help="model directory to write (new or empty)")
 
@@ -53,7 +59,12 @@ def _export(args: argparse.Namespace) -> int:
 
     if "://" not in args.experiment:
         refuse_input_as_output("--out", [args.out], [("EXPERIMENT", args.experiment)])
-    out = export_trial(args.experiment, args.out, trial=args.trial, best=args.best)
+    if args.ensemble:
+        from hiersearch.serve.export_ensemble import export_ensemble
+
+        out = export_ensemble(args.experiment, args.out)
+    else:
+        out = export_trial(args.experiment, args.out, trial=args.trial, best=args.best)
     print(f"wrote {out}")
     tuned = json.loads((out / MODEL_FILE).read_text(encoding="utf-8")).get("thresholds")
     if tuned is None:

@@ -19,13 +19,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hiersearch import metrics as M
 from hiersearch.data.corpus import Corpus
+from hiersearch.data.hierarchy import read_json_object
 from hiersearch.errors import InputError
+from hiersearch.files import atomic_write_json
 from hiersearch.report.experiment import (
     open_location,
     read_bytes,
@@ -46,6 +50,12 @@ SPLITS = ("dev", "test")
 # Documents scored at once: a [rows, train docs] float64 matrix of similarities per chunk
 # (512 x 45,000 EURLEX57K training documents: 184 MB).
 _CHUNK = 512
+# A saved index (`TfidfKnnIndex.save`): its settings and vocabulary, idf, training vectors and
+# labels; the format bumps when the layout changes incompatibly.
+INDEX_FORMAT = "hiersearch.tfidf_knn/1"
+INDEX_FILE, IDF_FILE, VECTORS_FILE, TARGETS_FILE = (
+    "tfidf.json", "idf.npy", "train_vectors.npz", "train_labels.npz",
+)
 
 
 def baseline_name(k: int = K) -> str:
@@ -75,32 +85,115 @@ def knn_scores(similarity: np.ndarray, train_labels: list[np.ndarray], k: int) -
     return [weights @ labels for labels in train_labels]
 
 
+def _vectorizer(vocabulary: dict[str, int] | None = None) -> Any:
+    """The baseline's TF-IDF vectorizer (unfitted; with `vocabulary`, that fixed one)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(ngram_range=NGRAMS, sublinear_tf=True, min_df=1,
+                           vocabulary=vocabulary)
+
+
+@dataclass(frozen=True)
+class TfidfKnnIndex:
+    """The baseline as a model: the fitted vectorizer, the training documents' TF-IDF vectors
+    and, per level, their labels; scores any text (`level_scores`). `save` / `load` keep it in
+    a directory (an ensemble export carries it): the vocabulary in column order and the idf
+    (`INDEX_FILE`, `IDF_FILE`), the vectors and the labels as sparse matrices."""
+
+    vectorizer: Any = field(repr=False)
+    train_vectors: Any = field(repr=False)  # scipy CSR [train docs, terms], rows L2-normalized
+    # per level, float32 multi-hot [train docs, labels of the level] (dense: `knn_scores`'
+    # product is the baseline's, to the last bit)
+    train_targets: tuple[np.ndarray, ...] = field(repr=False)
+    k: int = K  # neighbours that vote
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], level_targets: Sequence[np.ndarray], k: int = K
+            ) -> TfidfKnnIndex:
+        """Fitted on training documents and their per-level multi-hot labels."""
+        vectorizer = _vectorizer()
+        vectors = vectorizer.fit_transform(list(texts))
+        targets = tuple(np.asarray(y).astype(np.float32) for y in level_targets)
+        return cls(vectorizer, vectors, targets, k)
+
+    @property
+    def label_counts(self) -> list[int]:
+        return [int(y.shape[1]) for y in self.train_targets]
+
+    def level_scores(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per level, float64 [docs, labels]: `knn_scores` of the documents' cosine similarity
+        to the training documents, `_CHUNK` documents at a time."""
+        parts: list[list[np.ndarray]] = [[] for _ in self.train_targets]
+        for start in range(0, len(texts), _CHUNK):
+            chunk = list(texts[start : start + _CHUNK])
+            # rows are L2-normalized by the vectorizer: the dot product is the cosine
+            similarity = (self.vectorizer.transform(chunk) @ self.train_vectors.T).toarray()
+            for level, scores in enumerate(knn_scores(similarity, list(self.train_targets),
+                                                      self.k)):
+                parts[level].append(scores)
+        return [np.concatenate(p) if p else np.zeros((0, y.shape[1]))
+                for p, y in zip(parts, self.train_targets, strict=True)]
+
+    def save(self, directory: Path) -> None:
+        """Into `directory` (which exists)."""
+        from scipy import sparse
+
+        terms = sorted(self.vectorizer.vocabulary_, key=self.vectorizer.vocabulary_.get)
+        atomic_write_json(directory / INDEX_FILE, {
+            "format": INDEX_FORMAT, "k": self.k, "ngrams": list(NGRAMS),
+            "label_counts": self.label_counts, "terms": terms,
+        })
+        np.save(directory / IDF_FILE, np.asarray(self.vectorizer.idf_))
+        sparse.save_npz(directory / VECTORS_FILE, sparse.csr_matrix(self.train_vectors))
+        labels = sparse.csr_matrix(np.concatenate(self.train_targets, axis=1) != 0)
+        sparse.save_npz(directory / TARGETS_FILE, labels)
+
+    @classmethod
+    def load(cls, directory: Path) -> TfidfKnnIndex:
+        """What `save` wrote; a missing or damaged file is an InputError naming it."""
+        path = directory / INDEX_FILE
+        info = read_json_object(path)
+        if info.get("format") != INDEX_FORMAT or list(info.get("ngrams", [])) != list(NGRAMS):
+            raise InputError(f"not a {INDEX_FORMAT} index of {NGRAMS}-grams", where=str(path))
+        terms, counts = info["terms"], [int(c) for c in info["label_counts"]]
+        vectorizer = _vectorizer({str(t): i for i, t in enumerate(terms)})
+        vectorizer.idf_ = _load_array(directory / IDF_FILE, np.load)
+        vectors = _load_array(directory / VECTORS_FILE, _load_npz)
+        labels = _load_array(directory / TARGETS_FILE, _load_npz)
+        if vectors.shape[1] != len(terms) or labels.shape != (vectors.shape[0], sum(counts)):
+            raise InputError("vectors, labels and vocabulary differ in size", where=str(path))
+        dense = labels.toarray().astype(np.float32)
+        bounds = np.cumsum([0, *counts])
+        targets = tuple(dense[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        return cls(vectorizer, vectors.tocsr(), targets, int(info["k"]))
+
+
+def _load_npz(path: Path) -> Any:
+    from scipy import sparse
+
+    return sparse.load_npz(path)
+
+
+def _load_array(path: Path, load: Any) -> Any:
+    try:
+        return load(path)
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"cannot read the TF-IDF index: {first}", where=str(path)) from None
+
+
 def tfidf_knn_scores(
     corpus: Corpus, k: int = K, splits: Sequence[str] = SPLITS
 ) -> dict[str, list[np.ndarray]]:
-    """The baseline's scores of `splits` of `corpus` (trained on its train split): per split,
-    per level, [docs, labels of the level] (float64); a split without documents is left out."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    label_index = corpus.hierarchy.label_index()
-    train = corpus.splits["train"]
-    vectorizer = TfidfVectorizer(ngram_range=NGRAMS, sublinear_tf=True, min_df=1)
-    train_x = vectorizer.fit_transform([d.text for d in train])
-    train_y = [y.astype(np.float32) for y in gold_levels([d.labels for d in train], label_index)]
-    out: dict[str, list[np.ndarray]] = {}
-    for split in splits:
-        docs = corpus.splits[split]
-        if not docs:
-            continue
-        parts: list[list[np.ndarray]] = [[] for _ in label_index]
-        for start in range(0, len(docs), _CHUNK):
-            chunk = docs[start : start + _CHUNK]
-            # rows are L2-normalized by the vectorizer: the dot product is the cosine
-            similarity = (vectorizer.transform([d.text for d in chunk]) @ train_x.T).toarray()
-            for level, scores in enumerate(knn_scores(similarity, train_y, k)):
-                parts[level].append(scores)
-        out[split] = [np.concatenate(p) for p in parts]
-    return out
+    """The baseline's scores of `splits` of `corpus` (its index fitted on the train split):
+    per split, per level, [docs, labels of the level] (float64); a split without documents is
+    left out."""
+    index = fit_index(corpus, k)
+    return {
+        split: index.level_scores([d.text for d in corpus.splits[split]])
+        for split in splits
+        if corpus.splits[split]
+    }
 
 
 def tfidf_knn(corpus: Corpus, k: int = K, splits: Sequence[str] = SPLITS) -> dict[str, float]:
@@ -117,6 +210,13 @@ def knn_metrics(corpus: Corpus, scores: dict[str, list[np.ndarray]]) -> dict[str
         golds = gold_levels([d.labels for d in corpus.splits[split]], label_index)
         out.update(M.evaluate(golds, levels, split))
     return out
+
+
+def fit_index(corpus: Corpus, k: int = K) -> TfidfKnnIndex:
+    """The baseline's index of `corpus`'s training documents (its hierarchy's levels)."""
+    train = corpus.splits["train"]
+    targets = gold_levels([d.labels for d in train], corpus.hierarchy.label_index())
+    return TfidfKnnIndex.fit([d.text for d in train], targets, k)
 
 
 def compute_baseline(corpus: Corpus, k: int = K) -> dict[str, Any]:

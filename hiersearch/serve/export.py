@@ -17,7 +17,9 @@ or the experiment directory:
     README.md      a short model card
 
 The trial's final checkpoint holds the weights of its best epoch (by dev loss, see the recipe's
-`finish`), the ones its dev and test metrics were measured with.
+`finish`), the ones its dev and test metrics were measured with. An experiment's ensemble
+exports through `export_ensemble.py`, from the pieces here (`read_trial`, `write_encoder`,
+`write_model_files`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import math
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,23 +69,49 @@ def export_trial(
     experiment's metric) to `out`; returns the model directory."""
     if trial is not None and best is not None:
         raise InputError("give --trial or --best, not both", where="--trial")
-    target = Path(out).expanduser()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise InputError("exists and is not an empty directory", where=f"--out {out}")
-    try:  # before the checkpoint is read: a place that cannot be written fails at once
-        check_writable_dir(target)
-    except OSError as exc:
-        raise InputError.from_os_error(exc, f"--out {out}") from None
+    target = check_new_dir(out)
     row = choose_trial(experiment, trial, best)
-    with _local_checkpoint(str(row["checkpoint"])) as checkpoint:
+    model = read_trial(str(row["checkpoint"]))
+    with atomic_directory(target) as tmp:
+        write_model_dir(tmp, model.core, model.config, model.hierarchy, model.synthetic,
+                        model.final, str(row["experiment"]), str(row["trial_id"]),
+                        str(row["checkpoint"]))
+    return target
+
+
+@dataclass(frozen=True)
+class TrialModel:
+    """A finished trial's model as its final checkpoint holds it."""
+
+    config: TrialConfig
+    hierarchy: Hierarchy  # the hierarchy it trained on (cut to its levels)
+    synthetic: bool  # its corpus is SYNTHETIC
+    core: LayerwiseClassifier  # its best epoch's weights, in eval mode
+    final: dict[str, Any]  # its final report
+
+
+def read_trial(location: str) -> TrialModel:
+    """The model in a finished trial's final checkpoint (a local path or a URI); a missing or
+    damaged file is an InputError naming it."""
+    with _local_checkpoint(location) as checkpoint:
         config = _read_config(checkpoint)
         hierarchy, synthetic = _trial_hierarchy(config)
         core = build_classifier(config, hierarchy.label_counts()).eval()
         _load_weights(core, checkpoint)
         final = read_json_object(trial_checkpoint.final_metrics_path(checkpoint))
-    with atomic_directory(target) as tmp:
-        write_model_dir(tmp, core, config, hierarchy, synthetic, final, str(row["experiment"]),
-                         str(row["trial_id"]), str(row["checkpoint"]))
+    return TrialModel(config, hierarchy, synthetic, core, final)
+
+
+def check_new_dir(out: str) -> Path:
+    """`--out` as a new or empty directory that can be written (checked before any
+    checkpoint is read: a place that cannot be written fails at once)."""
+    target = Path(out).expanduser()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise InputError("exists and is not an empty directory", where=f"--out {out}")
+    try:
+        check_writable_dir(target)
+    except OSError as exc:
+        raise InputError.from_os_error(exc, f"--out {out}") from None
     return target
 
 
@@ -182,6 +211,13 @@ def write_model_dir(
     tmp: Path, core: LayerwiseClassifier, config: TrialConfig, hierarchy: Hierarchy,
     synthetic: bool, final: dict[str, Any], experiment: str, trial_id: str, checkpoint: str,
 ) -> None:
+    write_encoder(tmp, core, config)
+    write_model_files(tmp, core, config, hierarchy, synthetic, final, experiment, trial_id,
+                      checkpoint)
+
+
+def write_encoder(tmp: Path, core: LayerwiseClassifier, config: TrialConfig) -> None:
+    """The classifier's encoder (cut at its top used layer) and its tokenizer."""
     from transformers import AutoTokenizer
 
     encoder = core.encoder
@@ -191,13 +227,27 @@ def write_model_dir(
     AutoTokenizer.from_pretrained(tokenizer_path(config.model)).save_pretrained(
         tmp / TOKENIZER_DIR
     )
-    torch.save(head_state(core), tmp / HEADS_FILE)
+
+
+def write_labels(tmp: Path, hierarchy: Hierarchy) -> None:
+    """labels.json (each level's ids in the training column order, with descriptions) and
+    hierarchy.json."""
     labels = [
         {"level": n, "ids": ids, "descriptions": [hierarchy.node(i).description for i in ids]}
         for n, ids in enumerate(hierarchy.label_index(), 1)
     ]
     atomic_write_json(tmp / LABELS_FILE, {"levels": labels})
     atomic_write_json(tmp / HIERARCHY_FILE, hierarchy.to_json())
+
+
+def write_model_files(
+    tmp: Path, core: LayerwiseClassifier, config: TrialConfig, hierarchy: Hierarchy,
+    synthetic: bool, final: dict[str, Any], experiment: str, trial_id: str, checkpoint: str,
+) -> None:
+    """Everything of a model directory but its encoder and tokenizer: heads.pt, labels.json,
+    hierarchy.json, model.json and the model card."""
+    torch.save(head_state(core), tmp / HEADS_FILE)
+    write_labels(tmp, hierarchy)
     model = _model_json(core, config, hierarchy, synthetic, final, experiment, trial_id,
                         checkpoint)
     atomic_write_json(tmp / MODEL_FILE, model)

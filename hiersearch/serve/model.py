@@ -145,25 +145,36 @@ class ExportedModel:
         if not directory.is_dir():
             raise InputError("no such model directory", where=str(directory))
         info = _read_model_file(directory / MODEL_FILE, directory)
-        if info.get("format") != MODEL_FORMAT:
-            raise InputError(f"format {info.get('format')!r} is not {MODEL_FORMAT!r}",
-                             where=str(directory / MODEL_FILE))
+        _check_format(info, directory)
+        encoder = _load_encoder(directory)
+        tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
+        return cls.on_encoder(directory, encoder, tokenizer, device)
+
+    @classmethod
+    def on_encoder(
+        cls, directory: Path, encoder: Any, tokenizer: Any, device: str = "cpu"
+    ) -> ExportedModel:
+        """The model directory's heads (and labels, thresholds) on an encoder loaded already:
+        its own, or one an ensemble's members share, which may hold more layers than this
+        model's (`encoder_layers` in its model.json) and is left as it was. The heads' capture
+        hooks sit on its layer modules: one forward of it feeds every model built on it."""
+        info = _read_model_file(directory / MODEL_FILE, directory)
+        _check_format(info, directory)
         config = TrialConfig.from_dict(info["config"], where=str(directory / MODEL_FILE))
         counts = [int(c) for c in info["label_counts"]]
         labels, descriptions = _labels(
             _read_model_file(directory / LABELS_FILE, directory), directory / LABELS_FILE, counts
         )
-        encoder = _load_encoder(directory)
-        layers = int(encoder.config.num_hidden_layers)
-        core = LayerwiseClassifier(
-            encoder, resolve_assignment(str(info["assignment"]), layers, counts), counts,
-            config.dropout, config.loss_weighting, pooling=config.pooling,
-            head_norm=config.head_norm, head_hidden=config.head_hidden,
-        )
+        layers = int(info.get("encoder_layers") or encoder.config.num_hidden_layers)
+        with _cut_to(encoder, layers, directory):
+            core = LayerwiseClassifier(
+                encoder, resolve_assignment(str(info["assignment"]), layers, counts), counts,
+                config.dropout, config.loss_weighting, pooling=config.pooling,
+                head_norm=config.head_norm, head_hidden=config.head_hidden,
+            )
         _load_heads(core, directory / HEADS_FILE)
         torch_device = torch.device(device)
         core.to(torch_device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(directory / TOKENIZER_DIR)
         thresholds = _thresholds(info, directory / MODEL_FILE, len(counts))
         return cls(directory, config, labels, descriptions, int(info["max_length"]), core,
                    tokenizer, torch_device, info, thresholds)
@@ -188,25 +199,12 @@ class ExportedModel:
         return chosen
 
     def layers_needed(self, levels: Sequence[int]) -> int:
-        """The highest encoder layer the heads of these (1-based) levels read; FLAT: all."""
+        """The highest encoder layer the heads of these (1-based) levels read; FLAT: its one
+        head's (the top layer of the model)."""
         chosen = self._check_levels(levels)
-        if self.core.assignment.flat:
-            return self.num_layers
-        return max(max(self.core.head_layers[n - 1]) for n in chosen)
+        heads = [0] if self.core.assignment.flat else [n - 1 for n in chosen]
+        return max(max(self.core.head_layers[i]) for i in heads)
 
-    @contextlib.contextmanager
-    def _first_layers(self, k: int) -> Iterator[None]:
-        """Run the encoder on layers 1..k: the capture hooks sit on the layer modules
-        themselves, so they fire as in the full forward."""
-        bert = self.core.encoder.encoder
-        full = bert.layer
-        bert.layer = nn.ModuleList(list(full)[:k])
-        try:
-            yield
-        finally:
-            bert.layer = full
-
-    @torch.inference_mode()
     def logits_of_ids(
         self,
         input_ids: torch.Tensor,
@@ -216,16 +214,19 @@ class ExportedModel:
         """Logits [batch, labels of the requested levels, in level order], computing encoder
         layers 1..layers_needed(levels) only."""
         chosen = self._check_levels(levels)
+        return shared_logits([self], input_ids, attention_mask, chosen)[0]
+
+    def level_logits(
+        self, captured: dict[int, torch.Tensor], attention_mask: torch.Tensor,
+        levels: Sequence[int],
+    ) -> torch.Tensor:
+        """The requested levels' logits from the hidden states the heads' hooks captured."""
         core = self.core
-        core._captured = {}
-        with self._first_layers(self.layers_needed(chosen)), self.precision.autocast():
-            core.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        captured, core._captured = core._captured, {}
         pooled = core.pool(captured, attention_mask)
         if core.assignment.flat:  # one head over all labels: slice the levels out
             logits = core.head_logits(0, pooled)
-            return torch.cat([logits[:, core.level_slices[n - 1]] for n in chosen], dim=-1)
-        return torch.cat([core.head_logits(n - 1, pooled) for n in chosen], dim=-1)
+            return torch.cat([logits[:, core.level_slices[n - 1]] for n in levels], dim=-1)
+        return torch.cat([core.head_logits(n - 1, pooled) for n in levels], dim=-1)
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and mask as training encoded them (truncated to max_length), padded to
@@ -246,24 +247,95 @@ class ExportedModel:
         self, texts: Sequence[str], levels: Sequence[int] | None = None, batch_size: int = 32
     ) -> list[np.ndarray]:
         """Per requested level (all if None): float32 sigmoid probabilities [docs, labels]."""
-        chosen = self._check_levels(levels)
-        if batch_size < 1:
-            raise InputError(f"must be >= 1 (got {batch_size})", where="--batch-size")
-        widths = [len(self.label_index[n - 1]) for n in chosen]
-        bounds = np.cumsum([0, *widths]).tolist()
-        parts: list[list[np.ndarray]] = [[] for _ in chosen]
-        order = self._length_order(texts)
-        for index in batches(order, batch_size):
-            batch = self.tokenize([texts[i] for i in index])
-            logits = self.logits_of_ids(batch["input_ids"], batch["attention_mask"], chosen)
+        return shared_scores([self], texts, self._check_levels(levels), batch_size)[0]
+
+
+def _check_format(info: dict[str, Any], directory: Path) -> None:
+    if info.get("format") != MODEL_FORMAT:
+        raise InputError(f"format {info.get('format')!r} is not {MODEL_FORMAT!r}",
+                         where=str(directory / MODEL_FILE))
+
+
+@contextlib.contextmanager
+def _cut_to(encoder: Any, layers: int, directory: Path) -> Iterator[None]:
+    """The encoder as its first `layers` layers (as the model's export saved it) while a
+    classifier is built on it; then as it was."""
+    full, depth = encoder.encoder.layer, encoder.config.num_hidden_layers
+    if layers > len(full):
+        raise InputError(f"reads {layers} encoder layers; its encoder has {len(full)}",
+                         where=str(directory / MODEL_FILE))
+    encoder.encoder.layer = nn.ModuleList(list(full)[:layers])
+    encoder.config.num_hidden_layers = layers
+    try:
+        yield
+    finally:
+        encoder.encoder.layer, encoder.config.num_hidden_layers = full, depth
+
+
+@contextlib.contextmanager
+def _first_layers(encoder: Any, k: int) -> Iterator[None]:
+    """Run the encoder on layers 1..k: the capture hooks sit on the layer modules
+    themselves, so they fire as in the full forward."""
+    bert = encoder.encoder
+    full = bert.layer
+    bert.layer = nn.ModuleList(list(full)[:k])
+    try:
+        yield
+    finally:
+        bert.layer = full
+
+
+@torch.inference_mode()
+def shared_logits(
+    models: Sequence[ExportedModel], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+    levels: Sequence[int],
+) -> list[torch.Tensor]:
+    """Each model's logits of `levels` from ONE forward of the encoder they share (the
+    first's; its precision), layers 1..the highest any of them needs. Every model built on
+    the encoder captures in that forward: callers pass them all."""
+    cores = [m.core for m in models]
+    for core in cores:
+        core._captured = {}
+    top = max(m.layers_needed(levels) for m in models)
+    encoder = models[0].core.encoder
+    try:
+        with _first_layers(encoder, top), models[0].precision.autocast():
+            encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        captured = [core._captured for core in cores]
+    finally:
+        for core in cores:
+            core._captured = {}
+    return [m.level_logits(c, attention_mask, levels)
+            for m, c in zip(models, captured, strict=True)]
+
+
+def shared_scores(
+    models: Sequence[ExportedModel], texts: Sequence[str], levels: Sequence[int],
+    batch_size: int = 32,
+) -> list[list[np.ndarray]]:
+    """[model][requested level] float32 sigmoid probabilities [docs, labels] of models that
+    share one encoder and tokenizer (the first's tokenization, once): batches of similar
+    length, one encoder forward each (`shared_logits`)."""
+    if batch_size < 1:
+        raise InputError(f"must be >= 1 (got {batch_size})", where="--batch-size")
+    first = models[0]
+    widths = [len(first.label_index[n - 1]) for n in levels]
+    bounds = np.cumsum([0, *widths]).tolist()
+    parts: list[list[list[np.ndarray]]] = [[[] for _ in levels] for _ in models]
+    order = first._length_order(texts)
+    for index in batches(order, batch_size):
+        batch = first.tokenize([texts[i] for i in index])
+        logits = shared_logits(models, batch["input_ids"], batch["attention_mask"], levels)
+        for m, model_logits in enumerate(logits):
             for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
                 # one level's own tensor: torch's vectorized sigmoid can round an element
                 # differently by its place in a longer row, and a level's scores must not
                 # depend on which other levels were asked for
-                level = logits[:, a:b].float().contiguous()
-                parts[i].append(torch.sigmoid(level).cpu().numpy())
-        inverse = np.argsort(order, kind="stable")  # back to the documents' order
-        return [
-            np.concatenate(p)[inverse] if p else np.zeros((0, w), np.float32)
-            for p, w in zip(parts, widths, strict=True)
-        ]
+                level = model_logits[:, a:b].float().contiguous()
+                parts[m][i].append(torch.sigmoid(level).cpu().numpy())
+    inverse = np.argsort(order, kind="stable")  # back to the documents' order
+    return [
+        [np.concatenate(p)[inverse] if p else np.zeros((0, w), np.float32)
+         for p, w in zip(model_parts, widths, strict=True)]
+        for model_parts in parts
+    ]

@@ -68,7 +68,8 @@ ID_FIELDS = ("id", "celex_id")  # the generic loaders' id, then the HF eurlex la
 
 
 class ScoringModel(Protocol):
-    """What predict needs of `hiersearch.serve.model.ExportedModel`."""
+    """What predict needs of `hiersearch.serve.model.ExportedModel` (and of an exported
+    ensemble, `hiersearch.serve.ensemble.EnsembleModel`)."""
 
     label_index: list[list[str]]
     descriptions: list[list[str]]
@@ -382,9 +383,13 @@ def predict_stream(
 
 
 def load_model(model_dir: str, device: str) -> ScoringModel:
+    """A trial's export or an ensemble's (`serve/ensemble.py`), by its model.json."""
     # imported here: torch and transformers load only once the options and input are checked
+    from hiersearch.serve.ensemble import EnsembleModel, is_ensemble
     from hiersearch.serve.model import ExportedModel
 
+    if is_ensemble(model_dir):
+        return EnsembleModel.load(model_dir, device=device)
     return ExportedModel.load(model_dir, device=device)
 
 

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 
 from hiersearch import metrics as M
+from hiersearch.errors import InputError
 from hiersearch.report import leaderboard as lb
 from hiersearch.report.baseline import (
     BASELINE_FILE,
+    NGRAMS,
     STATUS_BASELINE,
+    TfidfKnnIndex,
     compute_baseline,
+    gold_levels,
     knn_scores,
     read_baseline,
     tfidf_knn,
@@ -104,3 +108,40 @@ def test_an_unreadable_baseline_file_is_no_row(experiment: Path) -> None:
     assert read_baseline(str(experiment)) is None
     table = load_experiments([str(experiment)])
     assert STATUS_BASELINE not in set(table["status"])
+
+
+# --- the baseline as a model: a saved index (an ensemble export carries it) ------------------
+
+
+def _index_corpus() -> tuple[list[str], list[np.ndarray], list[str]]:
+    corpus = _corpus()
+    train = corpus.splits["train"]
+    targets = gold_levels([d.labels for d in train], corpus.hierarchy.label_index())
+    texts = [d.text for d in corpus.splits["dev"]] + ["heart stone", "nothing known here"]
+    return [d.text for d in train], targets, texts
+
+
+def test_the_index_scores_exactly_as_knn_of_the_tfidf_cosine() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    train, targets, texts = _index_corpus()
+    vectorizer = TfidfVectorizer(ngram_range=NGRAMS, sublinear_tf=True, min_df=1)
+    train_x = vectorizer.fit_transform(train)
+    similarity = (vectorizer.transform(texts) @ train_x.T).toarray()
+    expected = knn_scores(similarity, [y.astype(np.float32) for y in targets], 2)
+    got = TfidfKnnIndex.fit(train, targets, k=2).level_scores(texts)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_saved_index_loads_back_to_the_same_scores(tmp_path: Path) -> None:
+    train, targets, texts = _index_corpus()
+    index = TfidfKnnIndex.fit(train, targets, k=2)
+    index.save(tmp_path)
+    again = TfidfKnnIndex.load(tmp_path)
+    assert again.k == 2 and again.label_counts == [2, 3]
+    for a, b in zip(again.level_scores(texts), index.level_scores(texts), strict=True):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "train_vectors.npz").write_bytes(b"cut short")
+    with pytest.raises(InputError, match=str(tmp_path / "train_vectors.npz")):
+        TfidfKnnIndex.load(tmp_path)
