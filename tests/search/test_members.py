@@ -273,3 +273,26 @@ def test_the_ensembles_scores_give_its_metrics(trained: dict[str, Path], tmp_pat
     golds = experiment_golds(str(experiment))
     again = M.evaluate(golds["test"], scores["test"], "test")
     assert again[M.rp_macro_key("test")] == fitted.ensemble.metrics[M.rp_macro_key("test")]
+
+
+def test_the_exported_ensemble_predicts_what_its_leaderboard_row_scored(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """The fit (members' kept scores) and the export (members' heads run again, the baseline's
+    index saved) give the test documents the same scores, hence the row's test R-Precision."""
+    from hiersearch.data.corpus import load_corpus_dir
+    from hiersearch.search.members import ensemble_scores, experiment_golds
+    from hiersearch.serve.ensemble import EnsembleModel
+    from hiersearch.serve.export_ensemble import export_ensemble
+
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS)
+    fitted = fit_experiment_ensemble(str(experiment), steps=10)
+    export_ensemble(str(experiment), str(tmp_path / "model"))
+    test = load_corpus_dir(trained["corpus"]).splits["test"]
+    served = EnsembleModel.load(tmp_path / "model").scores([d.text for d in test])
+    kept = ensemble_scores(str(experiment), fitted.ensemble)["test"]
+    for level_served, level_kept in zip(served, kept, strict=True):
+        np.testing.assert_allclose(level_served, level_kept, rtol=1e-5, atol=1e-5)
+    again = M.evaluate(experiment_golds(str(experiment))["test"], served, "test")
+    macro = M.rp_macro_key("test")
+    assert again[macro] == pytest.approx(fitted.ensemble.metrics[macro], abs=1e-9)
