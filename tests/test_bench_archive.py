@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "archive" / "bench"))
 
+import ensemble  # noqa: E402
 import f1_consistency  # noqa: E402
 import layer_probe  # noqa: E402
 import screen_correlation  # noqa: E402
@@ -131,3 +132,12 @@ def test_screen_correlation_pairs_the_assignments_both_stages_finished() -> None
     assert list(both.index) == ["A", "B", "C"]  # D was never fine-tuned
     assert both.loc["C", "finetune"] == pytest.approx(0.3)  # the mean of its seeds
     assert screen_correlation.correlation(both)["spearman_rho"] == pytest.approx(1.0)
+
+
+def test_ensemble_study_ranks_rows_into_zero_one_with_ties_sharing_a_rank() -> None:
+    import numpy as np
+
+    ranks = ensemble._rank(np.array([[0.0, 0.0, 0.5, 2.0], [3.0, 1.0, 2.0, 0.0]]))
+    expected = [[1 / 6, 1 / 6, 2 / 3, 1.0], [1.0, 1 / 3, 2 / 3, 0.0]]
+    np.testing.assert_allclose(ranks, expected, rtol=1e-6)
+    assert ranks.dtype == np.float32
