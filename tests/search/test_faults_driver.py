@@ -29,6 +29,7 @@ import yaml
 from hiersearch import metrics as M
 from hiersearch.cli import main
 from hiersearch.errors import InputError
+from hiersearch.report.results import NOT_TRIALS  # the baseline and ensemble rows
 from hiersearch.report.study import STUDY_FILE
 
 # the Ray-backed tests are marked one by one: the last test of the file needs no Ray
@@ -204,7 +205,8 @@ def test_resume_finishes_every_trial_exactly_once(
     assert resumed["code"] == 0
     capsys.readouterr()
     assert main(["leaderboard", str(resumed["experiment"]), "--format", "json"]) == 0
-    rows = [r for r in json.loads(capsys.readouterr().out)["rows"] if r["status"] != "baseline"]
+    board = json.loads(capsys.readouterr().out)
+    rows = [r for r in board["rows"] if r["status"] not in NOT_TRIALS]
     done = [r for r in rows if r["status"] == "terminated"]
     assert sorted(r["variant"] for r in done) == sorted(VARIANTS)
     assert len({r["trial_id"] for r in done}) == len(VARIANTS)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from multinode import VENV_BIN, TwoNodeCluster, two_node_cluster, unavailable_reason
 
+from hiersearch.report.results import NOT_TRIALS  # the baseline and ensemble rows
+
 REPO = Path(__file__).resolve().parents[2]
 _UNAVAILABLE = unavailable_reason()
 
@@ -226,7 +228,7 @@ def test_search_runs_trials_on_both_nodes(cluster: TwoNodeCluster) -> None:
         cwd=REPO,
     )
     assert board.returncode == 0, board.stderr
-    rows = [r for r in json.loads(board.stdout)["rows"] if r["status"] != "baseline"]
+    rows = [r for r in json.loads(board.stdout)["rows"] if r["status"] not in NOT_TRIALS]
     assert len(rows) == 2, rows
     # The leaderboard shows the trials' "trial/node_id" result as its node_id column.
     node = "node_id" if "node_id" in rows[0] else "trial/node_id"

@@ -18,6 +18,7 @@ import yaml
 
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
+from hiersearch.report.results import NOT_TRIALS  # the baseline and ensemble rows
 from hiersearch.search.dimension import Dimension
 from hiersearch.search.space import (
     PBT_MUTABLE,
@@ -423,7 +424,8 @@ def test_a_pbt_search_exploits_records_it_and_goes_on_after_a_resume(
     assert all(r[M.PBT_DONOR] in reports and r[M.PBT_DONOR] != r["trial_id"] for r in exploited)
     capsys.readouterr()
     assert main(["leaderboard", str(experiment), "--format", "json"]) == 0
-    rows = [r for r in json.loads(capsys.readouterr().out)["rows"] if r["status"] != "baseline"]
+    board = json.loads(capsys.readouterr().out)
+    rows = [r for r in board["rows"] if r["status"] not in NOT_TRIALS]
     assert all(r["status"] == "terminated" for r in rows)
     for row in rows:  # the leaderboard shows each trial's final values and its exploits
         trial_dir = experiment / f"trial_{row['trial_id']}"

@@ -31,6 +31,7 @@ from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder
 from hiersearch.report import leaderboard as lb
 from hiersearch.report import results
+from hiersearch.report.results import NOT_TRIALS  # the baseline and ensemble rows
 from hiersearch.search import run
 from hiersearch.search.run import RunOptions, run_search
 from hiersearch.search.searcher import TUNE_TRIAL_ATTR
@@ -59,7 +60,7 @@ def test_smoke_preset_runs_the_five_variants_with_ddp_workers(
 ) -> None:
     board = _leaderboard_json(smoke_experiment, capsys)
     assert board["schema"] == "hiersearch.leaderboard/1"
-    rows = [r for r in board["rows"] if r["status"] != "baseline"]
+    rows = [r for r in board["rows"] if r["status"] not in NOT_TRIALS]
     assert sorted(r["variant"] for r in rows) == sorted(VARIANTS)
     # the experiment's baseline, computed once before the trials, is one more row
     (baseline,) = [r for r in board["rows"] if r["status"] == "baseline"]
@@ -149,7 +150,7 @@ def test_layerwise_search_runs_optuna_trials_and_asha_stops_some(
     code = main(["search", "--space", str(space_file), "--storage", storage, "--name", "lw"])
     assert code == 0
     board = _leaderboard_json(f"{storage}/lw", capsys)
-    rows = [r for r in board["rows"] if r["status"] != "baseline"]
+    rows = [r for r in board["rows"] if r["status"] not in NOT_TRIALS]
     assert len(rows) == 7
     statuses = [r["status"] for r in rows]
     assert "stopped early" in statuses, statuses
@@ -220,7 +221,7 @@ def test_resume_after_an_interrupted_search_keeps_finished_trials(
     assert all(n > max(numbers_before) for n in set(numbers_after) - set(numbers_before))
     assert list(numbers_after.values()).count("COMPLETE") == 4, numbers_after
     board = _leaderboard_json(str(experiment), capsys)
-    rows = [r for r in board["rows"] if r["status"] != "baseline"]
+    rows = [r for r in board["rows"] if r["status"] not in NOT_TRIALS]
     ids = [r["trial_id"] for r in rows]
     assert len(ids) == len(set(ids)) == 4, ids
     assert all(r["status"] == "terminated" for r in rows), rows
@@ -271,7 +272,7 @@ def test_a_multi_objective_search_persists_its_study_and_marks_the_pareto_front(
     experiment = storage / "mo"
     board = _leaderboard_json(str(experiment), capsys)
     assert "pareto" in board["columns"]
-    rows = [r for r in board["rows"] if r["status"] != "baseline"]
+    rows = [r for r in board["rows"] if r["status"] not in NOT_TRIALS]
     front = [r for r in rows if r["pareto"]]
     finished = [r for r in rows if r["status"] == "terminated"]  # ASHA stopped the others
     assert front and finished and all(r[M.COST_FORWARD_MS] > 0 for r in finished)

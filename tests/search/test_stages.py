@@ -17,6 +17,7 @@ import yaml
 
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
+from hiersearch.report.results import NOT_TRIALS  # the baseline and ensemble rows
 from hiersearch.search.space import parse_space, preset_path
 from hiersearch.search.stages import (
     finetune_space,
@@ -157,7 +158,7 @@ def test_a_two_stage_search_resumes_in_either_stage_and_fine_tunes_the_screens_b
     assert finished[cut_in] >= 1 and (cut_in == "screen") == (finished["finetune"] == 0)
     run_search(space, storage=str(tmp_path / "storage"), resume=True, verbose=0)
     rows = _board(root, capsys)
-    trials = [r for r in rows if r["status"] != "baseline"]
+    trials = [r for r in rows if r["status"] not in NOT_TRIALS]
     screen = [r for r in trials if r["stage"] == "screen"]
     finetune = [r for r in trials if r["stage"] == "finetune"]
     if screened == "all":
