@@ -122,3 +122,12 @@ def _refused_in_a_subprocess(argv: list[str], cwd: Path | None = None) -> str:
     assert done.returncode == 2, done.stderr[-2000:]
     assert len(done.stderr.splitlines()) == 1 and done.stdout == "", done.stderr
     return done.stderr
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """The one error line of a command refused with exit 2 (run in this process)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err

@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from hiersearch.data.hierarchy import Hierarchy, read_json_object
+from hiersearch.data.hierarchy import read_json_object
 from hiersearch.errors import InputError
 from hiersearch.report.baseline import TfidfKnnIndex
 from hiersearch.report.ensemble import ENSEMBLE_FILE, Ensemble, combine
-from hiersearch.serve.export import HIERARCHY_FILE, LABELS_FILE, MODEL_FILE, TOKENIZER_DIR
+from hiersearch.serve.export import LABELS_FILE, MODEL_FILE, TOKENIZER_DIR
 from hiersearch.serve.model import (
     ExportedModel,
+    LevelsOfLabels,
     _labels,
     _load_encoder,
     _read_model_file,
@@ -55,7 +56,7 @@ MEMBERS_DIR, ENCODERS_DIR, BASELINE_DIR = "members", "encoders", "baseline"
 
 
 @dataclass
-class EnsembleModel:
+class EnsembleModel(LevelsOfLabels):
     """An exported ensemble, ready to score documents (`ExportedModel`'s interface)."""
 
     directory: Path
@@ -68,10 +69,6 @@ class EnsembleModel:
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     # per level, the F1 threshold tuned on dev for the ensemble's scores; None before tuning
     thresholds: list[float] | None = None
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.label_index)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> EnsembleModel:
@@ -107,20 +104,6 @@ class EnsembleModel:
         thresholds = _thresholds(info, directory / MODEL_FILE, len(counts))
         return cls(directory, ensemble, labels, descriptions, groups, baseline, info,
                    thresholds)
-
-    def hierarchy(self) -> Hierarchy:
-        """The hierarchy the members were trained on (`hierarchy.json`): the labels' parents
-        for the consistency rule."""
-        path = self.directory / HIERARCHY_FILE
-        return Hierarchy.from_json(_read_model_file(path, self.directory), where=str(path))
-
-    def _check_levels(self, levels: Sequence[int] | None) -> list[int]:
-        chosen = list(range(1, self.num_levels + 1)) if levels is None else list(levels)
-        bad = [n for n in chosen if not 1 <= n <= self.num_levels]
-        if bad or not chosen:
-            raise InputError(f"levels must be in 1..{self.num_levels} (got {chosen})",
-                             where="--levels")
-        return chosen
 
     def _weighs(self, member: int, levels: Sequence[int]) -> bool:
         return any(self.ensemble.weights[n - 1][member] != 0 for n in levels)

@@ -109,8 +109,34 @@ def _load_heads(core: LayerwiseClassifier, path: Path) -> None:
                          where=str(path))
 
 
+class LevelsOfLabels:
+    """What every served model (a trial's export, an ensemble's) says of its levels; a
+    dataclass below it holds `directory` and `label_index`."""
+
+    directory: Path
+    label_index: list[list[str]]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.label_index)
+
+    def hierarchy(self) -> Hierarchy:
+        """The hierarchy the model was trained on (`hierarchy.json`, cut to its levels): the
+        labels' parents for the consistency rule. Read when asked for."""
+        path = self.directory / HIERARCHY_FILE
+        return Hierarchy.from_json(_read_model_file(path, self.directory), where=str(path))
+
+    def _check_levels(self, levels: Sequence[int] | None) -> list[int]:
+        chosen = list(range(1, self.num_levels + 1)) if levels is None else list(levels)
+        bad = [n for n in chosen if not 1 <= n <= self.num_levels]
+        if bad or not chosen:
+            raise InputError(f"levels must be in 1..{self.num_levels} (got {chosen})",
+                             where="--levels")
+        return chosen
+
+
 @dataclass
-class ExportedModel:
+class ExportedModel(LevelsOfLabels):
     """A model directory written by `hiersearch export`, ready to score documents."""
 
     directory: Path
@@ -130,10 +156,6 @@ class ExportedModel:
         """The trial's precision on this device: on a GPU its encoder runs under the autocast
         it was trained with; on the CPU in float32."""
         return Precision.of(self.config.precision, self.device)
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.label_index)
 
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> ExportedModel:
@@ -179,24 +201,10 @@ class ExportedModel:
         return cls(directory, config, labels, descriptions, int(info["max_length"]), core,
                    tokenizer, torch_device, info, thresholds)
 
-    def hierarchy(self) -> Hierarchy:
-        """The hierarchy the model was trained on (`hierarchy.json`, cut to its levels): the
-        labels' parents for the consistency rule. Read when asked for."""
-        path = self.directory / HIERARCHY_FILE
-        return Hierarchy.from_json(_read_model_file(path, self.directory), where=str(path))
-
     @property
     def num_layers(self) -> int:
         """Encoder layers in the export (the top one is the highest any head reads)."""
         return len(self.core.encoder.encoder.layer)
-
-    def _check_levels(self, levels: Sequence[int] | None) -> list[int]:
-        chosen = list(range(1, self.num_levels + 1)) if levels is None else list(levels)
-        bad = [n for n in chosen if not 1 <= n <= self.num_levels]
-        if bad or not chosen:
-            raise InputError(f"levels must be in 1..{self.num_levels} (got {chosen})",
-                             where="--levels")
-        return chosen
 
     def layers_needed(self, levels: Sequence[int]) -> int:
         """The highest encoder layer the heads of these (1-based) levels read; FLAT: its one

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from refusals import _error
 
 from hiersearch import metrics as M
 from hiersearch.cli import main
@@ -209,14 +210,6 @@ def test_export_hint_names_the_best_trial(
     print_export_hint(str(trained.experiment), None)
     out = capsys.readouterr().out
     assert f"hiersearch export {trained.experiment} --trial {FINISHED} --out " in out
-
-
-def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_export_refuses_bad_options(

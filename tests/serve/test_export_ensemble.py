@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from refusals import _error
 
 from hiersearch import metrics as M
 from hiersearch.cli import main
@@ -208,14 +209,6 @@ def test_predict_serves_an_ensemble_directory(
         chosen = {lab["id"] for lv in row["levels"] for lab in lv["labels"]}
         assert all(not hierarchy.node(x).parents or set(hierarchy.node(x).parents) & chosen
                    for x in chosen)
-
-
-def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_export_without_an_ensemble_names_the_missing_file(
