@@ -76,6 +76,23 @@ def make_dirs(path: str | os.PathLike[str]) -> Path:
 
 
 @contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive `flock` on `lock_file` (created if absent) while the block runs: the
+    processes of a node that would build the same thing queue here, and the first builds it.
+    The lock goes with the process: a builder killed mid-way leaves no stale lock."""
+    import fcntl
+
+    lock_file = Path(lock_file)
+    make_dirs(lock_file.parent)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory under a temporary name beside `path`; rename it into place on success.
 

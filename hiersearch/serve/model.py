@@ -21,6 +21,7 @@ from hiersearch.data.batching import batches, by_length
 from hiersearch.data.hierarchy import Hierarchy, read_json_object
 from hiersearch.errors import InputError
 from hiersearch.model.classifier import LayerwiseClassifier
+from hiersearch.model.encoder import PRETRAINED_OPTIONS, without_pooler
 from hiersearch.serve.export import (
     ENCODER_DIR,
     ENCODER_PREFIX,
@@ -78,18 +79,16 @@ def _load_encoder(directory: Path) -> Any:
     if not (path / "config.json").is_file():
         raise InputError(f"not an exported model (no {ENCODER_DIR}/config.json)",
                          where=str(directory))
-    # float32 weights whatever the checkpoint holds (see model/encoder.py); the trial's
-    # precision applies as autocast on a GPU, as in training
-    options = {"attn_implementation": "sdpa", "local_files_only": True, "dtype": torch.float32}
+    # loaded as a trial's backbone is (model/encoder.py): float32 weights, the attention its
+    # class has; the trial's precision applies as autocast on a GPU, as in training
+    options = {**PRETRAINED_OPTIONS, "local_files_only": True}
     try:  # no pooler: the export has none (BERT-likes take the option, others ignore it)
         encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **options)
     except TypeError:
         encoder = AutoModel.from_pretrained(path, **options)
     except OSError as exc:
         raise InputError(f"cannot load the encoder: {exc}", where=str(path)) from None
-    if getattr(encoder, "pooler", None) is not None:
-        encoder.pooler = None
-    return encoder
+    return without_pooler(encoder)
 
 
 def _load_heads(core: LayerwiseClassifier, path: Path) -> None:

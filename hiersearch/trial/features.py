@@ -28,7 +28,6 @@ so once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -45,7 +44,7 @@ from numpy.lib.format import open_memmap
 
 from hiersearch.data.batching import batches, by_length
 from hiersearch.data.encode import EncodedCorpus, Split, attention_mask, multi_hot
-from hiersearch.files import atomic_directory, atomic_write_json, make_dirs
+from hiersearch.files import atomic_directory, atomic_write_json, exclusive_lock, make_dirs
 from hiersearch.model.classifier import LayerwiseClassifier, compose_pooling, pool_views
 from hiersearch.model.encoder import backbone_fingerprint, encoder_depth, load_encoder
 from hiersearch.trial.config import TrialConfig
@@ -172,12 +171,8 @@ def _cache_bytes(
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock on the cache directory: one builder, the others wait for it."""
     make_dirs(path)
-    with open(path / LOCK_FILE, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with exclusive_lock(path / LOCK_FILE):
+        yield
 
 
 def _valid(directory: Path) -> bool:
