@@ -61,6 +61,15 @@ def smoke_experiment(ray_session: None, tmp_path_factory: pytest.TempPathFactory
                       fixed_only=True, verbose=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-init MPNet model directory (6 layers, hidden 32) with MPNet's tokenizer
+    layout: the local-directory form of what `mpnet` loads (tests/backbones.py)."""
+    from backbones import write_tiny_mpnet
+
+    return str(write_tiny_mpnet(tmp_path_factory.mktemp("tiny-mpnet") / "model", layers=6))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `gpu` run where torch sees a CUDA device, and are skipped elsewhere."""
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -311,3 +312,53 @@ def test_a_half_precision_checkpoint_loads_as_float32_weights(tmp_path) -> None:
     assert next(iter(half.parameters())).dtype == torch.float16
     loaded = load_encoder(str(tmp_path / "half"))
     assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+
+
+def test_an_mpnet_directory_loads_with_eager_attention_and_a_bert_one_with_sdpa(
+    tiny_mpnet: str, tmp_path: Path
+) -> None:
+    mpnet = load_encoder(tiny_mpnet)
+    assert type(mpnet).__name__ == "MPNetModel" and mpnet.pooler is None
+    assert mpnet.config._attn_implementation == "eager"  # transformers' MPNet has no SDPA
+    assert encoder_depth(tiny_mpnet) == 6 and tokenizer_path(tiny_mpnet) == tiny_mpnet
+    load_encoder("tiny:2x32").save_pretrained(tmp_path / "bert")
+    assert load_encoder(str(tmp_path / "bert")).config._attn_implementation == "sdpa"
+
+
+def test_freezing_mpnet_layers_freezes_its_shared_relative_position_bias(
+    tiny_mpnet: str,
+) -> None:
+    """The bias feeds every layer: trained, it would change what the frozen layers compute."""
+    assignment = LayerAssignment.from_string("L1:2|L2:4|L3:6")
+    model = LayerwiseClassifier(load_encoder(tiny_mpnet), assignment, [2, 3, 4],
+                                freeze_layers=3)
+    logits = model(*_batch())
+    model.loss(logits, torch.zeros_like(logits)).backward()
+    trained = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in model.encoder.named_parameters()
+                       if n.split(".")[:3] in (["encoder", "layer", "3"],
+                                               ["encoder", "layer", "4"],
+                                               ["encoder", "layer", "5"])}
+    assert not model.encoder.encoder.relative_attention_bias.weight.requires_grad
+    assert all(p.grad is not None for n, p in model.encoder.named_parameters() if n in trained)
+    tuned = LayerwiseClassifier(load_encoder(tiny_mpnet), assignment, [2, 3, 4])
+    assert tuned.encoder.encoder.relative_attention_bias.weight.requires_grad  # k = 0
+
+
+@pytest.mark.parametrize("model", ["tiny:6x32", "mpnet-dir"])
+def test_the_upper_layers_on_the_states_of_layer_k_give_the_full_forwards_logits(
+    model: str, tiny_mpnet: str
+) -> None:
+    """The stood-in embeddings: BERT's token types and positions, MPNet's relative position
+    bias, the attention mask, all as in the full forward (eval mode, no dropout)."""
+    encoder = load_encoder(tiny_mpnet if model == "mpnet-dir" else model)
+    core = LayerwiseClassifier(encoder, LayerAssignment.from_string("L1:2|L2:4|L3:6"),
+                               [2, 3, 4], pooling="cls_mean", freeze_layers=3).eval()
+    ids, mask = _batch(length=12)
+    with torch.no_grad():
+        full = core(ids, mask)
+        states = core.encoder(ids, attention_mask=mask, output_hidden_states=True)
+        hidden = states.hidden_states[3] * mask.unsqueeze(-1)  # padding zeroed, as cached
+        pooled = core.pool({2: states.hidden_states[2]}, mask)
+        cached = core(None, mask, pooled=pooled, hidden=hidden)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)

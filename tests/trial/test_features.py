@@ -72,6 +72,42 @@ def test_cached_logits_equal_the_uncached_forward_with_frozen_layers_in_eval_mod
     np.testing.assert_allclose(cached[2], uncached[2], rtol=0, atol=ATOL)
 
 
+@pytest.fixture()
+def mpnet_encoded(tmp_path: Path, tiny_mpnet: str) -> str:
+    """The corpus encoded with the tiny MPNet's own tokenizer (`<s>` .. `</s>`, pad id 1)."""
+    corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=40, seed=3, max_leaves=10))
+    return str(encode(corpus, tokenizer_path(tiny_mpnet), 40, tmp_path / "cache").path)
+
+
+def _assert_cached_equals_uncached(recipe: TrialRecipe) -> None:
+    args = (recipe.num_labels, recipe.session, 5, contextlib.nullcontext)
+    cached = evaluate_split(recipe.core, recipe.sources["dev"], *args)
+    uncached = evaluate_split(recipe.core, recipe.dev, *args)
+    assert cached is not None and uncached is not None
+    np.testing.assert_allclose(cached[0], uncached[0], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("freeze", [3, "all"], ids=["frozen-3", "head-only"])
+def test_mpnets_cached_logits_equal_the_uncached_forward_before_and_after_training(
+    mpnet_encoded: str, tiny_mpnet: str, tmp_path: Path, freeze: int | str
+) -> None:
+    """MPNet's encoder adds a relative position bias to every layer: computed from the
+    states' length on the cached path, and frozen with the lower layers, so the cache still
+    holds their outputs after the upper layers trained."""
+    config = _config(model=tiny_mpnet, pooling="cls_mean", freeze_layers=freeze, lr=1e-2)
+    recipe = _recipe(config, mpnet_encoded, tmp_path)
+    assert isinstance(recipe.sources["dev"], CachedSplit)
+    _assert_cached_equals_uncached(recipe)
+    before = {k: v.clone() for k, v in recipe.core.state_dict().items()}
+    assert recipe.train_epoch(0).finite
+    changed = {k for k, v in recipe.core.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("heads.") for k in changed)
+    assert any(k.startswith("encoder.encoder.layer.3.") for k in changed) == (freeze == 3)
+    assert not any(k.startswith(("encoder.embeddings.", "encoder.encoder.layer.0.",
+                                 "encoder.encoder.relative")) for k in changed)
+    _assert_cached_equals_uncached(recipe)
+
+
 def _layer_calls(recipe: TrialRecipe) -> list[int]:
     calls: list[int] = []
     for number, layer in enumerate(recipe.core.encoder.encoder.layer, 1):
