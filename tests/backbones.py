@@ -42,7 +42,7 @@ def write_tiny_mpnet(directory: Path, layers: int = 4, hidden: int = 32, seed: i
                          max_position_embeddings=514, pad_token_id=1)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        MPNetModel(config, add_pooling_layer=False).save_pretrained(directory)
+        MPNetModel(config).save_pretrained(directory)  # with a pooler, as a checkpoint has
     return directory
 
 

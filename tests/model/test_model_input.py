@@ -134,3 +134,32 @@ def test_a_refused_model_leaves_no_synthetic_corpus_or_cache_behind(
     _refused(["search", "--space", str(space), "--model", spec, "--storage", str(storage)],
              capsys)
     assert no_ray == [] and not storage.exists()
+
+
+@pytest.fixture()
+def no_mpnet_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `mpnet` extra as on a machine that did not install it (whatever this one has)."""
+    from dataclasses import replace
+
+    from hiersearch.model import packaged
+
+    absent = replace(packaged.MPNET, distributions=("hiersearch-test-absent-part-001",))
+    monkeypatch.setitem(packaged.SPLIT_ZIP_BACKBONES, "mpnet", absent)
+
+
+@pytest.mark.parametrize("where", ["--model", "trial", "search"])
+def test_mpnet_without_its_extra_is_refused_before_ray_naming_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None],
+    no_mpnet_extra: None, where: str,
+) -> None:
+    if where == "--model":
+        argv = [*_search(tmp_path), "--model", "mpnet"]
+    elif where == "trial":
+        argv = _search(tmp_path, space=_space(tmp_path, trial={"model": "mpnet"}))
+    else:
+        searched = {"model": {"type": "categorical", "choices": ["tiny:4x16", "mpnet"]}}
+        argv = _search(tmp_path, space=_space(tmp_path, search=searched))
+    line = _refused([*argv, "--storage", str(tmp_path / "runs")], capsys)
+    assert "model 'mpnet': not installed" in line
+    assert "install the extra: pip install 'hiersearch[mpnet]'" in line
+    assert no_ray == [] and not (tmp_path / "runs").exists()

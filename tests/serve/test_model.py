@@ -39,8 +39,9 @@ def _export(root: Path, name: str, **changes: object) -> tuple[Path, LayerwiseCl
     if not corpus_dir.exists():
         write_corpus(synthesize(eurovoc_hierarchy(), SynthConfig(docs=30, seed=2, max_leaves=9)),
                      corpus_dir)
-    config = TrialConfig(corpus=str(corpus_dir), model="tiny:12x32", max_length=32, seed=3,
-                         **changes)  # type: ignore[arg-type]
+    options = {"model": "tiny:12x32", **changes}
+    config = TrialConfig(corpus=str(corpus_dir), max_length=32, seed=3,
+                         **options)  # type: ignore[arg-type]
     corpus = load_corpus_dir(corpus_dir)
     core = build_classifier(config, corpus.hierarchy.label_counts()).eval()
     generator = torch.Generator().manual_seed(5)
@@ -236,3 +237,39 @@ def test_scores_come_back_in_input_order_from_batches_sorted_by_length(
     lengths = [len(model.tokenizer(t)["input_ids"]) for t in texts]
     first = [lengths[texts.index(t)] for batch in batched[:3] for t in batch]
     assert first == sorted(lengths)  # the two shortest first, the longest last
+
+
+def test_an_mpnet_model_exports_loads_scores_and_predicts_as_it_was_trained(
+    tiny_mpnet: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MPNet (eager attention, its own tokenizer) through export, load, early exit and the
+    `predict` command."""
+    from hiersearch.cli import main
+
+    directory, core = _export(tmp_path, "mpnet", model=tiny_mpnet, assignment="L1:2|L2:4|L3:6",
+                              pooling="cls_mean", head_norm="batchnorm")
+    shutil.rmtree(tmp_path / "corpus")
+    model = ExportedModel.load(directory)
+    assert type(model.core.encoder).__name__ == "MPNetModel"
+    assert model.core.encoder.config._attn_implementation == "eager"
+    # <s> a </s> in MPNet's ids: BERT's 1037 for "a" after MPNet's four leading tokens
+    assert model.tokenizer("a")["input_ids"] == [0, 1037 + 4, 2]
+    full = model.scores(TEXTS, batch_size=2)
+    np.testing.assert_allclose(np.concatenate(full, axis=1), _expected_scores(core, model),
+                               rtol=0, atol=1e-6)
+    calls, handles = _layer_calls(model)
+    (level1,) = model.scores(TEXTS, levels=[1], batch_size=2)
+    for handle in handles:
+        handle.remove()
+    assert sorted(set(calls)) == [1, 2]  # level 1's head reads layer 2: layers 3-6 never run
+    np.testing.assert_array_equal(level1, full[0])
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                            for i, t in enumerate(TEXTS)))
+    capsys.readouterr()
+    assert main(["predict", str(directory), "--input", str(docs), "--top-k", "2"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["id"] for row in rows] == ["0", "1", "2", "3"]
+    best = rows[0]["levels"][0]["labels"][0]
+    index = model.label_index[0].index(best["id"])
+    assert best["score"] == pytest.approx(float(full[0][0, index]), abs=1e-6)
