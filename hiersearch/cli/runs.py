@@ -60,7 +60,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default="runs", help="experiment storage: path or URI")
     p.add_argument("--name", default=None, help="experiment name (default: the space's)")
     p.add_argument("--data", default=None, help="corpus dir (default: the space's)")
-    p.add_argument("--model", default=None, help="backbone: minilm, tiny:LxH or a dir")
+    p.add_argument("--model", default=None, help="backbone: minilm, mpnet, tiny:LxH or a dir")
     p.add_argument(
         "--address", default=None, help="Ray cluster (default: RAY_ADDRESS, else a local Ray)"
     )

@@ -38,7 +38,8 @@ class TrialConfig:
     corpus: str = ""
     # Keep hierarchy levels first..last (1-based); None keeps all (the paper drops some).
     levels: tuple[int, int] | None = None
-    # Backbone: "minilm" (packaged), "tiny:<layers>x<hidden>" (random init), or a model dir.
+    # Backbone: "minilm" or "mpnet" (packaged; mpnet with its extra), "tiny:<layers>x<hidden>"
+    # (random init), or a model dir (docs/backbones.md).
     model: str = PACKAGED_MINILM
     # Tokens per document; the paper uses 512, 128 keeps CPU runs affordable.
     max_length: int = 128
