@@ -12,6 +12,7 @@ from hiersearch.model.assignment import (
 from hiersearch.model.classifier import LayerwiseClassifier, loss_weights
 from hiersearch.model.encoder import (
     PACKAGED_MINILM,
+    PACKAGED_MPNET,
     TINY_PREFIX,
     encoder_depth,
     load_encoder,
@@ -29,6 +30,7 @@ __all__ = [
     "LayerAssignment",
     "LayerwiseClassifier",
     "PACKAGED_MINILM",
+    "PACKAGED_MPNET",
     "TINY_PREFIX",
     "Utilization",
     "encoder_depth",

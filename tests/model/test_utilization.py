@@ -145,6 +145,24 @@ def test_measure_utilization_ignores_batching_and_padding(tiny_bert: BertModel) 
         assert np.allclose(getattr(whole, name), getattr(batched, name), atol=1e-5)
 
 
+def test_measure_utilization_on_an_mpnet_ignores_batching_and_padding(tiny_mpnet: str) -> None:
+    """MPNet's attention is eager already (transformers has no SDPA for it), and its relative
+    position bias depends on distances only: padding and batching change nothing."""
+    from hiersearch.model.encoder import load_encoder
+
+    encoder = load_encoder(tiny_mpnet)
+    ids = torch.randint(5, 100, (4, 7))  # no <pad> (id 1): MPNet's positions skip it
+    ids[:, 0] = 0
+    mask = torch.ones(4, 7, dtype=torch.long)
+    mask[:, 5:] = 0
+    whole = measure_utilization(encoder, ids, mask, batch_size=4)
+    batched = measure_utilization(encoder, ids[:, :5], mask[:, :5], batch_size=3)
+    assert whole.cls_angle.shape == (6, 6) and whole.entropy.shape == (6,)
+    for name in ("cls_angle", "entropy", "head_kl", "layer_kl"):
+        assert np.allclose(getattr(whole, name), getattr(batched, name), atol=1e-5)
+    assert encoder.config._attn_implementation == "eager"
+
+
 def test_batches_group_documents_of_similar_length(tiny_bert: BertModel) -> None:
     ids = torch.randint(0, 100, (4, 7))
     mask = torch.zeros(4, 7, dtype=torch.long)

@@ -36,6 +36,12 @@ def encoded(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(encode(corpus, tokenizer_path("minilm"), 32, tmp_path_factory.mktemp("c")).path)
 
 
+@pytest.fixture(scope="module")
+def mpnet_encoded(tmp_path_factory: pytest.TempPathFactory, tiny_mpnet: str) -> str:
+    corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=60, seed=1, max_leaves=12))
+    return str(encode(corpus, tokenizer_path(tiny_mpnet), 32, tmp_path_factory.mktemp("m")).path)
+
+
 def _config(**changes: Any) -> TrialConfig:
     # 42 training documents: 21 a rank, in 7 batches of 3 (a last batch of one document would
     # leave the running statistics alone, and every rank would hold rank 0's by chance)
@@ -145,3 +151,15 @@ def test_ddp_ranks_train_from_one_shared_feature_cache_and_stay_in_step(
     assert results[0]["weights"] == results[1]["weights"]  # the same all-reduced steps
     (features,) = Path(encoded).parent.glob("features-*")
     assert (features / "pooled" / "meta.json").is_file()
+
+
+@pytest.mark.parametrize("freeze", [0, "all"], ids=["fine-tuned", "head-only"])
+def test_ddp_ranks_train_an_mpnet_and_stay_in_step(
+    tmp_path: Path, mpnet_encoded: str, tiny_mpnet: str, freeze: int | str
+) -> None:
+    """Every trained parameter gets a gradient on every rank (DDP refuses one that does not):
+    MPNet's shared relative position bias trains with the layers, or is frozen with them."""
+    config = _config(freeze_layers=freeze).replace(model=tiny_mpnet)
+    results = _run_two_ranks(tmp_path, mpnet_encoded, config)
+    assert [r["stop"] for r in results] == ["completed", "completed"]
+    assert results[0]["weights"] == results[1]["weights"]
