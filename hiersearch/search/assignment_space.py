@@ -8,9 +8,20 @@ strictly increasing sequence a_1, b_1+1, a_2+1, b_2+2, .., a_L+L-1, b_L+L over 1
 With `overlap=True` the blocks only have to be ordered by both ends (a_n <= a_{n+1} and
 b_n <= b_{n+1}); they may share layers, and consecutive levels may even use the same block.
 
+With `shared=True` (`assignment: {space: shared}`) each level picks its block on its own and
+only the blocks' top layers are ordered (b_n <= b_{n+1}: a deeper, more specific level never
+tops out below a shallower one, the direction of every named variant). Levels may share layers
+and a deeper level's block may reach further down than a shallower one's: "L1:6|L2:6|L3:6|
+L4:5+6" (FLAT's top layer for L1-L3, layers 5-6 for L4) is a point of it and of neither space
+above (its a_4 = 5 < a_3 = 6). It holds every point of both; its size is
+sum over b_1 <= .. <= b_L of prod_n s(b_n), s(b) = min(width, b - k) the blocks that top out
+at layer b (6 layers x 4 levels: 22,827 + FLAT; 12 x 6: 1,256,328,866 + FLAT, 5,619,970 with
+blocks of at most 3 layers).
+
 Optuna sampling is define-by-run: `<prefix>/kind` ("flat" or "blocks"), then for each level
-`<prefix>/L<n>_start` and `<prefix>/L<n>_end`, with integer ranges computed from the earlier
-draws so that every draw is a valid point and every point of the space is reachable. Drawing
+`<prefix>/L<n>_start` and `<prefix>/L<n>_end` (`shared`: the end first, the start below it),
+integers whose ranges are computed from the earlier draws so that every draw is a valid point
+and every point of the space is reachable. Drawing
 each parameter uniformly is NOT uniform over the space (early levels' ranges shape the rest);
 that is acceptable, TPE adapts to where the good points are.
 """
@@ -43,6 +54,9 @@ class SpaceOptions:
 
     # False: ordered non-overlapping blocks (b_n < a_{n+1}); True: a_n <= a_{n+1}, b_n <= b_{n+1}
     overlap: bool = False
+    # True: each level's block its own, only the top layers ordered (b_n <= b_{n+1}); it holds
+    # every `overlap` point, so the two are not set together
+    shared: bool = False
     # the most layers one level's block may hold; None = no limit
     max_width: int | None = None
     # the lowest k layers are never used (kept for their pre-trained function)
@@ -53,6 +67,14 @@ class SpaceOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.overlap, bool):
             raise InputError(f"must be true or false, got {self.overlap!r}", where="overlap")
+        if not isinstance(self.shared, bool):
+            raise InputError(f"must be true or false, got {self.shared!r}", where="shared")
+        if self.overlap and self.shared:
+            raise InputError(
+                "a shared space already lets levels share layers (it holds every overlap "
+                "point): leave overlap out of it",
+                where="overlap",
+            )
         if not isinstance(self.include_flat, bool):
             raise InputError(
                 f"must be true or false, got {self.include_flat!r}", where="include_flat"
@@ -68,6 +90,7 @@ class SpaceOptions:
     def to_dict(self) -> dict[str, Any]:
         return {
             "overlap": self.overlap,
+            "shared": self.shared,
             "max_width": self.max_width,
             "skip_lowest": self.skip_lowest,
             "include_flat": self.include_flat,
@@ -80,13 +103,26 @@ def _width(options: SpaceOptions, num_layers: int) -> int:
 
 def _blocks_possible(num_layers: int, num_levels: int, options: SpaceOptions) -> bool:
     usable = num_layers - options.skip_lowest
-    return usable >= (1 if options.overlap else num_levels) and num_levels >= 1
+    return usable >= (1 if options.overlap or options.shared else num_levels) and num_levels >= 1
+
+
+def _shared_end_range(
+    prev: tuple[int, int] | None, n_: int, options: SpaceOptions
+) -> tuple[int, int]:
+    """A shared space's inclusive range of b_level: at or above the previous level's top."""
+    return (options.skip_lowest + 1 if prev is None else prev[1]), n_
+
+
+def _shared_start_range(end: int, n_: int, options: SpaceOptions) -> tuple[int, int]:
+    """A shared space's inclusive range of a_level under its top layer `end`."""
+    return max(options.skip_lowest + 1, end - _width(options, n_) + 1), end
 
 
 def _start_range(
     level: int, prev: tuple[int, int] | None, n_: int, l_: int, options: SpaceOptions
 ) -> tuple[int, int]:
-    """Inclusive range of a_level given the previous block, such that the rest still fits."""
+    """Inclusive range of a_level given the previous block, such that the rest still fits
+    (not shared: there the start is drawn after the end, `_shared_start_range`)."""
     first = options.skip_lowest + 1
     if options.overlap:
         if prev is None:
@@ -128,6 +164,8 @@ def _why_not_in_space(
     blocks = _blocks_of(assignment)
     if blocks is None:
         return "every level needs one ascending run of consecutive layers"
+    if options.shared:
+        return _why_not_shared(blocks, num_layers, options)
     prev = None
     for level, (a, b) in enumerate(blocks, start=1):
         lo, hi = _start_range(level, prev, num_layers, num_levels, options)
@@ -136,6 +174,21 @@ def _why_not_in_space(
         lo, hi = _end_range(level, a, prev, num_layers, num_levels, options)
         if not lo <= b <= hi:
             return f"level L{level} ends at layer {b}, allowed {lo}..{hi}"
+        prev = (a, b)
+    return None
+
+
+def _why_not_shared(
+    blocks: list[tuple[int, int]], num_layers: int, options: SpaceOptions
+) -> str | None:
+    prev = None
+    for level, (a, b) in enumerate(blocks, start=1):
+        lo, hi = _shared_end_range(prev, num_layers, options)
+        if not lo <= b <= hi:
+            return f"level L{level} ends at layer {b}, allowed {lo}..{hi}"
+        lo, hi = _shared_start_range(b, num_layers, options)
+        if not lo <= a <= hi:
+            return f"level L{level} starts at layer {a}, allowed {lo}..{hi}"
         prev = (a, b)
     return None
 
@@ -176,6 +229,9 @@ def space_size(
         if options.overlap:
             # blocks dominated in both ends: a 2-D prefix sum
             reach = np.cumsum(np.cumsum(count, axis=0), axis=1)
+        elif options.shared:
+            # any block ending at or below the new end: prefix sum over ends, indexed by b'
+            reach = np.broadcast_to(np.cumsum(count.sum(axis=0))[None, :], count.shape)
         else:
             # any block ending before the new start: prefix sum over ends, indexed by a' - 1
             ends = np.cumsum(count.sum(axis=0))
@@ -203,6 +259,8 @@ def enumerate_space(
     ]
 
     def fits(prev: tuple[int, int], nxt: tuple[int, int]) -> bool:
+        if options.shared:
+            return prev[1] <= nxt[1]
         if options.overlap:
             return prev[0] <= nxt[0] and prev[1] <= nxt[1]
         return prev[1] < nxt[0]
@@ -257,12 +315,16 @@ def suggest_assignment(
     prev: tuple[int, int] | None = None
     for level in range(1, num_levels + 1):
         start_name, end_name = _param_names(prefix, level)
-        start = trial.suggest_int(
-            start_name, *_start_range(level, prev, num_layers, num_levels, options)
-        )
-        end = trial.suggest_int(
-            end_name, *_end_range(level, start, prev, num_layers, num_levels, options)
-        )
+        if options.shared:
+            end = trial.suggest_int(end_name, *_shared_end_range(prev, num_layers, options))
+            start = trial.suggest_int(start_name, *_shared_start_range(end, num_layers, options))
+        else:
+            start = trial.suggest_int(
+                start_name, *_start_range(level, prev, num_layers, num_levels, options)
+            )
+            end = trial.suggest_int(
+                end_name, *_end_range(level, start, prev, num_layers, num_levels, options)
+            )
         groups.append(tuple(range(start, end + 1)))
         prev = (start, end)
     return LayerAssignment(groups=tuple(groups))

@@ -10,8 +10,9 @@ an error naming the key):
                  search/dimension.py: {type: loguniform|uniform|int, low, high, step} or
                  {type: categorical, choices}); choices may include null (head_hidden: [null, 64])
     assignment:  how layer-to-level assignments are searched: `space: variants` (a categorical
-                 over named variants) or `space: monotone` (the combinatorial space, with
-                 options), and whether the named variants are enqueued as fixed trials
+                 over named variants), `space: monotone` (the combinatorial space of ordered
+                 blocks, with options) or `space: shared` (each level its own block, levels may
+                 share layers), and whether the named variants are enqueued as fixed trials
     tune:        algorithm (tpe|random|nsga2|grid), num_samples, metric, mode, scheduler
                  (none|asha|pbt), seeds, ... and `pbt:` (population-based training's settings)
     screen:      a two-stage search (search/stages.py): head-only trials screen the
@@ -53,7 +54,7 @@ SECTIONS = (
     "name", "description", "help", "reproduce", "data", "trial", "search", "assignment", "tune",
     "screen",
 )
-ASSIGNMENT_SPACES = ("variants", "monotone")
+ASSIGNMENT_SPACES = ("variants", "monotone", "shared")
 
 __all__ = [
     "ASSIGN_PREFIX",
@@ -82,13 +83,16 @@ __all__ = [
 class AssignmentSpec:
     """How assignments are searched."""
 
-    # "variants": categorical over the named variants; "monotone": the combinatorial space.
+    # "variants": categorical over the named variants; "monotone": the combinatorial space of
+    # ordered blocks; "shared": each level's block its own, only the blocks' tops ordered
+    # (SpaceOptions.shared: levels may share layers).
     space: str = "variants"
     # Named variants in play (all five by default).
     variants: tuple[str, ...] | None = None
     # Enqueue the named variants as fixed trials before the sampler takes over (monotone).
     enqueue_variants: bool = True
-    # Monotone-space options (see search/assignment_space.py, SpaceOptions).
+    # Options of the combinatorial spaces (search/assignment_space.py, SpaceOptions); overlap
+    # is monotone's only.
     overlap: bool = False
     max_width: int | None = None
     skip_lowest: int = 0
@@ -97,13 +101,14 @@ class AssignmentSpec:
     def __post_init__(self) -> None:
         if self.space not in ASSIGNMENT_SPACES:
             raise InputError(
-                f"must be 'variants' or 'monotone', got {self.space!r}", where="space"
+                f"must be 'variants', 'monotone' or 'shared', got {self.space!r}", where="space"
             )
         self.options()  # checks the options' values, naming the option
 
     def options(self) -> SpaceOptions:
         return SpaceOptions(
             overlap=self.overlap,
+            shared=self.space == "shared",
             max_width=self.max_width,
             skip_lowest=self.skip_lowest,
             include_flat=self.include_flat,

