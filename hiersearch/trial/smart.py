@@ -13,9 +13,10 @@ draw).
   `smart_step_size` in its largest coordinate along the gradient (normalized by its largest
   entry, as the SMART reference code's "inf" norm does), then clips every coordinate into
   [-smart_eps, smart_eps]. The term is the divergence between the outputs at the perturbed
-  inputs and the clean outputs, its gradient flowing into both. A head that reads a frozen
-  layer's pooled vector directly (a layer-wise head below the trained layers) sees it
-  unperturbed: a fixed feature, not the input of a trained layer.
+  inputs and the clean outputs, its gradient flowing into both. The perturbed forwards leave a
+  batchnorm head's running statistics alone (the clean forward updates them, once a step). A
+  head that reads a frozen layer's pooled vector directly (a layer-wise head below the trained
+  layers) sees it unperturbed: a fixed feature, not the input of a trained layer.
 - Bregman proximal point term (`smart_bregman_weight`): the divergence between the outputs and
   those of the anchor, an exponential moving average of the trained weights (`smart_momentum`:
   the paper's momentum Bregman proximal point, its beta 0.99), run without dropout and without
@@ -108,14 +109,15 @@ class Smart:
         forward, shape = _perturbed_forward(core, inputs)
         clean = logits.detach()
         noise = torch.randn(shape, device=logits.device) * NOISE_STD
-        for _ in range(config.smart_steps):
-            noise.requires_grad_(True)
-            (grad,) = torch.autograd.grad(symmetric_kl(core, forward(noise), clean), noise)
-            with torch.no_grad():
-                scale = grad.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
-                noise = noise + config.smart_step_size * grad / scale
-                noise = noise.clamp(-config.smart_eps, config.smart_eps)
-        return symmetric_kl(core, forward(noise.detach()), logits)
+        with _statistics_kept(core):
+            for _ in range(config.smart_steps):
+                noise.requires_grad_(True)
+                (grad,) = torch.autograd.grad(symmetric_kl(core, forward(noise), clean), noise)
+                with torch.no_grad():
+                    scale = grad.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12)
+                    noise = noise + config.smart_step_size * grad / scale
+                    noise = noise.clamp(-config.smart_eps, config.smart_eps)
+            return symmetric_kl(core, forward(noise.detach()), logits)
 
     @torch.no_grad()
     def anchored_logits(
@@ -202,6 +204,23 @@ def _adding(noise: torch.Tensor) -> Callable[..., Any]:
         return output + noise
 
     return hook
+
+
+@contextlib.contextmanager
+def _statistics_kept(core: LayerwiseClassifier) -> Iterator[None]:
+    """The perturbed forwards standardize a batchnorm head's input by their batch, as the
+    clean forward does, but leave its running statistics as the clean forward left them:
+    updated once a step, as without SMART."""
+    norms = [m for m in core.norms if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    kept = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for module in norms:
+        module.momentum = 0.0  # running = 1 * running + 0 * batch
+    try:
+        yield
+    finally:
+        for module, (momentum, tracked) in zip(norms, kept, strict=True):
+            module.momentum = momentum
+            module.num_batches_tracked.copy_(tracked)
 
 
 @contextlib.contextmanager

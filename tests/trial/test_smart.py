@@ -97,8 +97,11 @@ def test_the_adversarial_term_is_positive_and_its_gradient_reaches_the_trained_l
     core = recipe.core
     core.train()
     logits = core(**inputs)
+    statistics = [b.clone() for b in core.norms.buffers()]
     term = recipe.smart.adversarial(core, inputs, logits)
     assert term.item() > 0
+    # the perturbed forwards leave the running statistics as the clean one left them
+    assert all(torch.equal(a, b) for a, b in zip(statistics, core.norms.buffers(), strict=True))
     term.backward()
     trained = core.encoder.encoder.layer[freeze].attention.self.query.weight
     assert trained.grad is not None and trained.grad.abs().sum() > 0
