@@ -29,6 +29,7 @@ import layerwise_step  # noqa: E402
 import metrics_speed  # noqa: E402
 import predict_throughput  # noqa: E402
 import ray_overhead  # noqa: E402
+import smart_cost  # noqa: E402
 
 from hiersearch import metrics as M  # noqa: E402
 from hiersearch.search.space import fixed_points, load_space, parse_space  # noqa: E402
@@ -558,3 +559,17 @@ def test_pbt_compare_answers_with_the_best_finished_trial_on_dev() -> None:
                                 {"test_macro": 0.8, "epochs": 42, "seconds": 12}]})
     assert out["pbt"]["test_macro_mean"] == pytest.approx(0.7)
     assert out["pbt"]["epochs_mean"] == 41
+
+
+# --- SMART's cost per step (bench/smart_cost.py) ------------------------------------------------
+def test_smart_cost_pairs_each_arm_with_off_in_the_same_round() -> None:
+    per_step = {"off": [1.0, 2.0, 4.0], "adversarial": [2.0, 5.0, 8.0], "both": [1.0, 2.0, 4.0]}
+    assert smart_cost.ratios(per_step) == {"adversarial": 2.0, "both": 1.0}
+
+
+def test_smart_cost_arms_are_trials_with_and_without_each_term() -> None:
+    terms = {arm: smart_cost.arm_config("tiny:3x32", 1, 2, smart).smart_terms()
+             for arm, smart in smart_cost.ARMS.items()}
+    assert terms == {"off": [], "adversarial": ["smart_weight"],
+                     "bregman": ["smart_bregman_weight"],
+                     "both": ["smart_weight", "smart_bregman_weight"]}

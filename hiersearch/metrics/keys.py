@@ -36,6 +36,7 @@ __all__ = [
     "TRIAL_NODE_ID",
     "TRIAL_STOP_REASON",
     "TRIAL_VARIANT",
+    "TRIAL_WARM_START",
     "TRIAL_WORLD_SIZE",
     "UTIL_CLS_ANGLE_MEAN",
     "UTIL_ENTROPY_MEAN",
@@ -85,6 +86,9 @@ TRIAL_STOP_REASON = "trial/stop_reason"
 TRIAL_NODE_ID = "trial/node_id"
 TRIAL_WORLD_SIZE = "trial/world_size"
 TRIAL_FINAL = "trial/final"
+# A trial asked to start from trained heads (`init_heads_from`, trial/warm_start.py): "yes",
+# or "no: <why>" when they did not fit (absent when not asked).
+TRIAL_WARM_START = "trial/warm_start"
 
 # Population-based training (`scheduler: pbt`): how many times the trial went on from another
 # trial's checkpoint (an exploit), the last donor's trial id and the epoch of its checkpoint;

@@ -318,3 +318,26 @@ def named_variant(
         )
     groups = _variant_groups(canonical, num_layers, num_levels, counts)
     return LayerAssignment(groups=groups, name=canonical)
+
+
+def resolve_assignment(
+    spec: str, num_layers: int, label_counts: Sequence[int]
+) -> LayerAssignment:
+    """A variant name ("LAST-SIX") or a string ("L1:7|L2:8") -> a validated assignment."""
+    if spec.upper() == "FLAT" or ":" not in spec:
+        assignment = named_variant(spec.upper(), num_layers, len(label_counts), label_counts)
+    else:
+        assignment = LayerAssignment.from_string(spec)
+    assignment.validate(num_layers, len(label_counts))
+    return assignment
+
+
+def variant_of(
+    assignment: LayerAssignment, num_layers: int, label_counts: Sequence[int]
+) -> str | None:
+    """The named variant equal to `assignment`, if any (so searched points get names too)."""
+    try:
+        variants = named_variants(num_layers, len(label_counts), label_counts)
+    except InputError:  # no named variant at this depth and level count
+        return None
+    return next((name for name, v in variants.items() if v == assignment), None)

@@ -278,14 +278,15 @@ class LayerwiseClassifier(nn.Module):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """sum_n w_n * mean BCE over the labels of level n, over the whole batch."""
         # the batch mean first: the mean of `document_losses` up to rounding, in fewer operations
-        return self._weighted_levels(_bce(logits, labels).mean(dim=0))
+        return self.level_mean(_bce(logits, labels).mean(dim=0))
 
     def document_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss of each document on its own: [batch] (dev and test losses)."""
-        return self._weighted_levels(_bce(logits, labels))
+        return self.level_mean(_bce(logits, labels))
 
-    def _weighted_levels(self, per_label: torch.Tensor) -> torch.Tensor:
-        """sum_n w_n * (the mean of `per_label` over the labels of level n), on the last dim."""
+    def level_mean(self, per_label: torch.Tensor) -> torch.Tensor:
+        """sum_n w_n * (the mean of `per_label` over the labels of level n), on the last dim:
+        how the loss weighs per-label values (and SMART's divergences, trial/smart.py)."""
         levels = torch.stack([per_label[..., s].mean(dim=-1) for s in self.level_slices], dim=-1)
         return (self.weights * levels).sum(dim=-1)
 

@@ -166,9 +166,10 @@ _SUMMARY_IDS = (
 
 def summary_columns(df: pd.DataFrame) -> list[str]:
     """The columns a leaderboard is read by: who the trial is, its searched and head
-    parameters, dev R-Precision per level, micro and macro, test macro, dev and test micro- and
-    macro-F1 (at the thresholds tuned on dev), the searched metrics and costs, and the Pareto
-    mark; a grouped table keeps the mean and std of those metrics."""
+    parameters, where its weights came from (PBT's exploits, trained heads), dev R-Precision
+    per level, micro and macro, test macro, dev and test micro- and macro-F1 (at the
+    thresholds tuned on dev), the searched metrics and costs, and the Pareto mark; a grouped
+    table keeps the mean and std of those metrics."""
     levels = []
     while M.rp_level_key("dev", len(levels) + 1) in df.columns:
         levels.append(M.rp_level_key("dev", len(levels) + 1))
@@ -193,7 +194,8 @@ def summary_columns(df: pd.DataFrame) -> list[str]:
     params = [c for c in param_columns(df) if not str(c).startswith("assign/")]
     # a PBT trial's place in its population (search.space.MEMBER_PARAM) says nothing here
     params = [c for c in params if c not in (PARETO_COLUMN, "param/variant", "pbt_member")]
-    pbt = [c for c in (M.PBT_EXPLOITS, M.PBT_DONOR) if c in df.columns]
+    # whether a trial started from trained heads (a two-stage search's fine-tunes)
+    pbt = [c for c in (M.PBT_EXPLOITS, M.PBT_DONOR, M.TRIAL_WARM_START) if c in df.columns]
     tail = [c for c in (PARETO_COLUMN, MEMBERS_COLUMN) if c in df.columns]  # members: long
     return [*ids, *params, *pbt, *metrics, *tail]
 

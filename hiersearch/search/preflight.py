@@ -196,15 +196,43 @@ def check_trials(
     """Resolve every fixed trial as the trial will (search/trainable.py), and every searched
     backbone, against the model depth and the corpus levels: an InputError here costs no Ray
     start."""
-    from hiersearch.trial.recipe import resolve_assignment
+    from hiersearch.model.assignment import resolve_assignment
+    from hiersearch.model.classifier import frozen_count
 
     for point in points:
         assignment = assignment_of(point, data.num_layers, data.label_counts, space)
-        config = trial_config(base, point, assignment)
-        resolve_assignment(config.assignment, data.num_layers, data.label_counts)
+        config = trial_config(base, point, assignment, space.heads_from)
+        layers = resolve_assignment(config.assignment, data.num_layers, data.label_counts)
+        frozen = frozen_count(config.freeze_layers, data.num_layers)
+        try:
+            config.check_smart(frozen >= max(layers.layers_used(data.num_layers)))
+        except InputError as exc:
+            section = "search" if exc.where in space.search else "trial"
+            raise InputError(exc.message, where=f"{space.path}: {section}: {exc.where}") from None
+    _check_heads(space, base)
     searched = space.search.get("model")
     for choice in searched.choices if searched else ():
         _check_backbone(str(choice), base, data.num_layers, f"{space.path}: search: model")
+
+
+def _check_heads(space: SpaceFile, base: TrialConfig) -> None:
+    """Every trained heads' checkpoint a trial would start from (`heads_from:`, the trial
+    section's `init_heads_from`) is a trial's checkpoint; a local one is looked at (a bucket's
+    is read by the trial). Heads of other options than a trial's are no error: that trial
+    starts with new heads and says why (trial/warm_start.py)."""
+    from hiersearch.trial.checkpoint import CONFIG_FILE, MODEL_FILE
+
+    named = {f"{space.path}: heads_from: {k}": v for k, v in space.heads_from.items()}
+    if base.init_heads_from is not None:
+        named[f"{space.path}: trial: init_heads_from"] = base.init_heads_from
+    for where, location in named.items():
+        if "://" in location:
+            continue
+        missing = [f for f in (CONFIG_FILE, MODEL_FILE) if not (Path(location) / f).is_file()]
+        if missing:
+            raise InputError(
+                f"{location} is not a trial's checkpoint (no {', '.join(missing)})", where=where
+            )
 
 
 def _check_backbone(choice: str, base: TrialConfig, num_layers: int, where: str) -> None:

@@ -171,6 +171,7 @@ def run_two_stage(space: SpaceFile, options: RunOptions) -> str:
         FINETUNE,
         SCREEN,
         finetune_space,
+        screen_heads,
         screen_size,
         screen_trials,
         screening_space,
@@ -204,9 +205,12 @@ def run_two_stage(space: SpaceFile, options: RunOptions) -> str:
         return root
     metric, mode = space.tune.metrics[0], space.tune.modes[0]
     top = top_assignments(table, metric, mode, space.screen.top_k)
+    heads = screen_heads(table, top, metric, mode) if space.screen.warm_start else {}
     print(f"[hiersearch] stage 2 fine-tunes the screen's {len(top)} best assignments by "
-          f"{metric}: {', '.join(top)}", flush=True)
-    run_experiment(finetune_space(space, top), replace(finetune, resume=False), FINETUNE)
+          f"{metric}: {', '.join(top)}; {len(heads)} of them from the heads their screen "
+          "trial trained" + ("" if space.screen.warm_start else " (screen: warm_start: false)"),
+          flush=True)
+    run_experiment(finetune_space(space, top, heads), replace(finetune, resume=False), FINETUNE)
     return root
 
 

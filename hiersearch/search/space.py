@@ -17,6 +17,9 @@ an error naming the key):
                  (none|asha|pbt), seeds, ... and `pbt:` (population-based training's settings)
     screen:      a two-stage search (search/stages.py): head-only trials screen the
                  assignments, the best few are fine-tuned
+    heads_from:  {assignment: a finished trial's final checkpoint}: the trained heads the
+                 trials of each assignment start from (their `init_heads_from`,
+                 trial/warm_start.py); what a two-stage search writes into its stage 2
 
 The define-by-run function only calls `trial.suggest_*` and returns no constants: every fixed
 trial (a named variant, a grid point, a seed) is a dict of suggest values, because Optuna's
@@ -50,9 +53,11 @@ SEED_PARAM = "seed"
 # assignment and seed); the values PBT mutates are parameters of their own.
 MEMBER_PARAM = "pbt_member"
 ASSIGN_PREFIX = "assign"
+# The trial's trained heads (TrialConfig.init_heads_from): set per assignment (`heads_from:`)
+HEADS_KEY = "init_heads_from"
 SECTIONS = (
     "name", "description", "help", "reproduce", "data", "trial", "search", "assignment", "tune",
-    "screen",
+    "screen", "heads_from",
 )
 ASSIGNMENT_SPACES = ("variants", "monotone", "shared")
 
@@ -121,7 +126,8 @@ SCHEDULERS = ("none", "asha", "pbt")
 # rates, regularization and the loss, never a shape (head_hidden, pooling's feature width,
 # freeze_layers, the model) nor what the schedule's length or the batches depend on.
 PBT_MUTABLE = (
-    "lr", "head_lr", "dropout", "weight_decay", "warmup_ratio", "max_grad_norm", "loss_weighting"
+    "lr", "head_lr", "warm_head_lr", "dropout", "weight_decay", "warmup_ratio", "max_grad_norm",
+    "loss_weighting", "smart_weight", "smart_bregman_weight",
 )
 # Searched keys that change a trial's weights' shapes: why PBT cannot copy weights across them.
 SHAPE_KEYS = ("head_hidden", "pooling", "head_norm", "freeze_layers", "model", "max_length")
@@ -141,6 +147,10 @@ class ScreenSpec:
     trials: int | str = SCREEN_ALL
     # Epochs of a head-only trial (null: the trial section's).
     epochs: int | None = None
+    # Each fine-tune starts from the heads its assignment's screen trial trained (linear
+    # probing, then fine-tuning; trial/warm_start.py), at `warm_head_lr`; false: new heads
+    # at `head_lr`, as a one-stage search's.
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -325,6 +335,9 @@ class SpaceFile:
     reproduce: bool = False
     # A two-stage search (`screen:`), or None: one stage.
     screen: ScreenSpec | None = None
+    # The trained heads each assignment's trials start from (`heads_from:`): a checkpoint
+    # per assignment, as the trials' configs name it.
+    heads_from: dict[str, str] = field(default_factory=dict)
 
     def base_config(self, **overrides: Any) -> TrialConfig:
         values = {**self.trial, **{k: v for k, v in overrides.items() if v is not None}}
@@ -391,7 +404,19 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SpaceFile:
         help=coerce(raw.get("help", ""), str, f"{where}: help"),
         reproduce=coerce(raw.get("reproduce", False), bool, f"{where}: reproduce"),
         screen=screen,
+        heads_from=_heads_from(raw.get("heads_from"), f"{where}: heads_from"),
     )
+
+
+def _heads_from(section: Any, where: str) -> dict[str, str]:
+    """The `heads_from:` section: an assignment (as trials name it) -> a checkpoint."""
+    heads = {}
+    for assignment, location in as_mapping(section or {}, where).items():
+        location = coerce(location, str, f"{where}: {assignment}")
+        if not location.strip():
+            raise InputError("must be a trial's final checkpoint", where=f"{where}: {assignment}")
+        heads[str(assignment)] = location
+    return heads
 
 
 def _check_pbt(search: dict[str, Dimension], where: str) -> None:
@@ -421,13 +446,14 @@ def _check_pbt(search: dict[str, Dimension], where: str) -> None:
 def _parse_search(section: Any, trial: dict[str, Any], where: str) -> dict[str, Dimension]:
     """The search section: every key a searchable TrialConfig field, every distribution
     well-formed, and both its ends (or every choice) valid values of the field."""
-    searchable = {f.name for f in fields(TrialConfig)} - {"assignment", SEED_PARAM}
+    searchable = {f.name for f in fields(TrialConfig)} - {"assignment", SEED_PARAM, HEADS_KEY}
     search = {}
     for key, value in as_mapping(section, where).items():
         if key not in searchable:
             raise InputError(
                 f"unknown searchable key {key!r} (searchable: TrialConfig fields other than "
-                "assignment and seed; the assignment has its own section, seeds are tune.seeds)",
+                f"assignment, seed and {HEADS_KEY}; the assignment has its own section, seeds "
+                "are tune.seeds, trained heads come per assignment: heads_from)",
                 where=where,
             )
         search[key] = Dimension.parse(value, f"{where}: {key}")
@@ -550,12 +576,20 @@ def fixed_points(space: SpaceFile, num_layers: int, label_counts: Sequence[int])
     return points
 
 
-def trial_config(base: TrialConfig, params: dict[str, Any], assignment: str) -> TrialConfig:
-    """The resolved config of one trial: fixed fields + sampled values + its assignment."""
+def trial_config(
+    base: TrialConfig,
+    params: dict[str, Any],
+    assignment: str,
+    heads_from: dict[str, str] | None = None,
+) -> TrialConfig:
+    """The resolved config of one trial: fixed fields + sampled values + its assignment, and
+    the trained heads `heads_from` names for that assignment (the space's `heads_from`)."""
     values = {
         k: v
         for k, v in params.items()
         if k != VARIANT_PARAM and not k.startswith(ASSIGN_PREFIX + "/")
     }
     merged = {**base.to_json(), **values, "assignment": assignment}
+    if heads_from and assignment in heads_from:
+        merged[HEADS_KEY] = heads_from[assignment]
     return TrialConfig.from_dict(merged, where="trial")

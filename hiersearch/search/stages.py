@@ -7,7 +7,9 @@ A space file with a `screen:` section (`ScreenSpec`) runs as one experiment in t
    assignment of the space once (`trials: all`, the head options at their first choice), or
    over N points TPE draws from the assignments x the searched head options (`trials: N`);
 2. `finetune/`: the `top_k` best assignments of stage 1 by the search metric, fine-tuned with
-   the file's `trial:` and `search:` settings (its seeds, sampler and ASHA as in any search).
+   the file's `trial:` and `search:` settings (its seeds, sampler and ASHA as in any search),
+   each from the heads that the best screen trial of its assignment trained (`screen:
+   warm_start`, on by default: stage 2's `heads_from:`, trial/warm_start.py).
 
 Each stage is a whole experiment of its own (Ray Tune's state, hiersearch.json with a `stage`,
 an Optuna study, the baseline row), side by side in the experiment's directory: the
@@ -27,6 +29,7 @@ from hiersearch.errors import InputError
 from hiersearch.model.classifier import FREEZE_ALL
 from hiersearch.search.assignment_space import enumerate_space, space_size
 from hiersearch.search.space import SCREEN_ALL, SpaceFile, parse_space
+from hiersearch.trial.config import SMART_TERMS
 
 SCREEN, FINETUNE = "screen", "finetune"
 STAGES = (SCREEN, FINETUNE)
@@ -36,8 +39,9 @@ STAGES = (SCREEN, FINETUNE)
 MAX_SCREEN_TRIALS = 2000
 # A trial's status (report/results.py) while its stage has not ended.
 _UNFINISHED = ("running", "pending", "paused", "unknown")
-# Searched settings a head-only trial has no use for: nothing in the encoder trains.
-_ENCODER_ONLY = ("lr", "freeze_layers")
+# Searched settings a head-only trial has no use for: nothing in the encoder trains, and its
+# heads are new.
+_ENCODER_ONLY = ("lr", "freeze_layers", "warm_head_lr", *SMART_TERMS)
 
 
 def screen_assignments(space: SpaceFile, num_layers: int, num_levels: int) -> list[str]:
@@ -72,6 +76,8 @@ def screening_space(space: SpaceFile, num_layers: int, num_levels: int) -> Space
     raw = _stage_raw(space, SCREEN)
     trial = dict(raw.get("trial") or {})
     trial["freeze_layers"] = FREEZE_ALL
+    # SMART regularizes fine-tunes (refused head-only); the screen trains new heads
+    trial.update({key: 0.0 for key in SMART_TERMS}, init_heads_from=None)
     if screen.epochs is not None:
         trial["epochs"] = screen.epochs
     search = {k: dim for k, dim in space.search.items() if k not in _ENCODER_ONLY}
@@ -94,11 +100,30 @@ def screening_space(space: SpaceFile, num_layers: int, num_levels: int) -> Space
     return parse_space(raw, f"{space.path} (stage 1: screen)")
 
 
-def finetune_space(space: SpaceFile, assignments: list[str]) -> SpaceFile:
-    """Stage 2's space: the file's, over the screen's `top_k` best `assignments`."""
+def finetune_space(
+    space: SpaceFile, assignments: list[str], heads: dict[str, str] | None = None
+) -> SpaceFile:
+    """Stage 2's space: the file's, over the screen's `top_k` best `assignments`, each
+    starting from the trained heads `heads` names for it (`screen_heads`; none: new heads)."""
     raw = _stage_raw(space, FINETUNE)
     raw["assignment"] = {"space": "variants", "variants": list(assignments)}
+    raw["heads_from"] = {a: heads[a] for a in assignments if heads and a in heads}
     return parse_space(raw, f"{space.path} (stage 2: finetune)")
+
+
+def screen_heads(table: Any, assignments: list[str], metric: str, mode: str) -> dict[str, str]:
+    """The final checkpoint of each assignment's best finished screen trial by `metric`: the
+    trial that put it among the `top_k` (`top_assignments`), whose heads its fine-tunes start
+    from. An assignment whose trial kept no checkpoint is left out (its fine-tunes start
+    with new heads)."""
+    done = table[(table["status"] == "terminated") & table[metric].notna()]
+    ordered = done.sort_values(metric, ascending=mode == "min", kind="stable")
+    heads: dict[str, str] = {}
+    for assignment in assignments:
+        rows = ordered[ordered["assignment"].astype(str) == assignment]
+        if not rows.empty and isinstance(rows["checkpoint"].iloc[0], str):
+            heads[assignment] = rows["checkpoint"].iloc[0]
+    return heads
 
 
 def screen_trials(space: SpaceFile) -> int | None:

@@ -105,7 +105,8 @@ def _resolve(params: dict[str, Any], inputs: TrialInputs) -> TrialConfig:
     # Tune nests "assign/L1_start"-style keys into {"assign": {...}}: undo that.
     params = inputs.plan.trial_params(flatten_dict(params, delimiter="/"))
     assignment = assignment_of(params, data.num_layers, data.label_counts, inputs.space)
-    config = trial_config(inputs.base, params, assignment).replace(corpus=data.corpus_dir)
+    config = trial_config(inputs.base, params, assignment, inputs.space.heads_from)
+    config = config.replace(corpus=data.corpus_dir)
     filesystem, trial_path = _trial_storage()
     write_text(filesystem, checkpoint.config_path(trial_path), config.dumps())
     return config

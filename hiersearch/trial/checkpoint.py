@@ -11,6 +11,9 @@ experiment, a PBT exploit):
                      trial that wrote it: another trial's checkpoint restored is a PBT exploit)}
     config.json      the resolved `TrialConfig`
 
+`train_state.pt` of a trial with SMART's Bregman term also holds "smart_anchor": the moving
+average of its trained weights (trial/smart.py).
+
 A trial's final checkpoint (what `hiersearch export` reads) holds the weights of its best
 epoch, `config.json`, `final_metrics.json` (the final report, strict JSON: a non-finite value
 is null) and `scores.npz`: those weights' dev and test scores (logits [docs, labels], float32,
@@ -29,6 +32,7 @@ models read them, so they do not change.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -36,6 +40,7 @@ import random
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -108,6 +113,8 @@ class TrainingState:
     rng: dict[str, Any]
     writer: str | None  # the trial that wrote it ("trial_id" on disk)
     best_model: dict[str, Any] | None = None
+    # SMART's moving average of the trained weights (trial/smart.py), when the trial has one
+    smart_anchor: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ def save(directory: Path, content: EpochCheckpoint | FinalCheckpoint, config: Tr
         "rng": training.rng,
         "trial_id": training.writer,
     }
+    if training.smart_anchor is not None:  # a trial without it keeps the format as it was
+        train_state["smart_anchor"] = training.smart_anchor
     torch.save(train_state, directory / TRAIN_STATE_FILE)
     write_config(directory, config)
 
@@ -186,6 +195,7 @@ def read_training(directory: Path) -> TrainingState:
             state=LoopState(**saved["state"]),
             rng=saved["rng"],
             writer=saved.get("trial_id"),
+            smart_anchor=saved.get("smart_anchor"),
             # the best epoch is an earlier one
             best_model=_torch_load(best, map_location="cpu") if best.exists() else None,
         )
@@ -220,6 +230,41 @@ def config_path(directory: _Dir) -> _Dir:
 
 def write_config(directory: Path, config: TrialConfig) -> None:
     atomic_write_text(config_path(directory), config.dumps())
+
+
+def read_config(directory: Path) -> TrialConfig:
+    """The resolved config a checkpoint holds; a missing or bad file is a CheckpointError
+    (an InputError) naming it."""
+    path = config_path(directory)
+    if not path.is_file():
+        raise CheckpointError("no such file: not a trial's checkpoint", where=str(path))
+    return TrialConfig.from_dict(read_json_file(path), where=str(path))
+
+
+@contextlib.contextmanager
+def local_copy(location: str) -> Iterator[Path]:
+    """A checkpoint (a local path, or a URI pyarrow opens: s3://, gs://) as a local
+    directory: as it is on a local disk, else a temporary copy of its config and weights,
+    gone after the block."""
+    if "://" not in location:
+        yield Path(location).expanduser()
+        return
+    import pyarrow.fs
+
+    try:
+        filesystem, path = pyarrow.fs.FileSystem.from_uri(location.rstrip("/"))
+    except Exception as exc:  # pyarrow raises ArrowInvalid and friends for a bad URI
+        raise CheckpointError(f"cannot open: {exc}", where=location) from None
+    with tempfile.TemporaryDirectory(prefix="hiersearch-heads-") as tmp:
+        for name in (CONFIG_FILE, MODEL_FILE):
+            try:
+                pyarrow.fs.copy_files(
+                    f"{path}/{name}", f"{tmp}/{name}", source_filesystem=filesystem,
+                    destination_filesystem=pyarrow.fs.LocalFileSystem(),
+                )
+            except (OSError, FileNotFoundError):
+                continue  # named by the reader of the missing file
+        yield Path(tmp)
 
 
 def final_metrics_path(directory: _Dir) -> _Dir:

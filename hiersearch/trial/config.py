@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hiersearch.errors import InputError
-from hiersearch.model.classifier import check_head_options
+from hiersearch.model.classifier import FREEZE_ALL, check_head_options
 from hiersearch.model.encoder import PACKAGED_MINILM
 from hiersearch.typed import as_mapping, from_mapping
 
@@ -26,6 +26,8 @@ GRAD_COMPRESSIONS = ("none", "bf16")
 # Batches per sorting window of the training order when `length_window` is null (the value of
 # Hugging Face's group_by_length).
 DEFAULT_LENGTH_WINDOW = 50
+# The SMART terms of the loss, by their weights' fields (trial/smart.py); 0 turns one off.
+SMART_TERMS = ("smart_weight", "smart_bregman_weight")
 # The key `precision` replaced; still read (a boolean), with a note saying what to write.
 DEPRECATED_BF16 = "bf16"
 
@@ -52,6 +54,39 @@ class TrialConfig:
     # Learning rate of the classification heads; null: `lr` (the paper's single rate). A new,
     # randomly initialized head learns slowly at a rate that suits the pretrained encoder.
     head_lr: float | None = None
+    # A finished trial's final checkpoint (a path or URI) whose heads (weights and a
+    # batchnorm head's running statistics) this trial starts from, the encoder starting from
+    # the backbone as always: linear probing, then fine-tuning (Kumar et al., ICLR 2022). Heads
+    # of other options than this trial's start new instead (trial/warm_start.py says which
+    # options, and the reports why). A two-stage search sets it for each fine-tune to its
+    # screen trial's (`screen: warm_start`); not searchable. null: new heads.
+    init_heads_from: str | None = None
+    # The peak rate of heads that start trained (`init_heads_from`); null: `lr`, one rate for
+    # the whole model as LP-FT fine-tunes, so that trained heads do not run ahead of an
+    # encoder still warming up. `head_lr` stays the rate of new heads.
+    warm_head_lr: float | None = None
+    # SMART (Jiang et al., ACL 2020; trial/smart.py): the weight of the smoothness-inducing
+    # adversarial term, the symmetric KL (per label, of Bernoulli outputs) between the
+    # model's outputs on its trained layers' inputs and on those inputs perturbed within
+    # `smart_eps` in the direction that moves the outputs most. 0: off (the paper: 1 to 10).
+    smart_weight: float = 0.0
+    # Projected gradient-ascent steps that find the perturbation (the paper's K: 1); each
+    # costs a forward and a backward of the trained layers.
+    smart_steps: int = 1
+    # The size of an ascent step, in each token vector's largest coordinate. The paper
+    # states eta 1e-3 with epsilon 1e-5, a perturbation too small to change a float32 output
+    # measurably; its reference code rescales the perturbation to a largest coordinate of 1.
+    # 1e-2: one hundredth of the perturbed states' scale (LayerNorm outputs).
+    smart_step_size: float = 1e-2
+    # The perturbation's radius: the most it moves any coordinate of the perturbed states.
+    smart_eps: float = 1e-2
+    # SMART's Bregman proximal point term: the weight of the symmetric KL between the model's
+    # outputs and those of an exponential moving average of its weights (the paper's
+    # "momentum Bregman proximal point", mu: 1), which keeps each step near the recent
+    # weights. 0: off.
+    smart_bregman_weight: float = 0.0
+    # The moving average's momentum (the paper's beta: 0.99, a memory of about 100 steps).
+    smart_momentum: float = 0.99
     # Dropout before every head (the paper grid-searches 0 and 0.1).
     dropout: float = 0.1
     # How a head reads a layer: "cls" (its [CLS] vector, the paper's), "mean" (the mean over
@@ -153,6 +188,19 @@ class TrialConfig:
             (self.lr > 0, "lr", "must be > 0"),
             (self.head_lr is None or self.head_lr > 0, "head_lr", "must be > 0 or null"),
             (0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)"),
+            (
+                self.init_heads_from is None or bool(self.init_heads_from.strip()),
+                "init_heads_from",
+                "must be a trial's final checkpoint (a path or URI) or null",
+            ),
+            (self.warm_head_lr is None or self.warm_head_lr > 0, "warm_head_lr",
+             "must be > 0 or null"),
+            (self.smart_weight >= 0, "smart_weight", "must be >= 0 (0: off)"),
+            (self.smart_steps >= 1, "smart_steps", "must be >= 1"),
+            (self.smart_step_size > 0, "smart_step_size", "must be > 0"),
+            (self.smart_eps > 0, "smart_eps", "must be > 0"),
+            (self.smart_bregman_weight >= 0, "smart_bregman_weight", "must be >= 0 (0: off)"),
+            (0.0 <= self.smart_momentum < 1.0, "smart_momentum", "must be in [0, 1)"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.grad_accum >= 1, "grad_accum", "must be >= 1"),
             (self.epochs >= 1, "epochs", "must be >= 1"),
@@ -217,6 +265,24 @@ class TrialConfig:
             if not ok:
                 raise InputError(f"{why} (got {getattr(self, key)!r})", where=key)
         check_head_options(self.pooling, self.head_norm, self.head_hidden, self.freeze_layers)
+        self.check_smart(self.freeze_layers == FREEZE_ALL)
+
+    def smart_terms(self) -> list[str]:
+        """The SMART terms this trial adds to its loss (`SMART_TERMS` whose weight is > 0)."""
+        return [key for key in SMART_TERMS if getattr(self, key) > 0]
+
+    def check_smart(self, head_only: bool) -> None:
+        """SMART regularizes what fine-tuning changes: the encoder layers that train (their
+        inputs perturbed, their steps kept near their average). A head-only trial has none:
+        asking for it there is an InputError naming the term, not a term silently dropped."""
+        terms = self.smart_terms()
+        if head_only and terms:
+            raise InputError(
+                "a head-only trial trains no encoder layer, whose inputs SMART perturbs and "
+                f"whose steps it keeps near their average (freeze_layers: {self.freeze_layers} "
+                f"with assignment {self.assignment}): set it to 0, or train a layer a head reads",
+                where=terms[0],
+            )
 
     def batch_window(self) -> int:
         """`length_window` resolved: the batches per sorting window of the training order."""

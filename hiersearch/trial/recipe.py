@@ -24,7 +24,6 @@ CPU or NCCL on GPU), inside a one-worker Ray Tune trial (`TuneSession`) and in-p
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import socket
@@ -41,7 +40,7 @@ from hiersearch.data.batching import length_grouped, shard
 from hiersearch.data.corpus import SPLITS
 from hiersearch.data.encode import EncodedCorpus, Split, load_encoded
 from hiersearch.errors import InputError
-from hiersearch.model.assignment import LayerAssignment, named_variant, named_variants
+from hiersearch.model.assignment import resolve_assignment, variant_of
 from hiersearch.model.classifier import LayerwiseClassifier
 from hiersearch.model.encoder import load_encoder, num_encoder_layers
 from hiersearch.trial import checkpoint, training
@@ -70,23 +69,15 @@ from hiersearch.trial.session import (
     broadcast_from_rank0,
     gather_to_rank0,
 )
+from hiersearch.trial.smart import Smart
 from hiersearch.trial.training import EpochTraining, LossTally
+from hiersearch.trial.warm_start import start_heads
 
 STOP_COMPLETED = "completed"
 STOP_PATIENCE = "patience"
 STOP_NAN = "nan_loss"
 # A dev loss must fall by more than this to count as an improvement (early stopping).
 MIN_IMPROVEMENT = 1e-7
-
-
-def resolve_assignment(spec: str, num_layers: int, label_counts: list[int]) -> LayerAssignment:
-    """A variant name ("LAST-SIX") or a string ("L1:7|L2:8") -> a validated assignment."""
-    if spec.upper() == "FLAT" or ":" not in spec:
-        assignment = named_variant(spec.upper(), num_layers, len(label_counts), label_counts)
-    else:
-        assignment = LayerAssignment.from_string(spec)
-    assignment.validate(num_layers, len(label_counts))
-    return assignment
 
 
 def build_classifier(config: TrialConfig, label_counts: list[int]) -> LayerwiseClassifier:
@@ -105,17 +96,6 @@ def build_classifier(config: TrialConfig, label_counts: list[int]) -> LayerwiseC
         head_hidden=config.head_hidden,
         freeze_layers=config.freeze_layers,
     )
-
-
-def variant_of(
-    assignment: LayerAssignment, num_layers: int, label_counts: list[int]
-) -> str | None:
-    """The named variant equal to `assignment`, if any (so searched points get names too)."""
-    with contextlib.suppress(InputError):
-        for name, variant in named_variants(num_layers, len(label_counts), label_counts).items():
-            if variant == assignment:
-                return name
-    return None
 
 
 def seed_everything(seed: int) -> None:
@@ -169,6 +149,7 @@ class TrialRecipe:
         self.scaler = self.precision.grad_scaler()
         self.num_labels = encoded.num_labels
         self.core = self._setup_model(encoded.label_counts)
+        self.smart = Smart.of(self.core, self.config)
         splits = {name: Split.from_table(encoded.splits[name]) for name in SPLITS}
         self.train_split, self.dev, self.test = (splits[name] for name in SPLITS)
         if len(self.train_split) == 0 or len(self.dev) == 0:
@@ -188,23 +169,33 @@ class TrialRecipe:
     def _setup_model(self, label_counts: list[int]) -> LayerwiseClassifier:
         model = build_classifier(self.config, label_counts)
         num_layers, assignment = num_encoder_layers(model.encoder), model.assignment
+        # after every seeded draw of the model's: a warm start changes no later draw
+        self.warm = start_heads(model, self.config, label_counts)
         self.identity = {
             M.TRIAL_VARIANT: assignment.name or variant_of(assignment, num_layers, label_counts),
             M.TRIAL_ASSIGNMENT: assignment.to_string(),
             M.TRIAL_NODE_ID: self.session.node_id(),
             M.TRIAL_WORLD_SIZE: self.session.world_size,
+            **(self.warm.report() if self.warm is not None else {}),
         }
         return model.to(self.session.device)
 
     def _setup_optimizer(self) -> None:
-        """AdamW (the heads at head_lr; frozen layers left out) and a linear schedule with
-        warm-up over all steps."""
+        """AdamW (new heads at head_lr, trained ones at warm_head_lr; frozen layers left
+        out) and a linear schedule with warm-up over all steps."""
         config, device = self.config, self.session.device
-        self.optimizer = training.build_optimizer(self.core, self.model, config, device)
+        self.optimizer = training.build_optimizer(
+            self.core, self.model, config, device, warm=self.warm_heads
+        )
         self.steps_per_epoch = training.steps_per_epoch(
             config, len(self.train_split), self.session.world_size
         )
         self.scheduler = training.build_schedule(self.optimizer, config, self.steps_per_epoch)
+
+    @property
+    def warm_heads(self) -> bool:
+        """Whether the heads started trained (`init_heads_from`, trial/warm_start.py)."""
+        return self.warm is not None and self.warm.loaded
 
     def autocast(self) -> Any:
         """The context the model's forward runs in: the trial's precision (on a GPU)."""
@@ -246,7 +237,9 @@ class TrialRecipe:
         exploit = self.state.exploited(saved.writer, self.trial_id)
         if self.pbt:
             self._record_exploit(exploit)
-        training.apply_rates(self.optimizer, self.scheduler, self.config)
+        training.apply_rates(self.optimizer, self.scheduler, self.config, self.warm_heads)
+        if self.smart is not None:
+            self.smart.restore(saved.smart_anchor, self.core)
         self.best_weights = saved.best_model
         if saved.best_model is None:  # the checkpoint's own weights are the best
             self._best_copy = self._weights_copy()
@@ -340,9 +333,14 @@ class TrialRecipe:
             self.sources["train"].batch(batch_index, self.num_labels), self.session.device
         )
         with training.no_sync(self.model, not sync), self.autocast():
-            logits = self.model(**model_inputs(batch))
+            inputs = model_inputs(batch)
+            logits = self.model(**inputs)
             loss = self.core.loss(logits, batch["labels"])
-        tally.add(loss.detach())
+            tally.add(loss.detach())  # the task's loss: comparable with or without SMART
+            if self.smart is not None:
+                penalty = self.smart.penalty(self.core, inputs, logits)
+                tally.expect_finite(penalty.detach())
+                loss = loss + penalty
         loss = loss / self.config.grad_accum
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
@@ -365,6 +363,8 @@ class TrialRecipe:
             tally.host_ok = False
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.smart is not None:
+            self.smart.step(self.core)
         self.state.global_step += 1
 
     # --------------------------------------------------------------------------- evaluate
@@ -454,6 +454,7 @@ class TrialRecipe:
             writer=self.trial_id,  # read back by an exploiting trial
             # the current weights are not the best ones: both are kept
             best_model=self.best_weights,
+            smart_anchor=None if self.smart is None else self.smart.anchor_state(),
         )
         return EpochCheckpoint(self.core.state_dict(), training_state)
 

@@ -64,18 +64,31 @@ class LossTally:
         return float(self.loss_sum) / max(1, self.count)
 
 
+def head_rate(config: TrialConfig, warm: bool) -> float:
+    """The heads' peak rate: `warm_head_lr` (null: `lr`) for heads that start trained
+    (trial/warm_start.py), `head_lr` (null: `lr`) for new ones."""
+    if warm:
+        return config.warm_head_lr or config.lr
+    return config.head_lr or config.lr
+
+
 def build_optimizer(
-    core: LayerwiseClassifier, model: torch.nn.Module, config: TrialConfig, device: torch.device
+    core: LayerwiseClassifier,
+    model: torch.nn.Module,
+    config: TrialConfig,
+    device: torch.device,
+    warm: bool = False,
 ) -> torch.optim.Optimizer:
-    """AdamW: the encoder's trainable parameters at lr, the heads at head_lr (frozen layers
-    left out). `model`: what trains (`core` itself, or its DDP wrapper)."""
+    """AdamW: the encoder's trainable parameters at lr, the heads at `head_rate` (frozen
+    layers left out). `model`: what trains (`core` itself, or its DDP wrapper); `warm`: the
+    heads start trained."""
     heads = list(core.heads.parameters())
     head_ids = {id(p) for p in heads}
     encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
     return torch.optim.AdamW(
         [
             {"params": encoder},
-            {"params": heads, "lr": config.head_lr or config.lr},
+            {"params": heads, "lr": head_rate(config, warm)},
         ],
         lr=config.lr,
         weight_decay=config.weight_decay,
@@ -105,13 +118,15 @@ def build_schedule(
     )
 
 
-def apply_rates(optimizer: torch.optim.Optimizer, scheduler: Any, config: TrialConfig) -> None:
+def apply_rates(
+    optimizer: torch.optim.Optimizer, scheduler: Any, config: TrialConfig, warm: bool = False
+) -> None:
     """`config`'s rates and weight decay over a restored optimizer and schedule, at the
     restored step: a PBT exploit restores another trial's, and what PBT mutated must take
     effect (dropout, warm-up, clipping and the loss read the config as they go). A trial's
-    own checkpoint holds its own values: nothing changes then."""
+    own checkpoint holds its own values: nothing changes then. `warm`: as `build_optimizer`."""
     groups = optimizer.param_groups
-    rates = [config.lr, config.head_lr or config.lr]
+    rates = [config.lr, head_rate(config, warm)]
     for group, rate in zip(groups, rates, strict=True):
         group["weight_decay"] = config.weight_decay
         group["initial_lr"] = rate

@@ -284,6 +284,19 @@ def test_the_summary_shows_dev_and_test_f1_after_r_precision(finished: pd.DataFr
     assert shown[-5:] == ["test/rp_macro", *f1]  # per-level F1: in csv and json only
 
 
+def test_the_summary_says_which_trials_started_from_trained_heads(
+    finished: pd.DataFrame,
+) -> None:
+    assert "trial/warm_start" not in lb.summary_columns(finished)  # no trial was asked
+    said = ["yes", "no: head_hidden 64 here, null in the trained heads' trial"]
+    table = finished.assign(**{"trial/warm_start": [said[i % 2] for i in range(len(finished))]})
+    table.attrs.update(finished.attrs)
+    shown = lb.select_columns(table, None, "table")
+    assert "trial/warm_start" in shown.columns
+    assert list(shown["trial/warm_start"]) == list(table["trial/warm_start"])
+    assert shown.columns.get_loc("trial/warm_start") < shown.columns.get_loc("dev/rp_L1")
+
+
 def test_the_summary_of_a_grouped_multi_objective_table_keeps_its_costs(
     finished: pd.DataFrame,
 ) -> None:

@@ -75,6 +75,9 @@ def test_every_mutable_key_is_accepted_with_its_settings() -> None:
         "warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
         "max_grad_norm": {"type": "uniform", "low": 0.5, "high": 2.0},
         "loss_weighting": {"type": "categorical", "choices": ["proportional", "uniform"]},
+        "warm_head_lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+        "smart_weight": {"type": "uniform", "low": 0.0, "high": 3.0},
+        "smart_bregman_weight": {"type": "uniform", "low": 0.0, "high": 3.0},
     }
     assert set(search) == set(PBT_MUTABLE)
     space = _space(search, pbt={"perturbation_interval": 2, "burn_in_period": 0})

@@ -65,6 +65,13 @@ def test_assignment_in_the_trial_section_is_refused_not_ignored(
          "search: batch_size: Optuna refuses this distribution: The distribution"),
         ("search", {"batch_size": {"type": "int", "low": 2.5, "high": 8}},
          "search: batch_size: low: expected an integer, got 2.5"),
+        ("trial", {"smart_eps": -1.0}, "trial: smart_eps: must be > 0 (got -1.0)"),
+        ("trial", {"smart_weight": 1.0, "freeze_layers": "all"},
+         "trial: smart_weight: a head-only trial trains no encoder layer"),
+        ("search", {"smart_steps": {"type": "int", "low": 0, "high": 2}},
+         "search: smart_steps: must be >= 1"),
+        ("search", {"init_heads_from": {"type": "categorical", "choices": ["a", "b"]}},
+         "search: unknown searchable key 'init_heads_from'"),
         ("tune", {"sampler_seed": -1}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
         ("tune", {"sampler_seed": 2**32}, "tune: sampler_seed: must be in 0 .. 2**32 - 1"),
         ("tune", {"max_concurrent": 0}, "tune: max_concurrent: must be >= 1"),
@@ -85,6 +92,25 @@ def test_space_file_key_errors_name_file_and_key(
     line = _refused(["search", "--space", str(space), "--storage", str(tmp_path / "r")], capsys)
     assert f"{space}: {named}" in line
     assert no_ray == [] and not (tmp_path / "r").exists()
+
+
+def test_heads_from_a_directory_that_is_no_checkpoint_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    space = _space(tmp_path, heads_from={"FLAT": str(tmp_path / "nothing")})
+    line = _refused([*_search(tmp_path, space=space), "--storage", str(tmp_path / "r")], capsys)
+    assert f"{space}: heads_from: FLAT: {tmp_path / 'nothing'} is not a trial's checkpoint" in line
+    assert no_ray == [] and not (tmp_path / "r").exists()
+
+
+def test_smart_on_a_trial_whose_frozen_layers_leave_only_heads_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_ray: list[str | None]
+) -> None:
+    # FLAT reads layer 4 of tiny:4x16: four frozen layers leave its head alone to train
+    space = _space(tmp_path, trial={"freeze_layers": 4, "smart_bregman_weight": 1.0})
+    line = _refused([*_search(tmp_path, space=space), "--storage", str(tmp_path / "r")], capsys)
+    assert f"{space}: trial: smart_bregman_weight: a head-only trial" in line
+    assert no_ray == []
 
 
 def test_a_space_name_with_a_slash_names_the_space_file(

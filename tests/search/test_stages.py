@@ -18,9 +18,10 @@ import yaml
 from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.report.results import NOT_TRIALS  # the baseline and ensemble rows
-from hiersearch.search.space import parse_space, preset_path
+from hiersearch.search.space import parse_space, preset_path, trial_config
 from hiersearch.search.stages import (
     finetune_space,
+    screen_heads,
     screen_size,
     screening_space,
     top_assignments,
@@ -83,6 +84,47 @@ def test_stage_two_takes_exactly_the_screens_top_k_by_the_metric() -> None:
     assert finetune.search == _space({}).search  # the file's own search
     assert not unfinished(table, 6) and unfinished(table.assign(status="running"), 6)
     assert unfinished(table, 7)  # Ctrl-C before the searcher made the seventh trial
+
+
+def test_stage_two_starts_each_assignment_from_its_best_screen_trials_heads() -> None:
+    table = pd.DataFrame({
+        "status": ["terminated"] * 4 + ["baseline"],
+        "assignment": ["A", "B", "B", "C", "TF-IDF"],
+        "checkpoint": ["a/ckpt", "b1/ckpt", "b2/ckpt", None, None],
+        M.rp_macro_key("dev"): [0.5, 0.6, 0.7, 0.65, 0.99],
+    })
+    metric = M.rp_macro_key("dev")
+    top = top_assignments(table, metric, "max", 3)
+    assert top == ["B", "C", "A"]
+    heads = screen_heads(table, top, metric, "max")
+    assert heads == {"B": "b2/ckpt", "A": "a/ckpt"}  # C's trial kept no checkpoint
+    finetune = finetune_space(_space({}), top, heads)
+    assert finetune.heads_from == heads
+    base = finetune.base_config()
+    assert trial_config(base, {}, "B", finetune.heads_from).init_heads_from == "b2/ckpt"
+    assert trial_config(base, {}, "C", finetune.heads_from).init_heads_from is None
+    assert finetune_space(_space({}), top, {}).heads_from == {}  # warm_start: false
+
+
+def test_warm_start_is_on_unless_the_screen_section_turns_it_off() -> None:
+    assert _space({}).screen.warm_start
+    assert not _space({"warm_start": False}).screen.warm_start
+    with pytest.raises(InputError, match="screen: warm_start: expected bool"):
+        _space({"warm_start": "maybe"})
+
+
+def test_the_screen_trains_new_heads_without_smart() -> None:
+    raw = yaml.safe_load(preset_path("layerwise").read_text())
+    raw["screen"] = {"trials": 30}
+    raw["trial"].update(smart_weight=1.0, smart_bregman_weight=0.5, warm_head_lr=1e-4)
+    raw["search"]["smart_weight"] = {"type": "loguniform", "low": 0.1, "high": 10.0}
+    space = parse_space(raw, "layerwise.yaml")
+    screen = screening_space(space, 12, 6)
+    base = screen.base_config()
+    assert (base.smart_weight, base.smart_bregman_weight) == (0.0, 0.0)
+    assert base.init_heads_from is None and base.freeze_layers == "all"
+    assert "smart_weight" not in screen.search and "warm_head_lr" not in screen.search
+    assert space.base_config().smart_weight == 1.0  # stage 2 keeps the file's
 
 
 # -- end to end, with Ray -----------------------------------------------------------------------
@@ -170,6 +212,10 @@ def test_a_two_stage_search_resumes_in_either_stage_and_fine_tunes_the_screens_b
     assert [r["freeze_layers"] for r in finetune] == [0]
     best = max(screen, key=lambda r: r[M.rp_macro_key("dev")])
     assert [r["assignment"] for r in finetune] == [best["assignment"]]
+    # the fine-tune started from the heads its assignment's best screen trial trained
+    assert [r[M.TRIAL_WARM_START] for r in finetune] == ["yes"]
+    (config,) = (root / "finetune").glob("trial_*/config.json")
+    assert json.loads(config.read_text())["init_heads_from"] == best["checkpoint"]
     (baseline,) = [r for r in rows if r["status"] == "baseline"]  # one corpus, one baseline
     assert baseline["variant"] == "TF-IDF 20-NN"
 

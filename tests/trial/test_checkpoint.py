@@ -44,7 +44,11 @@ def _trained() -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
     return model, optimizer, scheduler
 
 
-def _epoch(best_model: dict[str, Any] | None = None, writer: str | None = "a") -> EpochCheckpoint:
+def _epoch(
+    best_model: dict[str, Any] | None = None,
+    writer: str | None = "a",
+    smart_anchor: dict[str, Any] | None = None,
+) -> EpochCheckpoint:
     model, optimizer, scheduler = _trained()
     state = LoopState(epoch=2, best_dev_loss=0.5, best_epoch=1, bad_epochs=1,
                       best_metrics={"dev/loss": 0.5}, global_step=7,
@@ -52,7 +56,7 @@ def _epoch(best_model: dict[str, Any] | None = None, writer: str | None = "a") -
     training = TrainingState(
         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), scaler=None,
         state=state, rng=checkpoint.rng_state(torch.device("cpu")), writer=writer,
-        best_model=best_model,
+        best_model=best_model, smart_anchor=smart_anchor,
     )
     return EpochCheckpoint(model.state_dict(), training)
 
@@ -110,6 +114,17 @@ def test_the_files_and_keys_of_an_epoch_checkpoint_are_the_existing_format(
     assert set(raw) == TRAIN_STATE_KEYS and set(raw["state"]) == STATE_KEYS
     assert raw["trial_id"] == "a" and set(raw["rng"]) == {"python", "numpy", "torch"}
     assert (tmp_path / "config.json").read_text() == CONFIG.dumps()
+
+
+def test_smarts_anchor_is_kept_only_by_a_trial_that_has_one(tmp_path: Path) -> None:
+    anchor = {"heads.0.weight": torch.ones(2, 3)}
+    checkpoint.save(tmp_path, _epoch(smart_anchor=anchor), CONFIG)
+    raw = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    assert set(raw) == {*TRAIN_STATE_KEYS, "smart_anchor"}
+    assert torch.equal(checkpoint.read_training(tmp_path).smart_anchor["heads.0.weight"],
+                       anchor["heads.0.weight"])
+    checkpoint.save(tmp_path, _epoch(), CONFIG)
+    assert checkpoint.read_training(tmp_path).smart_anchor is None
 
 
 def test_a_checkpoint_written_before_this_module_loads(tmp_path: Path) -> None:

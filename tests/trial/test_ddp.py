@@ -163,3 +163,16 @@ def test_ddp_ranks_train_an_mpnet_and_stay_in_step(
     results = _run_two_ranks(tmp_path, mpnet_encoded, config)
     assert [r["stop"] for r in results] == ["completed", "completed"]
     assert results[0]["weights"] == results[1]["weights"]
+
+
+def test_ddp_ranks_with_smart_take_the_same_all_reduced_steps(
+    tmp_path: Path, encoded: str
+) -> None:
+    """SMART's extra forwards run on the model itself (the embeddings' output perturbed by a
+    hook), its final term's gradients join the loss's one backward through DDP: every rank
+    still takes the same steps."""
+    smart = {"smart_weight": 1.0, "smart_bregman_weight": 1.0, "smart_eps": 0.05,
+             "smart_step_size": 0.05}
+    results = _run_two_ranks(tmp_path, encoded, _config(**smart))
+    assert [r["stop"] for r in results] == ["completed", "completed"]
+    assert results[0]["weights"] == results[1]["weights"]
