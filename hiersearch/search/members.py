@@ -7,10 +7,13 @@ kept as `ensemble.json` in the experiment directory.
 A trial from before checkpoints kept scores has them recomputed from its checkpoint (its
 weights on its encoded corpus and, head-only, on the feature cache: a second or so; a
 fine-tuned trial runs its encoder over dev and test) and written back beside them, once;
-likewise the baseline's. A member whose checkpoint cannot be read (a damaged `scores.npz` or
-`model.pt`), or that sits in a bucket without scores, is skipped and REPORTED: on stderr, in
-`ensemble.json`'s `skipped`, in the fit's result. No Ray here: it runs after a search, or
-from `hiersearch leaderboard --ensemble` on any machine that can read the experiment.
+likewise the baseline's. A trial that was told not to keep them (`keep_scores: false`: their
+disk at a large label set) is not rescored, which would write them after all: it is skipped,
+and one line names every such trial. A member whose checkpoint cannot be read (a damaged
+`scores.npz` or `model.pt`), or that sits in a bucket without scores, is skipped and REPORTED:
+on stderr, in `ensemble.json`'s `skipped`, in the fit's result. No Ray here: it runs after a
+search, or from `hiersearch leaderboard --ensemble` on any machine that can read the
+experiment.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ __all__ = [
 ]
 
 SPLITS = ("dev", "test")
+# Why a trial run with `keep_scores: false` is not a member (ensemble.json's `skipped`).
+NOT_KEPT = "kept no scores (keep_scores: false)"
+
+
+class ScoresNotKept(InputError):
+    """A trial that was told not to keep its scores (`TrialConfig.keep_scores`)."""
 
 
 @dataclass(frozen=True)
@@ -113,20 +122,27 @@ def fit_experiment_ensemble(
     members: list[EnsembleMember] = []
     scores: dict[str, list[list[np.ndarray]]] = {s: [] for s in SPLITS}
     skipped: list[tuple[str, str]] = []
+    not_kept: list[str] = []
     for candidate in candidates:
         try:
             levels = _trial_scores(candidate.member, corpus)
+        except ScoresNotKept:
+            not_kept.append(candidate.member.name)
+            skipped.append((candidate.member.name, NOT_KEPT))
+            continue
         except InputError as exc:
             skipped.append((candidate.member.name, f"{exc.where}: {exc.message}"))
             print(f"[hiersearch] ensemble: trial {candidate.member.name} skipped: "
                   f"{exc.where}: {exc.message}", file=sys.stderr, flush=True)
             continue
         _add(members, scores, candidate.member, levels)
+    if not_kept:
+        print(f"[hiersearch] ensemble: {len(not_kept)} of the {len(candidates)} best trials "
+              f"{NOT_KEPT}, not members: {', '.join(not_kept)}", file=sys.stderr, flush=True)
     if baseline and (found := _baseline_scores(experiment, corpus)) is not None:
         _add(members, scores, *found)
     if not members:
-        raise InputError("no finished trial or baseline to fit an ensemble on",
-                         where=experiment)
+        raise InputError(_none_left(candidates, skipped), where=experiment)
     started = time.perf_counter()
     ensembles = {
         mode: fit_ensemble(members, scores, golds, mode=mode, steps=steps, seed=seed,
@@ -137,6 +153,18 @@ def fit_experiment_ensemble(
     fitted = EnsembleFile(ensembles, choose_served(ensembles), tuple(skipped), seconds, top)
     write_ensemble(experiment, fitted)
     return fitted
+
+
+def _none_left(candidates: list[Candidate], skipped: list[tuple[str, str]]) -> str:
+    """Why there is no member: no trial at all, or every one skipped (and no baseline)."""
+    if not candidates:
+        return "no finished trial or baseline to fit an ensemble on"
+    not_kept = sum(reason == NOT_KEPT for _, reason in skipped)
+    why = [f"{not_kept} {NOT_KEPT}"] if not_kept else []
+    if len(skipped) > not_kept:
+        why.append(f"{len(skipped) - not_kept} unreadable")
+    return (f"no member left to fit an ensemble on: the {len(candidates)} best trials were "
+            f"skipped ({', '.join(why)}) and there is no baseline")
 
 
 def ensemble_scores(experiment: str, ensemble: Ensemble) -> dict[str, list[np.ndarray]]:
@@ -234,6 +262,8 @@ def _trial_scores(member: EnsembleMember, corpus: Corpus) -> dict[str, list[np.n
     if logits is None and directory is None:
         raise InputError("no scores kept, and a checkpoint in a bucket is not rescored",
                          where=location)
+    if logits is None and _told_not_to_keep(directory):
+        raise ScoresNotKept(NOT_KEPT, where=location)
     if logits is None:
         logits = _rescore(directory, corpus)
         checkpoint.write_scores(directory, logits)
@@ -247,6 +277,16 @@ def _trial_scores(member: EnsembleMember, corpus: Corpus) -> dict[str, list[np.n
                              f"corpus's {expected}", where=location)
         out[split] = probabilities(logits[split], slices)
     return out
+
+
+def _told_not_to_keep(directory: Path) -> bool:
+    """Whether the checkpoint's trial ran with `keep_scores: false` (its config.json says
+    so; one from before the option kept none because there was none: it is rescored)."""
+    from hiersearch.data.hierarchy import read_json_object
+    from hiersearch.trial import checkpoint
+
+    path = checkpoint.config_path(directory)
+    return path.is_file() and read_json_object(path).get("keep_scores") is False
 
 
 def _level_slices(counts: list[int]) -> list[slice]:

@@ -17,6 +17,7 @@ from hiersearch.data.corpus import write_corpus
 from hiersearch.data.prepare import encode_corpus
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
+from hiersearch.errors import InputError
 from hiersearch.model.encoder import tokenizer_path
 from hiersearch.report import ensemble as E
 from hiersearch.report import leaderboard as lb
@@ -37,10 +38,14 @@ from hiersearch.trial.session import LocalSession
 VARIANTS = ("FLAT", "LAST-THREE", "ONE-BY-ONE")
 
 
+# A trial trained with `keep_scores: false` (the fixture's last run), as VARIANTS[0]
+NOT_KEPT = "not_kept"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three finished head-only trials' run directories (final checkpoint in each) and the
-    corpus they trained on."""
+    """Three finished head-only trials' run directories (final checkpoint in each), a fourth
+    told not to keep its scores (NOT_KEPT), and the corpus they trained on."""
     root = tmp_path_factory.mktemp("members")
     corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=80, seed=1, max_leaves=12))
     corpus_dir = root / "corpus"
@@ -48,11 +53,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = encode_corpus(corpus, str(corpus_dir), tokenizer=tokenizer_path("minilm"),
                          num_layers=12, max_length=32)
     runs = {"corpus": corpus_dir}
-    for number, variant in enumerate(VARIANTS):
+    for number, variant in enumerate([*VARIANTS, NOT_KEPT]):
         config = TrialConfig(
-            model="tiny:12x32", assignment=variant, freeze_layers="all", epochs=2,
-            batch_size=8, head_lr=3e-2, max_length=32, util_docs=0, eval_batch_size=32,
-            corpus=str(corpus_dir), seed=number,
+            model="tiny:12x32", assignment=VARIANTS[0] if variant == NOT_KEPT else variant,
+            freeze_layers="all", epochs=2, batch_size=8, head_lr=3e-2, max_length=32,
+            util_docs=0, eval_batch_size=32, corpus=str(corpus_dir), seed=number,
+            keep_scores=variant != NOT_KEPT,
         )
         run = root / f"run_{number}"
         run.mkdir()
@@ -79,7 +85,7 @@ def _experiment(trained: dict[str, Path], where: Path, variants: tuple[str, ...]
 
 
 def _add_trial(trained: dict[str, Path], where: Path, variant: str) -> Path:
-    number = VARIANTS.index(variant)
+    number = [*VARIANTS, NOT_KEPT].index(variant)
     trial_dir = where / f"trainable_abcde_{number:05d}_{number}_variant={variant}_2026"
     trial_dir.mkdir()
     run = trained[variant]
@@ -188,6 +194,45 @@ def test_a_trial_without_kept_scores_is_rescored_from_its_checkpoint(
     assert after is not None
     for split in ("dev", "test"):
         np.testing.assert_allclose(after[split], before[split], rtol=1e-5, atol=1e-6)
+
+
+def test_keep_scores_false_writes_no_scores(trained: dict[str, Path]) -> None:
+    final = sorted(trained[NOT_KEPT].glob("checkpoint_*"))[-1]
+    assert checkpoint.read_final_metrics(final) is not None  # the final checkpoint
+    assert not (final / checkpoint.SCORES_FILE).exists()
+    assert (sorted(trained[VARIANTS[0]].glob("checkpoint_*"))[-1] / checkpoint.SCORES_FILE
+            ).is_file()
+
+
+def test_a_trial_told_not_to_keep_scores_is_skipped_in_one_line_naming_it(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS[:2])
+    not_kept = _add_trial(trained, experiment, NOT_KEPT)
+    capsys.readouterr()
+    fitted = fit_experiment_ensemble(str(experiment), steps=5)
+    skipped = dict(fitted.skipped)
+    assert list(skipped.values()) == ["kept no scores (keep_scores: false)"]
+    (name,) = skipped
+    assert len(fitted.ensemble.members) == 3  # the two others and the baseline
+    assert name not in {m.name for m in fitted.ensemble.members}
+    lines = [x for x in capsys.readouterr().err.splitlines() if "keep_scores: false" in x]
+    assert len(lines) == 1 and name in lines[0] and "1 of the 3 best trials" in lines[0]
+    assert not (not_kept / checkpoint.SCORES_FILE).exists()  # not rescored behind its back
+
+
+def test_no_member_left_is_said(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = _experiment(trained, tmp_path / "exp", ())
+    (experiment / "baseline.json").unlink()
+    _add_trial(trained, experiment, NOT_KEPT)
+    with pytest.raises(InputError, match="no member left.*1 kept no scores "
+                                         r"\(keep_scores: false\).*no baseline"):
+        fit_experiment_ensemble(str(experiment), steps=5)
+    capsys.readouterr()
+    assert main(["leaderboard", str(experiment), "--ensemble"]) == 0  # the table still shows
+    assert "no ensemble" in capsys.readouterr().err
 
 
 def test_the_baselines_scores_round_trip_and_give_its_metrics(
