@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,14 +31,23 @@ from hiersearch import metrics as M
 from hiersearch.data.corpus import Corpus, load_corpus_dir
 from hiersearch.errors import InputError
 from hiersearch.report.baseline import (
+    BASELINE_SCORES_FILE,
     baseline_with_scores,
     gold_levels,
     read_baseline,
     read_baseline_scores,
     write_baseline_scores,
 )
+from hiersearch.report.dense_knn import (
+    DENSE_BACKBONE,
+    DENSE_SCORES_FILE,
+    fit_on_dev,
+    read_dense,
+    write_dense,
+)
 from hiersearch.report.ensemble import (
     KIND_BASELINE,
+    KIND_DENSE,
     KIND_TRIAL,
     MODES,
     SEED,
@@ -54,6 +63,9 @@ from hiersearch.report.ensemble import (
 )
 from hiersearch.report.experiment import read_meta
 from hiersearch.report.results import STATUS_TERMINATED, experiment_locations, load_experiments
+
+if TYPE_CHECKING:
+    from hiersearch.trial.config import TrialConfig
 
 __all__ = [
     "Candidate",
@@ -110,9 +122,11 @@ def fit_experiment_ensemble(
     steps: int = STEPS,
     seed: int = SEED,
     baseline: bool = True,
+    dense: bool = True,
 ) -> EnsembleFile:
-    """Fit both selections over the experiment's best `top` trials (and its baseline) and
-    write `ensemble.json` into `experiment`; returns what it wrote. An experiment without a
+    """Fit both selections over the experiment's best `top` trials, its baseline and its
+    dense k-NN (report/dense_knn.py; computed once, on the best trial's backbone) and write
+    `ensemble.json` into `experiment`; returns what it wrote. An experiment without a
     finished trial or baseline to fit on is an InputError."""
     if top < 1:
         raise InputError("must be >= 1", where="--ensemble-members")
@@ -121,6 +135,36 @@ def fit_experiment_ensemble(
     golds = _golds(corpus)
     members: list[EnsembleMember] = []
     scores: dict[str, list[list[np.ndarray]]] = {s: [] for s in SPLITS}
+    skipped = _trial_members(candidates, corpus, members, scores)
+    if baseline and (found := _baseline_scores(experiment, corpus)) is not None:
+        _add(members, scores, *found)
+    if dense and candidates:
+        try:
+            _add(members, scores, *_dense_member(experiment, corpus, candidates, golds))
+        except InputError as exc:
+            skipped.append((KIND_DENSE, f"{exc.where}: {exc.message}"))
+            print(f"[hiersearch] ensemble: no dense k-NN member: {exc.where}: {exc.message}",
+                  file=sys.stderr, flush=True)
+    if not members:
+        raise InputError(_none_left(candidates, skipped), where=experiment)
+    started = time.perf_counter()
+    ensembles = {
+        mode: fit_ensemble(members, scores, golds, mode=mode, steps=steps, seed=seed,
+                           metric=metric)
+        for mode in MODES
+    }
+    seconds = time.perf_counter() - started
+    fitted = EnsembleFile(ensembles, choose_served(ensembles), tuple(skipped), seconds, top)
+    write_ensemble(experiment, fitted)
+    return fitted
+
+
+def _trial_members(
+    candidates: list[Candidate], corpus: Corpus, members: list[EnsembleMember],
+    scores: dict[str, list[list[np.ndarray]]],
+) -> list[tuple[str, str]]:
+    """The candidates' scores added to `members` and `scores`; the ones skipped (member,
+    why), each said on stderr (those that kept no scores in one line)."""
     skipped: list[tuple[str, str]] = []
     not_kept: list[str] = []
     for candidate in candidates:
@@ -139,20 +183,7 @@ def fit_experiment_ensemble(
     if not_kept:
         print(f"[hiersearch] ensemble: {len(not_kept)} of the {len(candidates)} best trials "
               f"{NOT_KEPT}, not members: {', '.join(not_kept)}", file=sys.stderr, flush=True)
-    if baseline and (found := _baseline_scores(experiment, corpus)) is not None:
-        _add(members, scores, *found)
-    if not members:
-        raise InputError(_none_left(candidates, skipped), where=experiment)
-    started = time.perf_counter()
-    ensembles = {
-        mode: fit_ensemble(members, scores, golds, mode=mode, steps=steps, seed=seed,
-                           metric=metric)
-        for mode in MODES
-    }
-    seconds = time.perf_counter() - started
-    fitted = EnsembleFile(ensembles, choose_served(ensembles), tuple(skipped), seconds, top)
-    write_ensemble(experiment, fitted)
-    return fitted
+    return skipped
 
 
 def _none_left(candidates: list[Candidate], skipped: list[tuple[str, str]]) -> str:
@@ -160,9 +191,10 @@ def _none_left(candidates: list[Candidate], skipped: list[tuple[str, str]]) -> s
     if not candidates:
         return "no finished trial or baseline to fit an ensemble on"
     not_kept = sum(reason == NOT_KEPT for _, reason in skipped)
+    unreadable = sum(member != KIND_DENSE for member, _ in skipped) - not_kept
     why = [f"{not_kept} {NOT_KEPT}"] if not_kept else []
-    if len(skipped) > not_kept:
-        why.append(f"{len(skipped) - not_kept} unreadable")
+    if unreadable:
+        why.append(f"{unreadable} unreadable")
     return (f"no member left to fit an ensemble on: the {len(candidates)} best trials were "
             f"skipped ({', '.join(why)}) and there is no baseline")
 
@@ -177,11 +209,12 @@ def ensemble_scores(experiment: str, ensemble: Ensemble) -> dict[str, list[np.nd
     for index, member in enumerate(ensemble.members):
         if index not in used:
             found.append(None)
-        elif member.kind == KIND_BASELINE:
-            scores = read_baseline_scores(member.experiment)
+        elif member.kind in (KIND_BASELINE, KIND_DENSE):
+            name = BASELINE_SCORES_FILE if member.kind == KIND_BASELINE else DENSE_SCORES_FILE
+            scores = read_baseline_scores(member.experiment, name)
             if scores is None:
-                raise InputError("the baseline's scores are gone: refit the ensemble",
-                                 where=member.experiment)
+                raise InputError(f"the {member.name} member's scores are gone ({name}): refit "
+                                 "the ensemble", where=member.experiment)
             found.append(scores)
         else:
             found.append(_trial_scores(member, corpus))
@@ -245,6 +278,47 @@ def _baseline_scores(
             write_baseline_scores(location, scores)
         return EnsembleMember(KIND_BASELINE, None, location, None), scores
     return None
+
+
+def _dense_member(
+    experiment: str, corpus: Corpus, candidates: list[Candidate],
+    golds: dict[str, list[np.ndarray]],
+) -> tuple[EnsembleMember, dict[str, list[np.ndarray]]]:
+    """The dense k-NN member and its scores per split and level, kept in the (first)
+    experiment directory beside `baseline.json`; computed first when missing: the top layer's
+    mean-pooled vectors of the best trial's backbone (its feature cache, built if missing:
+    one encoder pass over the corpus), k chosen on dev (report/dense_knn.py)."""
+    from hiersearch.trial.features import backbone_vectors
+
+    location = experiment_locations(experiment)[0]
+    info = read_dense(location)
+    scores = read_baseline_scores(location, DENSE_SCORES_FILE) if info else None
+    if scores is None:
+        config = _trial_config(candidates[0].member)
+        layer, vectors = backbone_vectors(config, corpus)
+        targets = gold_levels([d.labels for d in corpus.splits["train"]], _label_index(corpus))
+        _, info, scores = fit_on_dev(vectors, targets, golds, layer)
+        info["backbone"] = {k: getattr(config, k) for k in DENSE_BACKBONE}
+        write_baseline_scores(location, scores, DENSE_SCORES_FILE)
+        write_dense(location, info)
+        dev, test = (info["metrics"].get(M.rp_macro_key(s), math.nan) for s in SPLITS)
+        print(f"[hiersearch] ensemble: member {info['name']} on {config.model}'s layer {layer} "
+              f"(mean-pooled, k chosen on dev): dev macro R-Precision {dev:.3f}, test "
+              f"{test:.3f} ({info['seconds']:.1f}s)", file=sys.stderr, flush=True)
+    return EnsembleMember(KIND_DENSE, None, location, None), scores
+
+
+def _trial_config(member: EnsembleMember) -> TrialConfig:
+    """The resolved config a trial member's checkpoint keeps."""
+    from hiersearch.data.hierarchy import read_json_object
+    from hiersearch.trial import checkpoint
+    from hiersearch.trial.config import TrialConfig
+
+    location = str(member.checkpoint)
+    if "://" in location and not location.startswith("file://"):
+        raise InputError("a checkpoint in a bucket: its backbone is not read", where=location)
+    path = checkpoint.config_path(Path(location.removeprefix("file://")))
+    return TrialConfig.from_dict(read_json_object(path), where=str(path))
 
 
 def _trial_scores(member: EnsembleMember, corpus: Corpus) -> dict[str, list[np.ndarray]]:
