@@ -32,7 +32,8 @@ An exported ensemble against a single exported trial (issue 36; `--ensemble DIR 
 - `single_scores`: `ExportedModel.scores` of the single trial's export (the best trial);
 - `ensemble_scores`: `EnsembleModel.scores` of the ensemble's export (every member weighted at
   some level runs; members on a shared encoder in one forward per batch);
-- `ensemble_baseline_member`: its TF-IDF member's `level_scores` alone (part of the above).
+- `ensemble_baseline_member`: its TF-IDF member's `level_scores` alone (part of the above);
+- `ensemble_scores_2`, ...: a second `--ensemble DIR` (and more), timed in the same turns.
 
 Figure: documents per second of the ensemble / of the single trial (single time / ensemble
 time, median of the per-repetition ratios). Target >= 0.8 for head-only members on one frozen
@@ -164,14 +165,24 @@ def summarize(times: dict[str, list[float]], docs: int, layers: int,
     }
 
 
+def ensemble_name(number: int) -> str:
+    """The candidate of the `number`th `--ensemble` (0-based): `ensemble_scores`, then
+    `ensemble_scores_2`, ..."""
+    return ENSEMBLE if number == 0 else f"{ENSEMBLE}_{number + 1}"
+
+
 def summarize_ensemble(times: dict[str, list[float]], docs: int) -> dict[str, Any]:
-    """Docs per second of every candidate, and the ensemble's over the single trial's."""
-    ratio = paired_ratio(times, SINGLE, ENSEMBLE)
+    """Docs per second of every candidate, and each ensemble's over the single trial's (the
+    first's as `ensemble_over_single`, every one's in `over_single`)."""
+    ensembles = [k for k in times if k == ENSEMBLE or k.startswith(f"{ENSEMBLE}_")]
+    ratios = {k: paired_ratio(times, SINGLE, k) for k in ensembles}
     return {
         "docs_per_s": {k: docs / median(v) for k, v in times.items()},
-        "ensemble_over_single": ratio,
+        "ensemble_over_single": ratios[ENSEMBLE],
+        "over_single": ratios,
         "target": TARGET_ENSEMBLE,
-        "verdict": verdict(ratio, TARGET_ENSEMBLE, True),
+        "verdict": verdict(ratios[ENSEMBLE], TARGET_ENSEMBLE, True),
+        "verdicts": {k: verdict(r, TARGET_ENSEMBLE, True) for k, r in ratios.items()},
     }
 
 
@@ -183,12 +194,13 @@ def compare_ensemble(args: argparse.Namespace) -> dict[str, Any]:
 
     texts = [text for _, text in open_documents(args.input)][: args.docs or None]
     single = ExportedModel.load(args.single)
-    ensemble = EnsembleModel.load(args.ensemble)
+    ensembles = [EnsembleModel.load(directory) for directory in args.ensemble]
+    ensemble = ensembles[0]
     batch = args.batch
-    named: dict[str, Callable[[], Any]] = {
-        SINGLE: lambda: single.scores(texts, batch_size=batch),
-        ENSEMBLE: lambda: ensemble.scores(texts, batch_size=batch),
-    }
+    named: dict[str, Callable[[], Any]] = {SINGLE: lambda: single.scores(texts, batch_size=batch)}
+    for number, model in enumerate(ensembles):
+        named[ensemble_name(number)] = (
+            lambda model=model: model.scores(texts, batch_size=batch))
     if ensemble.baseline is not None:
         index = ensemble.baseline[1]
         named["ensemble_baseline_member"] = lambda: index.level_scores(texts)
@@ -200,9 +212,15 @@ def compare_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         "single": str(args.single),
         "single_trial": single.info.get("trial_id"),
         "single_variant": single.info.get("variant"),
-        "ensemble": str(args.ensemble),
+        "ensemble": str(args.ensemble[0]),
         "members": [dict(p) for p in ensemble.info["members"]],
         "shared_encoders": [len(g) for g in ensemble.groups],
+        "ensembles": {ensemble_name(n): {
+            "dir": str(d), "weights": [list(w) for w in m.ensemble.weights],
+            "members": [dict(p) for p in m.info["members"]],
+            "shared_encoders": [len(g) for g in m.groups],
+            "test_macro": m.info["metrics"].get("test/rp_macro"),
+        } for n, (d, m) in enumerate(zip(args.ensemble, ensembles, strict=True))},
         "docs": len(texts),
         "batch": batch,
         "threads": args.threads,
@@ -221,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--ensemble", default=None, help="an exported ensemble's directory")
+    parser.add_argument("--ensemble", action="append", default=None,
+                        help="an exported ensemble's directory (again for more, side by side)")
     parser.add_argument("--single", default=None, help="an exported trial's directory")
     parser.add_argument("--input", default=None, help="documents (JSONL with a text field)")
     parser.add_argument("--batch", type=int, default=32, help="with --ensemble: batch size")

@@ -286,6 +286,15 @@ def test_predict_throughput_ensemble_ratio_is_its_docs_per_second_over_the_singl
     assert out["docs_per_s"] == {"single_scores": 10.0, "ensemble_scores": 5.0}
 
 
+def test_predict_throughput_a_second_ensemble_gets_its_own_ratio() -> None:
+    times = {"single_scores": [1.0, 2.0, 1.0], "ensemble_scores": [1.25, 2.0, 2.0],
+             "ensemble_scores_2": [2.0, 4.0, 2.0]}
+    out = predict_throughput.summarize_ensemble(times, docs=10)
+    assert out["over_single"] == {"ensemble_scores": 0.8, "ensemble_scores_2": 0.5}
+    assert out["verdicts"]["ensemble_scores_2"] == "MISSED" and out["verdict"] == "MET"
+    assert predict_throughput.ensemble_name(1) == "ensemble_scores_2"
+
+
 def test_gpu_throughput_pairs_every_variant_with_both_precisions() -> None:
     names = gpu_throughput.candidates(gpu_throughput.VARIANTS, gpu_throughput.PRECISIONS)
     assert names == [("FLAT", "bf16"), ("FLAT", "fp32"), ("LAST-SIX", "bf16"),

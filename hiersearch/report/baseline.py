@@ -257,9 +257,12 @@ def read_baseline(experiment: str) -> dict[str, Any] | None:
     return baseline if baseline and isinstance(baseline.get("metrics"), dict) else None
 
 
-def write_baseline_scores(experiment: str, scores: dict[str, list[np.ndarray]]) -> None:
-    """`baseline_scores.npz` beside `baseline.json`: per split and level (keys "dev/L1", ...),
-    float32 (half of float64's disk; the ensemble normalizes and sums them in float32 anyway)."""
+def write_baseline_scores(
+    experiment: str, scores: dict[str, list[np.ndarray]], name: str = BASELINE_SCORES_FILE
+) -> None:
+    """`baseline_scores.npz` beside `baseline.json` (or another experiment-level member's
+    file `name`): per split and level (keys "dev/L1", ...), float32 (half of float64's disk;
+    the ensemble normalizes and sums them in float32 anyway)."""
     import io
 
     arrays = {
@@ -270,7 +273,7 @@ def write_baseline_scores(experiment: str, scores: dict[str, list[np.ndarray]]) 
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     filesystem, path = open_location(experiment)
-    write_bytes(filesystem, f"{path}/{BASELINE_SCORES_FILE}", buffer.getvalue())
+    write_bytes(filesystem, f"{path}/{name}", buffer.getvalue())
 
 
 def _split_level(key: str) -> tuple[str, int]:
@@ -279,17 +282,19 @@ def _split_level(key: str) -> tuple[str, int]:
     return split, int(level)
 
 
-def read_baseline_scores(experiment: str) -> dict[str, list[np.ndarray]] | None:
-    """The baseline's scores (`write_baseline_scores`); None when there are none. A file that
-    cannot be read is an InputError naming it."""
+def read_baseline_scores(
+    experiment: str, name: str = BASELINE_SCORES_FILE
+) -> dict[str, list[np.ndarray]] | None:
+    """The baseline's scores (`write_baseline_scores`; another member's file `name`); None
+    when there are none. A file that cannot be read is an InputError naming it."""
     import io
     import zipfile
 
     filesystem, path = open_location(experiment)
-    data = read_bytes(filesystem, f"{path}/{BASELINE_SCORES_FILE}")
+    data = read_bytes(filesystem, f"{path}/{name}")
     if data is None:
         return None
-    where = f"{experiment.rstrip('/')}/{BASELINE_SCORES_FILE}"
+    where = f"{experiment.rstrip('/')}/{name}"
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as saved:
             keys = sorted(saved.files, key=_split_level)
@@ -297,5 +302,5 @@ def read_baseline_scores(experiment: str) -> dict[str, list[np.ndarray]] | None:
             for key in keys:
                 out.setdefault(key.split("/")[0], []).append(np.asarray(saved[key], np.float32))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"cannot read the baseline's scores: {exc}", where=where) from None
+        raise InputError(f"cannot read the scores: {exc}", where=where) from None
     return out

@@ -29,6 +29,7 @@ trials' checkpoints and the baseline's `baseline_scores.npz`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,10 +48,22 @@ STATUS_ENSEMBLE = "ensemble"
 PER_LEVEL, GLOBAL = "per_level", "global"
 MODES = (PER_LEVEL, GLOBAL)
 KIND_TRIAL, KIND_BASELINE = "trial", "baseline"
+# The experiment's dense k-NN on its backbone's pooled vectors (report/dense_knn.py).
+KIND_DENSE = "dense_knn"
+KINDS = (KIND_TRIAL, KIND_BASELINE, KIND_DENSE)
 # Greedy steps (see the module docstring) and members (the search's best by its metric).
 STEPS = 50
 TOP = 20
 SEED = 0
+# Caruana et al. 2006's refinements against fitting dev (`fit_ensemble`), off by default
+# (BENCHMARKS 15 (c): neither was better on dev). Sorted initialization: start from the
+# members ranked by their own dev value, the prefix of that ranking best on dev, once each.
+SORTED_INIT = False
+# Bagged selection: this many selections, each over a random `BAG_FRACTION` of the members,
+# their weights averaged (0: one selection over every member). 20 bags of half the members
+# are the paper's.
+BAGS = 0
+BAG_FRACTION = 0.5
 
 
 def normalize(scores: np.ndarray) -> np.ndarray:
@@ -71,10 +84,10 @@ def normalize(scores: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EnsembleMember:
-    """One member: a finished trial or the experiment's baseline."""
+    """One member: a finished trial, the experiment's baseline or its dense k-NN."""
 
-    kind: str  # KIND_TRIAL or KIND_BASELINE
-    trial_id: str | None  # the trial's id; None for the baseline
+    kind: str  # one of KINDS
+    trial_id: str | None  # the trial's id; None for the baseline and the dense k-NN
     experiment: str  # the experiment directory it came from (a two-stage search's stage dir)
     checkpoint: str | None  # the trial's final checkpoint (`hiersearch export --trial` reads)
 
@@ -88,8 +101,8 @@ class EnsembleMember:
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> EnsembleMember:
-        if not isinstance(obj, dict) or obj.get("kind") not in (KIND_TRIAL, KIND_BASELINE):
-            raise InputError("a member must be an object with kind trial or baseline",
+        if not isinstance(obj, dict) or obj.get("kind") not in KINDS:
+            raise InputError(f"a member must be an object with kind {', '.join(KINDS)}",
                              where=where)
         return cls(str(obj["kind"]), _text(obj.get("trial_id")), str(obj.get("experiment", "")),
                    _text(obj.get("checkpoint")))
@@ -107,6 +120,8 @@ class Ensemble:
     seed: int  # the draw that breaks ties
     metric: str  # the search metric: the members' ranking and the global selection's target
     metrics: dict[str, float] = field(default_factory=dict)  # dev/* and test/* (M.evaluate)
+    sorted_init: bool = SORTED_INIT  # whether the selection started from the sorted best
+    bags: int = BAGS  # selections averaged over random halves of the members (0: one, all)
 
     def used(self) -> list[int]:
         """The members some level gives weight to, in member order."""
@@ -127,6 +142,7 @@ class Ensemble:
     def to_json(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "steps": self.steps, "seed": self.seed, "metric": self.metric,
+            "sorted_init": self.sorted_init, "bags": self.bags,
             "members": [m.to_json() for m in self.members],
             "weights": [list(w) for w in self.weights],
             "metrics": {k: _finite_or_none(v) for k, v in self.metrics.items()},
@@ -145,6 +161,7 @@ class Ensemble:
                 steps=int(obj["steps"]), seed=int(obj["seed"]), metric=str(obj["metric"]),
                 metrics={str(k): float("nan") if v is None else float(v)
                          for k, v in (obj.get("metrics") or {}).items()},
+                sorted_init=bool(obj.get("sorted_init", False)), bags=int(obj.get("bags", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"not an ensemble ({exc!r})", where=where) from None
@@ -203,13 +220,18 @@ def select(
     value: Callable[[list[np.ndarray], Sequence[np.ndarray]], float],
     steps: int,
     rng: np.random.Generator,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy forward selection with replacement: `candidates[m][l]` member m's normalized dev
     scores of the levels `golds` holds; `value(per-level sums, golds)` is what the steps
-    maximize. Returns each member's count in the best prefix of `steps` steps."""
-    total = [np.zeros_like(level) for level in candidates[0]]
-    counts = np.zeros(len(candidates), dtype=np.int64)
-    best, best_counts = -np.inf, counts.copy()
+    maximize. Returns each member's count in the best prefix of `steps` steps, which starts
+    from the counts `start` (kept: the steps only add) when given."""
+    counts = np.zeros(len(candidates), dtype=np.int64) if start is None else start.copy()
+    total = [sum((c * float(n) for c, n in zip(level, counts, strict=True) if n),
+                 np.zeros_like(level[0]))
+             for level in zip(*candidates, strict=True)]
+    best = value(total, golds) if counts.any() else -np.inf
+    best_counts = counts.copy()
     for _ in range(steps):
         values = np.array([
             value([t + c for t, c in zip(total, member, strict=True)], golds)
@@ -224,6 +246,57 @@ def select(
     return best_counts
 
 
+def sorted_start(
+    candidates: Sequence[Sequence[np.ndarray]],
+    golds: Sequence[np.ndarray],
+    value: Callable[[list[np.ndarray], Sequence[np.ndarray]], float],
+) -> np.ndarray:
+    """Sorted initialization (Caruana et al. 2004, section 2.2): the members ranked by their
+    own dev value (ties: member order), and of that ranking the prefix whose equal-weight sum
+    is best on dev (the shortest at its value), each of its members once."""
+    own = np.array([value(list(member), golds) for member in candidates])
+    order = np.argsort(-own, kind="stable")
+    total = [np.zeros_like(level) for level in candidates[0]]
+    best, size = -np.inf, 0
+    for n, member in enumerate(order, start=1):
+        total = [t + c for t, c in zip(total, candidates[member], strict=True)]
+        current = value(total, golds)
+        if current > best:
+            best, size = current, n
+    counts = np.zeros(len(candidates), dtype=np.int64)
+    counts[order[:size]] = 1
+    return counts
+
+
+def selection_weights(
+    candidates: Sequence[Sequence[np.ndarray]],
+    golds: Sequence[np.ndarray],
+    value: Callable[[list[np.ndarray], Sequence[np.ndarray]], float],
+    steps: int,
+    rng: np.random.Generator,
+    *,
+    sorted_init: bool = SORTED_INIT,
+    bags: int = BAGS,
+) -> tuple[float, ...]:
+    """The members' weights (summing to 1): one selection (`select`, from `sorted_start`
+    with `sorted_init`) over every member, or with `bags` >= 1 bagged selection (Caruana et
+    al. 2006, section 3.3): `bags` selections, each over a random `BAG_FRACTION` of the
+    members (drawn up front), their weights averaged; a member in no bag weighs 0."""
+    def one(members: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+        start = sorted_start(members, golds, value) if sorted_init else None
+        counts = select(members, golds, value, steps, rng, start)
+        return counts / counts.sum()
+
+    if bags < 1:
+        return tuple(float(w) for w in one(candidates))
+    size = max(1, round(BAG_FRACTION * len(candidates)))
+    subsets = [np.sort(rng.choice(len(candidates), size, replace=False)) for _ in range(bags)]
+    total = np.zeros(len(candidates))
+    for subset in subsets:
+        total[subset] += one([candidates[m] for m in subset])
+    return tuple(float(w) for w in total / bags)
+
+
 def fit_ensemble(
     members: Sequence[EnsembleMember],
     scores: Mapping[str, Sequence[Sequence[np.ndarray]]],
@@ -233,35 +306,36 @@ def fit_ensemble(
     steps: int = STEPS,
     seed: int = SEED,
     metric: str = M.DEFAULT_METRIC,
+    sorted_init: bool = SORTED_INIT,
+    bags: int = BAGS,
 ) -> Ensemble:
     """Ensemble selection on dev. `scores[split][m][l]`: member m's raw scores of level l
-    (`golds[split][l]` its gold multi-hot), "dev" required, "test" reported when given."""
+    (`golds[split][l]` its gold multi-hot), "dev" required, "test" reported when given;
+    `sorted_init` and `bags` as `selection_weights` takes them."""
     if mode not in MODES:
         raise InputError(f"mode must be one of {', '.join(MODES)}", where="ensemble")
-    if not members or steps < 1:
-        raise InputError("an ensemble needs a member and a step", where="ensemble")
+    if not members or steps < 1 or bags < 0:
+        raise InputError("an ensemble needs a member and a step (and bags >= 0)",
+                         where="ensemble")
     dev = [[normalize(level) for level in member] for member in scores["dev"]]
     levels = len(golds["dev"])
     rng = np.random.default_rng(seed)
+    how = {"sorted_init": sorted_init, "bags": bags}
     if mode == PER_LEVEL:
         weights = [
-            _weights(select([[m[level]] for m in dev], [golds["dev"][level]],
-                            lambda s, g: _rp(g[0], s[0]), steps, rng))
+            selection_weights([[m[level]] for m in dev], [golds["dev"][level]],
+                              lambda s, g: _rp(g[0], s[0]), steps, rng, **how)
             for level in range(levels)
         ]
     else:
         _, value = _objective(metric, levels)
-        weights = [_weights(select(dev, golds["dev"], value, steps, rng))] * levels
-    ensemble = Ensemble(tuple(members), tuple(weights), mode, steps, seed, metric)
+        weights = [selection_weights(dev, golds["dev"], value, steps, rng, **how)] * levels
+    ensemble = Ensemble(tuple(members), tuple(weights), mode, steps, seed, metric, {}, **how)
     metrics: dict[str, float] = {}
     for split, split_scores in scores.items():
         if split in golds and len(golds[split][0]):
             metrics.update(M.evaluate(golds[split], combine(split_scores, ensemble), split))
-    return Ensemble(ensemble.members, ensemble.weights, mode, steps, seed, metric, metrics)
-
-
-def _weights(counts: np.ndarray) -> tuple[float, ...]:
-    return tuple(float(c) / float(counts.sum()) for c in counts)
+    return dataclasses.replace(ensemble, metrics=metrics)
 
 
 # --------------------------------------------------------------------------- ensemble.json

@@ -7,10 +7,13 @@ kept as `ensemble.json` in the experiment directory.
 A trial from before checkpoints kept scores has them recomputed from its checkpoint (its
 weights on its encoded corpus and, head-only, on the feature cache: a second or so; a
 fine-tuned trial runs its encoder over dev and test) and written back beside them, once;
-likewise the baseline's. A member whose checkpoint cannot be read (a damaged `scores.npz` or
-`model.pt`), or that sits in a bucket without scores, is skipped and REPORTED: on stderr, in
-`ensemble.json`'s `skipped`, in the fit's result. No Ray here: it runs after a search, or
-from `hiersearch leaderboard --ensemble` on any machine that can read the experiment.
+likewise the baseline's. A trial that was told not to keep them (`keep_scores: false`: their
+disk at a large label set) is not rescored, which would write them after all: it is skipped,
+and one line names every such trial. A member whose checkpoint cannot be read (a damaged
+`scores.npz` or `model.pt`), or that sits in a bucket without scores, is skipped and REPORTED:
+on stderr, in `ensemble.json`'s `skipped`, in the fit's result. No Ray here: it runs after a
+search, or from `hiersearch leaderboard --ensemble` on any machine that can read the
+experiment.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,14 +31,23 @@ from hiersearch import metrics as M
 from hiersearch.data.corpus import Corpus, load_corpus_dir
 from hiersearch.errors import InputError
 from hiersearch.report.baseline import (
+    BASELINE_SCORES_FILE,
     baseline_with_scores,
     gold_levels,
     read_baseline,
     read_baseline_scores,
     write_baseline_scores,
 )
+from hiersearch.report.dense_knn import (
+    DENSE_BACKBONE,
+    DENSE_SCORES_FILE,
+    fit_on_dev,
+    read_dense,
+    write_dense,
+)
 from hiersearch.report.ensemble import (
     KIND_BASELINE,
+    KIND_DENSE,
     KIND_TRIAL,
     MODES,
     SEED,
@@ -52,6 +64,9 @@ from hiersearch.report.ensemble import (
 from hiersearch.report.experiment import read_meta
 from hiersearch.report.results import STATUS_TERMINATED, experiment_locations, load_experiments
 
+if TYPE_CHECKING:
+    from hiersearch.trial.config import TrialConfig
+
 __all__ = [
     "Candidate",
     "ensemble_scores",
@@ -61,6 +76,12 @@ __all__ = [
 ]
 
 SPLITS = ("dev", "test")
+# Why a trial run with `keep_scores: false` is not a member (ensemble.json's `skipped`).
+NOT_KEPT = "kept no scores (keep_scores: false)"
+
+
+class ScoresNotKept(InputError):
+    """A trial that was told not to keep its scores (`TrialConfig.keep_scores`)."""
 
 
 @dataclass(frozen=True)
@@ -101,9 +122,11 @@ def fit_experiment_ensemble(
     steps: int = STEPS,
     seed: int = SEED,
     baseline: bool = True,
+    dense: bool = True,
 ) -> EnsembleFile:
-    """Fit both selections over the experiment's best `top` trials (and its baseline) and
-    write `ensemble.json` into `experiment`; returns what it wrote. An experiment without a
+    """Fit both selections over the experiment's best `top` trials, its baseline and its
+    dense k-NN (report/dense_knn.py; computed once, on the best trial's backbone) and write
+    `ensemble.json` into `experiment`; returns what it wrote. An experiment without a
     finished trial or baseline to fit on is an InputError."""
     if top < 1:
         raise InputError("must be >= 1", where="--ensemble-members")
@@ -112,21 +135,18 @@ def fit_experiment_ensemble(
     golds = _golds(corpus)
     members: list[EnsembleMember] = []
     scores: dict[str, list[list[np.ndarray]]] = {s: [] for s in SPLITS}
-    skipped: list[tuple[str, str]] = []
-    for candidate in candidates:
-        try:
-            levels = _trial_scores(candidate.member, corpus)
-        except InputError as exc:
-            skipped.append((candidate.member.name, f"{exc.where}: {exc.message}"))
-            print(f"[hiersearch] ensemble: trial {candidate.member.name} skipped: "
-                  f"{exc.where}: {exc.message}", file=sys.stderr, flush=True)
-            continue
-        _add(members, scores, candidate.member, levels)
+    skipped = _trial_members(candidates, corpus, members, scores)
     if baseline and (found := _baseline_scores(experiment, corpus)) is not None:
         _add(members, scores, *found)
+    if dense and candidates:
+        try:
+            _add(members, scores, *_dense_member(experiment, corpus, candidates, golds))
+        except InputError as exc:
+            skipped.append((KIND_DENSE, f"{exc.where}: {exc.message}"))
+            print(f"[hiersearch] ensemble: no dense k-NN member: {exc.where}: {exc.message}",
+                  file=sys.stderr, flush=True)
     if not members:
-        raise InputError("no finished trial or baseline to fit an ensemble on",
-                         where=experiment)
+        raise InputError(_none_left(candidates, skipped), where=experiment)
     started = time.perf_counter()
     ensembles = {
         mode: fit_ensemble(members, scores, golds, mode=mode, steps=steps, seed=seed,
@@ -139,6 +159,46 @@ def fit_experiment_ensemble(
     return fitted
 
 
+def _trial_members(
+    candidates: list[Candidate], corpus: Corpus, members: list[EnsembleMember],
+    scores: dict[str, list[list[np.ndarray]]],
+) -> list[tuple[str, str]]:
+    """The candidates' scores added to `members` and `scores`; the ones skipped (member,
+    why), each said on stderr (those that kept no scores in one line)."""
+    skipped: list[tuple[str, str]] = []
+    not_kept: list[str] = []
+    for candidate in candidates:
+        try:
+            levels = _trial_scores(candidate.member, corpus)
+        except ScoresNotKept:
+            not_kept.append(candidate.member.name)
+            skipped.append((candidate.member.name, NOT_KEPT))
+            continue
+        except InputError as exc:
+            skipped.append((candidate.member.name, f"{exc.where}: {exc.message}"))
+            print(f"[hiersearch] ensemble: trial {candidate.member.name} skipped: "
+                  f"{exc.where}: {exc.message}", file=sys.stderr, flush=True)
+            continue
+        _add(members, scores, candidate.member, levels)
+    if not_kept:
+        print(f"[hiersearch] ensemble: {len(not_kept)} of the {len(candidates)} best trials "
+              f"{NOT_KEPT}, not members: {', '.join(not_kept)}", file=sys.stderr, flush=True)
+    return skipped
+
+
+def _none_left(candidates: list[Candidate], skipped: list[tuple[str, str]]) -> str:
+    """Why there is no member: no trial at all, or every one skipped (and no baseline)."""
+    if not candidates:
+        return "no finished trial or baseline to fit an ensemble on"
+    not_kept = sum(reason == NOT_KEPT for _, reason in skipped)
+    unreadable = sum(member != KIND_DENSE for member, _ in skipped) - not_kept
+    why = [f"{not_kept} {NOT_KEPT}"] if not_kept else []
+    if unreadable:
+        why.append(f"{unreadable} unreadable")
+    return (f"no member left to fit an ensemble on: the {len(candidates)} best trials were "
+            f"skipped ({', '.join(why)}) and there is no baseline")
+
+
 def ensemble_scores(experiment: str, ensemble: Ensemble) -> dict[str, list[np.ndarray]]:
     """The fitted `ensemble`'s own scores per split ("dev", "test") and level, from its
     members' kept scores (members of weight 0 are not read): what its metrics came from, and
@@ -149,11 +209,12 @@ def ensemble_scores(experiment: str, ensemble: Ensemble) -> dict[str, list[np.nd
     for index, member in enumerate(ensemble.members):
         if index not in used:
             found.append(None)
-        elif member.kind == KIND_BASELINE:
-            scores = read_baseline_scores(member.experiment)
+        elif member.kind in (KIND_BASELINE, KIND_DENSE):
+            name = BASELINE_SCORES_FILE if member.kind == KIND_BASELINE else DENSE_SCORES_FILE
+            scores = read_baseline_scores(member.experiment, name)
             if scores is None:
-                raise InputError("the baseline's scores are gone: refit the ensemble",
-                                 where=member.experiment)
+                raise InputError(f"the {member.name} member's scores are gone ({name}): refit "
+                                 "the ensemble", where=member.experiment)
             found.append(scores)
         else:
             found.append(_trial_scores(member, corpus))
@@ -219,6 +280,47 @@ def _baseline_scores(
     return None
 
 
+def _dense_member(
+    experiment: str, corpus: Corpus, candidates: list[Candidate],
+    golds: dict[str, list[np.ndarray]],
+) -> tuple[EnsembleMember, dict[str, list[np.ndarray]]]:
+    """The dense k-NN member and its scores per split and level, kept in the (first)
+    experiment directory beside `baseline.json`; computed first when missing: the top layer's
+    mean-pooled vectors of the best trial's backbone (its feature cache, built if missing:
+    one encoder pass over the corpus), k chosen on dev (report/dense_knn.py)."""
+    from hiersearch.trial.features import backbone_vectors
+
+    location = experiment_locations(experiment)[0]
+    info = read_dense(location)
+    scores = read_baseline_scores(location, DENSE_SCORES_FILE) if info else None
+    if scores is None:
+        config = _trial_config(candidates[0].member)
+        layer, vectors = backbone_vectors(config, corpus)
+        targets = gold_levels([d.labels for d in corpus.splits["train"]], _label_index(corpus))
+        _, info, scores = fit_on_dev(vectors, targets, golds, layer)
+        info["backbone"] = {k: getattr(config, k) for k in DENSE_BACKBONE}
+        write_baseline_scores(location, scores, DENSE_SCORES_FILE)
+        write_dense(location, info)
+        dev, test = (info["metrics"].get(M.rp_macro_key(s), math.nan) for s in SPLITS)
+        print(f"[hiersearch] ensemble: member {info['name']} on {config.model}'s layer {layer} "
+              f"(mean-pooled, k chosen on dev): dev macro R-Precision {dev:.3f}, test "
+              f"{test:.3f} ({info['seconds']:.1f}s)", file=sys.stderr, flush=True)
+    return EnsembleMember(KIND_DENSE, None, location, None), scores
+
+
+def _trial_config(member: EnsembleMember) -> TrialConfig:
+    """The resolved config a trial member's checkpoint keeps."""
+    from hiersearch.data.hierarchy import read_json_object
+    from hiersearch.trial import checkpoint
+    from hiersearch.trial.config import TrialConfig
+
+    location = str(member.checkpoint)
+    if "://" in location and not location.startswith("file://"):
+        raise InputError("a checkpoint in a bucket: its backbone is not read", where=location)
+    path = checkpoint.config_path(Path(location.removeprefix("file://")))
+    return TrialConfig.from_dict(read_json_object(path), where=str(path))
+
+
 def _trial_scores(member: EnsembleMember, corpus: Corpus) -> dict[str, list[np.ndarray]]:
     """A trial's dev and test scores per level, as `hiersearch predict` scores them: sigmoid
     probabilities of its logits (trial/evaluation.probabilities)."""
@@ -234,6 +336,8 @@ def _trial_scores(member: EnsembleMember, corpus: Corpus) -> dict[str, list[np.n
     if logits is None and directory is None:
         raise InputError("no scores kept, and a checkpoint in a bucket is not rescored",
                          where=location)
+    if logits is None and _told_not_to_keep(directory):
+        raise ScoresNotKept(NOT_KEPT, where=location)
     if logits is None:
         logits = _rescore(directory, corpus)
         checkpoint.write_scores(directory, logits)
@@ -247,6 +351,16 @@ def _trial_scores(member: EnsembleMember, corpus: Corpus) -> dict[str, list[np.n
                              f"corpus's {expected}", where=location)
         out[split] = probabilities(logits[split], slices)
     return out
+
+
+def _told_not_to_keep(directory: Path) -> bool:
+    """Whether the checkpoint's trial ran with `keep_scores: false` (its config.json says
+    so; one from before the option kept none because there was none: it is rescored)."""
+    from hiersearch.data.hierarchy import read_json_object
+    from hiersearch.trial import checkpoint
+
+    path = checkpoint.config_path(directory)
+    return path.is_file() and read_json_object(path).get("keep_scores") is False
 
 
 def _level_slices(counts: list[int]) -> list[slice]:

@@ -17,12 +17,16 @@ The directory:
                    trial export without its encoder); a member of weight 0 at every level has
                    none
     baseline/      the TF-IDF k-NN member's index (`TfidfKnnIndex.save`)
+    dense_knn/     the dense k-NN member's index (`DenseKnnIndex.save`); the member reads the
+                   mean-pooled states of one layer of a shared encoder (model.json's place
+                   names it: the head-only members' when they run the backbone, else its own)
     labels.json, hierarchy.json, README.md   as in a trial's export
 
 Scoring: the members on one shared encoder run ONE forward per batch (tokenized once), up to
-the highest layer their heads of the requested levels read (early exit by level); a member
-whose weight is 0 at every requested level is not run (its scores are zeros, which weigh
-nothing); the scores combine as `hiersearch.report.ensemble.combine` does.
+the highest layer their heads of the requested levels (and the dense k-NN's layer) read
+(early exit by level); a member whose weight is 0 at every requested level is not run (its
+scores are zeros, which weigh nothing); the scores combine as
+`hiersearch.report.ensemble.combine` does.
 """
 
 from __future__ import annotations
@@ -34,11 +38,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hiersearch.data.hierarchy import read_json_object
 from hiersearch.errors import InputError
+from hiersearch.model.classifier import pool_views
 from hiersearch.report.baseline import TfidfKnnIndex
-from hiersearch.report.ensemble import ENSEMBLE_FILE, Ensemble, combine
+from hiersearch.report.dense_knn import DenseKnnIndex
+from hiersearch.report.ensemble import (
+    ENSEMBLE_FILE,
+    KIND_DENSE,
+    KIND_TRIAL,
+    Ensemble,
+    combine,
+)
 from hiersearch.serve.export import LABELS_FILE, MODEL_FILE, TOKENIZER_DIR
 from hiersearch.serve.model import (
     ExportedModel,
@@ -49,10 +62,73 @@ from hiersearch.serve.model import (
     _thresholds,
     shared_scores,
 )
+from hiersearch.trial.precision import Precision
 
 # model.json's "format" of an exported ensemble
 ENSEMBLE_FORMAT = "hiersearch.ensemble_model/1"
 MEMBERS_DIR, ENCODERS_DIR, BASELINE_DIR = "members", "encoders", "baseline"
+DENSE_DIR = "dense_knn"
+
+
+class _Captured:
+    """The dense k-NN member's side of a shared forward: the encoder, and the states its hook
+    keeps (`shared_logits` clears and reads `_captured` as it does a classifier's)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self._captured: dict[int, torch.Tensor] = {}
+
+
+@dataclass
+class DenseKnnModel:
+    """The dense k-NN member on an encoder loaded already (shared with head-only members, or
+    its own): a hook keeps the states of its layer in the group's one forward, and its index
+    scores their mean over the real tokens. It offers what `shared_scores` asks of an
+    `ExportedModel`."""
+
+    directory: Path
+    index: DenseKnnIndex
+    core: _Captured
+    tokenizer: Any
+    max_length: int
+    precision: Precision
+    label_index: list[list[str]]
+    device: torch.device
+
+    # the tokenization of the backbone's exports: padded batches, documents by length
+    tokenize = ExportedModel.tokenize
+    _length_order = ExportedModel._length_order
+
+    @classmethod
+    def on_encoder(cls, directory: Path, encoder: Any, tokenizer: Any, place: dict[str, Any],
+                   label_index: list[list[str]], device: str) -> DenseKnnModel:
+        index = DenseKnnIndex.load(directory)
+        if index.layer > len(encoder.encoder.layer):
+            raise InputError(f"reads layer {index.layer}; its encoder has "
+                             f"{len(encoder.encoder.layer)}", where=str(directory))
+        core = _Captured(encoder)
+
+        def keep(_module: Any, _inputs: Any, output: Any) -> None:
+            core._captured[index.layer] = output[0] if isinstance(output, tuple) else output
+
+        encoder.encoder.layer[index.layer - 1].register_forward_hook(keep)
+        torch_device = torch.device(device)
+        precision = Precision.of(str(place.get("precision", "fp32")), torch_device)
+        return cls(directory, index, core, tokenizer, int(place["max_length"]), precision,
+                   label_index, torch_device)
+
+    def layers_needed(self, levels: Sequence[int]) -> int:
+        return self.index.layer
+
+    def level_logits(self, captured: dict[int, torch.Tensor], attention_mask: torch.Tensor,
+                     levels: Sequence[int]) -> torch.Tensor:
+        """The requested levels' k-NN votes (not logits: `activate` keeps them)."""
+        _, mean = pool_views(captured[self.index.layer], attention_mask)
+        every = self.index.level_scores(mean.float().cpu().numpy())
+        return torch.from_numpy(np.concatenate([every[n - 1] for n in levels], axis=1))
+
+    def activate(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
 
 
 @dataclass
@@ -64,7 +140,7 @@ class EnsembleModel(LevelsOfLabels):
     label_index: list[list[str]]
     descriptions: list[list[str]]
     # per shared encoder, its members: (member index in the ensemble, the member's model)
-    groups: list[list[tuple[int, ExportedModel]]] = field(repr=False)
+    groups: list[list[tuple[int, ExportedModel | DenseKnnModel]]] = field(repr=False)
     baseline: tuple[int, TfidfKnnIndex] | None = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     # per level, the F1 threshold tuned on dev for the ensemble's scores; None before tuning
@@ -89,7 +165,7 @@ class EnsembleModel(LevelsOfLabels):
         if len(places) != len(ensemble.members):
             raise InputError(f"{len(places)} members for the {len(ensemble.members)} of "
                              f"{ENSEMBLE_FILE}", where=str(directory / MODEL_FILE))
-        groups = _load_groups(directory, places, device)
+        groups = _load_groups(directory, places, labels, device)
         baseline = next(
             ((i, TfidfKnnIndex.load(directory / p["dir"])) for i, p in enumerate(places)
              if p["kind"] == "baseline" and p.get("dir")), None,
@@ -147,15 +223,18 @@ class EnsembleModel(LevelsOfLabels):
 
 
 def _load_groups(
-    directory: Path, places: list[dict[str, Any]], device: str
-) -> list[list[tuple[int, ExportedModel]]]:
-    """Each shared encoder loaded once, and its members' heads built on it."""
+    directory: Path, places: list[dict[str, Any]], labels: list[list[str]], device: str
+) -> list[list[tuple[int, ExportedModel | DenseKnnModel]]]:
+    """Each shared encoder loaded once, and its members built on it: the trials' heads, then
+    the dense k-NN's hook."""
     from transformers import AutoTokenizer
 
-    by_encoder: dict[str, list[tuple[int, ExportedModel]]] = {}
+    by_encoder: dict[str, list[tuple[int, ExportedModel | DenseKnnModel]]] = {}
     encoders: dict[str, tuple[Any, Any]] = {}
-    for i, place in enumerate(places):
-        if place["kind"] != "trial" or not place.get("dir"):
+    order = sorted(range(len(places)), key=lambda i: places[i]["kind"] == KIND_DENSE)
+    for i in order:
+        place = places[i]
+        if place["kind"] not in (KIND_TRIAL, KIND_DENSE) or not place.get("dir"):
             continue
         name = str(place["encoder"])
         if name not in encoders:
@@ -168,7 +247,12 @@ def _load_groups(
         member_dir = directory / str(place["dir"])
         if not member_dir.is_dir():
             raise InputError("missing member directory", where=str(member_dir))
-        model = ExportedModel.on_encoder(member_dir, encoder, tokenizer, device)
+        model: ExportedModel | DenseKnnModel
+        if place["kind"] == KIND_DENSE:
+            model = DenseKnnModel.on_encoder(member_dir, encoder, tokenizer, place, labels,
+                                             device)
+        else:
+            model = ExportedModel.on_encoder(member_dir, encoder, tokenizer, device)
         by_encoder.setdefault(name, []).append((i, model))
     return list(by_encoder.values())
 

@@ -6,7 +6,10 @@ Each trial member is read from its final checkpoint, as `export_trial` reads one
 encoders hold the same weights (head-only trials on one frozen backbone) share one copy of it,
 cut at the highest layer any of them reads, and one forward of it at prediction. The baseline
 member's TF-IDF index is fitted on the corpus's training documents (as the search fitted it)
-and saved inside. The ensemble's thresholds are tuned on dev for its own scores, and its dev
+and saved inside; so is the dense k-NN member's, on the pooled vectors its fit read (the
+feature cache of the backbone `dense_knn.json` names), and it rides the forward of the group
+whose encoder holds its backbone's layers (head-only members), else gets the backbone cut at
+its layer as its own. The ensemble's thresholds are tuned on dev for its own scores, and its dev
 and test metrics measured, by scoring the corpus's dev and test documents with the exported
 members (what `predict` will compute). A member of weight 0 at every level is not exported.
 Bad input (no ensemble.json, a member's checkpoint missing or damaged) is an InputError naming
@@ -26,10 +29,13 @@ from hiersearch import metrics as M
 from hiersearch.data.corpus import Corpus, load_corpus_dir
 from hiersearch.errors import InputError
 from hiersearch.files import atomic_directory, atomic_write_json, atomic_write_text
+from hiersearch.model.encoder import tokenizer_path
 from hiersearch.report.baseline import TfidfKnnIndex, baseline_name, fit_index, gold_levels
+from hiersearch.report.dense_knn import DENSE_FILE, DenseKnnIndex, dense_name, read_dense
 from hiersearch.report.ensemble import (
     ENSEMBLE_FILE,
     KIND_BASELINE,
+    KIND_DENSE,
     KIND_TRIAL,
     Ensemble,
     EnsembleMember,
@@ -38,14 +44,17 @@ from hiersearch.report.ensemble import (
 from hiersearch.report.experiment import read_meta
 from hiersearch.serve.ensemble import (
     BASELINE_DIR,
+    DENSE_DIR,
     ENCODERS_DIR,
     ENSEMBLE_FORMAT,
     MEMBERS_DIR,
     EnsembleModel,
 )
 from hiersearch.serve.export import (
+    ENCODER_DIR,
     ENCODER_PREFIX,
     MODEL_FILE,
+    TOKENIZER_DIR,
     TrialModel,
     check_new_dir,
     read_trial,
@@ -53,6 +62,7 @@ from hiersearch.serve.export import (
     write_labels,
     write_model_files,
 )
+from hiersearch.trial.config import TrialConfig
 
 
 def export_ensemble(experiment: str, out: str) -> Path:
@@ -72,8 +82,12 @@ def export_ensemble(experiment: str, out: str) -> Path:
     index = None
     if any(ensemble.members[i].kind == KIND_BASELINE for i in kept):
         index = fit_index(corpus)
+    dense = next((_dense_index(ensemble.members[i], corpus) for i in kept
+                  if ensemble.members[i].kind == KIND_DENSE), None)
     with atomic_directory(target) as tmp:
         places = _write_members(tmp, ensemble, trials, index)
+        if dense is not None:
+            _write_dense(tmp, ensemble, trials, places, *dense)
         write_labels(tmp, corpus.hierarchy)
         atomic_write_json(tmp / ENSEMBLE_FILE, ensemble.to_json())
         info: dict[str, Any] = {
@@ -202,6 +216,78 @@ def _write_members(
             if member.kind == KIND_BASELINE:
                 places[i].update({"dir": BASELINE_DIR, "name": baseline_name(index.k)})
     return places
+
+
+def _dense_index(member: EnsembleMember, corpus: Corpus) -> tuple[DenseKnnIndex, TrialConfig]:
+    """The dense k-NN member's index, fitted on the pooled training vectors of the backbone
+    its `dense_knn.json` names (the feature cache its fit read), with its k; and that
+    backbone as a config."""
+    from hiersearch.trial.features import backbone_vectors
+
+    info = read_dense(member.experiment)
+    where = f"{member.experiment.rstrip('/')}/{DENSE_FILE}"
+    if info is None:
+        raise InputError("the dense k-NN member's file is gone: refit the ensemble",
+                         where=where)
+    meta = read_meta(member.experiment) or {}
+    config = TrialConfig.from_dict({**info["backbone"], "corpus": str(meta.get("corpus", ""))},
+                                   where=where)
+    layer, vectors = backbone_vectors(config, corpus)
+    if layer != int(info["layer"]):
+        raise InputError(f"its backbone has {layer} layers, not the fit's {info['layer']}",
+                         where=where)
+    targets = gold_levels([d.labels for d in corpus.splits["train"]],
+                          corpus.hierarchy.label_index())
+    return DenseKnnIndex.fit(vectors["train"], targets, layer, int(info["k"])), config
+
+
+def _backbone_in(trial: TrialModel, config: TrialConfig, backbone: Any, layer: int) -> bool:
+    """Whether `trial`'s encoder holds `backbone`'s first `layer` layers (and embeddings)
+    with the same tokenization: a head-only trial on it does."""
+    a = trial.config
+    if (a.model, a.max_length) != (config.model, config.max_length):
+        return False
+    theirs = _encoder_state(trial)
+    wanted = {k: v for k, v in backbone.state_dict().items()
+              if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < layer}
+    return all(f"{ENCODER_PREFIX}{k}" in theirs and torch.equal(v, theirs[f"{ENCODER_PREFIX}{k}"])
+               for k, v in wanted.items())
+
+
+def _write_dense(
+    tmp: Path, ensemble: Ensemble, trials: dict[int, TrialModel], places: list[dict[str, Any]],
+    index: DenseKnnIndex, config: TrialConfig,
+) -> None:
+    """dense_knn/ and its place: on the encoder of a group whose deepest trial (what the
+    group's encoder was written from) holds its backbone's layers, else on a copy of its
+    own."""
+    from hiersearch.model.encoder import load_encoder
+
+    backbone = load_encoder(config.model, seed=config.seed)
+    groups = share_encoders(trials)  # as `_write_members` wrote them: encoders/<g>
+    encoder = next((f"{ENCODERS_DIR}/{g}" for g, group in enumerate(groups)
+                    if _backbone_in(trials[group[0]], config, backbone, index.layer)), None)
+    if encoder is None:
+        encoder = f"{ENCODERS_DIR}/{len(groups)}"
+        _write_backbone(tmp / encoder, backbone, config, index.layer)
+    (tmp / DENSE_DIR).mkdir()
+    index.save(tmp / DENSE_DIR)
+    for i, member in enumerate(ensemble.members):
+        if member.kind == KIND_DENSE:
+            places[i].update({"dir": DENSE_DIR, "encoder": encoder, "name": dense_name(index.k),
+                              "max_length": config.max_length, "precision": config.precision})
+
+
+def _write_backbone(where: Path, backbone: Any, config: TrialConfig, layers: int) -> None:
+    """The backbone cut at `layers` and its tokenizer, as `write_encoder` writes a trial's."""
+    from transformers import AutoTokenizer
+
+    where.mkdir(parents=True)
+    backbone.encoder.layer = torch.nn.ModuleList(list(backbone.encoder.layer)[:layers])
+    backbone.config.num_hidden_layers = layers
+    backbone.save_pretrained(where / ENCODER_DIR)
+    AutoTokenizer.from_pretrained(tokenizer_path(config.model)).save_pretrained(
+        where / TOKENIZER_DIR)
 
 
 def _tuned(model: EnsembleModel, corpus: Corpus) -> dict[str, Any]:

@@ -235,6 +235,10 @@ class ExportedModel(LevelsOfLabels):
             return torch.cat([logits[:, core.level_slices[n - 1]] for n in levels], dim=-1)
         return torch.cat([core.head_logits(n - 1, pooled) for n in levels], dim=-1)
 
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """A level's scores from its logits (`shared_scores`): sigmoid probabilities."""
+        return torch.sigmoid(logits)
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and mask as training encoded them (truncated to max_length), padded to
         the batch's longest document."""
@@ -320,9 +324,10 @@ def shared_scores(
     models: Sequence[ExportedModel], texts: Sequence[str], levels: Sequence[int],
     batch_size: int = 32,
 ) -> list[list[np.ndarray]]:
-    """[model][requested level] float32 sigmoid probabilities [docs, labels] of models that
-    share one encoder and tokenizer (the first's tokenization, once): batches of similar
-    length, one encoder forward each (`shared_logits`)."""
+    """[model][requested level] float32 scores [docs, labels] (each model's `activate` of its
+    logits: a trial's sigmoid probabilities) of models that share one encoder and tokenizer
+    (the first's tokenization, once): batches of similar length, one encoder forward each
+    (`shared_logits`)."""
     if batch_size < 1:
         raise InputError(f"must be >= 1 (got {batch_size})", where="--batch-size")
     first = models[0]
@@ -339,7 +344,7 @@ def shared_scores(
                 # differently by its place in a longer row, and a level's scores must not
                 # depend on which other levels were asked for
                 level = model_logits[:, a:b].float().contiguous()
-                parts[m][i].append(torch.sigmoid(level).cpu().numpy())
+                parts[m][i].append(models[m].activate(level).cpu().numpy())
     inverse = np.argsort(order, kind="stable")  # back to the documents' order
     return [
         [np.concatenate(p)[inverse] if p else np.zeros((0, w), np.float32)

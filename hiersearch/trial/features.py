@@ -43,15 +43,31 @@ import torch
 from numpy.lib.format import open_memmap
 
 from hiersearch.data.batching import batches, by_length
-from hiersearch.data.encode import EncodedCorpus, Split, attention_mask, multi_hot
+from hiersearch.data.corpus import Corpus
+from hiersearch.data.encode import (
+    EncodedCorpus,
+    Split,
+    attention_mask,
+    load_encoded,
+    multi_hot,
+)
+from hiersearch.data.prepare import encode_corpus
+from hiersearch.errors import InputError
 from hiersearch.files import atomic_directory, atomic_write_json, exclusive_lock, make_dirs
 from hiersearch.model.classifier import LayerwiseClassifier, compose_pooling, pool_views
-from hiersearch.model.encoder import backbone_fingerprint, encoder_depth, load_encoder
+from hiersearch.model.encoder import (
+    backbone_fingerprint,
+    encoder_depth,
+    load_encoder,
+    tokenizer_path,
+)
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.precision import Precision
 
 FEATURES_VERSION = 1  # bump when the layout changes, so old caches are not reused
 POOLED_DIR = "pooled"
+# pooled/{split}.npy's views [layers, docs, view, hidden]: the [CLS] vector, the mean
+CLS_VIEW, MEAN_VIEW = 0, 1
 META_FILE = "meta.json"
 LOCK_FILE = ".lock"
 # float32: a cached trial's logits equal the uncached ones (eval mode) to rounding
@@ -153,6 +169,39 @@ def open_features(
     return {
         name: _open_split(path, name, split, layers, config.pooling, state_layer)
         for name, split in splits.items()
+    }
+
+
+def backbone_vectors(config: TrialConfig, corpus: Corpus) -> tuple[int, dict[str, np.ndarray]]:
+    """The top encoder layer of `config`'s backbone before any training, and every split's
+    mean over the real tokens of it, float32 [docs, hidden] in the encoded corpus's document
+    order: what a dense k-NN member reads (report/dense_knn.py). From the pooled vectors of
+    the feature cache, built first when missing (one encoder pass over the corpus); an
+    InputError when they would outgrow `feature_cache_gb`. The encoding's lines go to stderr:
+    stdout may hold a table."""
+    with contextlib.redirect_stdout(sys.stderr):
+        data = encode_corpus(corpus, config.corpus, tokenizer=tokenizer_path(config.model),
+                             num_layers=encoder_depth(config.model),
+                             max_length=config.max_length, cache_dir=config.cache_dir)
+    encoded = load_encoded(data.encoded_path)
+    splits = {name: Split.from_table(encoded.splits[name]) for name in encoded.splits}
+    device = torch.device("cuda" if config.use_gpu and torch.cuda.is_available() else "cpu")
+    precision = Precision.of(config.precision, device)
+    depth = encoder_depth(config.model)
+    width = int(load_encoder(config.model, seed=config.seed).config.hidden_size)
+    size = _cache_bytes(splits, depth, width, None)
+    if size > config.feature_cache_gb * 2**30:
+        raise InputError(f"its pooled vectors would take {size / 2**30:.1f} GiB, over "
+                         f"feature_cache_gb: {config.feature_cache_gb:g}",
+                         where=f"model {config.model}")
+    path = features_path(encoded, config, precision)
+    with _locked(path):
+        if not _valid(path / POOLED_DIR):
+            _build(path, [POOLED_DIR], splits, config, device, precision, depth, None)
+    return depth, {
+        name: np.array(np.load(path / POOLED_DIR / f"{name}.npy", mmap_mode="r")[
+            depth - 1, :, MEAN_VIEW])
+        for name in splits
     }
 
 

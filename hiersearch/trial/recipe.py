@@ -493,9 +493,10 @@ class TrialRecipe:
             }
         )
         final.update(self._pbt_metrics())
-        # what ensembles fit on (checkpoint.SCORES_FILE); dev again: the best epoch's are gone
-        dev, _ = self._evaluate_split(self.sources["dev"])
-        scores = None if dev is None or test is None else {"dev": dev[0], "test": test[0]}
+        scores = None
+        if self.config.keep_scores:  # what ensembles fit on (checkpoint.SCORES_FILE)
+            dev, _ = self._evaluate_split(self.sources["dev"])  # the best epoch's are gone
+            scores = None if dev is None or test is None else {"dev": dev[0], "test": test[0]}
         saved = FinalCheckpoint(model=self.core.state_dict(), metrics=final, scores=scores)
         self._close_artifacts(final)
         self._report(final, lambda: saved)

@@ -141,3 +141,60 @@ def test_no_ensemble_file_reads_as_none_and_a_damaged_one_is_refused(tmp_path):
     (tmp_path / E.ENSEMBLE_FILE).write_text('{"schema": "other"}')
     with pytest.raises(InputError, match="not an ensemble file"):
         E.read_ensemble_file(str(tmp_path))
+
+
+def _scalars(*values: float) -> list[list[np.ndarray]]:
+    """Members of one 'level' each holding one number: a hand-made selection problem."""
+    return [[np.array([v])] for v in values]
+
+
+def _near(target: float):
+    """A selection objective with a known best: the members' sum as close to `target`."""
+    return lambda sums, _golds: -abs(float(sums[0].sum()) - target)
+
+
+def test_sorted_initialization_starts_from_the_best_prefix_of_the_members_by_their_own_value():
+    # own values vs 4.5: 1.0 -> -3.5, 2.0 -> -2.5, 2.5 -> -2, 0.5 -> -4; in that order the
+    # prefix sums are 2.5, 4.5 (exact), 5.5, 6.0: the first two, once each
+    members = _scalars(1.0, 2.0, 2.5, 0.5)
+    start = E.sorted_start(members, [np.zeros(1)], _near(4.5))
+    assert start.tolist() == [0, 1, 1, 0]
+    # no step improves on an exact start: the best prefix is the start itself
+    counts = E.select(members, [np.zeros(1)], _near(4.5), 5, np.random.default_rng(0), start)
+    assert counts.tolist() == [0, 1, 1, 0]
+
+
+def test_steps_after_a_sorted_start_only_add_to_it():
+    members = _scalars(1.0, 2.0, 0.25)
+    start = np.array([1, 0, 0])
+    counts = E.select(members, [np.zeros(1)], _near(3.5), 4, np.random.default_rng(0), start)
+    assert counts.tolist() == [1, 1, 2]  # 1 + 2 + 0.25 + 0.25: the start kept
+
+
+def test_bagged_weights_are_each_members_share_of_the_bags_it_won():
+    # member 0 alone hits the target; 1-3 add nothing. A bag holding member 0 gives it all its
+    # weight; one without it gives all to the one of the others that its tie-break draws
+    members = _scalars(1.0, 0.0, 0.0, 0.0)
+    seed, bags = 4, 10
+    weights = E.selection_weights(members, [np.zeros(1)], _near(1.0), 5,
+                                  np.random.default_rng(seed), bags=bags)
+    rng = np.random.default_rng(seed)  # the bags, drawn up front: two of the four members
+    holding = sum(0 in rng.choice(4, 2, replace=False) for _ in range(bags))
+    assert 0 < holding < bags
+    assert weights[0] == pytest.approx(holding / bags)
+    assert sum(weights) == pytest.approx(1.0)
+
+
+def test_without_bags_or_sorted_start_the_selection_is_the_plain_greedy_one():
+    rng = np.random.default_rng(5)
+    golds = {"dev": [rng.random((60, 9)) < 0.2]}
+    scores = {"dev": [[golds["dev"][0] + rng.normal(0, 0.9, (60, 9))] for _ in range(4)]}
+    members = [_trial(str(m)) for m in range(4)]
+    plain = E.fit_ensemble(members, scores, golds, steps=8)
+    same = E.fit_ensemble(members, scores, golds, steps=8, sorted_init=False, bags=0)
+    assert plain == same and not plain.sorted_init and plain.bags == 0
+    bagged = E.fit_ensemble(members, scores, golds, steps=8, sorted_init=True, bags=3)
+    assert bagged.sorted_init and bagged.bags == 3
+    assert sum(bagged.weights[0]) == pytest.approx(1.0)
+    back = E.Ensemble.from_json(bagged.to_json(), "here")
+    assert back.sorted_init and back.bags == 3 and back.weights == bagged.weights

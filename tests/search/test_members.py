@@ -17,6 +17,7 @@ from hiersearch.data.corpus import write_corpus
 from hiersearch.data.prepare import encode_corpus
 from hiersearch.data.synth import SynthConfig, synthesize
 from hiersearch.data.vocabularies import eurovoc_hierarchy
+from hiersearch.errors import InputError
 from hiersearch.model.encoder import tokenizer_path
 from hiersearch.report import ensemble as E
 from hiersearch.report import leaderboard as lb
@@ -37,10 +38,14 @@ from hiersearch.trial.session import LocalSession
 VARIANTS = ("FLAT", "LAST-THREE", "ONE-BY-ONE")
 
 
+# A trial trained with `keep_scores: false` (the fixture's last run), as VARIANTS[0]
+NOT_KEPT = "not_kept"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Three finished head-only trials' run directories (final checkpoint in each) and the
-    corpus they trained on."""
+    """Three finished head-only trials' run directories (final checkpoint in each), a fourth
+    told not to keep its scores (NOT_KEPT), and the corpus they trained on."""
     root = tmp_path_factory.mktemp("members")
     corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=80, seed=1, max_leaves=12))
     corpus_dir = root / "corpus"
@@ -48,11 +53,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = encode_corpus(corpus, str(corpus_dir), tokenizer=tokenizer_path("minilm"),
                          num_layers=12, max_length=32)
     runs = {"corpus": corpus_dir}
-    for number, variant in enumerate(VARIANTS):
+    for number, variant in enumerate([*VARIANTS, NOT_KEPT]):
         config = TrialConfig(
-            model="tiny:12x32", assignment=variant, freeze_layers="all", epochs=2,
-            batch_size=8, head_lr=3e-2, max_length=32, util_docs=0, eval_batch_size=32,
-            corpus=str(corpus_dir), seed=number,
+            model="tiny:12x32", assignment=VARIANTS[0] if variant == NOT_KEPT else variant,
+            freeze_layers="all", epochs=2, batch_size=8, head_lr=3e-2, max_length=32,
+            util_docs=0, eval_batch_size=32, corpus=str(corpus_dir), seed=number,
+            keep_scores=variant != NOT_KEPT,
         )
         run = root / f"run_{number}"
         run.mkdir()
@@ -79,7 +85,7 @@ def _experiment(trained: dict[str, Path], where: Path, variants: tuple[str, ...]
 
 
 def _add_trial(trained: dict[str, Path], where: Path, variant: str) -> Path:
-    number = VARIANTS.index(variant)
+    number = [*VARIANTS, NOT_KEPT].index(variant)
     trial_dir = where / f"trainable_abcde_{number:05d}_{number}_variant={variant}_2026"
     trial_dir.mkdir()
     run = trained[variant]
@@ -117,8 +123,8 @@ def test_the_ensemble_row_is_in_the_leaderboard_and_no_trial(
     experiment = _experiment(trained, tmp_path / "exp", VARIANTS)
     fitted = fit_experiment_ensemble(str(experiment), steps=10)
     assert set(fitted.ensembles) == set(E.MODES) and not fitted.skipped
-    assert len(fitted.ensemble.members) == 4  # three trials and the baseline
-    assert fitted.ensemble.members[-1].kind == E.KIND_BASELINE
+    assert len(fitted.ensemble.members) == 5  # three trials, the baseline, the dense k-NN
+    assert [m.kind for m in fitted.ensemble.members[-2:]] == [E.KIND_BASELINE, E.KIND_DENSE]
     assert (experiment / BASELINE_SCORES_FILE).is_file()  # computed once, kept
     table = load_experiments([str(experiment)])
     (row,) = table[table["status"] == E.STATUS_ENSEMBLE].to_dict("records")
@@ -145,10 +151,10 @@ def test_a_refit_after_more_trials_takes_them_in(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
     experiment = _experiment(trained, tmp_path / "exp", VARIANTS[:1])
-    first = fit_experiment_ensemble(str(experiment), steps=5)
+    first = fit_experiment_ensemble(str(experiment), steps=5, dense=False)
     assert len(first.ensemble.members) == 2
     _add_trial(trained, experiment, VARIANTS[1])
-    again = fit_experiment_ensemble(str(experiment), steps=5)
+    again = fit_experiment_ensemble(str(experiment), steps=5, dense=False)
     assert len(again.ensemble.members) == 3
     assert E.read_ensemble(str(experiment)) == again.ensemble
 
@@ -190,6 +196,40 @@ def test_a_trial_without_kept_scores_is_rescored_from_its_checkpoint(
         np.testing.assert_allclose(after[split], before[split], rtol=1e-5, atol=1e-6)
 
 
+def test_keep_scores_false_writes_no_scores(trained: dict[str, Path]) -> None:
+    final = sorted(trained[NOT_KEPT].glob("checkpoint_*"))[-1]
+    assert checkpoint.read_final_metrics(final) is not None  # the final checkpoint
+    assert not (final / checkpoint.SCORES_FILE).exists()
+    assert (sorted(trained[VARIANTS[0]].glob("checkpoint_*"))[-1] / checkpoint.SCORES_FILE
+            ).is_file()
+
+
+def test_a_trial_told_not_to_keep_scores_is_skipped_in_one_line_naming_it(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS[:2])
+    not_kept = _add_trial(trained, experiment, NOT_KEPT)
+    capsys.readouterr()
+    fitted = fit_experiment_ensemble(str(experiment), steps=5)
+    skipped = dict(fitted.skipped)
+    assert list(skipped.values()) == ["kept no scores (keep_scores: false)"]
+    (name,) = skipped
+    assert len(fitted.ensemble.members) == 4  # the two others and both k-NNs
+    assert name not in {m.name for m in fitted.ensemble.members}
+    lines = [x for x in capsys.readouterr().err.splitlines() if "keep_scores: false" in x]
+    assert len(lines) == 1 and name in lines[0] and "1 of the 3 best trials" in lines[0]
+    assert not (not_kept / checkpoint.SCORES_FILE).exists()  # not rescored behind its back
+
+
+def test_no_member_left_is_said(trained: dict[str, Path], tmp_path: Path) -> None:
+    experiment = _experiment(trained, tmp_path / "exp", ())
+    (experiment / "baseline.json").unlink()
+    _add_trial(trained, experiment, NOT_KEPT)
+    with pytest.raises(InputError, match="no member left.*1 kept no scores "
+                                         r"\(keep_scores: false\).*no baseline"):
+        fit_experiment_ensemble(str(experiment), steps=5, dense=False)
+
+
 def test_the_baselines_scores_round_trip_and_give_its_metrics(
     trained: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -221,7 +261,7 @@ def test_leaderboard_ensemble_fits_and_shows_the_row(
     assert "ensemble.json" in captured.err
     (row,) = [r for r in board["rows"] if r["status"] == "ensemble"]
     assert row["members"] and isinstance(row[M.rp_macro_key("test")], float)
-    assert len(E.read_ensemble(str(experiment)).members) == 3  # the best 2 and the baseline
+    assert len(E.read_ensemble(str(experiment)).members) == 4  # the best 2, both k-NNs
 
 
 def test_search_fits_the_ensemble_at_its_end_and_its_summary_reports_both_selections(
@@ -296,3 +336,63 @@ def test_the_exported_ensemble_predicts_what_its_leaderboard_row_scored(
     again = M.evaluate(experiment_golds(str(experiment))["test"], served, "test")
     macro = M.rp_macro_key("test")
     assert again[macro] == pytest.approx(fitted.ensemble.metrics[macro], abs=1e-9)
+
+
+def test_the_dense_member_is_computed_once_on_the_best_trials_backbone_and_kept(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    from hiersearch.data.corpus import load_corpus_dir
+    from hiersearch.report.baseline import gold_levels
+    from hiersearch.report.dense_knn import DENSE_SCORES_FILE, K_CHOICES, read_dense
+
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS)
+    fitted = fit_experiment_ensemble(str(experiment), steps=5)
+    info = read_dense(str(experiment))
+    best = member_candidates(str(experiment))[0][0].member
+    config = json.loads(checkpoint.config_path(Path(str(best.checkpoint))).read_text())
+    assert info is not None and info["k"] in K_CHOICES and info["layer"] == 12
+    assert info["backbone"]["model"] == "tiny:12x32"
+    assert info["backbone"]["seed"] == config["seed"]  # the best trial's backbone
+    kept = read_baseline_scores(str(experiment), DENSE_SCORES_FILE)
+    assert kept is not None
+    corpus = load_corpus_dir(trained["corpus"])
+    golds = gold_levels([d.labels for d in corpus.splits["test"]], corpus.hierarchy.label_index())
+    macro = M.rp_macro_key("test")
+    assert M.evaluate(golds, kept["test"], "test")[macro] == info["metrics"][macro]
+    assert E.KIND_DENSE in {m.kind for m in fitted.ensemble.members}
+    written = (experiment / DENSE_SCORES_FILE).stat().st_mtime_ns
+    fit_experiment_ensemble(str(experiment), steps=5)  # read back, not computed again
+    assert (experiment / DENSE_SCORES_FILE).stat().st_mtime_ns == written
+    assert E.KIND_DENSE not in {m.kind for m in fit_experiment_ensemble(
+        str(experiment), steps=5, dense=False).ensemble.members}
+
+
+@pytest.mark.parametrize("with_trial", [True, False])
+def test_the_exported_dense_member_scores_as_its_fit_did(
+    trained: dict[str, Path], tmp_path: Path, with_trial: bool
+) -> None:
+    """Weighted beside the trial whose backbone it read, it rides that trial's encoder (one
+    encoder in the export); alone, it gets the backbone as its own."""
+    import dataclasses
+
+    from hiersearch.data.corpus import load_corpus_dir
+    from hiersearch.search.members import ensemble_scores
+    from hiersearch.serve.ensemble import EnsembleModel
+    from hiersearch.serve.export_ensemble import export_ensemble
+
+    experiment = _experiment(trained, tmp_path / "exp", VARIANTS)
+    fitted = fit_experiment_ensemble(str(experiment), steps=5)
+    members = fitted.ensemble.members
+    best = member_candidates(str(experiment))[0][0].member
+    weights = tuple(
+        (0.5 if with_trial else 0.0) * (m == best) + (0.5 if with_trial else 1.0) * (
+            m.kind == E.KIND_DENSE) for m in members)
+    by_hand = dataclasses.replace(fitted.ensemble, weights=(weights,) * 3)
+    E.write_ensemble(str(experiment), E.EnsembleFile({E.PER_LEVEL: by_hand}, E.PER_LEVEL))
+    model_dir = export_ensemble(str(experiment), str(tmp_path / "model"))
+    assert len(list((model_dir / "encoders").iterdir())) == 1
+    test = load_corpus_dir(trained["corpus"]).splits["test"]
+    served = EnsembleModel.load(model_dir).scores([d.text for d in test])
+    kept = ensemble_scores(str(experiment), by_hand)["test"]
+    for level_served, level_kept in zip(served, kept, strict=True):
+        np.testing.assert_allclose(level_served, level_kept, rtol=1e-4, atol=1e-4)
