@@ -8,10 +8,12 @@ test_bench_archive.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -582,3 +584,47 @@ def test_smart_cost_arms_are_trials_with_and_without_each_term() -> None:
     assert terms == {"off": [], "adversarial": ["smart_weight"],
                      "bregman": ["smart_bregman_weight"],
                      "both": ["smart_weight", "smart_bregman_weight"]}
+
+
+# --- a corpus you import yourself: ICD-10-CM (bench/corpora/icd10cm.py) -------------------------
+def _icd10cm() -> ModuleType:
+    sys.path.insert(0, str(BENCH / "corpora"))
+    import icd10cm
+
+    return icd10cm
+
+
+def _icd10cm_records(count: int) -> list[dict]:
+    return list(itertools.islice(_icd10cm().icd10cm_records(), count))
+
+
+def test_icd10cm_documents_are_4_and_5_character_codes_labelled_with_themselves() -> None:
+    records = {r["id"]: r for r in _icd10cm_records(400)}
+    assert all(r["labels"] == [code] for code, r in records.items())
+    assert "A01" not in records and "A01.0" in records and "A01.01" in records  # category: no
+    assert records["A01.0"]["text"] == "Typhoid fever. Infection due to Salmonella typhi"
+    assert records["A00.9"]["text"] == "Cholera, unspecified"  # no inclusion term
+
+
+def test_icd10cm_leaves_out_extension_codes_and_codes_of_6_characters() -> None:
+    import simple_icd_10_cm as cm
+
+    from hiersearch.data.vocabularies import icd10_hierarchy
+
+    codes = ("S00.00", "S00.00XA", "T07.XXXA", "E11.35", "E11.351", "E11.3511")
+    kept = {c: _icd10cm().is_document(cm, icd10_hierarchy().node(c)) for c in codes}
+    assert kept == {"S00.00": True, "S00.00XA": False, "T07.XXXA": False, "E11.35": True,
+                    "E11.351": False, "E11.3511": False}
+
+
+def test_icd10cm_records_import_with_their_ancestors(tmp_path: Path) -> None:
+    from hiersearch.data.loaders import load_jsonl
+    from hiersearch.data.vocabularies import icd10_hierarchy
+
+    records = _icd10cm_records(90)
+    for split, part in zip(("train", "dev", "test"), (records[:60], records[60:75],
+                                                       records[75:]), strict=True):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    corpus = load_jsonl(tmp_path, icd10_hierarchy()).truncate(1, 4)
+    typhoid = next(d for d in corpus.splits["train"] if d.id == "A01.01")
+    assert set(typhoid.labels) == {"1", "A00-A09", "A01", "A01.0"}
