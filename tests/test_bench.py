@@ -27,6 +27,7 @@ import arms  # noqa: E402
 import encode_cache  # noqa: E402
 import feature_cache  # noqa: E402
 import gpu_throughput  # noqa: E402
+import head_speed  # noqa: E402
 import layerwise_step  # noqa: E402
 import metrics_speed  # noqa: E402
 import predict_throughput  # noqa: E402
@@ -628,3 +629,42 @@ def test_icd10cm_records_import_with_their_ancestors(tmp_path: Path) -> None:
     corpus = load_jsonl(tmp_path, icd10_hierarchy()).truncate(1, 4)
     typhoid = next(d for d in corpus.splits["train"] if d.id == "A01.01")
     assert set(typhoid.labels) == {"1", "A00-A09", "A01", "A01.0"}
+
+
+def test_head_speed_before_arm_is_the_for_loop_adamw_and_the_clip_over_every_module() -> None:
+    import types
+
+    import torch
+
+    from hiersearch.trial import training
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[0].requires_grad_(False)  # a frozen "encoder" the old clip still walked
+    core = types.SimpleNamespace(heads=model[1])
+    recipe = types.SimpleNamespace(model=model, trained=list(model[1].parameters()))
+    config = TrialConfig(head_lr=1e-2)
+    cpu = torch.device("cpu")
+    with head_speed.step_as_before(recipe):
+        assert not training.build_optimizer(core, model, config, cpu).defaults["fused"]
+        assert training.clip_gradients is torch.nn.utils.clip_grad_norm_
+        assert len(list(recipe.trained)) == len(list(recipe.trained)) == 4
+    assert training.build_optimizer(core, model, config, cpu).defaults["fused"]
+    assert recipe.trained == list(model[1].parameters())
+
+
+def test_head_speed_summary_sets_each_arm_against_befores_seeds() -> None:
+    def rows(dev: list[float], rate: float) -> list[dict[str, object]]:
+        return [{"seed": i, "dev_rp_macro": d, "test_rp_macro": d - 0.1,
+                 "train_docs_per_s": [rate, rate], "dev_eval_s": [1.0], "trial_s": 10.0,
+                 "trial_cpu_s": 5.0} for i, d in enumerate(dev)]
+
+    summary = head_speed.quality_summary({
+        "before": rows([0.50, 0.52, 0.54], 100.0),
+        "after": rows([0.51, 0.52, 0.53], 180.0),
+        "after_batch64": rows([0.40, 0.41, 0.42], 400.0),
+    })
+    assert summary["before"]["dev"]["spread"] == pytest.approx(0.04)
+    assert summary["after"]["dev"]["within_before_spread"] is True
+    assert summary["after_batch64"]["test"]["within_before_spread"] is False
+    assert summary["after"]["speedup_vs_before"] == 1.8
+    assert summary["after_batch64"]["dev"]["paired_diff"] == [-0.1, -0.11, -0.12]

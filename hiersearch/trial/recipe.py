@@ -187,6 +187,9 @@ class TrialRecipe:
         self.optimizer = training.build_optimizer(
             self.core, self.model, config, device, warm=self.warm_heads
         )
+        # what clipping reads at every step (`model.parameters()` walks every module, the
+        # frozen encoder's too, each time)
+        self.trained = [p for p in self.model.parameters() if p.requires_grad]
         self.steps_per_epoch = training.steps_per_epoch(
             config, len(self.train_split), self.session.world_size
         )
@@ -351,9 +354,7 @@ class TrialRecipe:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.config.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.config.max_grad_norm
-            )
+            norm = training.clip_gradients(self.trained, self.config.max_grad_norm)
             if self.scaler is None:
                 tally.expect_finite(norm)
         if self.scaler is not None:
