@@ -73,10 +73,10 @@ class TrialConfig:
     # Projected gradient-ascent steps that find the perturbation (the paper's K: 1); each
     # costs a forward and a backward of the trained layers.
     smart_steps: int = 1
-    # The size of an ascent step, in each token vector's largest coordinate. The paper
-    # states eta 1e-3 with epsilon 1e-5, a perturbation too small to change a float32 output
-    # measurably; its reference code rescales the perturbation to a largest coordinate of 1.
-    # 1e-2: one hundredth of the perturbed states' scale (LayerNorm outputs).
+    # The size of an ascent step, in each token vector's largest coordinate: 1e-2, a
+    # hundredth of the perturbed states' scale (LayerNorm outputs). The paper states eta 1e-3
+    # with epsilon 1e-5; its reference code rescales the perturbation to a largest coordinate
+    # of 1 (docs/fine-tuning.md has the term's size at each radius).
     smart_step_size: float = 1e-2
     # The perturbation's radius: the most it moves any coordinate of the perturbed states.
     smart_eps: float = 1e-2
