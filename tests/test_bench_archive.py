@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "archive" / "bench"))
 
 import ensemble  # noqa: E402
+import ensemble_variants  # noqa: E402
 import f1_consistency  # noqa: E402
 import layer_probe  # noqa: E402
 import screen_correlation  # noqa: E402
@@ -141,3 +142,29 @@ def test_ensemble_study_ranks_rows_into_zero_one_with_ties_sharing_a_rank() -> N
     expected = [[1 / 6, 1 / 6, 2 / 3, 1.0], [1.0, 1 / 3, 2 / 3, 0.0]]
     np.testing.assert_allclose(ranks, expected, rtol=1e-6)
     assert ranks.dtype == np.float32
+
+
+def test_ensemble_variants_dense_vectors_are_unit_means_of_unit_layer_vectors() -> None:
+    pooled = np.zeros((2, 3, 2, 2), dtype=np.float32)  # [layers, docs, view, hidden]
+    pooled[0, :, 1] = [[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]]
+    pooled[1, :, 1] = [[0.0, 5.0], [0.0, 1.0], [1.0, 1.0]]
+    top = ensemble_variants.dense_vectors(pooled, (2,), 1)
+    np.testing.assert_allclose(top, [[0, 1], [0, 1], [2**-0.5, 2**-0.5]], atol=1e-6)
+    both = ensemble_variants.dense_vectors(pooled, (1, 2), 1)
+    np.testing.assert_allclose(both[0], [2**-0.5, 2**-0.5], atol=1e-6)  # halfway
+    np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, atol=1e-6)
+
+
+def test_ensemble_variants_reports_dev_cross_validated_and_test_figures() -> None:
+    from hiersearch.report.ensemble import KIND_TRIAL, PER_LEVEL, EnsembleMember
+
+    rng = np.random.default_rng(0)
+    golds = {s: [rng.random((30, 6)) < 0.2, rng.random((30, 9)) < 0.1] for s in ("dev", "test")}
+    scores = {s: [[g + rng.normal(0, 0.7, g.shape) for g in golds[s]] for _ in range(3)]
+              for s in golds}
+    members = [EnsembleMember(KIND_TRIAL, str(m), "exp", None) for m in range(3)]
+    row = ensemble_variants.evaluate_variant(members, scores, golds, M.DEFAULT_METRIC,
+                                             PER_LEVEL, sorted_init=True, bags=2)
+    assert len(row["test_levels"]) == 2
+    assert 0 < row["dev_cv_macro"] <= 1 and 0 < row["test_macro"] <= 1
+    assert 1 <= row["members_used"] <= 3 and row["weights"]

@@ -5,10 +5,10 @@ mean-pooled vectors, the TF-IDF baseline's vote: report/dense_knn.py's member, k
 dev), per level and global.
 
 Each variant is reported by its dev macro R-Precision (what the selection maximized, biased
-towards the variants that fit dev hardest), its dev cross-validated macro R-Precision (the
-selection fitted on one half of dev, measured on the other, both ways, averaged: the honest
-dev figure that a choice between variants can be made on), and its test figures (per level,
-micro, macro), which take no part in any choice.
+towards the variants that fit dev hardest), its dev cross-validated macro R-Precision
+(`report.ensemble.cross_validated`: the selection fitted on one half of dev, measured on the
+other, both ways, averaged: a dev figure that a choice between variants can be made on), and
+its test figures (per level, micro, macro), which take no part in any choice.
 
     python archive/bench/ensemble_variants.py EXPERIMENT [--members M] [--bags B]
         [--dense-sweep] [--json OUT]
@@ -119,38 +119,21 @@ def sweep(pooled: dict, corpus: Any, golds: dict) -> dict[str, Any]:
     return out
 
 
-def _halves(documents: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng(seed).permutation(documents)
-    return np.sort(order[: documents // 2]), np.sort(order[documents // 2:])
-
-
-def _rows(scores: list, golds: list, rows: np.ndarray) -> tuple[list, list]:
-    return ([[level[rows] for level in member] for member in scores],
-            [gold[rows] for gold in golds])
-
-
 def evaluate_variant(members: list, scores: dict, golds: dict, metric: str, mode: str,
                      sorted_init: bool, bags: int) -> dict[str, Any]:
     """One variant: fitted on all of dev (dev and test figures) and 2-fold on dev (the
     held-out half's macro, averaged over both ways)."""
     from hiersearch import metrics as M
-    from hiersearch.report.ensemble import fit_ensemble
+    from hiersearch.report.ensemble import cross_validated, fit_ensemble
 
     how = {"mode": mode, "metric": metric, "sorted_init": sorted_init, "bags": bags}
     started = time.perf_counter()
     fitted = fit_ensemble(members, scores, golds, **how)
     seconds = time.perf_counter() - started
-    held_out = []
-    for fit_rows, held_rows in (lambda a, b: ((a, b), (b, a)))(*_halves(len(golds["dev"][0]))):
-        fit_scores, fit_golds = _rows(scores["dev"], golds["dev"], fit_rows)
-        held_scores, held_golds = _rows(scores["dev"], golds["dev"], held_rows)
-        half = fit_ensemble(members, {"dev": fit_scores, "test": held_scores},
-                            {"dev": fit_golds, "test": held_golds}, **how)
-        held_out.append(half.metrics[M.rp_macro_key("test")])
     levels = len(golds["dev"])
     return {
         "dev_macro": fitted.metrics[M.rp_macro_key("dev")],
-        "dev_cv_macro": float(np.mean(held_out)),
+        "dev_cv_macro": cross_validated(members, scores["dev"], golds["dev"], **how),
         "test_levels": [fitted.metrics[k] for k in M.rp_level_keys("test", levels)],
         "test_micro": fitted.metrics[M.rp_micro_key("test")],
         "test_macro": fitted.metrics[M.rp_macro_key("test")],
@@ -167,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bags", type=int, default=20)
     parser.add_argument("--dense-sweep", action="store_true")
     parser.add_argument("--variants", default=",".join(v[0] for v in VARIANTS))
+    parser.add_argument("--pools", default="trials+tfidf,trials+tfidf+dense",
+                        help="the member pools to fit (comma-separated)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from hiersearch.report.ensemble import MODES
@@ -192,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     chosen = [v for v in VARIANTS if v[0] in args.variants.split(",")]
     for pool, (pool_members, pool_scores) in pools.items():
+        if pool not in args.pools.split(","):
+            continue
         for variant, sorted_init, bags in chosen:
             for mode in MODES:
                 key = f"{pool}/{variant}/{mode}"

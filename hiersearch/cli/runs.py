@@ -183,6 +183,7 @@ def fit_ensemble(path: str, members: int, out: TextIO | None = None) -> None:
     (default stdout); an experiment with nothing to fit on says so and goes on (the run
     itself succeeded)."""
     from hiersearch import metrics as M
+    from hiersearch.report.ensemble import KIND_BASELINE, KIND_DENSE
     from hiersearch.search.members import fit_experiment_ensemble
 
     try:
@@ -197,9 +198,12 @@ def fit_ensemble(path: str, members: int, out: TextIO | None = None) -> None:
               f"{len(ensemble.used())} members: dev macro {dev:.3f}, test macro {test:.3f}"
               f"{served}", file=out, flush=True)
     skipped = f"; skipped {len(fitted.skipped)}" if fitted.skipped else ""
+    kinds = {m.kind for m in fitted.ensemble.members}
+    others = "".join(f", {name}" for kind, name in ((KIND_BASELINE, "the baseline"),
+                                                    (KIND_DENSE, "the dense k-NN"))
+                     if kind in kinds)
     print(f"[hiersearch] ensemble fitted in {fitted.seconds:.1f}s over the {fitted.top} best "
-          f"trials and the baseline{skipped}: {path.rstrip('/')}/ensemble.json", file=out,
-          flush=True)
+          f"trials{others}{skipped}: {path.rstrip('/')}/ensemble.json", file=out, flush=True)
 
 
 @contextlib.contextmanager

@@ -64,6 +64,9 @@ SORTED_INIT = False
 # are the paper's.
 BAGS = 0
 BAG_FRACTION = 0.5
+# Dev's parts for `cross_validated`: two halves, each fitted on the other (half of HPO's dev
+# is 630 documents: still thousands of label decisions per level).
+CV_FOLDS = 2
 
 
 def normalize(scores: np.ndarray) -> np.ndarray:
@@ -336,6 +339,40 @@ def fit_ensemble(
         if split in golds and len(golds[split][0]):
             metrics.update(M.evaluate(golds[split], combine(split_scores, ensemble), split))
     return dataclasses.replace(ensemble, metrics=metrics)
+
+
+def cross_validated(
+    members: Sequence[EnsembleMember],
+    dev_scores: Sequence[Sequence[np.ndarray]],
+    dev_golds: Sequence[np.ndarray],
+    *,
+    folds: int = CV_FOLDS,
+    **fit: Any,
+) -> float:
+    """A selection's dev value out of sample: dev's documents in `folds` random parts (drawn
+    from `fit`'s seed), the selection (`fit_ensemble` with `fit`'s options) fitted on all but
+    one and measured on it by the global selection's target, the values averaged. Unlike the
+    fitted ensemble's own dev value it does not favour the selection with more freedom (per
+    level fits each level's weights on the level it is measured on)."""
+    documents = len(dev_golds[0])
+    if folds < 2 or documents < folds:
+        raise InputError(f"needs >= 2 folds of >= 1 dev document ({folds}, {documents})",
+                         where="ensemble")
+    key, _ = _objective(fit.get("metric", M.DEFAULT_METRIC), len(dev_golds))
+    held_key = key.replace("dev/", "held/", 1)
+    order = np.random.default_rng(fit.get("seed", SEED)).permutation(documents)
+    def rows(chosen: np.ndarray) -> tuple[list, list]:
+        return ([[level[chosen] for level in member] for member in dev_scores],
+                [gold[chosen] for gold in dev_golds])
+
+    values = []
+    for part in np.array_split(order, folds):
+        fit_scores, fit_golds = rows(np.setdiff1d(order, part))
+        held_scores, held_golds = rows(np.sort(part))
+        held = fit_ensemble(members, {"dev": fit_scores, "held": held_scores},
+                            {"dev": fit_golds, "held": held_golds}, **fit)
+        values.append(held.metrics[held_key])
+    return float(np.mean(values))
 
 
 # --------------------------------------------------------------------------- ensemble.json

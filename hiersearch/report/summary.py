@@ -38,8 +38,7 @@ from hiersearch import metrics as M
 from hiersearch.errors import InputError
 from hiersearch.report.baseline import STATUS_BASELINE
 from hiersearch.report.ensemble import (
-    KIND_BASELINE,
-    KIND_TRIAL,
+    KINDS,
     MODES,
     Ensemble,
     read_ensemble_file,
@@ -63,7 +62,7 @@ _SELECTION = {
                 "additionalProperties": False,
                 "required": ["kind", "trial_id", "weights"],
                 "properties": {
-                    "kind": {"enum": [KIND_TRIAL, KIND_BASELINE]},
+                    "kind": {"enum": list(KINDS)},
                     "trial_id": _TEXT_OR_NULL,
                     "weights": {"type": "array", "items": {"type": "number"}},
                 },

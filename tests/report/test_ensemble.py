@@ -198,3 +198,17 @@ def test_without_bags_or_sorted_start_the_selection_is_the_plain_greedy_one():
     assert sum(bagged.weights[0]) == pytest.approx(1.0)
     back = E.Ensemble.from_json(bagged.to_json(), "here")
     assert back.sorted_init and back.bags == 3 and back.weights == bagged.weights
+
+
+def test_cross_validation_fits_on_part_of_dev_and_measures_on_the_rest():
+    # the right member ranks the gold label first on every document: whichever half it is
+    # fitted on, it alone is picked and is perfect on the other half; a noisy one is worse
+    rng = np.random.default_rng(6)
+    rows = rng.integers(0, 5, 40).tolist()
+    gold = [_one_hot(rows, 5)]
+    right, noisy = _scores_top(rows, 5), rng.random((40, 5))
+    members = [_trial("right"), _trial("noisy")]
+    assert E.cross_validated(members, [[right], [noisy]], gold, steps=5) == 1.0
+    assert E.cross_validated(members[1:], [[noisy]], gold, steps=5) < 1.0
+    with pytest.raises(InputError, match="folds"):
+        E.cross_validated(members, [[right], [noisy]], gold, folds=1)
