@@ -524,7 +524,7 @@ def test_the_12x6_search_screens_200_tpe_trials_over_the_shared_space_then_finet
             assignment_of(trial.params, 12, HPO6_COUNTS, screen))
         assert in_space(drawn, 12, 6, screen.assignment.options())
         study.tell(trial, 0.0)
-    top = ["L1:12|L2:12|L3:12|L4:12|L5:11+12|L6:11+12", "FLAT", "LAST-SIX"]
+    top = ["L1:12|L2:12|L3:12|L4:11+12|L5:11+12|L6:11+12", "FLAT", "LAST-SIX"]
     finetune = finetune_space(space, top)
     assert finetune.trial["freeze_layers"] == 6 and finetune.trial["model"] == "mpnet"
     points = fixed_points(finetune, 12, HPO6_COUNTS)
