@@ -126,7 +126,33 @@ def test_a_training_epoch_reads_no_tensor_on_the_host_per_micro_batch(
     trained = recipe.train_epoch(0)
     monkeypatch.undo()
     assert trained.batches == 21 and trained.finite  # 42 documents, 2 a micro-batch
-    assert reads == Counter({"item": 1, "__float__": 1})  # the finite check, the mean loss
+    # the finite check, the mean loss, and on the CPU only the clip's within-norm test, one a
+    # step (`clip_gradients`: a GPU's norm is never read, the next test)
+    assert reads == Counter({"item": 1, "__float__": 1, "__bool__": 21})
+
+
+def test_the_clip_reads_no_norm_off_the_cpu() -> None:
+    """Off the CPU the clip scales by torch's coefficient without reading the norm: meta
+    tensors, which have no values to read, stand in for a GPU's."""
+    grads = [torch.empty(3, device="meta"), torch.empty(2, 2, device="meta")]
+    parameters = [torch.nn.Parameter(torch.empty_like(g)) for g in grads]
+    for parameter, grad in zip(parameters, grads, strict=True):
+        parameter.grad = grad
+    norm = training.clip_gradients(parameters, 1.0)
+    assert norm.device.type == "meta"
+
+
+def test_the_clip_on_the_cpu_equals_torchs_over_and_within_the_norm() -> None:
+    for scale in (0.01, 100.0):
+        ours = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+        theirs = [torch.nn.Parameter(torch.ones(3)) for _ in range(2)]
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.full((3,), scale)
+            q.grad = torch.full((3,), scale)
+        norm = training.clip_gradients(ours, 1.0)
+        expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+        assert torch.equal(norm, expected)
+        assert all(torch.equal(p.grad, q.grad) for p, q in zip(ours, theirs, strict=True))
 
 
 def test_a_divergence_is_found_at_the_next_check_and_stops_the_epoch_there(
@@ -148,18 +174,20 @@ def test_a_divergence_is_found_at_the_next_check_and_stops_the_epoch_there(
     assert not trained.finite and calls["n"] == 4  # stopped at the check after step 4
 
 
-def test_adamw_is_fused_on_a_gpu_only(
+def test_adamw_is_fused_on_the_cpu_and_a_gpu_and_not_elsewhere(
     encoded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recipe = TrialRecipe(_config(), _session(tmp_path))
     recipe.setup(encoded)
-    assert recipe.optimizer.defaults["fused"] is False
+    assert recipe.optimizer.defaults["fused"] is True
     made: list[dict[str, Any]] = []
     monkeypatch.setattr(torch.optim, "AdamW", lambda groups, **kw: made.append(kw) or
                         torch.optim.SGD(groups, lr=kw["lr"]))
-    recipe.session.device = CUDA  # the optimizer is what is built for it; nothing runs there
-    recipe._setup_optimizer()
-    assert made[0]["fused"] is True
+    # the optimizer is what is built for the device; nothing runs there
+    for device in (CUDA, torch.device("mps")):
+        recipe.session.device = device
+        recipe._setup_optimizer()
+    assert [kw["fused"] for kw in made] == [True, False]
 
 
 def test_the_gpus_random_state_is_saved_and_restored(monkeypatch: pytest.MonkeyPatch) -> None:
