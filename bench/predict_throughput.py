@@ -56,6 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import alternate, emit, machine, median, setup_env, verdict  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 LEVEL_SUBSETS = {"scores_L1": [1], "scores_L1-2": [1, 2]}
 BASELINE = "hf_forward"
@@ -237,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="tiny model, a few documents")
     parser.add_argument("--docs", type=int, default=None)
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (fixed)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's threads and numpy's BLAS pool (fixed)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--ensemble", action="append", default=None,
                         help="an exported ensemble's directory (again for more, side by side)")
@@ -252,7 +254,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = compare_ensemble(args)
+        # the k-NN members' products run in numpy's BLAS, whose idle threads spin: left at
+        # its default, it charged the ensemble CPU time the one-thread single trial never has
+        with threadpool_limits(args.threads):
+            result = compare_ensemble(args)
         emit("predict_throughput_ensemble", result, args.json)
         return result
     setup = QUICK if args.quick else FULL

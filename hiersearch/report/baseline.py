@@ -78,11 +78,19 @@ def gold_levels(labels: Sequence[Sequence[str]], label_index: Sequence[Sequence[
 def knn_scores(similarity: np.ndarray, train_labels: list[np.ndarray], k: int) -> list:
     """Per level, each document's label scores: the summed similarity of its `k` most similar
     training documents that carry the label."""
-    k = min(k, similarity.shape[1])
+    from scipy.sparse import csr_matrix
+
+    rows, train = similarity.shape
+    k = min(k, train)
     nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    weights = np.zeros_like(similarity)
-    np.put_along_axis(weights, nearest, np.take_along_axis(similarity, nearest, axis=1), axis=1)
-    return [weights @ labels for labels in train_labels]
+    # k of the row's similarities kept, as a sparse matrix: the product sums k terms per
+    # label instead of every training document's (a dense [rows, train docs] product was
+    # most of a served ensemble's k-NN member)
+    weights = csr_matrix(
+        (np.take_along_axis(similarity, nearest, axis=1).ravel(), nearest.ravel(),
+         np.arange(0, rows * k + 1, k)), shape=similarity.shape,
+    )
+    return [np.asarray(weights @ labels) for labels in train_labels]
 
 
 def _vectorizer(vocabulary: dict[str, int] | None = None) -> Any:

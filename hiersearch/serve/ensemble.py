@@ -188,19 +188,21 @@ class EnsembleModel(LevelsOfLabels):
         self, texts: Sequence[str], levels: Sequence[int] | None = None, batch_size: int = 32
     ) -> list[list[np.ndarray]]:
         """[member][requested level] each member's own scores (trials: sigmoid probabilities;
-        the baseline: its k-NN vote); zeros for a member of weight 0 at every requested level
-        (not run)."""
+        the baseline: its k-NN vote); zeros where a member weighs 0 (its heads of that level
+        not run; a member of weight 0 at every requested level not run at all)."""
         chosen = self._check_levels(levels)
         if batch_size < 1:
             raise InputError(f"must be >= 1 (got {batch_size})", where="--batch-size")
         out: list[list[np.ndarray] | None] = [None] * len(self.ensemble.members)
         for group in self.groups:
-            active = [(i, m) for i, m in group if self._weighs(i, chosen)]
+            weighed = [(i, m, [n for n in chosen if self._weighs(i, [n])]) for i, m in group]
+            active = [(i, m, own) for i, m, own in weighed if own]
             if not active:
                 continue
             # the active members' levels decide how many layers run
-            scores = shared_scores([m for _, m in active], texts, chosen, batch_size)
-            for (i, _), member in zip(active, scores, strict=True):
+            scores = shared_scores([m for _, m, _ in active], texts, chosen, batch_size,
+                                   own_levels=[own for *_, own in active])
+            for (i, *_), member in zip(active, scores, strict=True):
                 out[i] = member
             for _, model in group:  # what the others' hooks captured in the last forward
                 model.core._captured = {}

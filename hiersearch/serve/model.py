@@ -221,7 +221,7 @@ class ExportedModel(LevelsOfLabels):
         """Logits [batch, labels of the requested levels, in level order], computing encoder
         layers 1..layers_needed(levels) only."""
         chosen = self._check_levels(levels)
-        return shared_logits([self], input_ids, attention_mask, chosen)[0]
+        return shared_logits([self], input_ids, attention_mask, [chosen])[0]
 
     def level_logits(
         self, captured: dict[int, torch.Tensor], attention_mask: torch.Tensor,
@@ -299,15 +299,15 @@ def _first_layers(encoder: Any, k: int) -> Iterator[None]:
 @torch.inference_mode()
 def shared_logits(
     models: Sequence[ExportedModel], input_ids: torch.Tensor, attention_mask: torch.Tensor,
-    levels: Sequence[int],
+    levels: Sequence[Sequence[int]],
 ) -> list[torch.Tensor]:
-    """Each model's logits of `levels` from ONE forward of the encoder they share (the
-    first's; its precision), layers 1..the highest any of them needs. Every model built on
-    the encoder captures in that forward: callers pass them all."""
+    """Each model's logits of its own `levels` (one sequence per model) from ONE forward of
+    the encoder they share (the first's; its precision), layers 1..the highest any of them
+    needs. Every model built on the encoder captures in that forward: callers pass them all."""
     cores = [m.core for m in models]
     for core in cores:
         core._captured = {}
-    top = max(m.layers_needed(levels) for m in models)
+    top = max(m.layers_needed(own) for m, own in zip(models, levels, strict=True))
     encoder = models[0].core.encoder
     try:
         with _first_layers(encoder, top), models[0].precision.autocast():
@@ -316,38 +316,45 @@ def shared_logits(
     finally:
         for core in cores:
             core._captured = {}
-    return [m.level_logits(c, attention_mask, levels)
-            for m, c in zip(models, captured, strict=True)]
+    return [m.level_logits(c, attention_mask, own)
+            for m, c, own in zip(models, captured, levels, strict=True)]
 
 
 def shared_scores(
     models: Sequence[ExportedModel], texts: Sequence[str], levels: Sequence[int],
-    batch_size: int = 32,
+    batch_size: int = 32, own_levels: Sequence[Sequence[int]] | None = None,
 ) -> list[list[np.ndarray]]:
     """[model][requested level] float32 scores [docs, labels] (each model's `activate` of its
     logits: a trial's sigmoid probabilities) of models that share one encoder and tokenizer
     (the first's tokenization, once): batches of similar length, one encoder forward each
-    (`shared_logits`)."""
+    (`shared_logits`). `own_levels`: per model, the requested levels it computes (an
+    ensemble's member of weight 0 at a level skips that level's heads); its other levels are
+    zeros."""
     if batch_size < 1:
         raise InputError(f"must be >= 1 (got {batch_size})", where="--batch-size")
     first = models[0]
     widths = [len(first.label_index[n - 1]) for n in levels]
-    bounds = np.cumsum([0, *widths]).tolist()
+    own = [[n for n in levels if own_levels is None or n in own_levels[m]]
+           for m in range(len(models))]
     parts: list[list[list[np.ndarray]]] = [[[] for _ in levels] for _ in models]
     order = first._length_order(texts)
     for index in batches(order, batch_size):
         batch = first.tokenize([texts[i] for i in index])
-        logits = shared_logits(models, batch["input_ids"], batch["attention_mask"], levels)
+        logits = shared_logits(models, batch["input_ids"], batch["attention_mask"], own)
         for m, model_logits in enumerate(logits):
-            for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            start = 0
+            for i, n in enumerate(levels):
+                if n not in own[m]:
+                    continue
                 # one level's own tensor: torch's vectorized sigmoid can round an element
                 # differently by its place in a longer row, and a level's scores must not
                 # depend on which other levels were asked for
-                level = model_logits[:, a:b].float().contiguous()
+                level = model_logits[:, start:start + widths[i]].float().contiguous()
+                start += widths[i]
                 parts[m][i].append(models[m].activate(level).cpu().numpy())
     inverse = np.argsort(order, kind="stable")  # back to the documents' order
     return [
-        [np.concatenate(p)[inverse] if p else np.zeros((0, w), np.float32)
+        [np.concatenate(p)[inverse] if p else np.zeros((len(texts), w), np.float32)
          for p, w in zip(model_parts, widths, strict=True)]
         for model_parts in parts
     ]

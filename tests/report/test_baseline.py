@@ -41,6 +41,19 @@ def test_knn_sums_the_similarities_of_the_k_nearest_that_carry_a_label() -> None
     np.testing.assert_allclose(every, [[1.4, 0.6]], rtol=1e-6)
 
 
+def test_knn_equals_the_dense_product_of_the_k_nearest_weights() -> None:
+    """The sparse vote sums the same k similarities a dense [docs, train docs] product does."""
+    rng = np.random.default_rng(0)
+    similarity = rng.random((40, 300))
+    labels = [(rng.random((300, n)) < 0.1).astype(np.float32) for n in (5, 17)]
+    nearest = np.argpartition(-similarity, 19, axis=1)[:, :20]
+    dense = np.zeros_like(similarity)
+    np.put_along_axis(dense, nearest, np.take_along_axis(similarity, nearest, axis=1), axis=1)
+    for got, y in zip(knn_scores(similarity, labels, k=20), labels, strict=True):
+        assert got.shape == (40, y.shape[1]) and got.dtype == np.float64
+        np.testing.assert_allclose(got, dense @ y, rtol=1e-12, atol=0)
+
+
 def _corpus() -> SimpleNamespace:
     def doc(text: str, *labels: str) -> SimpleNamespace:
         return SimpleNamespace(text=text, labels=labels)

@@ -190,6 +190,25 @@ def test_head_only_members_run_one_encoder_forward_per_batch(
     assert sorted(calls.values()) == [3, 3]
 
 
+def test_a_members_heads_of_a_level_it_weighs_nothing_at_are_not_run(
+    experiment: Experiment, exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layer-wise member weighs 0 at level 2: its level-2 head is not run, and the
+    ensemble's scores are still `combine` of the members' full scores (the served test)."""
+    model = EnsembleModel.load(exported)
+    layerwise = next(m for g in model.groups for i, m in g if i == 0)
+    heads: list[int] = []
+    real = layerwise.core.head_logits
+    monkeypatch.setattr(layerwise.core, "head_logits",
+                        lambda head, pooled: heads.append(head) or real(head, pooled))
+    texts = _texts(experiment, "dev")[:6]
+    model.scores(texts, batch_size=8)
+    assert sorted(set(heads)) == [0, 2]
+    heads.clear()
+    assert not model.member_scores(texts, levels=[2])[0][0].any()
+    assert heads == []
+
+
 def test_predict_serves_an_ensemble_directory(
     experiment: Experiment, exported: Path, tmp_path: Path
 ) -> None:
