@@ -8,11 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from hiersearch.data.encode import encode
-from hiersearch.data.synth import SynthConfig, synthesize
-from hiersearch.data.vocabularies import eurovoc_hierarchy
 from hiersearch.errors import InputError
-from hiersearch.model.encoder import tokenizer_path
 from hiersearch.trial.checkpoint import read_training
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.evaluation import model_inputs
@@ -21,13 +17,6 @@ from hiersearch.trial.session import LocalSession
 from hiersearch.trial.smart import symmetric_kl
 
 SMART = {"smart_weight": 1.0, "smart_steps": 2, "smart_step_size": 0.05, "smart_eps": 0.05}
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory: pytest.TempPathFactory) -> str:
-    corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=60, seed=1, max_leaves=12))
-    cache = tmp_path_factory.mktemp("cache")
-    return str(encode(corpus, tokenizer_path("minilm"), 32, cache).path)
 
 
 def _config(**changes: object) -> TrialConfig:

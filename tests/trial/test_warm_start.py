@@ -9,22 +9,11 @@ import pytest
 import torch
 
 from hiersearch import metrics as M
-from hiersearch.data.encode import encode
-from hiersearch.data.synth import SynthConfig, synthesize
-from hiersearch.data.vocabularies import eurovoc_hierarchy
 from hiersearch.errors import InputError
-from hiersearch.model.encoder import tokenizer_path
 from hiersearch.trial.checkpoint import read_weights
 from hiersearch.trial.config import TrialConfig
 from hiersearch.trial.recipe import TrialRecipe, fit
 from hiersearch.trial.session import LocalSession
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory: pytest.TempPathFactory) -> str:
-    corpus = synthesize(eurovoc_hierarchy(), SynthConfig(docs=60, seed=1, max_leaves=12))
-    cache = tmp_path_factory.mktemp("cache")
-    return str(encode(corpus, tokenizer_path("minilm"), 32, cache).path)
 
 
 def _config(**changes: object) -> TrialConfig:
