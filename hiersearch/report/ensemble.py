@@ -361,6 +361,7 @@ def cross_validated(
     key, _ = _objective(fit.get("metric", M.DEFAULT_METRIC), len(dev_golds))
     held_key = key.replace("dev/", "held/", 1)
     order = np.random.default_rng(fit.get("seed", SEED)).permutation(documents)
+
     def rows(chosen: np.ndarray) -> tuple[list, list]:
         return ([[level[chosen] for level in member] for member in dev_scores],
                 [gold[chosen] for gold in dev_golds])

@@ -263,19 +263,19 @@ class TrialConfig:
     def _warm_start_and_smart_checks(self) -> list[tuple[bool, str, str]]:
         """`__post_init__`'s checks of the trained-heads start and of SMART's settings."""
         return [
-                (
-                    self.init_heads_from is None or bool(self.init_heads_from.strip()),
-                    "init_heads_from",
-                    "must be a trial's final checkpoint (a path or URI) or null",
-                ),
-                (self.warm_head_lr is None or self.warm_head_lr > 0, "warm_head_lr",
-                 "must be > 0 or null"),
-                (self.smart_weight >= 0, "smart_weight", "must be >= 0 (0: off)"),
-                (self.smart_steps >= 1, "smart_steps", "must be >= 1"),
-                (self.smart_step_size > 0, "smart_step_size", "must be > 0"),
-                (self.smart_eps > 0, "smart_eps", "must be > 0"),
-                (self.smart_bregman_weight >= 0, "smart_bregman_weight", "must be >= 0 (0: off)"),
-                (0.0 <= self.smart_momentum < 1.0, "smart_momentum", "must be in [0, 1)"),
+            (
+                self.init_heads_from is None or bool(self.init_heads_from.strip()),
+                "init_heads_from",
+                "must be a trial's final checkpoint (a path or URI) or null",
+            ),
+            (self.warm_head_lr is None or self.warm_head_lr > 0, "warm_head_lr",
+             "must be > 0 or null"),
+            (self.smart_weight >= 0, "smart_weight", "must be >= 0 (0: off)"),
+            (self.smart_steps >= 1, "smart_steps", "must be >= 1"),
+            (self.smart_step_size > 0, "smart_step_size", "must be > 0"),
+            (self.smart_eps > 0, "smart_eps", "must be > 0"),
+            (self.smart_bregman_weight >= 0, "smart_bregman_weight", "must be >= 0 (0: off)"),
+            (0.0 <= self.smart_momentum < 1.0, "smart_momentum", "must be in [0, 1)"),
         ]
 
     def smart_terms(self) -> list[str]:
